@@ -1,0 +1,104 @@
+"""The app factory: routes, middleware, errors, OpenAPI and the pool's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from litestar import Litestar
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from safetyreport import __version__
+from safetyreport.audit.routes import AuditController
+from safetyreport.auth.http import TokenAuthenticationMiddleware
+from safetyreport.auth.routes import AuthController
+from safetyreport.db.embedded import app_url, owner_url
+from safetyreport.db.migrations import load_migrations
+from safetyreport.db.pool import create_pool
+from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable
+from safetyreport.health import health
+from safetyreport.idempotency import purge_expired
+from safetyreport.logs import configure_logging, request_logging_middleware
+from safetyreport.reports.routes import ReportController
+from safetyreport.settings import Settings
+from safetyreport.state import AppState
+
+_log = logging.getLogger(__name__)
+PURGE_INTERVAL_SECONDS = 3600
+
+
+async def _check_schema(pool: asyncpg.Pool) -> None:
+    """Refuse to serve on a database the migrations have not reached (run migrate first)."""
+    latest = max(m.version for m in load_migrations())
+    try:
+        current = await pool.fetchval("SELECT max(version) FROM schema_migrations")
+    except asyncpg.UndefinedTableError:
+        current = None
+    if current != latest:
+        raise ServiceUnavailable(
+            f"the database schema is at {current}, the service needs {latest}: "
+            "run 'safetyreport migrate'"
+        )
+
+
+async def _purge_idempotency_keys(pool: asyncpg.Pool) -> None:
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        try:
+            await purge_expired(pool)
+        except (OSError, asyncpg.PostgresError) as exc:
+            _log.warning("could not purge expired idempotency keys: %s", exc)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        url = app_url(settings, await asyncio.to_thread(owner_url, settings))
+        pool = await create_pool(url, max_size=settings.database.pool_max_size)
+        try:
+            await _check_schema(pool)
+            app.state.safetyreport = AppState(settings=settings, pool=pool)
+            purger = asyncio.create_task(_purge_idempotency_keys(pool))
+            try:
+                yield
+            finally:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
+        finally:
+            await pool.close()
+
+    configure_logging(settings.log_level)
+    return Litestar(
+        route_handlers=[health, AuthController, ReportController, AuditController],
+        lifespan=[lifespan],
+        middleware=[
+            request_logging_middleware,
+            DefineMiddleware(TokenAuthenticationMiddleware, exclude=["^/schema"]),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=256 * 1024,
+        openapi_config=OpenAPIConfig(
+            title="safetyreport",
+            version=__version__,
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="token")
+                }
+            ),
+            security=[{"bearer": []}],
+            use_handler_docstrings=True,
+        ),
+        debug=False,
+        logging_config=None,
+    )

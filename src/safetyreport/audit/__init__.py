@@ -1,0 +1,15 @@
+"""The audit trail: hash-chained, append-only, verified. Every other feature calls it."""
+
+from safetyreport.audit.chain import GENESIS_HASH, Actor, AuditEvent, append, chain_for
+from safetyreport.audit.verify import ChainReport, VerifyReport, verify_chains
+
+__all__ = [
+    "GENESIS_HASH",
+    "Actor",
+    "AuditEvent",
+    "ChainReport",
+    "VerifyReport",
+    "append",
+    "chain_for",
+    "verify_chains",
+]

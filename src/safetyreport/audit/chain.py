@@ -1,0 +1,162 @@
+"""Appending to the hash chains.
+
+Each entry's hash is SHA-256 over a canonical JSON encoding of its content, which
+includes its chain, sequence number and the previous entry's hash. Appends lock the
+chain's head row, so concurrent writers take turns and a chain never forks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from safetyreport.db.pool import Conn
+
+GENESIS_HASH = bytes(32)
+GLOBAL_CHAIN = "global"
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+class Actor(msgspec.Struct, frozen=True):
+    """Who did something: a user, or a named system actor such as ``cli``."""
+
+    name: str
+    id: int | None = None
+    role: str | None = None
+
+
+SYSTEM_CLI = Actor(name="system:cli")
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    actor: Actor
+    action: str
+    object_type: str | None = None
+    object_id: str | None = None
+    clinic: str | None = None
+    client_addr: str | None = None
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def chain_for(clinic: str | None) -> str:
+    return f"clinic:{clinic}" if clinic else GLOBAL_CHAIN
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical_content(
+    *,
+    chain: str,
+    seq: int,
+    recorded_at: datetime,
+    actor_id: int | None,
+    actor: str,
+    actor_role: str | None,
+    action: str,
+    object_type: str | None,
+    object_id: str | None,
+    clinic: str | None,
+    client_addr: str | None,
+    details: dict[str, Any],
+    prev_hash: bytes,
+) -> bytes:
+    """The exact bytes an entry's hash covers. Changing this breaks every stored chain."""
+    return _canonical.encode(
+        {
+            "chain": chain,
+            "seq": seq,
+            "recorded_at": format_time(recorded_at),
+            "actor_id": actor_id,
+            "actor": actor,
+            "actor_role": actor_role,
+            "action": action,
+            "object_type": object_type,
+            "object_id": object_id,
+            "clinic": clinic,
+            "client_addr": client_addr,
+            "details": details,
+            "prev_hash": prev_hash.hex(),
+        }
+    )
+
+
+def entry_hash(content: bytes) -> bytes:
+    return hashlib.sha256(content).digest()
+
+
+_LOCK_HEAD = """
+SELECT last_seq, last_hash, clock_timestamp() AS now
+FROM audit_chains WHERE chain = $1 FOR UPDATE
+"""
+_CREATE_HEAD = """
+INSERT INTO audit_chains (chain, last_seq, last_hash) VALUES ($1, 0, $2)
+ON CONFLICT (chain) DO NOTHING
+"""
+_INSERT_ENTRY = """
+WITH entry AS (
+    INSERT INTO audit_entries (
+        chain, seq, recorded_at, actor_id, actor, actor_role, action,
+        object_type, object_id, clinic, client_addr, details, prev_hash, hash
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+)
+UPDATE audit_chains SET last_seq = $2, last_hash = $14 WHERE chain = $1
+"""
+
+
+async def append(conn: Conn, event: AuditEvent) -> int:
+    """Append ``event`` to its clinic's chain (or the global one); return its sequence number.
+
+    Must run inside the caller's transaction, so the entry commits or rolls back with
+    the action it records.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("audit.append must run inside the transaction of the action")
+    chain = chain_for(event.clinic)
+    head = await conn.fetchrow(_LOCK_HEAD, chain)
+    if head is None:
+        await conn.execute(_CREATE_HEAD, chain, GENESIS_HASH)
+        head = await conn.fetchrow(_LOCK_HEAD, chain)
+        assert head is not None
+    seq: int = head["last_seq"] + 1
+    prev_hash: bytes = head["last_hash"]
+    # Stored with microsecond precision, so hash exactly what will be read back.
+    recorded_at: datetime = head["now"]
+    content = canonical_content(
+        chain=chain,
+        seq=seq,
+        recorded_at=recorded_at,
+        actor_id=event.actor.id,
+        actor=event.actor.name,
+        actor_role=event.actor.role,
+        action=event.action,
+        object_type=event.object_type,
+        object_id=event.object_id,
+        clinic=event.clinic,
+        client_addr=event.client_addr,
+        details=event.details,
+        prev_hash=prev_hash,
+    )
+    await conn.execute(
+        _INSERT_ENTRY,
+        chain,
+        seq,
+        recorded_at,
+        event.actor.id,
+        event.actor.name,
+        event.actor.role,
+        event.action,
+        event.object_type,
+        event.object_id,
+        event.clinic,
+        event.client_addr,
+        event.details,
+        prev_hash,
+        entry_hash(content),
+    )
+    return seq

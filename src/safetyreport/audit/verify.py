@@ -1,0 +1,126 @@
+"""Recomputing every chain and naming the first entry that breaks it."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+
+from safetyreport.audit.chain import GENESIS_HASH, canonical_content, entry_hash
+from safetyreport.db.pool import Conn
+
+
+class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
+    chain: str
+    ok: bool
+    entries: int
+    head_seq: int
+    # The first entry found broken (or the head, for problems at the end), and why.
+    broken_seq: int | None = None
+    problem: str | None = None
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    entries: int
+    chains: list[ChainReport]
+
+    @property
+    def broken(self) -> list[ChainReport]:
+        return [c for c in self.chains if not c.ok]
+
+
+_ENTRIES = """
+SELECT chain, seq, recorded_at, actor_id, actor, actor_role, action, object_type,
+       object_id, clinic, client_addr, details, prev_hash, hash
+FROM audit_entries WHERE chain = $1 ORDER BY seq
+"""
+
+
+def _check_entry(row: asyncpg.Record, expected_seq: int, prev_hash: bytes) -> str | None:
+    if row["seq"] != expected_seq:
+        return (
+            f"entry {expected_seq} is missing: the chain jumps from {expected_seq - 1} "
+            f"to {row['seq']}"
+        )
+    if row["prev_hash"] != prev_hash:
+        return (
+            f"entry {row['seq']} does not link to entry {expected_seq - 1}: its previous "
+            "hash differs from that entry's hash"
+        )
+    content = canonical_content(
+        chain=row["chain"],
+        seq=row["seq"],
+        recorded_at=row["recorded_at"],
+        actor_id=row["actor_id"],
+        actor=row["actor"],
+        actor_role=row["actor_role"],
+        action=row["action"],
+        object_type=row["object_type"],
+        object_id=row["object_id"],
+        clinic=row["clinic"],
+        client_addr=row["client_addr"],
+        details=row["details"],
+        prev_hash=row["prev_hash"],
+    )
+    if entry_hash(content) != row["hash"]:
+        return f"entry {row['seq']} was altered: its content does not match its hash"
+    return None
+
+
+async def _verify_chain(conn: Conn, chain: str, head_seq: int, head_hash: bytes) -> ChainReport:
+    expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
+    async for row in conn.cursor(_ENTRIES, chain, prefetch=1000):
+        problem = _check_entry(row, expected_seq, prev_hash)
+        if problem is not None:
+            return ChainReport(
+                chain=chain,
+                ok=False,
+                entries=count,
+                head_seq=head_seq,
+                broken_seq=row["seq"] if row["seq"] == expected_seq else expected_seq,
+                problem=problem,
+            )
+        count += 1
+        expected_seq, prev_hash = row["seq"] + 1, row["hash"]
+    if expected_seq - 1 != head_seq or prev_hash != head_hash:
+        return ChainReport(
+            chain=chain,
+            ok=False,
+            entries=count,
+            head_seq=head_seq,
+            broken_seq=expected_seq if expected_seq - 1 < head_seq else head_seq,
+            problem=(
+                f"the chain head records entry {head_seq}, but the entries end at "
+                f"{expected_seq - 1}: entries were removed from the end or the head was altered"
+            ),
+        )
+    return ChainReport(chain=chain, ok=True, entries=count, head_seq=head_seq)
+
+
+async def verify_chains(conn: Conn) -> VerifyReport:
+    """Verify every chain from one consistent snapshot of the database."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        heads = await conn.fetch(
+            "SELECT chain, last_seq, last_hash FROM audit_chains ORDER BY chain"
+        )
+        orphans = await conn.fetch(
+            "SELECT DISTINCT chain FROM audit_entries "
+            "WHERE chain NOT IN (SELECT chain FROM audit_chains) ORDER BY chain"
+        )
+        reports = [
+            await _verify_chain(conn, h["chain"], h["last_seq"], h["last_hash"]) for h in heads
+        ]
+        reports += [
+            ChainReport(
+                chain=o["chain"],
+                ok=False,
+                entries=0,
+                head_seq=0,
+                broken_seq=1,
+                problem="entries exist for a chain that has no head",
+            )
+            for o in orphans
+        ]
+    return VerifyReport(
+        ok=all(r.ok for r in reports), entries=sum(r.entries for r in reports), chains=reports
+    )

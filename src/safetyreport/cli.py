@@ -1,0 +1,195 @@
+"""The ``safetyreport`` command: serve, migrate, clinic, user, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from safetyreport.audit import verify_chains
+from safetyreport.audit.chain import SYSTEM_CLI
+from safetyreport.auth.users import ROLES, add_clinic, add_user
+from safetyreport.db.embedded import owner_url
+from safetyreport.db.migrations import MigrationError, migrate
+from safetyreport.db.pool import connect
+from safetyreport.errors import ValidationFailed
+from safetyreport.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+async def _migrate(settings: Settings, url: str) -> None:
+    applied = await migrate(url, app_password=settings.database.app_password)
+    for migration in applied:
+        print(f"applied migration {migration.version:04d}_{migration.name}")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    asyncio.run(_migrate(settings, owner_url(settings)))
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from safetyreport import demo
+
+    settings = _settings()
+    url = owner_url(settings)
+    # Migrate once, here, before any worker starts.
+    asyncio.run(_migrate(settings, url))
+    if args.demo:
+        created = asyncio.run(_with_conn(url, demo.seed))
+        print("demo data created" if created else "demo data already present")
+    where = (
+        "embedded PostgreSQL in " + str(settings.data_dir)
+        if not settings.database.url
+        else "DATABASE_URL"
+    )
+    print(f"safetyreport serving on http://{args.host}:{args.port} (database: {where})")
+    print(f"  API schema: http://{args.host}:{args.port}/schema")
+    if args.demo:
+        print(f"  demo clinic {demo.DEMO_CLINIC[0]}; logins (username / password):")
+        for username, role, password in demo.DEMO_USERS:
+            print(f"    {username:8} / {password:24} ({role})")
+    sys.stdout.flush()
+    uvicorn.run(
+        "safetyreport.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _with_conn(url: str, fn: Any) -> Any:
+    conn = await connect(url)
+    try:
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_clinic_add(args: argparse.Namespace) -> int:
+    async def run(conn: Any) -> int:
+        result: int = await add_clinic(conn, args.code, args.name, SYSTEM_CLI)
+        return result
+
+    asyncio.run(_with_conn(owner_url(_settings()), run))
+    print(f"clinic {args.code} created")
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    if not args.password_stdin:
+        print("error: give the password on standard input with --password-stdin", file=sys.stderr)
+        return 2
+    password = sys.stdin.readline().rstrip("\r\n")
+
+    async def run(conn: Any) -> int:
+        result: int = await add_user(
+            conn,
+            username=args.username,
+            password=password,
+            role=args.role,
+            clinics=args.clinic or [],
+            all_clinics=args.all_clinics,
+            actor=SYSTEM_CLI,
+        )
+        return result
+
+    asyncio.run(_with_conn(owner_url(_settings()), run))
+    print(f"user {args.username.strip().lower()} created")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    report = asyncio.run(_with_conn(owner_url(_settings()), verify_chains))
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        for chain in report.chains:
+            if chain.ok:
+                print(f"ok      {chain.chain}: {chain.entries} entries")
+            else:
+                print(f"BROKEN  {chain.chain}: entry {chain.broken_seq}: {chain.problem}")
+        print(
+            f"{'verified' if report.ok else 'FAILED'}: {report.entries} entries in "
+            f"{len(report.chains)} chains"
+        )
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safetyreport", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate, then serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--demo", action="store_true", help="seed a demo clinic, users and reports")
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
+        func=cmd_migrate
+    )
+
+    clinic = sub.add_parser("clinic", help="manage clinics").add_subparsers(
+        dest="action", required=True
+    )
+    clinic_add = clinic.add_parser("add", help="create a clinic")
+    clinic_add.add_argument("code")
+    clinic_add.add_argument("--name", required=True)
+    clinic_add.set_defaults(func=cmd_clinic_add)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    user_add = user.add_parser("add", help="create a user; the password is read from stdin")
+    user_add.add_argument("username")
+    user_add.add_argument("--role", required=True, choices=ROLES)
+    user_add.add_argument("--clinic", action="append", help="clinic code (repeatable)")
+    user_add.add_argument("--all-clinics", action="store_true", help="auditors and admins only")
+    user_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    user_add.set_defaults(func=cmd_user_add)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="action", required=True
+    )
+    verify = audit.add_parser("verify", help="recompute every hash chain")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=cmd_audit_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ValidationFailed as exc:
+        for error in exc.errors:
+            print(f"error: {error.field}: {error.message}", file=sys.stderr)
+        return 2
+    except MigrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""A small migration runner: numbered SQL files, checksums, one advisory lock.
+
+Files are ``sql/migrations/NNNN_name.sql``. Each is applied in its own transaction
+and recorded in ``schema_migrations`` with its SHA-256. A file edited after it was
+applied is refused. A session advisory lock makes concurrent runners (two servers
+starting at once) take turns, so each file is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from safetyreport.db.pool import Conn, connect
+from safetyreport.settings import APP_DB_ROLE
+
+# Arbitrary but fixed: the key of the advisory lock every runner takes.
+MIGRATION_LOCK_KEY = 7_201_604_311
+_FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The migrations on disk and those recorded in the database disagree."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations_dir() -> Path:
+    """``sql/migrations`` of the source checkout, or of the working directory (the image)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[3] / "sql" / "migrations", Path.cwd() / "sql" / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise MigrationError("cannot find the sql/migrations folder")
+
+
+def load_migrations(folder: Path | None = None) -> list[Migration]:
+    folder = folder or migrations_dir()
+    found: list[Migration] = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _FILE_PATTERN.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
+        found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a number")
+    return found
+
+
+async def _ensure_app_role(conn: Conn, password: str | None) -> None:
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_DB_ROLE)
+    if not exists:
+        # Another database on this server may have created it a moment ago.
+        with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+            await conn.execute(f'CREATE ROLE "{APP_DB_ROLE}" LOGIN NOSUPERUSER NOCREATEDB')
+    if password is not None:
+        # Roles are cluster-wide; format() quotes the literal safely.
+        sql = await conn.fetchval(
+            "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", APP_DB_ROLE, password
+        )
+        await conn.execute(sql)
+
+
+async def migrate(
+    owner_url: str, *, app_password: str | None = None, folder: Path | None = None
+) -> list[Migration]:
+    """Apply pending migrations; return the ones this call applied."""
+    migrations = load_migrations(folder)
+    conn = await connect(owner_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            return await _apply_pending(conn, migrations, app_password)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+
+
+async def _apply_pending(
+    conn: Conn, migrations: list[Migration], app_password: str | None
+) -> list[Migration]:
+    await _ensure_app_role(conn, app_password)
+    await conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            version     integer PRIMARY KEY,
+            name        text NOT NULL,
+            checksum    text NOT NULL,
+            applied_at  timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    recorded = {
+        row["version"]: row
+        for row in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+    }
+    on_disk = {m.version for m in migrations}
+    unknown = sorted(set(recorded) - on_disk)
+    if unknown:
+        raise MigrationError(
+            f"the database has migrations {unknown} that are not on disk: "
+            "is this an older version of the service?"
+        )
+    applied: list[Migration] = []
+    for migration in migrations:
+        row = recorded.get(migration.version)
+        if row is not None:
+            if row["checksum"] != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name}.sql was edited after "
+                    f"it was applied (recorded checksum {row['checksum'][:12]}..., file now "
+                    f"{migration.checksum[:12]}...): add a new migration instead of editing it"
+                )
+            continue
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+        applied.append(migration)
+    return applied

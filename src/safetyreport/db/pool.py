@@ -1,0 +1,56 @@
+"""asyncpg pools with msgspec JSON codecs and UTC sessions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection of our own or one lent by a pool: feature code accepts both.
+# (asyncpg's classes are generic only in its stubs, hence the string form.)
+if TYPE_CHECKING:
+    Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+else:
+    Conn = asyncpg.Connection | PoolConnectionProxy
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def _encode_json(value: Any) -> str:
+    return _encoder.encode(value).decode()
+
+
+def _decode_json(value: str) -> Any:
+    return _decoder.decode(value)
+
+
+async def init_connection(conn: Conn) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog"
+        )
+
+
+SERVER_SETTINGS = {"timezone": "UTC", "application_name": "safetyreport"}
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        server_settings=SERVER_SETTINGS,
+        command_timeout=60,
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(url: str) -> asyncpg.Connection[Any]:
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
+    await init_connection(conn)
+    return conn

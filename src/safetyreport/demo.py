@@ -1,0 +1,97 @@
+"""Demo data for `safetyreport serve --demo`: one clinic, one user per role, a few reports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from safetyreport.audit.chain import SYSTEM_CLI
+from safetyreport.auth.users import Role, add_clinic, add_user, principal_by_username
+from safetyreport.db.pool import Conn
+from safetyreport.reports.service import insert_report
+from safetyreport.reports.validation import validate_report
+
+DEMO_CLINIC = ("DEMO", "Demo Ketamine Clinic")
+# Demo only: printed at start-up so a newcomer can log in. Never use these elsewhere.
+DEMO_USERS: tuple[tuple[str, Role, str], ...] = (
+    ("nurse", "nurse", "demo-nurse-password"),
+    ("officer", "safety_officer", "demo-officer-password"),
+    ("auditor", "auditor", "demo-auditor-password"),
+    ("admin", "admin", "demo-admin-password"),
+)
+
+
+def _demo_reports(now: datetime) -> list[dict[str, Any]]:
+    common = {"clinic": DEMO_CLINIC[0], "drug": "esketamine_nasal", "outcome": "resolved"}
+    return [
+        {
+            **common,
+            "kind": "blood_pressure",
+            "patient_ref": "PT-0001",
+            "phase": "pre_dose",
+            "occurred_at": (now - timedelta(hours=3)).isoformat(),
+            "systolic": 128,
+            "diastolic": 82,
+        },
+        {
+            **common,
+            "kind": "blood_pressure",
+            "patient_ref": "PT-0001",
+            "phase": "post_dose",
+            "occurred_at": (now - timedelta(hours=2, minutes=20)).isoformat(),
+            "systolic": 168,
+            "diastolic": 96,
+            "minutes_after_dose": 40,
+            "dose_mg": 56,
+        },
+        {
+            **common,
+            "kind": "dissociation",
+            "patient_ref": "PT-0002",
+            "moaa_s": 4,
+            "cadss_total": 9,
+            "severity": "moderate",
+            "resolved": True,
+            "respiratory_depression": False,
+            "spo2": 97,
+            "occurred_at": (now - timedelta(hours=1)).isoformat(),
+            "minutes_after_dose": 35,
+        },
+        {
+            **common,
+            "kind": "misuse_concern",
+            "patient_ref": "PT-0003",
+            "drug": "ketamine_iv",
+            "outcome": "unknown",
+            "concern_type": "inventory_discrepancy",
+            "description": "End-of-day count short by one vial.",
+            "expected_quantity": 10,
+            "actual_quantity": 9,
+            "unit": "ml",
+            "occurred_at": (now - timedelta(minutes=30)).isoformat(),
+        },
+    ]
+
+
+async def seed(conn: Conn) -> bool:
+    """Create the demo data unless the demo clinic exists; True when it was created."""
+    if await conn.fetchval("SELECT 1 FROM clinics WHERE code = $1", DEMO_CLINIC[0]):
+        return False
+    await add_clinic(conn, DEMO_CLINIC[0], DEMO_CLINIC[1], SYSTEM_CLI)
+    for username, role, password in DEMO_USERS:
+        await add_user(
+            conn,
+            username=username,
+            password=password,
+            role=role,
+            clinics=[DEMO_CLINIC[0]],
+            all_clinics=False,
+            actor=SYSTEM_CLI,
+        )
+    nurse = await principal_by_username(conn, "nurse")
+    assert nurse is not None
+    for raw in _demo_reports(datetime.now(UTC)):
+        body = validate_report(raw, skew=timedelta(0))
+        async with conn.transaction():
+            await insert_report(conn, nurse, body, "demo-seed")
+    return True

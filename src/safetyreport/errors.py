@@ -1,0 +1,181 @@
+"""The error hierarchy and its single mapping to HTTP problem details (RFC 9457).
+
+    AppError                  500  something the service itself got wrong
+    ├── ServiceUnavailable    503  the database cannot be reached right now
+    └── ClientError           400  the request cannot be served as sent
+        ├── ValidationFailed  422  named fields broke named rules (``errors``)
+        ├── NotAuthenticated  401  no valid token
+        ├── Forbidden         403  the role may not do this
+        ├── NotFound          404  no such object among the user's clinics
+        ├── Conflict          409  a concurrent request holds the same key
+        └── TooManyRequests   429  login throttled (``retry_after`` seconds)
+
+Feature services raise these; nothing below the HTTP layer knows about responses.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+_log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    rule: str
+    message: str
+
+
+class AppError(Exception):
+    status_code = HTTP_500_INTERNAL_SERVER_ERROR
+    title = "Internal server error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    title = "Service unavailable"
+
+
+class ClientError(AppError):
+    status_code = 400
+    title = "Bad request"
+
+
+class ValidationFailed(ClientError):
+    status_code = 422
+    title = "Validation failed"
+
+    def __init__(self, errors: list[FieldError], detail: str | None = None) -> None:
+        super().__init__(detail or "; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+    @classmethod
+    def one(cls, field: str, rule: str, message: str) -> ValidationFailed:
+        return cls([FieldError(field, rule, message)])
+
+
+class NotAuthenticated(ClientError):
+    status_code = 401
+    title = "Not authenticated"
+
+
+class Forbidden(ClientError):
+    status_code = 403
+    title = "Forbidden"
+
+
+class NotFound(ClientError):
+    status_code = 404
+    title = "Not found"
+
+
+class Conflict(ClientError):
+    status_code = 409
+    title = "Conflict"
+
+
+class PayloadTooLarge(ClientError):
+    status_code = 413
+    title = "Payload too large"
+
+
+class TooManyRequests(ClientError):
+    status_code = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    title: str
+    status: int
+    detail: str
+    type: str = "about:blank"
+    errors: list[FieldError] | None = None
+
+
+def _problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Problem]:
+    return Response(
+        Problem(title=title, status=status, detail=detail, errors=errors),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+_DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _from_litestar_validation(exc: ValidationException) -> list[FieldError]:
+    errors: list[FieldError] = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if isinstance(item, dict):
+            field = str(item.get("key") or item.get("source") or "request")
+            errors.append(FieldError(field, "invalid", str(item.get("message", exc.detail))))
+    return errors or [FieldError("request", "invalid", exc.detail)]
+
+
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """The one place where exceptions become HTTP responses."""
+    if isinstance(exc, ValidationFailed):
+        return _problem(exc.status_code, exc.title, exc.detail, exc.errors)
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
+        return _problem(exc.status_code, exc.title, exc.detail, headers=headers)
+    if isinstance(exc, NotAuthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="safetyreport"'}
+        return _problem(exc.status_code, exc.title, exc.detail, headers=headers)
+    if isinstance(exc, AppError):
+        return _problem(exc.status_code, exc.title, exc.detail)
+    if isinstance(exc, ValidationException):
+        # Litestar's own parameter checks (query and path values): name the field.
+        errors = _from_litestar_validation(exc)
+        return _problem(422, ValidationFailed.title, exc.detail, errors)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        if status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="safetyreport"'}
+            return _problem(status, "Not authenticated", exc.detail, headers=headers)
+        return _problem(status, HTTPStatus(status).phrase, exc.detail, headers=exc.headers)
+    if isinstance(exc, _DATABASE_DOWN):
+        _log.warning("database unavailable: %s", exc)
+        return _problem(
+            503,
+            ServiceUnavailable.title,
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    _log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _problem(500, AppError.title, "an unexpected error occurred; it has been logged")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: exception_to_response}

@@ -1,0 +1,92 @@
+"""Running a write once per Idempotency-Key, because tablets retry.
+
+Within one transaction: take a transaction-scoped advisory lock on (user, key)
+without waiting (taken: another request with this key is still running, 409);
+replay a stored response for the same request, or refuse a different request with
+the same key (422); otherwise run the write and store its response. The lock is
+released at commit, when the stored response becomes visible to the next retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import asyncpg
+import msgspec
+
+from safetyreport.db.pool import Conn
+from safetyreport.errors import Conflict, ValidationFailed
+
+MAX_KEY_LENGTH = 200
+Action = Callable[[Conn], Awaitable[tuple[int, bytes]]]
+
+
+class StoredResponse(msgspec.Struct, frozen=True):
+    status: int
+    body: bytes
+    replayed: bool
+
+
+def check_key(key: str) -> str:
+    if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise ValidationFailed.one(
+            "Idempotency-Key", "format", f"1-{MAX_KEY_LENGTH} printable ASCII characters"
+        )
+    return key
+
+
+def request_hash(method: str, path: str, canonical_body: bytes) -> bytes:
+    return hashlib.sha256(f"{method} {path}\n".encode() + canonical_body).digest()
+
+
+def _lock_key(user_id: int, key: str) -> int:
+    digest = hashlib.sha256(f"idempotency:{user_id}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+_FIND = """
+SELECT request_hash, response_status, response_body FROM idempotency_keys
+WHERE user_id = $1 AND key = $2 AND expires_at > now()
+"""
+_FORGET_EXPIRED = "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2"
+_STORE = """
+INSERT INTO idempotency_keys
+    (user_id, key, request_hash, response_status, response_body, expires_at)
+VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
+"""
+
+
+async def run_once(
+    conn: Conn,
+    *,
+    user_id: int,
+    key: str,
+    fingerprint: bytes,
+    ttl: timedelta,
+    action: Action,
+) -> StoredResponse:
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_key(user_id, key)):
+            raise Conflict(
+                "a request with this Idempotency-Key is still being processed; retry shortly"
+            )
+        stored = await conn.fetchrow(_FIND, user_id, key)
+        if stored is not None:
+            if stored["request_hash"] != fingerprint:
+                raise ValidationFailed.one(
+                    "Idempotency-Key",
+                    "reused",
+                    "this key was already used for a different request; use a new key",
+                )
+            return StoredResponse(stored["response_status"], stored["response_body"], True)
+        await conn.execute(_FORGET_EXPIRED, user_id, key)
+        status, body = await action(conn)
+        await conn.execute(_STORE, user_id, key, fingerprint, status, body, ttl)
+        return StoredResponse(status, body, False)
+
+
+async def purge_expired(pool: asyncpg.Pool) -> int:
+    result: str = await pool.execute("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+    return int(result.split()[-1])

@@ -1,0 +1,159 @@
+"""HTTP routes for reports: thin wrappers that parse, authorize and call the service."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
+
+from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.errors import ClientError, ValidationFailed
+from safetyreport.idempotency import check_key, request_hash, run_once
+from safetyreport.reports import service
+from safetyreport.reports.validation import decode_json, validate_report
+from safetyreport.state import app_state, client_address
+
+WRITERS = ("nurse", "safety_officer")
+READERS = ("nurse", "safety_officer", "auditor", "admin")
+MAX_REPORT_BYTES = 64 * 1024
+_JSON = "application/json"
+
+
+def _json_response(status: int, body: bytes, replayed: bool) -> Response[bytes]:
+    headers = {"Idempotency-Replayed": "true"} if replayed else {}
+    return Response(body, status_code=status, media_type=_JSON, headers=headers)
+
+
+def _require_offset(name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise ValidationFailed.one(name, "offset_required", "give a UTC offset, e.g. +00:00")
+
+
+class ReportController(Controller):
+    path = "/api/v1/reports"
+    tags = ["reports"]
+    guards = [require_roles]
+    opt = {ROLES_OPT: READERS}
+
+    @post(
+        "/",
+        opt={ROLES_OPT: WRITERS},
+        request_max_body_size=MAX_REPORT_BYTES,
+        responses={201: ResponseSpec(service.ReportView, description="The stored report")},
+    )
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name="Idempotency-Key", required=False)
+        ] = None,
+    ) -> Response[bytes]:
+        """Submit a report (body tagged by ``kind``). Needs an ``Idempotency-Key`` header."""
+        if not idempotency_key:
+            raise ClientError("send an Idempotency-Key header (one new key per report)")
+        key = check_key(idempotency_key)
+        state = app_state(request)
+        principal = principal_of(request)
+        body = validate_report(
+            decode_json(await request.body()), skew=state.settings.reports.clock_skew
+        )
+        addr = client_address(request)
+
+        async def action(conn: Any) -> tuple[int, bytes]:
+            view = await service.insert_report(conn, principal, body, addr)
+            return 201, service.encode(view)
+
+        async with state.pool.acquire() as conn:
+            stored = await run_once(
+                conn,
+                user_id=principal.id,
+                key=key,
+                fingerprint=request_hash("POST", request.url.path, service.canonical_json(body)),
+                ttl=state.settings.reports.idempotency_ttl,
+                action=action,
+            )
+        return _json_response(stored.status, stored.body, stored.replayed)
+
+    @get("/")
+    async def list(
+        self,
+        request: Request[Any, Any, Any],
+        kind: FromQuery[Literal["blood_pressure", "dissociation", "misuse_concern"] | None] = None,
+        clinic: FromQuery[str | None] = None,
+        patient_ref: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> service.ReportPage:
+        """Reports of your clinics, newest first, a page at a time."""
+        _require_offset("since", since)
+        _require_offset("until", until)
+        state = app_state(request)
+        filters = service.ReportFilters(
+            kind=kind,
+            clinic=clinic,
+            patient_ref=patient_ref,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
+        return await service.list_reports(
+            state.pool, principal_of(request), filters, client_address(request)
+        )
+
+    @get("/{report_id:uuid}")
+    async def read(
+        self, request: Request[Any, Any, Any], report_id: FromPath[uuid.UUID]
+    ) -> service.ReportView:
+        """One report: its current version and every earlier one."""
+        state = app_state(request)
+        return await service.read_report(
+            state.pool, principal_of(request), report_id, client_address(request)
+        )
+
+    @post(
+        "/{report_id:uuid}/amendments",
+        opt={ROLES_OPT: WRITERS},
+        request_max_body_size=MAX_REPORT_BYTES,
+        responses={201: ResponseSpec(service.ReportView, description="The amended report")},
+    )
+    async def amend(
+        self,
+        request: Request[Any, Any, Any],
+        report_id: FromPath[uuid.UUID],
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name="Idempotency-Key", required=False)
+        ] = None,
+    ) -> Response[bytes]:
+        """Amend a report: ``{"reason": ..., <changed fields>}`` makes a new version."""
+        state = app_state(request)
+        principal = principal_of(request)
+        raw = decode_json(await request.body())
+        addr = client_address(request)
+
+        async def action(conn: Any) -> tuple[int, bytes]:
+            view = await service.amend_report(
+                conn, principal, report_id, raw, addr, state.settings.reports
+            )
+            return 201, service.encode(view)
+
+        async with state.pool.acquire() as conn:
+            if not idempotency_key:
+                async with conn.transaction():
+                    status, body = await action(conn)
+                return _json_response(status, body, False)
+            stored = await run_once(
+                conn,
+                user_id=principal.id,
+                key=check_key(idempotency_key),
+                fingerprint=request_hash("POST", request.url.path, service.canonical_json(raw)),
+                ttl=state.settings.reports.idempotency_ttl,
+                action=action,
+            )
+        return _json_response(stored.status, stored.body, stored.replayed)

@@ -1,0 +1,355 @@
+"""Creating, amending, reading and listing reports. Every call is audited in its transaction."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from safetyreport import audit
+from safetyreport.auth.users import Principal
+from safetyreport.db.pool import Conn
+from safetyreport.errors import NotFound, ValidationFailed
+from safetyreport.reports.grading import ctcae_hypertension_grade
+from safetyreport.reports.types import FIXED_FIELDS, BloodPressure, ReportBody
+from safetyreport.reports.validation import validate_report
+from safetyreport.settings import ReportSettings
+
+_canonical = msgspec.json.Encoder(order="sorted")
+_encoder = msgspec.json.Encoder()
+
+
+class ReportVersionView(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    created_at: datetime
+    created_by: str
+    reason: str | None
+    ctcae_grade: int | None
+    body: dict[str, Any]
+
+
+class ReportView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    id: uuid.UUID
+    clinic: str
+    kind: str
+    patient_ref: str
+    occurred_at: datetime
+    version: int
+    # CTCAE v5 hypertension grade for blood-pressure reports (0: below grade 1).
+    ctcae_grade: int | None
+    serious: bool
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    body: dict[str, Any]
+    # Every version, oldest first; only on the single-report view.
+    history: list[ReportVersionView] | None = None
+
+
+class ReportPage(msgspec.Struct, frozen=True):
+    items: list[ReportView]
+    next_cursor: str | None
+
+
+class ReportFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    kind: str | None = None
+    clinic: str | None = None
+    patient_ref: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    cursor: str | None = None
+    limit: int = 50
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys: equal content, equal bytes (for hashes and fingerprints)."""
+    return _canonical.encode(value)
+
+
+def _grade(body: ReportBody) -> int | None:
+    if isinstance(body, BloodPressure):
+        return ctcae_hypertension_grade(body.systolic, body.diastolic, body.symptoms)
+    return None
+
+
+def _clinic_id(principal: Principal, code: str) -> int:
+    clinic_id = principal.clinic_ids.get(code)
+    if clinic_id is None:
+        raise ValidationFailed.one("clinic", "member", f"you do not report for a clinic {code}")
+    return clinic_id
+
+
+_SELECT_VIEW = """
+SELECT r.id, c.code AS clinic, r.kind, r.patient_ref, r.occurred_at, r.current_version,
+       v.ctcae_grade, v.body, r.created_at, u.username AS created_by, r.updated_at, r.clinic_id
+FROM reports r
+JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
+JOIN clinics c ON c.id = r.clinic_id
+JOIN users u ON u.id = r.created_by
+"""
+_SELECT_HISTORY = """
+SELECT v.version, v.created_at, u.username AS created_by, v.reason, v.ctcae_grade, v.body
+FROM report_versions v JOIN users u ON u.id = v.created_by
+WHERE v.report_id = $1 ORDER BY v.version
+"""
+
+
+def _view(row: asyncpg.Record, history: list[asyncpg.Record] | None = None) -> ReportView:
+    body: dict[str, Any] = row["body"]
+    return ReportView(
+        id=row["id"],
+        clinic=row["clinic"],
+        kind=row["kind"],
+        patient_ref=row["patient_ref"],
+        occurred_at=row["occurred_at"],
+        version=row["current_version"],
+        ctcae_grade=row["ctcae_grade"],
+        serious=bool(body.get("seriousness")),
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        updated_at=row["updated_at"],
+        body=body,
+        history=None if history is None else [ReportVersionView(**dict(h)) for h in history],
+    )
+
+
+async def _load(
+    conn: Conn, principal: Principal, report_id: uuid.UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    """The report's current row if the principal may see it; 404 otherwise."""
+    row = await conn.fetchrow(
+        _SELECT_VIEW + " WHERE r.id = $1" + (" FOR UPDATE OF r" if lock else ""), report_id
+    )
+    if row is None or not principal.can_see(row["clinic_id"]):
+        raise NotFound(f"no report {report_id}")
+    found: asyncpg.Record = row
+    return found
+
+
+async def _detail(conn: Conn, report_id: uuid.UUID) -> ReportView:
+    row = await conn.fetchrow(_SELECT_VIEW + " WHERE r.id = $1", report_id)
+    assert row is not None
+    return _view(row, await conn.fetch(_SELECT_HISTORY, report_id))
+
+
+async def insert_report(
+    conn: Conn, principal: Principal, body: ReportBody, client_addr: str
+) -> ReportView:
+    """Store version 1 of a validated report and audit it; the caller owns the transaction."""
+    clinic_id = _clinic_id(principal, body.clinic)
+    report_id = uuid.uuid4()
+    stored = msgspec.to_builtins(body)
+    await conn.execute(
+        "INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,"
+        " created_by) VALUES ($1, $2, $3, $4, $5, 1, $6)",
+        report_id,
+        clinic_id,
+        stored["kind"],
+        body.patient_ref,
+        body.occurred_at,
+        principal.id,
+    )
+    await conn.execute(
+        "INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)"
+        " VALUES ($1, 1, $2, $3, $4)",
+        report_id,
+        stored,
+        _grade(body),
+        principal.id,
+    )
+    await audit.append(
+        conn,
+        audit.AuditEvent(
+            actor=principal.actor(),
+            action="report.created",
+            object_type="report",
+            object_id=str(report_id),
+            clinic=body.clinic,
+            client_addr=client_addr,
+            details={
+                "kind": stored["kind"],
+                "version": 1,
+                "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
+            },
+        ),
+    )
+    return await _detail(conn, report_id)
+
+
+def encode(view: msgspec.Struct) -> bytes:
+    return _encoder.encode(view)
+
+
+def _amendment_changes(raw: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise ValidationFailed.one("$", "type", "the body must be a JSON object")
+    changes = dict(raw)
+    reason = changes.pop("reason", None)
+    if reason is None:
+        raise ValidationFailed.one("reason", "required", "say why the report changes")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000 or "\x00" in reason:
+        raise ValidationFailed.one("reason", "length", "a reason is 1-1000 characters of text")
+    fixed = sorted(FIXED_FIELDS & changes.keys())
+    if fixed:
+        raise ValidationFailed(
+            [ValidationFailed.one(f, "fixed", f"{f} cannot be amended").errors[0] for f in fixed]
+        )
+    if not changes:
+        raise ValidationFailed.one("$", "no_change", "name at least one field to change")
+    return reason.strip(), changes
+
+
+async def amend_report(
+    conn: Conn,
+    principal: Principal,
+    report_id: uuid.UUID,
+    raw: Any,
+    client_addr: str,
+    settings: ReportSettings,
+) -> ReportView:
+    """Add a version with the changed fields, validated like a new report."""
+    reason, changes = _amendment_changes(raw)
+    row = await _load(conn, principal, report_id, lock=True)
+    current: dict[str, Any] = row["body"]
+    merged = {k: v for k, v in {**current, **changes}.items() if v is not None}
+    body = validate_report(merged, skew=settings.clock_skew)
+    stored = msgspec.to_builtins(body)
+    if stored == current:
+        raise ValidationFailed.one("$", "no_change", "the amendment changes nothing")
+    version = row["current_version"] + 1
+    await conn.execute(
+        "INSERT INTO report_versions (report_id, version, body, ctcae_grade, reason, created_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        report_id,
+        version,
+        stored,
+        _grade(body),
+        reason,
+        principal.id,
+    )
+    await conn.execute(
+        "UPDATE reports SET current_version = $2, patient_ref = $3, occurred_at = $4,"
+        " updated_at = now() WHERE id = $1",
+        report_id,
+        version,
+        body.patient_ref,
+        body.occurred_at,
+    )
+    changed = {
+        k: {"from": current.get(k), "to": stored.get(k)}
+        for k in sorted(current.keys() | stored.keys())
+        if current.get(k) != stored.get(k)
+    }
+    await audit.append(
+        conn,
+        audit.AuditEvent(
+            actor=principal.actor(),
+            action="report.amended",
+            object_type="report",
+            object_id=str(report_id),
+            clinic=row["clinic"],
+            client_addr=client_addr,
+            details={"version": version, "reason": reason, "changes": changed},
+        ),
+    )
+    return await _detail(conn, report_id)
+
+
+async def read_report(
+    pool: asyncpg.Pool, principal: Principal, report_id: uuid.UUID, client_addr: str
+) -> ReportView:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _load(conn, principal, report_id)
+        await audit.append(
+            conn,
+            audit.AuditEvent(
+                actor=principal.actor(),
+                action="report.read",
+                object_type="report",
+                object_id=str(report_id),
+                clinic=row["clinic"],
+                client_addr=client_addr,
+            ),
+        )
+        return _view(row, await conn.fetch(_SELECT_HISTORY, report_id))
+
+
+def _encode_cursor(occurred_at: datetime, report_id: uuid.UUID) -> str:
+    raw = _encoder.encode([occurred_at, report_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise ValidationFailed.one(
+            "cursor", "format", "use next_cursor from a previous page"
+        ) from None
+
+
+async def list_reports(
+    pool: asyncpg.Pool, principal: Principal, filters: ReportFilters, client_addr: str
+) -> ReportPage:
+    """The newest reports first, among the clinics the principal may see."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    scope = principal.scope()
+    if scope is not None:
+        where.append(f"r.clinic_id = ANY({arg(scope)}::bigint[])")
+    if filters.clinic is not None:
+        clinic_id = principal.clinic_ids.get(filters.clinic)
+        if clinic_id is None:
+            raise NotFound(f"no clinic {filters.clinic}")
+        where.append(f"r.clinic_id = {arg(clinic_id)}")
+    if filters.kind is not None:
+        where.append(f"r.kind = {arg(filters.kind)}")
+    if filters.patient_ref is not None:
+        where.append(f"r.patient_ref = {arg(filters.patient_ref)}")
+    if filters.since is not None:
+        where.append(f"r.occurred_at >= {arg(filters.since)}")
+    if filters.until is not None:
+        where.append(f"r.occurred_at < {arg(filters.until)}")
+    if filters.cursor is not None:
+        after_time, after_id = _decode_cursor(filters.cursor)
+        where.append(f"(r.occurred_at, r.id) < ({arg(after_time)}, {arg(after_id)})")
+    sql = (
+        _SELECT_VIEW
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY r.occurred_at DESC, r.id DESC LIMIT {arg(filters.limit + 1)}"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(sql, *args)
+        items = [_view(r) for r in rows[: filters.limit]]
+        next_cursor = None
+        if len(rows) > filters.limit:
+            last = items[-1]
+            next_cursor = _encode_cursor(last.occurred_at, last.id)
+        await audit.append(
+            conn,
+            audit.AuditEvent(
+                actor=principal.actor(),
+                action="report.listed",
+                object_type="report",
+                clinic=filters.clinic,
+                client_addr=client_addr,
+                details={
+                    "filters": msgspec.to_builtins(filters),
+                    "count": len(items),
+                    "report_ids": [str(i.id) for i in items],
+                },
+            ),
+        )
+    return ReportPage(items=items, next_cursor=next_cursor)

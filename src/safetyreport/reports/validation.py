@@ -1,0 +1,149 @@
+"""Validating a report body and naming every field that breaks a rule.
+
+msgspec stops at the first error, so each field is converted on its own; rules
+that span fields then run on whichever of their fields converted. The report is
+built only when nothing failed, so nothing half-valid is ever stored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from safetyreport.errors import FieldError, ValidationFailed
+from safetyreport.reports.types import KINDS, QUANTITY_CONCERNS, ReportBody
+
+_RULES = (
+    (re.compile(r"^Expected `[^`]+`, got"), "type"),
+    (re.compile(r"^Expected `[^`]+` (>=|<=|>|<) "), "range"),
+    (re.compile(r"of length"), "length"),
+    (re.compile(r"matching regex"), "pattern"),
+    (re.compile(r"^Invalid enum value"), "enum"),
+    (re.compile(r"RFC3339|datetime"), "format"),
+)
+_decoder = msgspec.json.Decoder()
+
+
+def _rule_of(message: str) -> str:
+    for pattern, rule in _RULES:
+        if pattern.search(message):
+            return rule
+    return "invalid"
+
+
+def decode_json(raw: bytes) -> Any:
+    try:
+        return _decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed.one(
+            "$", "malformed_json", f"the body is not valid JSON: {exc}"
+        ) from None
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
+def _convert_fields(raw: dict[str, Any], kind: str) -> tuple[dict[str, Any], list[FieldError]]:
+    """Each field converted on its own: the values that passed, and an error per failure."""
+    fields = msgspec.structs.fields(KINDS[kind])
+    known = {f.encode_name for f in fields} | {"kind"}
+    errors = [
+        FieldError(name, "unknown_field", f"{name} is not a field of a {kind} report")
+        for name in raw
+        if name not in known
+    ]
+    values: dict[str, Any] = {}
+    for field in fields:
+        name = field.encode_name
+        if name not in raw:
+            if field.required:
+                errors.append(FieldError(name, "required", "this field is required"))
+            continue
+        if _has_nul(raw[name]):
+            errors.append(FieldError(name, "no_nul", "text may not contain NUL characters"))
+            continue
+        try:
+            values[name] = msgspec.convert(raw[name], field.type)
+        except msgspec.ValidationError as exc:
+            errors.append(FieldError(name, _rule_of(str(exc)), str(exc)))
+    return values, errors
+
+
+def _check_time(values: dict[str, Any], now: datetime, skew: timedelta) -> list[FieldError]:
+    occurred_at: datetime | None = values.get("occurred_at")
+    if occurred_at is None:
+        return []
+    if occurred_at.tzinfo is None:
+        return [
+            FieldError(
+                "occurred_at",
+                "offset_required",
+                "give a UTC offset, e.g. 2026-01-02T09:30:00+01:00",
+            )
+        ]
+    if occurred_at > now + skew:
+        return [FieldError("occurred_at", "not_in_future", "occurred_at is in the future")]
+    return []
+
+
+def _check_unique(values: dict[str, Any]) -> list[FieldError]:
+    return [
+        FieldError(name, "unique", "each value may appear only once")
+        for name in ("seriousness", "symptoms")
+        if name in values and len(set(values[name])) != len(values[name])
+    ]
+
+
+def _check_pressure(values: dict[str, Any]) -> list[FieldError]:
+    systolic, diastolic = values.get("systolic"), values.get("diastolic")
+    if systolic is not None and diastolic is not None and systolic <= diastolic:
+        return [FieldError("systolic", "above_diastolic", "systolic must exceed diastolic")]
+    return []
+
+
+def _check_quantities(values: dict[str, Any]) -> list[FieldError]:
+    concern = values.get("concern_type")
+    if concern is None:
+        return []
+    names = ("expected_quantity", "actual_quantity", "unit")
+    if concern in QUANTITY_CONCERNS:
+        return [
+            FieldError(name, "required", f"required when concern_type is {concern}")
+            for name in names
+            if values.get(name) is None
+        ]
+    return [
+        FieldError(name, "not_applicable", f"only for {', '.join(sorted(QUANTITY_CONCERNS))}")
+        for name in (*names, "lot")
+        if values.get(name) is not None
+    ]
+
+
+def validate_report(raw: Any, *, skew: timedelta, now: datetime | None = None) -> ReportBody:
+    """A typed report from decoded JSON, or ValidationFailed naming every broken rule."""
+    if not isinstance(raw, dict):
+        raise ValidationFailed.one("$", "type", "the body must be a JSON object")
+    kind = raw.get("kind")
+    if kind is None:
+        raise ValidationFailed.one("kind", "required", f"kind is one of {', '.join(KINDS)}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValidationFailed.one("kind", "enum", f"kind is one of {', '.join(KINDS)}")
+    values, errors = _convert_fields(raw, kind)
+    errors += _check_time(values, now or datetime.now(UTC), skew)
+    errors += _check_unique(values)
+    errors += _check_pressure(values)
+    errors += _check_quantities(values)
+    if errors:
+        raise ValidationFailed(errors)
+    body: ReportBody = msgspec.convert(raw, KINDS[kind])
+    return msgspec.structs.replace(body, occurred_at=body.occurred_at.astimezone(UTC))

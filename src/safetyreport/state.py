@@ -1,0 +1,32 @@
+"""What the app keeps for its lifetime, and small request helpers shared by routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from litestar.connection import ASGIConnection
+
+from safetyreport.settings import Settings
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    pool: asyncpg.Pool
+
+
+def app_state(connection: ASGIConnection[Any, Any, Any, Any]) -> AppState:
+    state: AppState = connection.app.state.safetyreport
+    return state
+
+
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The client's address; X-Forwarded-For is believed only from a trusted proxy."""
+    peer = connection.client.host if connection.client else "unknown"
+    trusted = app_state(connection).settings.trusted_proxies
+    forwarded = connection.headers.get("x-forwarded-for")
+    if forwarded and peer in trusted:
+        return forwarded.split(",")[0].strip() or peer
+    return peer
