@@ -16,13 +16,19 @@ Feature services raise these; nothing below the HTTP layer knows about responses
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    SerializationException,
+    ValidationException,
+)
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
@@ -134,13 +140,45 @@ _DATABASE_DOWN = (
 )
 
 
+_RULES = (
+    (re.compile(r"^Expected `[^`]+`, got"), "type"),
+    (re.compile(r"^Expected `[^`]+` (>=|<=|>|<) "), "range"),
+    (re.compile(r"of length"), "length"),
+    (re.compile(r"matching regex"), "pattern"),
+    (re.compile(r"^Invalid enum value"), "enum"),
+    (re.compile(r"RFC3339|datetime|UUID"), "format"),
+    (re.compile(r"^Object missing required field"), "required"),
+    (re.compile(r"^Object contains unknown field"), "unknown_field"),
+)
+
+
+_QUOTED_FIELD = re.compile(r"field `([^`]+)`")
+
+
+def rule_of(message: str) -> str:
+    """A machine-readable rule name for one of msgspec's validation messages."""
+    for pattern, rule in _RULES:
+        if pattern.search(message):
+            return rule
+    return "invalid"
+
+
 def _from_litestar_validation(exc: ValidationException) -> list[FieldError]:
     errors: list[FieldError] = []
     extra = exc.extra if isinstance(exc.extra, list) else []
     for item in extra:
-        if isinstance(item, dict):
-            field = str(item.get("key") or item.get("source") or "request")
-            errors.append(FieldError(field, "invalid", str(item.get("message", exc.detail))))
+        if not isinstance(item, dict):
+            continue
+        field = str(item.get("key") or "request")
+        message = str(item.get("message", exc.detail))
+        if field == "data":
+            # Errors about the body as a whole: name the field msgspec quotes, if any.
+            named = _QUOTED_FIELD.search(message)
+            if named is None:
+                errors.append(FieldError("$", "required", "the request needs a JSON body"))
+                continue
+            field = named[1]
+        errors.append(FieldError(field, rule_of(message), message))
     return errors or [FieldError("request", "invalid", exc.detail)]
 
 
@@ -156,6 +194,10 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         return _problem(exc.status_code, exc.title, exc.detail, headers=headers)
     if isinstance(exc, AppError):
         return _problem(exc.status_code, exc.title, exc.detail)
+    if isinstance(exc, ClientException) and isinstance(exc.__cause__, SerializationException):
+        # The body could not be decoded at all.
+        errors = [FieldError("$", "malformed_json", f"the body is not valid JSON: {exc.detail}")]
+        return _problem(422, ValidationFailed.title, errors[0].message, errors)
     if isinstance(exc, ValidationException):
         # Litestar's own parameter checks (query and path values): name the field.
         errors = _from_litestar_validation(exc)

@@ -7,40 +7,13 @@ built only when nothing failed, so nothing half-valid is ever stored.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from safetyreport.errors import FieldError, ValidationFailed
+from safetyreport.errors import FieldError, ValidationFailed, rule_of
 from safetyreport.reports.types import KINDS, QUANTITY_CONCERNS, ReportBody
-
-_RULES = (
-    (re.compile(r"^Expected `[^`]+`, got"), "type"),
-    (re.compile(r"^Expected `[^`]+` (>=|<=|>|<) "), "range"),
-    (re.compile(r"of length"), "length"),
-    (re.compile(r"matching regex"), "pattern"),
-    (re.compile(r"^Invalid enum value"), "enum"),
-    (re.compile(r"RFC3339|datetime"), "format"),
-)
-_decoder = msgspec.json.Decoder()
-
-
-def _rule_of(message: str) -> str:
-    for pattern, rule in _RULES:
-        if pattern.search(message):
-            return rule
-    return "invalid"
-
-
-def decode_json(raw: bytes) -> Any:
-    try:
-        return _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed.one(
-            "$", "malformed_json", f"the body is not valid JSON: {exc}"
-        ) from None
 
 
 def _has_nul(value: Any) -> bool:
@@ -75,7 +48,7 @@ def _convert_fields(raw: dict[str, Any], kind: str) -> tuple[dict[str, Any], lis
         try:
             values[name] = msgspec.convert(raw[name], field.type)
         except msgspec.ValidationError as exc:
-            errors.append(FieldError(name, _rule_of(str(exc)), str(exc)))
+            errors.append(FieldError(name, rule_of(str(exc)), str(exc)))
     return values, errors
 
 
