@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     url = owner_url(settings)
+    if settings.database.url is None:
+        # Workers use the server this process started rather than joining it themselves:
+        # worker processes exit without atexit hooks, so a worker that joined would keep
+        # the embedded server running after the service stopped.
+        os.environ["DATABASE_URL"] = url
     # Migrate once, here, before any worker starts.
     asyncio.run(_migrate(settings, url))
     if args.demo:

@@ -72,6 +72,11 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
 
         try:
             await app(scope, receive, send_wrapper)
+        except Exception as exc:
+            # Raised by a middleware inside this one (authentication): Litestar turns it into
+            # a response outside of it, so log the status that response will carry.
+            status = getattr(exc, "status_code", 500)
+            raise
         finally:
             user = scope.get("user")
             client = scope.get("client")
