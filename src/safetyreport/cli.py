@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for username, role, password in demo.DEMO_USERS:
             print(f"    {username:8} / {password:24} ({role})")
     sys.stdout.flush()
+    _exit_cleanly_on_signals()
     uvicorn.run(
         "safetyreport.app:create_app",
         factory=True,
@@ -78,6 +80,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _exit_cleanly_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into a normal exit once uvicorn has shut down.
+
+    uvicorn handles the signal gracefully, then restores the previous handler and
+    raises the signal again. With Python's default handler that kills the process
+    (exit -15) before atexit hooks run, leaving the embedded PostgreSQL running.
+    """
+
+    def exit_normally(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, exit_normally)
 
 
 async def _with_conn(url: str, fn: Any) -> Any:

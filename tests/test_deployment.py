@@ -1,0 +1,123 @@
+"""Deployment files agree with the code: compose.yaml, the Dockerfile and the settings."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from safetyreport.settings import ENVIRONMENT_VARIABLES, Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A valid value for every variable, each different from the default.
+VALID_ENV = {
+    "DATABASE_URL": "postgresql://owner:secret@db.example:5432/safetyreport",
+    "SAFETYREPORT_DATA_DIR": "/srv/safetyreport-data",
+    "SAFETYREPORT_APP_DB_PASSWORD": "app-secret",
+    "SAFETYREPORT_SESSION_IDLE_MINUTES": "7",
+    "SAFETYREPORT_SESSION_ABSOLUTE_HOURS": "3",
+    "SAFETYREPORT_IDEMPOTENCY_TTL_HOURS": "48",
+    "SAFETYREPORT_CLOCK_SKEW_SECONDS": "42",
+    "SAFETYREPORT_POOL_MAX_SIZE": "23",
+    "SAFETYREPORT_LOG_LEVEL": "debug",
+    "SAFETYREPORT_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2",
+}
+INTEGER_VARIABLES = (
+    "SAFETYREPORT_SESSION_IDLE_MINUTES",
+    "SAFETYREPORT_SESSION_ABSOLUTE_HOURS",
+    "SAFETYREPORT_IDEMPOTENCY_TTL_HOURS",
+    "SAFETYREPORT_CLOCK_SKEW_SECONDS",
+    "SAFETYREPORT_POOL_MAX_SIZE",
+)
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    return loaded
+
+
+def _service_environment() -> dict[str, str]:
+    env = _compose()["services"]["service"]["environment"]
+    if isinstance(env, list):  # the "NAME=value" list form
+        return dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _postgres_service() -> tuple[str, dict[str, Any]]:
+    for name, service in _compose()["services"].items():
+        image = str(service.get("image", ""))
+        if image.split(":")[0] in ("postgres", "docker.io/library/postgres", "library/postgres"):
+            return name, service
+    raise AssertionError("compose.yaml has no service using the official postgres image")
+
+
+def test_compose_has_a_postgres_service_with_a_healthcheck() -> None:
+    _, postgres = _postgres_service()
+    healthcheck = postgres["healthcheck"]
+    assert healthcheck["test"], "the postgres healthcheck runs no command"
+    assert "pg_isready" in " ".join(healthcheck["test"])
+
+
+def test_compose_service_waits_for_healthy_postgres() -> None:
+    name, _ = _postgres_service()
+    depends_on = _compose()["services"]["service"]["depends_on"]
+    assert depends_on[name]["condition"] == "service_healthy"
+
+
+def test_compose_service_sets_only_known_variables() -> None:
+    env = _service_environment()
+    assert "DATABASE_URL" in env
+    unknown = sorted(set(env) - set(ENVIRONMENT_VARIABLES))
+    assert unknown == [], f"compose.yaml sets variables the service never reads: {unknown}"
+
+
+def test_dockerfile_runs_safetyreport_serve() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    cmd_lines = [line for line in dockerfile.splitlines() if line.startswith("CMD")]
+    assert len(cmd_lines) == 1
+    cmd = json.loads(cmd_lines[0].removeprefix("CMD").strip())
+    assert cmd[:2] == ["safetyreport", "serve"]
+
+
+def test_every_environment_variable_is_covered_here() -> None:
+    assert set(VALID_ENV) == set(ENVIRONMENT_VARIABLES)
+
+
+def test_settings_defaults_without_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.database.url is None
+    assert settings.database.app_password is None
+    assert settings.auth.session_idle == timedelta(minutes=30)
+
+
+@pytest.mark.parametrize("variable", ENVIRONMENT_VARIABLES)
+def test_settings_read_each_variable(variable: str) -> None:
+    default = Settings.from_env({})
+    changed = Settings.from_env({variable: VALID_ENV[variable]})
+    assert changed != default, f"{variable} does not change the settings"
+
+
+def test_settings_from_a_full_environment() -> None:
+    settings = Settings.from_env(VALID_ENV)
+    assert settings.database.url == VALID_ENV["DATABASE_URL"]
+    assert settings.database.app_password == "app-secret"
+    assert settings.database.pool_max_size == 23
+    assert settings.data_dir == Path("/srv/safetyreport-data")
+    assert settings.auth.session_idle == timedelta(minutes=7)
+    assert settings.auth.session_absolute == timedelta(hours=3)
+    assert settings.reports.idempotency_ttl == timedelta(hours=48)
+    assert settings.reports.clock_skew == timedelta(seconds=42)
+    assert settings.log_level == "DEBUG"
+    assert settings.trusted_proxies == frozenset({"10.0.0.1", "10.0.0.2"})
+
+
+@pytest.mark.parametrize("variable", INTEGER_VARIABLES)
+@pytest.mark.parametrize("value", ["ten", "1.5", "-1000"])
+def test_settings_reject_invalid_numbers(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})
