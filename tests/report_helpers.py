@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
 from litestar.testing import AsyncTestClient
+from litestar.testing import transport as litestar_transport
 
 REPORTS = "/api/v1/reports"
 
@@ -92,3 +95,23 @@ async def audit_rows(
         action,
         object_id,
     )
+
+
+def _send_blocking(client: AsyncTestClient[Any], request: httpx.Request) -> httpx.Response:
+    response = litestar_transport.TestClientTransport(client=client).handle_request(request)
+    response.read()
+    return response
+
+
+async def send_concurrently(
+    client: AsyncTestClient[Any], requests: list[httpx.Request]
+) -> list[httpx.Response]:
+    """Send ``requests`` at once, each from its own thread; their responses in order.
+
+    AsyncTestClient hands a request to the app and blocks until it is answered, so
+    asyncio.gather over it sends one request at a time; from threads they overlap.
+    """
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        futures = [loop.run_in_executor(pool, _send_blocking, client, r) for r in requests]
+        return list(await asyncio.gather(*futures))

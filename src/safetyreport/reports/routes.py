@@ -18,11 +18,11 @@ from litestar.params import (
 )
 
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
-from safetyreport.errors import ClientError, ValidationFailed
+from safetyreport.errors import ClientError
 from safetyreport.idempotency import check_key, request_hash, run_once
 from safetyreport.reports import service
-from safetyreport.reports.types import ReportBody
-from safetyreport.reports.validation import validate_report
+from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
+from safetyreport.reports.validation import require_utc, validate_report
 from safetyreport.state import app_state, client_address
 
 WRITERS = ("nurse", "safety_officer")
@@ -34,11 +34,6 @@ _JSON = "application/json"
 def _json_response(status: int, body: bytes, replayed: bool) -> Response[bytes]:
     headers = {"Idempotency-Replayed": "true"} if replayed else {}
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
-
-
-def _require_offset(name: str, value: datetime | None) -> None:
-    if value is not None and value.tzinfo is None:
-        raise ValidationFailed.one(name, "offset_required", "give a UTC offset, e.g. +00:00")
 
 
 class ReportController(Controller):
@@ -92,22 +87,20 @@ class ReportController(Controller):
         request: Request[Any, Any, Any],
         kind: FromQuery[Literal["blood_pressure", "dissociation", "misuse_concern"] | None] = None,
         clinic: FromQuery[str | None] = None,
-        patient_ref: FromQuery[str | None] = None,
+        patient_ref: Annotated[str | None, QueryParameter(pattern=PATIENT_REF_PATTERN)] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> service.ReportPage:
         """Reports of your clinics, newest first, a page at a time."""
-        _require_offset("since", since)
-        _require_offset("until", until)
         state = app_state(request)
         filters = service.ReportFilters(
             kind=kind,
             clinic=clinic,
             patient_ref=patient_ref,
-            since=since,
-            until=until,
+            since=None if since is None else require_utc("since", since),
+            until=None if until is None else require_utc("until", until),
             cursor=cursor,
             limit=limit,
         )

@@ -18,7 +18,7 @@ from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound, ValidationFailed
 from safetyreport.reports.grading import ctcae_hypertension_grade
 from safetyreport.reports.types import FIXED_FIELDS, BloodPressure, ReportBody
-from safetyreport.reports.validation import validate_report
+from safetyreport.reports.validation import require_utc, validate_report
 from safetyreport.settings import ReportSettings
 
 _canonical = msgspec.json.Encoder(order="sorted")
@@ -122,10 +122,15 @@ def _view(row: asyncpg.Record, history: list[asyncpg.Record] | None = None) -> R
 async def _load(
     conn: Conn, principal: Principal, report_id: uuid.UUID, *, lock: bool = False
 ) -> asyncpg.Record:
-    """The report's current row if the principal may see it; 404 otherwise."""
-    row = await conn.fetchrow(
-        _SELECT_VIEW + " WHERE r.id = $1" + (" FOR UPDATE OF r" if lock else ""), report_id
-    )
+    """The report's current row if the principal may see it; 404 otherwise.
+
+    With ``lock``, the report row is locked first, on its own: locking through the
+    join would re-check the join against the old version after a concurrent amendment
+    commits, and lose the row.
+    """
+    if lock:
+        await conn.execute("SELECT 1 FROM reports WHERE id = $1 FOR UPDATE", report_id)
+    row = await conn.fetchrow(_SELECT_VIEW + " WHERE r.id = $1", report_id)
     if row is None or not principal.can_see(row["clinic_id"]):
         raise NotFound(f"no report {report_id}")
     found: asyncpg.Record = row
@@ -288,11 +293,12 @@ def _encode_cursor(occurred_at: datetime, report_id: uuid.UUID) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+        after, report_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise ValidationFailed.one(
             "cursor", "format", "use next_cursor from a previous page"
         ) from None
+    return require_utc("cursor", after), report_id
 
 
 async def list_reports(

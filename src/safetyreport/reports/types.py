@@ -40,7 +40,8 @@ ConcernType = Literal[
 QUANTITY_CONCERNS = frozenset({"inventory_discrepancy", "theft", "loss"})
 Unit = Literal["mg", "ml", "device"]
 
-PatientRef = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+PATIENT_REF_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+PatientRef = Annotated[str, Meta(pattern=PATIENT_REF_PATTERN)]
 ClinicCode = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Text = Annotated[str, Meta(min_length=1, max_length=4000)]
 

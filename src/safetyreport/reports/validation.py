@@ -52,18 +52,34 @@ def _convert_fields(raw: dict[str, Any], kind: str) -> tuple[dict[str, Any], lis
     return values, errors
 
 
+def utc_time_error(field: str, value: datetime) -> FieldError | None:
+    """Why ``value`` cannot be stored as a UTC timestamp, or None."""
+    if value.tzinfo is None:
+        return FieldError(
+            field, "offset_required", "give a UTC offset, e.g. 2026-01-02T09:30:00+01:00"
+        )
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return FieldError(field, "range", "the time falls outside the years 1-9999 in UTC")
+    return None
+
+
+def require_utc(field: str, value: datetime) -> datetime:
+    """``value`` in UTC, or ValidationFailed naming ``field``."""
+    error = utc_time_error(field, value)
+    if error is not None:
+        raise ValidationFailed([error])
+    return value.astimezone(UTC)
+
+
 def _check_time(values: dict[str, Any], now: datetime, skew: timedelta) -> list[FieldError]:
     occurred_at: datetime | None = values.get("occurred_at")
     if occurred_at is None:
         return []
-    if occurred_at.tzinfo is None:
-        return [
-            FieldError(
-                "occurred_at",
-                "offset_required",
-                "give a UTC offset, e.g. 2026-01-02T09:30:00+01:00",
-            )
-        ]
+    error = utc_time_error("occurred_at", occurred_at)
+    if error is not None:
+        return [error]
     if occurred_at > now + skew:
         return [FieldError("occurred_at", "not_in_future", "occurred_at is in the future")]
     return []
@@ -84,7 +100,7 @@ def _check_pressure(values: dict[str, Any]) -> list[FieldError]:
     return []
 
 
-def _check_quantities(values: dict[str, Any]) -> list[FieldError]:
+def _check_quantities(values: dict[str, Any], failed: set[str]) -> list[FieldError]:
     concern = values.get("concern_type")
     if concern is None:
         return []
@@ -93,7 +109,7 @@ def _check_quantities(values: dict[str, Any]) -> list[FieldError]:
         return [
             FieldError(name, "required", f"required when concern_type is {concern}")
             for name in names
-            if values.get(name) is None
+            if values.get(name) is None and name not in failed
         ]
     return [
         FieldError(name, "not_applicable", f"only for {', '.join(sorted(QUANTITY_CONCERNS))}")
@@ -115,7 +131,7 @@ def validate_report(raw: Any, *, skew: timedelta, now: datetime | None = None) -
     errors += _check_time(values, now or datetime.now(UTC), skew)
     errors += _check_unique(values)
     errors += _check_pressure(values)
-    errors += _check_quantities(values)
+    errors += _check_quantities(values, {e.field for e in errors})
     if errors:
         raise ValidationFailed(errors)
     body: ReportBody = msgspec.convert(raw, KINDS[kind])
