@@ -18,8 +18,9 @@ from litestar.params import (
 )
 
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
-from safetyreport.idempotency import check_key, request_hash, run_once
+from safetyreport.idempotency import Action, check_key, request_hash, run_once
 from safetyreport.reports import service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import require_utc, validate_report
@@ -34,6 +35,30 @@ _JSON = "application/json"
 def _json_response(status: int, body: bytes, replayed: bool) -> Response[bytes]:
     headers = {"Idempotency-Replayed": "true"} if replayed else {}
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
+
+
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)]
+
+
+async def _write_once(
+    request: Request[Any, Any, Any], key: str | None, canonical_body: bytes, action: Action
+) -> Response[bytes]:
+    """Run ``action`` in one transaction; with a key, at most once per key (see idempotency)."""
+    state = app_state(request)
+    async with state.pool.acquire() as conn:
+        if not key:
+            async with conn.transaction():
+                status, body = await action(conn)
+            return _json_response(status, body, replayed=False)
+        stored = await run_once(
+            conn,
+            user_id=principal_of(request).id,
+            key=check_key(key),
+            fingerprint=request_hash(request.method, request.url.path, canonical_body),
+            ttl=state.settings.reports.idempotency_ttl,
+            action=action,
+        )
+    return _json_response(stored.status, stored.body, replayed=stored.replayed)
 
 
 class ReportController(Controller):
@@ -52,34 +77,20 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: SkipValidation[JSONBody[ReportBody]],
-        idempotency_key: Annotated[
-            str | None, HeaderParameter(name="Idempotency-Key", required=False)
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[bytes]:
         """Submit a report (body tagged by ``kind``). Needs an ``Idempotency-Key`` header."""
         if not idempotency_key:
             raise ClientError("send an Idempotency-Key header (one new key per report)")
-        key = check_key(idempotency_key)
-        state = app_state(request)
         principal = principal_of(request)
         # The schema documents ReportBody; validate_report names every broken rule.
-        body = validate_report(data, skew=state.settings.reports.clock_skew)
+        body = validate_report(data, skew=app_state(request).settings.reports.clock_skew)
         addr = client_address(request)
 
-        async def action(conn: Any) -> tuple[int, bytes]:
-            view = await service.insert_report(conn, principal, body, addr)
-            return 201, service.encode(view)
+        async def action(conn: Conn) -> tuple[int, bytes]:
+            return 201, service.encode(await service.insert_report(conn, principal, body, addr))
 
-        async with state.pool.acquire() as conn:
-            stored = await run_once(
-                conn,
-                user_id=principal.id,
-                key=key,
-                fingerprint=request_hash("POST", request.url.path, service.canonical_json(body)),
-                ttl=state.settings.reports.idempotency_ttl,
-                action=action,
-            )
-        return _json_response(stored.status, stored.body, stored.replayed)
+        return await _write_once(request, idempotency_key, service.canonical_json(body), action)
 
     @get("/")
     async def list(
@@ -129,33 +140,18 @@ class ReportController(Controller):
         request: Request[Any, Any, Any],
         report_id: FromPath[uuid.UUID],
         data: SkipValidation[JSONBody[dict[str, Any]]],
-        idempotency_key: Annotated[
-            str | None, HeaderParameter(name="Idempotency-Key", required=False)
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[bytes]:
-        """Amend a report: ``{"reason": ..., <changed fields>}`` makes a new version."""
-        state = app_state(request)
+        """Amend a report: ``{"reason": ..., <changed fields>}`` makes a new version.
+
+        An ``Idempotency-Key`` is optional here; with one, a retry is applied once.
+        """
         principal = principal_of(request)
-        raw = data
+        settings = app_state(request).settings.reports
         addr = client_address(request)
 
-        async def action(conn: Any) -> tuple[int, bytes]:
-            view = await service.amend_report(
-                conn, principal, report_id, raw, addr, state.settings.reports
-            )
+        async def action(conn: Conn) -> tuple[int, bytes]:
+            view = await service.amend_report(conn, principal, report_id, data, addr, settings)
             return 201, service.encode(view)
 
-        async with state.pool.acquire() as conn:
-            if not idempotency_key:
-                async with conn.transaction():
-                    status, body = await action(conn)
-                return _json_response(status, body, False)
-            stored = await run_once(
-                conn,
-                user_id=principal.id,
-                key=check_key(idempotency_key),
-                fingerprint=request_hash("POST", request.url.path, service.canonical_json(raw)),
-                ttl=state.settings.reports.idempotency_ttl,
-                action=action,
-            )
-        return _json_response(stored.status, stored.body, stored.replayed)
+        return await _write_once(request, idempotency_key, service.canonical_json(data), action)
