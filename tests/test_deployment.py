@@ -26,7 +26,17 @@ VALID_ENV = {
     "SAFETYREPORT_POOL_MAX_SIZE": "23",
     "SAFETYREPORT_LOG_LEVEL": "debug",
     "SAFETYREPORT_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2",
+    "SAFETYREPORT_ACK_MINUTES_CRITICAL": "5",
+    "SAFETYREPORT_ACK_MINUTES_URGENT": "30",
+    "SAFETYREPORT_ACK_MINUTES_HIGH": "120",
+    "SAFETYREPORT_ESCALATION_INTERVAL_SECONDS": "9",
+    "SAFETYREPORT_WEBHOOK_URLS": "https://hooks.example/one, https://hooks.example/two",
+    "SAFETYREPORT_WEBHOOK_SECRET": "hook-secret",
+    "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS": "4",
+    "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS": "60",
 }
+# Variables that are only valid together with another one.
+NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": "hook-secret"}}
 INTEGER_VARIABLES = (
     "SAFETYREPORT_SESSION_IDLE_MINUTES",
     "SAFETYREPORT_SESSION_ABSOLUTE_HOURS",
@@ -98,8 +108,21 @@ def test_settings_defaults_without_environment() -> None:
 @pytest.mark.parametrize("variable", ENVIRONMENT_VARIABLES)
 def test_settings_read_each_variable(variable: str) -> None:
     default = Settings.from_env({})
-    changed = Settings.from_env({variable: VALID_ENV[variable]})
+    env = {variable: VALID_ENV[variable], **NEEDS.get(variable, {})}
+    changed = Settings.from_env(env)
     assert changed != default, f"{variable} does not change the settings"
+
+
+def test_webhooks_need_a_signing_secret() -> None:
+    with pytest.raises(SettingsError, match="SAFETYREPORT_WEBHOOK_SECRET"):
+        Settings.from_env({"SAFETYREPORT_WEBHOOK_URLS": "https://hooks.example/one"})
+
+
+def test_webhook_urls_must_be_http() -> None:
+    with pytest.raises(SettingsError, match="SAFETYREPORT_WEBHOOK_URLS"):
+        Settings.from_env(
+            {"SAFETYREPORT_WEBHOOK_URLS": "ftp://x", "SAFETYREPORT_WEBHOOK_SECRET": "s"}
+        )
 
 
 def test_settings_from_a_full_environment() -> None:

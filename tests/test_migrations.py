@@ -164,7 +164,8 @@ async def test_app_refuses_to_start_on_an_unmigrated_database(
     empty_url: str, tmp_path: Path
 ) -> None:
     app = create_app(_settings_for(empty_url, tmp_path))
-    with refused("schema is at None, the service needs 1: run 'safetyreport migrate'"):
+    latest = max(m.version for m in load_migrations())
+    with refused(f"schema is at None, the service needs {latest}: run 'safetyreport migrate'"):
         async with app.lifespan():
             pytest.fail("the app started on an unmigrated database")
 
@@ -189,7 +190,9 @@ async def test_app_refuses_a_schema_from_a_newer_version(empty_url: str, tmp_pat
     finally:
         await conn.close()
     app = create_app(_settings_for(empty_url, tmp_path))
-    with refused("schema is at 9001, the service needs 1"):
+    with refused(
+        f"schema is at 9001, the service needs {max(m.version for m in load_migrations())}"
+    ):
         async with app.lifespan():
             pytest.fail("the app started on a database migrated by a newer version")
 

@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Migrate once, here, before any worker starts.
     asyncio.run(_migrate(settings, url))
     if args.demo:
-        created = asyncio.run(_with_conn(url, demo.seed))
+        created = asyncio.run(_with_conn(url, lambda conn: demo.seed(conn, settings.alerts)))
         print("demo data created" if created else "demo data already present")
     where = (
         "embedded PostgreSQL in " + str(settings.data_dir)

@@ -10,6 +10,7 @@ from safetyreport.auth.users import Role, add_clinic, add_user, principal_by_use
 from safetyreport.db.pool import Conn
 from safetyreport.reports.service import insert_report
 from safetyreport.reports.validation import validate_report
+from safetyreport.settings import AlertSettings
 
 DEMO_CLINIC = ("DEMO", "Demo Ketamine Clinic")
 # Demo only: printed at start-up so a newcomer can log in. Never use these elsewhere.
@@ -73,7 +74,7 @@ def _demo_reports(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
-async def seed(conn: Conn) -> bool:
+async def seed(conn: Conn, alert_settings: AlertSettings) -> bool:
     """Create the demo data unless the demo clinic exists; True when it was created."""
     if await conn.fetchval("SELECT 1 FROM clinics WHERE code = $1", DEMO_CLINIC[0]):
         return False
@@ -93,5 +94,5 @@ async def seed(conn: Conn) -> bool:
     for raw in _demo_reports(datetime.now(UTC)):
         body = validate_report(raw, skew=timedelta(0))
         async with conn.transaction():
-            await insert_report(conn, nurse, body, "demo-seed")
+            await insert_report(conn, nurse, body, "demo-seed", alert_settings)
     return True

@@ -22,6 +22,14 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_POOL_MAX_SIZE",
     "SAFETYREPORT_LOG_LEVEL",
     "SAFETYREPORT_TRUSTED_PROXIES",
+    "SAFETYREPORT_ACK_MINUTES_CRITICAL",
+    "SAFETYREPORT_ACK_MINUTES_URGENT",
+    "SAFETYREPORT_ACK_MINUTES_HIGH",
+    "SAFETYREPORT_ESCALATION_INTERVAL_SECONDS",
+    "SAFETYREPORT_WEBHOOK_URLS",
+    "SAFETYREPORT_WEBHOOK_SECRET",
+    "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS",
+    "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS",
 )
 
 
@@ -69,11 +77,32 @@ class ReportSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertSettings:
+    # How long an alert may stay unacknowledged before it escalates, per severity
+    # (info alerts never escalate).
+    ack_deadlines: dict[str, timedelta] = field(
+        default_factory=lambda: {
+            "critical": timedelta(minutes=15),
+            "urgent": timedelta(minutes=60),
+            "high": timedelta(hours=24),
+        }
+    )
+    escalation_interval: timedelta = timedelta(seconds=5)
+    webhook_urls: tuple[str, ...] = ()
+    # Signs webhook bodies (HMAC-SHA256); required when webhook_urls is set.
+    webhook_secret: str | None = None
+    delivery_max_attempts: int = 10
+    delivery_backoff_base: timedelta = timedelta(seconds=2)
+    delivery_backoff_cap: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings
     data_dir: Path
     auth: AuthSettings = field(default_factory=AuthSettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     log_level: str = "INFO"
     # Client addresses come from X-Forwarded-For only when the peer is one of these.
     trusted_proxies: frozenset[str] = frozenset()
@@ -102,6 +131,44 @@ class Settings:
                     seconds=_int(env, "SAFETYREPORT_CLOCK_SKEW_SECONDS", 300, minimum=0)
                 ),
             ),
+            alerts=_alert_settings(env),
             log_level=(env.get("SAFETYREPORT_LOG_LEVEL") or "INFO").upper(),
             trusted_proxies=frozenset(p.strip() for p in proxies.split(",") if p.strip()),
         )
+
+
+def _alert_settings(env: dict[str, str]) -> AlertSettings:
+    defaults = AlertSettings()
+    deadlines = {
+        severity: timedelta(
+            minutes=_int(
+                env,
+                f"SAFETYREPORT_ACK_MINUTES_{severity.upper()}",
+                int(default.total_seconds() // 60),
+            )
+        )
+        for severity, default in defaults.ack_deadlines.items()
+    }
+    urls = tuple(
+        u.strip() for u in env.get("SAFETYREPORT_WEBHOOK_URLS", "").split(",") if u.strip()
+    )
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"SAFETYREPORT_WEBHOOK_URLS: {url!r} is not an http(s) URL")
+    secret = env.get("SAFETYREPORT_WEBHOOK_SECRET") or None
+    if urls and secret is None:
+        raise SettingsError(
+            "SAFETYREPORT_WEBHOOK_SECRET is required with SAFETYREPORT_WEBHOOK_URLS"
+        )
+    return AlertSettings(
+        ack_deadlines=deadlines,
+        escalation_interval=timedelta(
+            seconds=_int(env, "SAFETYREPORT_ESCALATION_INTERVAL_SECONDS", 5)
+        ),
+        webhook_urls=urls,
+        webhook_secret=secret,
+        delivery_max_attempts=_int(env, "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS", 10),
+        delivery_backoff_cap=timedelta(
+            seconds=_int(env, "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS", 600)
+        ),
+    )

@@ -84,11 +84,13 @@ class ReportController(Controller):
             raise ClientError("send an Idempotency-Key header (one new key per report)")
         principal = principal_of(request)
         # The schema documents ReportBody; validate_report names every broken rule.
-        body = validate_report(data, skew=app_state(request).settings.reports.clock_skew)
+        settings = app_state(request).settings
+        body = validate_report(data, skew=settings.reports.clock_skew)
         addr = client_address(request)
 
         async def action(conn: Conn) -> tuple[int, bytes]:
-            return 201, service.encode(await service.insert_report(conn, principal, body, addr))
+            view = await service.insert_report(conn, principal, body, addr, settings.alerts)
+            return 201, service.encode(view)
 
         return await _write_once(request, idempotency_key, service.canonical_json(body), action)
 
@@ -147,11 +149,13 @@ class ReportController(Controller):
         An ``Idempotency-Key`` is optional here; with one, a retry is applied once.
         """
         principal = principal_of(request)
-        settings = app_state(request).settings.reports
+        settings = app_state(request).settings
         addr = client_address(request)
 
         async def action(conn: Conn) -> tuple[int, bytes]:
-            view = await service.amend_report(conn, principal, report_id, data, addr, settings)
+            view = await service.amend_report(
+                conn, principal, report_id, data, addr, settings.reports, settings.alerts
+            )
             return 201, service.encode(view)
 
         return await _write_once(request, idempotency_key, service.canonical_json(data), action)

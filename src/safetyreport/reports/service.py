@@ -13,13 +13,14 @@ import asyncpg
 import msgspec
 
 from safetyreport import audit
+from safetyreport.alerts.evaluate import StoredReport, evaluate_report
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound, ValidationFailed
 from safetyreport.reports.grading import ctcae_hypertension_grade
 from safetyreport.reports.types import FIXED_FIELDS, BloodPressure, ReportBody
 from safetyreport.reports.validation import require_utc, validate_report
-from safetyreport.settings import ReportSettings
+from safetyreport.settings import AlertSettings, ReportSettings
 
 _canonical = msgspec.json.Encoder(order="sorted")
 _encoder = msgspec.json.Encoder()
@@ -143,10 +144,47 @@ async def _detail(conn: Conn, report_id: uuid.UUID) -> ReportView:
     return _view(row, await conn.fetch(_SELECT_HISTORY, report_id))
 
 
+async def _run_rules(
+    conn: Conn,
+    principal: Principal,
+    report_id: uuid.UUID,
+    version: int,
+    clinic_id: int,
+    body: ReportBody,
+    client_addr: str,
+    alert_settings: AlertSettings,
+) -> None:
+    stored = msgspec.to_builtins(body)
+    await evaluate_report(
+        conn,
+        StoredReport(
+            id=report_id,
+            version=version,
+            clinic_id=clinic_id,
+            kind=stored["kind"],
+            patient_ref=body.patient_ref,
+            occurred_at=body.occurred_at,
+            body=stored,
+            ctcae_grade=_grade(body),
+        ),
+        actor=principal.actor(),
+        client_addr=client_addr,
+        settings=alert_settings,
+    )
+
+
 async def insert_report(
-    conn: Conn, principal: Principal, body: ReportBody, client_addr: str
+    conn: Conn,
+    principal: Principal,
+    body: ReportBody,
+    client_addr: str,
+    alert_settings: AlertSettings,
 ) -> ReportView:
-    """Store version 1 of a validated report and audit it; the caller owns the transaction."""
+    """Store version 1 of a validated report, audit it and run the alert rules.
+
+    The caller owns the transaction: the report, its audit entries and its alerts
+    commit together or not at all.
+    """
     clinic_id = _clinic_id(principal, body.clinic)
     report_id = uuid.uuid4()
     stored = msgspec.to_builtins(body)
@@ -184,6 +222,7 @@ async def insert_report(
             },
         ),
     )
+    await _run_rules(conn, principal, report_id, 1, clinic_id, body, client_addr, alert_settings)
     return await _detail(conn, report_id)
 
 
@@ -217,8 +256,9 @@ async def amend_report(
     raw: Any,
     client_addr: str,
     settings: ReportSettings,
+    alert_settings: AlertSettings,
 ) -> ReportView:
-    """Add a version with the changed fields, validated like a new report."""
+    """Add a version with the changed fields, validated like a new report; rules run on it."""
     reason, changes = _amendment_changes(raw)
     row = await _load(conn, principal, report_id, lock=True)
     current: dict[str, Any] = row["body"]
@@ -262,6 +302,9 @@ async def amend_report(
             client_addr=client_addr,
             details={"version": version, "reason": reason, "changes": changed},
         ),
+    )
+    await _run_rules(
+        conn, principal, report_id, version, row["clinic_id"], body, client_addr, alert_settings
     )
     return await _detail(conn, report_id)
 

@@ -58,6 +58,8 @@ class _Report(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_fiel
         default_factory=list
     )
     narrative: Text | None = None
+    # Age-dependent rules (the pre-dose hold is 150 systolic over 65) need it.
+    age_band: Literal["under_65", "65_and_over"] | None = None
 
 
 class BloodPressure(_Report, tag="blood_pressure"):

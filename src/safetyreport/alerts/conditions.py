@@ -1,0 +1,156 @@
+"""The condition language of alert rules, parsed from JSON and evaluated on report facts.
+
+    {"all": [c, ...]}   every condition holds        {"any": [c, ...]}  at least one holds
+    {"not": c}          c does not hold
+    {"field": "systolic", "op": ">=", "value": 180}
+        op: == != > >= < <=       compare a field with a number, string or boolean
+            in, not_in            the field's value is (not) one of a list
+            any_of                a list field shares at least one item with a list
+            not_empty, empty      a list field has items / has none (or is absent)
+
+A field that is absent or null makes every comparison false (and ``empty`` true), so
+rules written for one kind of report never fire on another by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from safetyreport.errors import FieldError, ValidationFailed
+
+Op = Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in", "any_of", "not_empty", "empty"]
+_OPS: frozenset[str] = frozenset(Op.__args__)  # type: ignore[attr-defined]
+_UNARY = frozenset({"not_empty", "empty"})
+_LIST_VALUE = frozenset({"in", "not_in", "any_of"})
+Scalar: TypeAlias = int | float | str | bool
+MAX_DEPTH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    field: str
+    op: str
+    value: Any = None
+
+    def holds(self, facts: Mapping[str, Any]) -> bool:
+        actual = facts.get(self.field)
+        if self.op == "empty":
+            return not actual
+        if self.op == "not_empty":
+            return bool(actual)
+        if actual is None:
+            return False
+        return _compare(actual, self.op, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class All:
+    conditions: tuple[Condition, ...]
+
+    def holds(self, facts: Mapping[str, Any]) -> bool:
+        return all(c.holds(facts) for c in self.conditions)
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    conditions: tuple[Condition, ...]
+
+    def holds(self, facts: Mapping[str, Any]) -> bool:
+        return any(c.holds(facts) for c in self.conditions)
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    condition: Condition
+
+    def holds(self, facts: Mapping[str, Any]) -> bool:
+        return not self.condition.holds(facts)
+
+
+Condition: TypeAlias = Compare | All | AnyOf | Not
+
+
+def _compare(actual: Any, op: str, value: Any) -> bool:
+    if op == "in":
+        return bool(actual in value)
+    if op == "not_in":
+        return bool(actual not in value)
+    if op == "any_of":
+        return isinstance(actual, list) and any(item in value for item in actual)
+    if op == "==":
+        return bool(actual == value)
+    if op == "!=":
+        return bool(actual != value)
+    if not _orderable(actual, value):
+        return False
+    if op == ">":
+        return bool(actual > value)
+    if op == ">=":
+        return bool(actual >= value)
+    if op == "<":
+        return bool(actual < value)
+    return bool(actual <= value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _orderable(actual: Any, value: Any) -> bool:
+    """Only numbers with numbers and text with text are ordered."""
+    both_text = isinstance(actual, str) and isinstance(value, str)
+    return both_text or (_is_number(actual) and _is_number(value))
+
+
+def parse_condition(raw: Any, path: str = "when", depth: int = 0) -> Condition:
+    """A condition from its JSON form, or ValidationFailed naming the path that is wrong."""
+    if depth > MAX_DEPTH:
+        raise ValidationFailed.one(path, "depth", f"conditions nest at most {MAX_DEPTH} deep")
+    if not isinstance(raw, dict):
+        raise ValidationFailed.one(path, "type", "a condition is a JSON object")
+    if "field" in raw or "op" in raw:
+        return _parse_compare(raw, path)
+    if len(raw) != 1:
+        raise ValidationFailed.one(path, "shape", "use one of all, any, not, or field/op/value")
+    ((key, inner),) = raw.items()
+    if key == "not":
+        return Not(parse_condition(inner, f"{path}.not", depth + 1))
+    if key in ("all", "any"):
+        if not isinstance(inner, list) or not inner:
+            raise ValidationFailed.one(f"{path}.{key}", "type", "a non-empty list of conditions")
+        parts = tuple(
+            parse_condition(c, f"{path}.{key}[{i}]", depth + 1) for i, c in enumerate(inner)
+        )
+        return All(parts) if key == "all" else AnyOf(parts)
+    raise ValidationFailed.one(path, "shape", f"unknown condition {key!r}")
+
+
+def _parse_compare(raw: dict[str, Any], path: str) -> Compare:
+    errors: list[FieldError] = []
+    field, op, value = raw.get("field"), raw.get("op"), raw.get("value")
+    unknown = sorted(set(raw) - {"field", "op", "value"})
+    if unknown:
+        errors.append(FieldError(path, "unknown_field", f"unknown keys {unknown}"))
+    if not isinstance(field, str) or not field:
+        errors.append(FieldError(f"{path}.field", "required", "name a report field"))
+    if op not in _OPS:
+        errors.append(FieldError(f"{path}.op", "enum", f"op is one of {sorted(_OPS)}"))
+    elif op in _UNARY:
+        if "value" in raw:
+            errors.append(FieldError(f"{path}.value", "not_applicable", f"{op} takes no value"))
+    elif op in _LIST_VALUE:
+        if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
+            errors.append(FieldError(f"{path}.value", "type", f"{op} needs a list of values"))
+    elif not _is_scalar(value):
+        errors.append(FieldError(f"{path}.value", "type", f"{op} needs a number, text or boolean"))
+    if errors:
+        raise ValidationFailed(errors)
+    assert isinstance(field, str)
+    assert isinstance(op, str)
+    return Compare(field, op, tuple(value) if isinstance(value, list) else value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, Scalar)
