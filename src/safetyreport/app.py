@@ -15,6 +15,9 @@ from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from safetyreport import __version__
+from safetyreport.alerts.delivery import DeliveryController, run_delivery
+from safetyreport.alerts.escalation import run_escalation
+from safetyreport.alerts.stream import AlertBroker, AlertStreamController
 from safetyreport.audit.routes import AuditController
 from safetyreport.auth.http import TokenAuthenticationMiddleware
 from safetyreport.auth.routes import AuthController
@@ -63,22 +66,38 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         url = app_url(settings, await asyncio.to_thread(owner_url, settings))
         pool = await create_pool(url, max_size=settings.database.pool_max_size)
+        broker = AlertBroker(url)
         try:
             await _check_schema(pool)
-            app.state.safetyreport = AppState(settings=settings, pool=pool)
-            purger = asyncio.create_task(_purge_idempotency_keys(pool))
+            await broker.start()
+            app.state.safetyreport = AppState(settings=settings, pool=pool, broker=broker)
+            # Background work; each unit is claimed in the database, so several service
+            # processes on one database never do it twice.
+            tasks = [
+                asyncio.create_task(_purge_idempotency_keys(pool)),
+                asyncio.create_task(run_escalation(pool, settings.alerts)),
+                asyncio.create_task(run_delivery(pool, settings.alerts)),
+            ]
             try:
                 yield
             finally:
-                purger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purger
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            await broker.stop()
             await pool.close()
 
     configure_logging(settings.log_level)
     return Litestar(
-        route_handlers=[health, AuthController, ReportController, AuditController],
+        route_handlers=[
+            health,
+            AuthController,
+            ReportController,
+            AuditController,
+            AlertStreamController,
+            DeliveryController,
+        ],
         lifespan=[lifespan],
         middleware=[
             request_logging_middleware,

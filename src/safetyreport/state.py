@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 from litestar.connection import ASGIConnection
 
+from safetyreport.alerts.stream import AlertBroker
 from safetyreport.settings import Settings
 
 
@@ -15,6 +16,7 @@ from safetyreport.settings import Settings
 class AppState:
     settings: Settings
     pool: asyncpg.Pool
+    broker: AlertBroker
 
 
 def app_state(connection: ASGIConnection[Any, Any, Any, Any]) -> AppState:
