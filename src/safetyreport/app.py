@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from safetyreport import __version__
 from safetyreport.alerts.delivery import DeliveryController, run_delivery
 from safetyreport.alerts.escalation import run_escalation
+from safetyreport.alerts.routes import AlertController, RuleController
 from safetyreport.alerts.stream import AlertBroker, AlertStreamController
 from safetyreport.audit.routes import AuditController
 from safetyreport.auth.http import TokenAuthenticationMiddleware
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ReportController,
             AuditController,
             AlertStreamController,
+            AlertController,
+            RuleController,
             DeliveryController,
         ],
         lifespan=[lifespan],

@@ -1,0 +1,355 @@
+"""The alert queue: listing, reading and working alerts (acknowledge, assign, resolve,
+reopen, notes). Every transition is audited with who and when; two people acting on
+one alert at once get one winner and a Conflict for the other, never an overwrite."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+
+from safetyreport import audit
+from safetyreport.alerts import events
+from safetyreport.auth.users import Principal
+from safetyreport.db.pool import Conn
+from safetyreport.errors import Conflict, NotFound, ValidationFailed
+from safetyreport.settings import AlertSettings
+
+Status = Literal["open", "acknowledged", "resolved"]
+_encoder = msgspec.json.Encoder()
+
+
+class AlertView(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    rule_id: str
+    rule_version: int
+    rule_name: str
+    severity: str
+    status: Status
+    escalation_level: int
+    clinic: str
+    group_by: str
+    group_key: str
+    report_count: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    ack_deadline: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    assigned_to: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution_reason: str | None
+    dea_notice_due: datetime | None
+    dea_form106_due: datetime | None
+    revision: int
+
+
+class AlertReportView(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    version: int
+    kind: str
+    patient_ref: str
+    occurred_at: datetime
+    added_at: datetime
+
+
+class AlertEventView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    details: dict[str, Any]
+
+
+class AlertDetail(AlertView, frozen=True, kw_only=True):
+    reports: list[AlertReportView]
+    history: list[AlertEventView]
+
+
+class AlertPage(msgspec.Struct, frozen=True):
+    items: list[AlertView]
+    next_cursor: str | None
+
+
+class AlertFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    status: Status | None = None
+    severity: str | None = None
+    clinic: str | None = None
+    rule: str | None = None
+    assigned_to: str | None = None
+    cursor: str | None = None
+    limit: int = 50
+
+
+_SELECT = """
+SELECT a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
+       a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
+       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
+       ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
+       res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
+       a.dea_form106_due, a.revision, a.clinic_id,
+       CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2
+                       WHEN 'high' THEN 1 ELSE 0 END AS severity_rank
+FROM alerts a
+JOIN alert_rules r ON r.id = a.rule_id
+JOIN clinics c ON c.id = a.clinic_id
+LEFT JOIN users ack ON ack.id = a.acknowledged_by
+LEFT JOIN users asg ON asg.id = a.assigned_to
+LEFT JOIN users res ON res.id = a.resolved_by
+"""
+_REPORTS = """
+SELECT r.id, ar.report_version AS version, r.kind, r.patient_ref, r.occurred_at, ar.added_at
+FROM alert_reports ar JOIN reports r ON r.id = ar.report_id
+WHERE ar.alert_id = $1 ORDER BY ar.added_at, r.id, ar.report_version
+"""
+_HISTORY = """
+SELECT id, at, actor, action, details FROM alert_events WHERE alert_id = $1 ORDER BY id
+"""
+_VIEW_FIELDS = frozenset(AlertView.__struct_fields__)
+
+
+def _view(row: asyncpg.Record) -> AlertView:
+    return AlertView(**{k: v for k, v in dict(row).items() if k in _VIEW_FIELDS})
+
+
+async def _load(conn: Conn, principal: Principal, alert_id: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(_SELECT + " WHERE a.id = $1", alert_id)
+    if row is None or not principal.can_see(row["clinic_id"]):
+        raise NotFound(f"no alert {alert_id}")
+    found: asyncpg.Record = row
+    return found
+
+
+async def _detail(conn: Conn, row: asyncpg.Record) -> AlertDetail:
+    reports = [AlertReportView(**dict(r)) for r in await conn.fetch(_REPORTS, row["id"])]
+    history = [AlertEventView(**dict(e)) for e in await conn.fetch(_HISTORY, row["id"])]
+    fields = {k: v for k, v in dict(row).items() if k in _VIEW_FIELDS}
+    return AlertDetail(**fields, reports=reports, history=history)
+
+
+async def _audit_read(
+    conn: Conn, principal: Principal, action: str, clinic: str | None, addr: str, **details: Any
+) -> None:
+    await audit.append(
+        conn,
+        audit.AuditEvent(
+            actor=principal.actor(),
+            action=action,
+            object_type="alert",
+            object_id=details.pop("alert_id", None),
+            clinic=clinic,
+            client_addr=addr,
+            details=details,
+        ),
+    )
+
+
+async def read_alert(
+    pool: asyncpg.Pool, principal: Principal, alert_id: uuid.UUID, addr: str
+) -> AlertDetail:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _load(conn, principal, alert_id)
+        await _audit_read(
+            conn, principal, "alert.read", row["clinic"], addr, alert_id=str(alert_id)
+        )
+        return await _detail(conn, row)
+
+
+def _encode_cursor(row: AlertView, rank: int) -> str:
+    raw = _encoder.encode([rank, row.first_seen_at, row.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return msgspec.json.decode(raw, type=tuple[int, datetime, uuid.UUID])
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise ValidationFailed.one(
+            "cursor", "format", "use next_cursor from a previous page"
+        ) from None
+
+
+async def list_alerts(
+    pool: asyncpg.Pool, principal: Principal, filters: AlertFilters, addr: str
+) -> AlertPage:
+    """Alerts of the principal's clinics: most severe first, then oldest first."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    scope = principal.scope()
+    if scope is not None:
+        where.append(f"a.clinic_id = ANY({arg(scope)}::bigint[])")
+    if filters.clinic is not None:
+        clinic_id = principal.clinic_ids.get(filters.clinic)
+        if clinic_id is None:
+            raise NotFound(f"no clinic {filters.clinic}")
+        where.append(f"a.clinic_id = {arg(clinic_id)}")
+    for column, value in (
+        ("a.status", filters.status),
+        ("a.severity", filters.severity),
+        ("a.rule_id", filters.rule),
+        ("asg.username", filters.assigned_to),
+    ):
+        if value is not None:
+            where.append(f"{column} = {arg(value)}")
+    rank = (
+        "(CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2"
+        " WHEN 'high' THEN 1 ELSE 0 END)"
+    )
+    if filters.cursor is not None:
+        c_rank, c_seen, c_id = _decode_cursor(filters.cursor)
+        where.append(
+            f"({rank} < {arg(c_rank)} OR ({rank} = ${len(args)}"
+            f" AND (a.first_seen_at, a.id) > ({arg(c_seen)}, {arg(c_id)})))"
+        )
+    sql = (
+        _SELECT
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY {rank} DESC, a.first_seen_at, a.id LIMIT {arg(filters.limit + 1)}"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(sql, *args)
+        items = [_view(r) for r in rows[: filters.limit]]
+        next_cursor = None
+        if len(rows) > filters.limit:
+            next_cursor = _encode_cursor(items[-1], rows[filters.limit - 1]["severity_rank"])
+        await _audit_read(
+            conn,
+            principal,
+            "alert.listed",
+            filters.clinic,
+            addr,
+            filters=msgspec.to_builtins(filters),
+            count=len(items),
+        )
+    return AlertPage(items=items, next_cursor=next_cursor)
+
+
+# --- transitions --------------------------------------------------------------
+
+_ALLOWED_FROM: dict[str, frozenset[str]] = {
+    "acknowledged": frozenset({"open"}),
+    "assigned": frozenset({"open", "acknowledged"}),
+    "resolved": frozenset({"open", "acknowledged"}),
+    "reopened": frozenset({"resolved"}),
+    "noted": frozenset({"open", "acknowledged", "resolved"}),
+}
+_ACKNOWLEDGE = """
+UPDATE alerts SET status = 'acknowledged', acknowledged_at = now(), acknowledged_by = $2,
+                  ack_deadline = NULL, revision = revision + 1, updated_at = now()
+WHERE id = $1
+"""
+_ASSIGN = """
+UPDATE alerts SET assigned_to = $2, revision = revision + 1, updated_at = now() WHERE id = $1
+"""
+_RESOLVE = """
+UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = $2,
+                  resolution_reason = $3, ack_deadline = NULL,
+                  revision = revision + 1, updated_at = now()
+WHERE id = $1
+"""
+# Reopening starts the acknowledgement clock again.
+_REOPEN = """
+UPDATE alerts SET status = 'open', resolved_at = NULL, resolved_by = NULL,
+                  resolution_reason = NULL, acknowledged_at = NULL, acknowledged_by = NULL,
+                  ack_deadline = now() + $2::interval, revision = revision + 1, updated_at = now()
+WHERE id = $1
+"""
+
+
+async def _apply(
+    conn: Conn,
+    row: asyncpg.Record,
+    action: str,
+    principal: Principal,
+    value: Any,
+    settings: AlertSettings,
+) -> None:
+    alert_id = row["id"]
+    if action == "acknowledged":
+        await conn.execute(_ACKNOWLEDGE, alert_id, principal.id)
+    elif action == "assigned":
+        await conn.execute(_ASSIGN, alert_id, value)
+    elif action == "resolved":
+        await conn.execute(_RESOLVE, alert_id, principal.id, value)
+    elif action == "reopened":
+        try:
+            await conn.execute(_REOPEN, alert_id, settings.ack_deadlines.get(row["severity"]))
+        except asyncpg.UniqueViolationError:
+            raise Conflict(
+                "another alert of this rule and group is open; work that one instead"
+            ) from None
+
+
+async def _lock(conn: Conn, principal: Principal, alert_id: uuid.UUID) -> asyncpg.Record:
+    """The alert's row, locked for this transaction; Conflict if someone else holds it."""
+    try:
+        await conn.execute("SELECT 1 FROM alerts WHERE id = $1 FOR UPDATE NOWAIT", alert_id)
+    except asyncpg.LockNotAvailableError:
+        raise Conflict("someone else is changing this alert right now; reload it") from None
+    return await _load(conn, principal, alert_id)
+
+
+async def transition(
+    conn: Conn,
+    principal: Principal,
+    alert_id: uuid.UUID,
+    action: str,
+    *,
+    expected_revision: int | None,
+    value: Any = None,
+    details: dict[str, Any],
+    addr: str,
+    settings: AlertSettings,
+) -> AlertDetail:
+    """Apply ``action`` to the alert in the caller's transaction; audited, streamed."""
+    row = await _lock(conn, principal, alert_id)
+    if expected_revision is not None and expected_revision != row["revision"]:
+        raise Conflict(
+            f"the alert changed (revision {row['revision']}, you had {expected_revision});"
+            " reload it"
+        )
+    if row["status"] not in _ALLOWED_FROM[action]:
+        raise Conflict(f"the alert is {row['status']}: it cannot be {action}")
+    await _apply(conn, row, action, principal, value, settings)
+    await events.record(
+        conn,
+        alert_id=alert_id,
+        actor=principal.actor(),
+        action=action,
+        details=details,
+        client_addr=addr,
+        settings=settings,
+    )
+    return await _detail(conn, await _load(conn, principal, alert_id))
+
+
+async def assignee_id(conn: Conn, username: str, clinic_id: int) -> int:
+    """The id of a safety officer or admin who may see the clinic, or ValidationFailed."""
+    user_id: int | None = await conn.fetchval(
+        """
+        SELECT u.id FROM users u
+        WHERE u.username = $1 AND u.disabled_at IS NULL
+          AND u.role IN ('safety_officer', 'admin')
+          AND (u.all_clinics OR EXISTS (
+                SELECT 1 FROM user_clinics uc WHERE uc.user_id = u.id AND uc.clinic_id = $2))
+        """,
+        username,
+        clinic_id,
+    )
+    if user_id is None:
+        raise ValidationFailed.one(
+            "user", "assignable", "no safety officer or admin of this clinic has that username"
+        )
+    return user_id
