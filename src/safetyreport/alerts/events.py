@@ -19,7 +19,8 @@ NOTIFYING_EVENTS = frozenset({"opened", "escalated"})
 _ALERT_FOR_PAYLOAD = """
 SELECT a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
        a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
-       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.dea_notice_due, a.dea_form106_due
+       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.dea_notice_due, a.dea_form106_due,
+       a.clinic_id
 FROM alerts a JOIN alert_rules r ON r.id = a.rule_id JOIN clinics c ON c.id = a.clinic_id
 WHERE a.id = $1
 """
@@ -46,7 +47,7 @@ async def record(
     details = details or {}
     alert = await conn.fetchrow(_ALERT_FOR_PAYLOAD, alert_id)
     assert alert is not None
-    clinic_id = await conn.fetchval("SELECT clinic_id FROM alerts WHERE id = $1", alert_id)
+    clinic_id: int = alert["clinic_id"]
     event_id: int = await conn.fetchval(
         "INSERT INTO alert_events (alert_id, clinic_id, actor, action, details)"
         " VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -73,7 +74,8 @@ async def record(
         payload = {
             "event": action,
             "event_id": event_id,
-            "alert": {k: _iso(v) for k, v in dict(alert).items()} | {"id": str(alert_id)},
+            "alert": {k: _iso(v) for k, v in dict(alert).items() if k != "clinic_id"}
+            | {"id": str(alert_id)},
             "details": details,
         }
         await enqueue(conn, alert_id, action, payload, settings)
