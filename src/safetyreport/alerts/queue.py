@@ -293,12 +293,22 @@ async def _apply(
 
 
 async def _lock(conn: Conn, principal: Principal, alert_id: uuid.UUID) -> asyncpg.Record:
-    """The alert's row, locked for this transaction; Conflict if someone else holds it."""
+    """The alert's row, locked for this transaction; Conflict if someone else holds it.
+
+    The clinic's audit chain is locked first, in the order report submissions use. If
+    the alert changed while this request waited for the locks, someone acted at the same
+    time: Conflict, rather than silently applying this change on top of theirs.
+    """
+    seen = await _load(conn, principal, alert_id)
+    await audit.lock_chains(conn, [seen["clinic"]])
     try:
         await conn.execute("SELECT 1 FROM alerts WHERE id = $1 FOR UPDATE NOWAIT", alert_id)
     except asyncpg.LockNotAvailableError:
         raise Conflict("someone else is changing this alert right now; reload it") from None
-    return await _load(conn, principal, alert_id)
+    row = await _load(conn, principal, alert_id)
+    if row["revision"] != seen["revision"]:
+        raise Conflict("the alert changed while you were acting on it; reload it")
+    return row
 
 
 async def transition(

@@ -1,6 +1,13 @@
 """The audit trail: hash-chained, append-only, verified. Every other feature calls it."""
 
-from safetyreport.audit.chain import GENESIS_HASH, Actor, AuditEvent, append, chain_for
+from safetyreport.audit.chain import (
+    GENESIS_HASH,
+    Actor,
+    AuditEvent,
+    append,
+    chain_for,
+    lock_chains,
+)
 from safetyreport.audit.verify import ChainReport, VerifyReport, verify_chains
 
 __all__ = [
@@ -11,5 +18,6 @@ __all__ = [
     "VerifyReport",
     "append",
     "chain_for",
+    "lock_chains",
     "verify_chains",
 ]

@@ -109,6 +109,21 @@ UPDATE audit_chains SET last_seq = $2, last_hash = $14 WHERE chain = $1
 """
 
 
+_LOCK_CHAINS = """
+SELECT chain FROM audit_chains WHERE chain = ANY($1::text[]) ORDER BY chain FOR UPDATE
+"""
+
+
+async def lock_chains(conn: Conn, clinics: list[str | None]) -> None:
+    """Lock the clinics' chain heads now, in a fixed order, until the transaction ends.
+
+    Report submissions lock their clinic's chain before any alert row. Work that would
+    otherwise lock an alert first (escalation, acknowledgements) takes the chain here
+    first, so the two never wait on each other in a cycle.
+    """
+    await conn.execute(_LOCK_CHAINS, sorted({chain_for(c) for c in clinics}))
+
+
 async def append(conn: Conn, event: AuditEvent) -> int:
     """Append ``event`` to its clinic's chain (or the global one); return its sequence number.
 
