@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -82,6 +83,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         base,
         database=DatabaseSettings(url=database_url, pool_max_size=10),
         data_dir=tmp_path / "data",
+        # Tests that move deadlines run escalation themselves, when they choose.
+        alerts=replace(base.alerts, escalation_interval=timedelta(hours=1)),
     )
 
 
