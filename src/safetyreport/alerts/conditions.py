@@ -37,9 +37,9 @@ class Compare:
     def holds(self, facts: Mapping[str, Any]) -> bool:
         actual = facts.get(self.field)
         if self.op == "empty":
-            return not actual
+            return _is_empty(actual)
         if self.op == "not_empty":
-            return bool(actual)
+            return not _is_empty(actual)
         if actual is None:
             return False
         return _compare(actual, self.op, self.value)
@@ -72,17 +72,36 @@ class Not:
 Condition: TypeAlias = Compare | All | AnyOf | Not
 
 
+def _is_empty(value: Any) -> bool:
+    """Absent, null, an empty list or empty text; 0 and false are values, not emptiness."""
+    return value is None or (isinstance(value, list | str) and len(value) == 0)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if _is_number(value):
+        return "number"
+    return "text" if isinstance(value, str) else "other"
+
+
+def _equal(actual: Any, value: Any) -> bool:
+    """Equality within one kind of value: true is not 1, "180" is not 180."""
+    return _kind(actual) == _kind(value) and bool(actual == value)
+
+
 def _compare(actual: Any, op: str, value: Any) -> bool:
-    if op == "in":
-        return bool(actual in value)
-    if op == "not_in":
-        return bool(actual not in value)
+    if op in ("in", "not_in"):
+        comparable = [v for v in value if _kind(v) == _kind(actual)]
+        found = any(_equal(actual, v) for v in comparable)
+        # A value of another kind than every listed one is a mismatch: false either way.
+        return found if op == "in" else bool(comparable) and not found
     if op == "any_of":
-        return isinstance(actual, list) and any(item in value for item in actual)
+        return isinstance(actual, list) and any(_equal(i, v) for i in actual for v in value)
     if op == "==":
-        return bool(actual == value)
+        return _equal(actual, value)
     if op == "!=":
-        return bool(actual != value)
+        return _kind(actual) == _kind(value) and not _equal(actual, value)
     if not _orderable(actual, value):
         return False
     if op == ">":
@@ -135,7 +154,7 @@ def _parse_compare(raw: dict[str, Any], path: str) -> Compare:
         errors.append(FieldError(path, "unknown_field", f"unknown keys {unknown}"))
     if not isinstance(field, str) or not field:
         errors.append(FieldError(f"{path}.field", "required", "name a report field"))
-    if op not in _OPS:
+    if not isinstance(op, str) or op not in _OPS:
         errors.append(FieldError(f"{path}.op", "enum", f"op is one of {sorted(_OPS)}"))
     elif op in _UNARY:
         if "value" in raw:

@@ -90,14 +90,16 @@ _CANDIDATES = """
 SELECT r.id, r.current_version, r.kind, r.patient_ref, r.occurred_at, r.clinic_id,
        v.body, v.ctcae_grade,
        (SELECT a.severity FROM alert_reports ar JOIN alerts a ON a.id = ar.alert_id
-         WHERE ar.report_id = r.id AND NOT a.from_pattern
+         WHERE ar.report_id = r.id AND ar.report_version = r.current_version
+           AND NOT a.from_pattern
          ORDER BY CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2
                                   WHEN 'high' THEN 1 ELSE 0 END DESC
          LIMIT 1) AS alert_severity
 FROM reports r
 JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
 WHERE r.clinic_id = $1
-  AND r.occurred_at > $2::timestamptz - $3::interval AND r.occurred_at <= $2::timestamptz
+  AND r.occurred_at > $2::timestamptz - $3::interval
+  AND r.occurred_at < $2::timestamptz + $3::interval
   AND ($4::text IS NULL OR r.patient_ref = $4)
   AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5::text[]))
 """
@@ -106,7 +108,10 @@ WHERE r.clinic_id = $1
 async def _pattern_matches(
     conn: Conn, rule: Rule, report: StoredReport
 ) -> list[tuple[uuid.UUID, int]]:
-    """The reports of the report's group in the rule's window that match its condition."""
+    """The most matching reports of the report's group in one window that includes it.
+
+    Reports arrive late from tablets, so the window may lie before or after the report.
+    """
     pattern = rule.definition.pattern
     assert pattern is not None
     rows = await conn.fetch(
@@ -117,7 +122,7 @@ async def _pattern_matches(
         report.patient_ref if rule.definition.group_by == "patient" else None,
         list(rule.definition.kinds),
     )
-    matching = []
+    matching: list[tuple[datetime, uuid.UUID, int]] = []
     for row in rows:
         candidate = StoredReport(
             id=row["id"],
@@ -130,8 +135,22 @@ async def _pattern_matches(
             ctcae_grade=row["ctcae_grade"],
         )
         if rule.condition.holds(candidate.facts(row["alert_severity"])):
-            matching.append((candidate.id, candidate.version))
-    return matching
+            matching.append((candidate.occurred_at, candidate.id, candidate.version))
+    return _densest_window(matching, report.occurred_at, timedelta(days=pattern.window_days))
+
+
+def _densest_window(
+    reports: list[tuple[datetime, uuid.UUID, int]], at: datetime, window: timedelta
+) -> list[tuple[uuid.UUID, int]]:
+    """The reports in the fullest window [start, start + window) that contains ``at``."""
+    best: list[tuple[uuid.UUID, int]] = []
+    for start, _, _ in reports:
+        if not (at - window < start <= at):
+            continue
+        inside = [(rid, v) for t, rid, v in reports if start <= t < start + window]
+        if len(inside) > len(best):
+            best = inside
+    return best
 
 
 _UPSERT = """

@@ -12,7 +12,7 @@ from msgspec import Meta
 from safetyreport import audit
 from safetyreport.alerts.conditions import Condition, parse_condition
 from safetyreport.db.pool import Conn
-from safetyreport.errors import FieldError, NotFound, ValidationFailed, rule_of
+from safetyreport.errors import AppError, FieldError, NotFound, ValidationFailed, rule_of
 
 Severity = Literal["info", "high", "urgent", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "high": 1, "urgent": 2, "critical": 3}
@@ -100,19 +100,25 @@ async def enabled_rules(conn: Conn) -> list[Rule]:
     rows = await conn.fetch(
         "SELECT id, version, severity, definition FROM alert_rules WHERE enabled ORDER BY id"
     )
-    rules = []
-    for row in rows:
+    return [_compile(row) for row in rows]
+
+
+def _compile(row: Any) -> Rule:
+    """A stored rule ready to run; a stored rule that does not parse is a server fault."""
+    try:
         definition = msgspec.convert(row["definition"], Definition)
-        rules.append(
-            Rule(
-                id=row["id"],
-                version=row["version"],
-                severity=row["severity"],
-                definition=definition,
-                condition=parse_condition(definition.when),
-            )
-        )
-    return rules
+        condition = parse_condition(definition.when)
+    except (msgspec.ValidationError, ValidationFailed) as exc:
+        raise AppError(
+            f"alert rule {row['id']} version {row['version']} is invalid: {exc}"
+        ) from exc
+    return Rule(
+        id=row["id"],
+        version=row["version"],
+        severity=row["severity"],
+        definition=definition,
+        condition=condition,
+    )
 
 
 async def list_rules(conn: Conn) -> list[RuleView]:
