@@ -18,8 +18,6 @@ shared secret over ``"{X-Safetyreport-Timestamp}.{body}"``) and reject old times
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -37,9 +35,11 @@ from litestar.params import FromPath, QueryParameter
 from safetyreport import __version__, audit
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
 from safetyreport.db.pool import Conn
-from safetyreport.errors import NotFound, ValidationFailed
+from safetyreport.errors import NotFound
+from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.settings import AlertSettings
 from safetyreport.state import app_state, client_address
+from safetyreport.times import require_utc
 
 _log = logging.getLogger(__name__)
 
@@ -345,25 +345,11 @@ class NotificationPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-_Cursor = tuple[Annotated[datetime, msgspec.Meta(tz=True)], uuid.UUID]
-
-
-def _encode_cursor(item: NotificationView) -> str:
-    raw = _json.encode((item.created_at, item.id))
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str | None) -> tuple[datetime | None, uuid.UUID | None]:
     if cursor is None:
         return None, None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        after: tuple[datetime, uuid.UUID] = msgspec.json.decode(raw, type=_Cursor)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise ValidationFailed.one(
-            "cursor", "format", "use next_cursor from a previous page"
-        ) from None
-    return after
+    after, notification_id = decode_cursor(cursor, tuple[datetime, uuid.UUID])
+    return require_utc("cursor", after), notification_id
 
 
 def _view(row: asyncpg.Record) -> NotificationView:
@@ -423,7 +409,9 @@ class DeliveryController(Controller):
                 "notification_ids": [str(i.id) for i in items],
             }
             await _audit_read(conn, request, "notification.listed", None, details)
-        return NotificationPage(items, _encode_cursor(items[-1]) if more else None)
+        return NotificationPage(
+            items, encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        )
 
     @get("/{notification_id:uuid}")
     async def read_notification(

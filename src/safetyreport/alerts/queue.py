@@ -4,8 +4,6 @@ one alert at once get one winner and a Conflict for the other, never an overwrit
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -15,13 +13,15 @@ import msgspec
 
 from safetyreport import audit
 from safetyreport.alerts import events
+from safetyreport.alerts.rules import SEVERITY_RANK
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.errors import Conflict, NotFound, ValidationFailed
+from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.settings import AlertSettings
+from safetyreport.times import require_utc
 
 Status = Literal["open", "acknowledged", "resolved"]
-_encoder = msgspec.json.Encoder()
 
 
 class AlertView(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,19 +161,11 @@ async def read_alert(
         return await _detail(conn, row)
 
 
-def _encode_cursor(row: AlertView, rank: int) -> str:
-    raw = _encoder.encode([rank, row.first_seen_at, row.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str) -> tuple[int, datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return msgspec.json.decode(raw, type=tuple[int, datetime, uuid.UUID])
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise ValidationFailed.one(
-            "cursor", "format", "use next_cursor from a previous page"
-        ) from None
+    rank, seen, alert_id = decode_cursor(cursor, tuple[int, datetime, uuid.UUID])
+    if not 0 <= rank <= max(SEVERITY_RANK.values()):
+        raise ValidationFailed.one("cursor", "format", "use next_cursor from a previous page")
+    return rank, require_utc("cursor", seen), alert_id
 
 
 async def list_alerts(
@@ -223,7 +215,9 @@ async def list_alerts(
         items = [_view(r) for r in rows[: filters.limit]]
         next_cursor = None
         if len(rows) > filters.limit:
-            next_cursor = _encode_cursor(items[-1], rows[filters.limit - 1]["severity_rank"])
+            last = items[-1]
+            rank = rows[filters.limit - 1]["severity_rank"]
+            next_cursor = encode_cursor(rank, last.first_seen_at, last.id)
         await _audit_read(
             conn,
             principal,
@@ -259,6 +253,8 @@ UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = $2,
                   revision = revision + 1, updated_at = now()
 WHERE id = $1
 """
+# A note changes no field but is a change all the same (streams, stale revisions).
+_TOUCH = "UPDATE alerts SET revision = revision + 1, updated_at = now() WHERE id = $1"
 # Reopening starts the acknowledgement clock again.
 _REOPEN = """
 UPDATE alerts SET status = 'open', resolved_at = NULL, resolved_by = NULL,
@@ -283,6 +279,8 @@ async def _apply(
         await conn.execute(_ASSIGN, alert_id, value)
     elif action == "resolved":
         await conn.execute(_RESOLVE, alert_id, principal.id, value)
+    elif action == "noted":
+        await conn.execute(_TOUCH, alert_id)
     elif action == "reopened":
         try:
             await conn.execute(_REOPEN, alert_id, settings.ack_deadlines.get(row["severity"]))

@@ -215,16 +215,8 @@ class RuleController(Controller):
         self, request: Request[Any, Any, Any], rule_id: FromPath[str]
     ) -> rules.RuleView:
         """Stop a rule from firing (a new version with enabled false)."""
-        async with app_state(request).pool.acquire() as conn:
-            current = await rules.get_rule(conn, rule_id)
-        disabled = rules.RuleInput(
-            name=current.name,
-            severity=current.severity,
-            description=current.description,
-            definition=current.definition,
-            enabled=False,
-        )
-        return await _save(request, rule_id, disabled)
+        async with app_state(request).pool.acquire() as conn, conn.transaction():
+            return await rules.disable_rule(conn, rule_id, principal_of(request).actor())
 
 
 async def _save(

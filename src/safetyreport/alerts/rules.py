@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -83,12 +84,23 @@ def parse_rule_input(raw: Any, *, with_id: bool) -> RuleInput:
         rule = msgspec.convert(raw, target)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        path = message.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in message else "$"
-        raise ValidationFailed([FieldError(path, rule_of(message), message)]) from None
+        raise ValidationFailed(
+            [FieldError(_error_path(message), rule_of(message), message)]
+        ) from None
     parse_condition(rule.definition.when, "definition.when")
     return rule
 
 
+def _error_path(message: str) -> str:
+    """The dotted path of the field a msgspec message is about (``definition.when``)."""
+    path = message.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in message else ""
+    named = _NAMED_FIELD.search(message)  # missing or unknown fields are quoted, not at
+    if named is not None:
+        path = f"{path}.{named[1]}" if path else named[1]
+    return path or "$"
+
+
+_NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _RULE_COLUMNS = "id, version, name, severity, description, enabled, definition, updated_at"
 
 
@@ -149,13 +161,11 @@ async def save_rule(
     """Create a rule (version 1) or store a new version of it; audited. Caller's transaction."""
     definition = msgspec.to_builtins(rule.definition)
     if create:
-        exists = await conn.fetchval("SELECT 1 FROM alert_rules WHERE id = $1", rule_id)
-        if exists:
-            raise ValidationFailed.one("id", "unique", f"rule {rule_id} already exists")
         version = 1
-        await conn.execute(
+        inserted = await conn.fetchval(
             "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
-            " definition) VALUES ($1, 1, $2, $3, $4, $5, $6)",
+            " definition) VALUES ($1, 1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
             rule_id,
             rule.name,
             rule.severity,
@@ -163,6 +173,8 @@ async def save_rule(
             rule.enabled,
             definition,
         )
+        if inserted is None:
+            raise ValidationFailed.one("id", "unique", f"rule {rule_id} already exists")
     else:
         version = await conn.fetchval(
             "UPDATE alert_rules SET version = version + 1, name = $2, severity = $3,"
@@ -199,3 +211,22 @@ async def save_rule(
         ),
     )
     return await get_rule(conn, rule_id)
+
+
+async def disable_rule(conn: Conn, rule_id: str, actor: audit.Actor) -> RuleView:
+    """A new version of the rule with enabled false; the caller owns the transaction.
+
+    The rule is locked first, so a concurrent update is kept, not overwritten.
+    """
+    locked = await conn.fetchval("SELECT 1 FROM alert_rules WHERE id = $1 FOR UPDATE", rule_id)
+    if locked is None:
+        raise NotFound(f"no rule {rule_id}")
+    current = await get_rule(conn, rule_id)
+    disabled = RuleInput(
+        name=current.name,
+        severity=current.severity,
+        description=current.description,
+        definition=current.definition,
+        enabled=False,
+    )
+    return await save_rule(conn, rule_id, disabled, actor, create=False)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from safetyreport.alerts.events import CHANNEL
+from safetyreport.alerts.queue import AlertView
 from safetyreport.auth.service import hash_token
 from safetyreport.auth.users import Principal, Role
 from safetyreport.db.pool import SERVER_SETTINGS, Conn, init_connection
@@ -77,18 +77,22 @@ _DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.Interf
 
 # The alert is shown as it is now, not as it was at the event: a client showing a
 # dashboard wants the latest state, and the event's own ``details`` say what changed.
+# Its columns are those of the queue API's AlertView, so both share one alert shape.
 _EVENT_SELECT = """
 SELECT e.id AS event_id, e.clinic_id, e.action, e.at, e.actor, e.details,
        a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
-       a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.from_pattern,
-       a.report_count, a.first_seen_at, a.last_seen_at, a.ack_deadline,
-       assignee.username AS assigned_to, a.acknowledged_at, a.resolved_at,
-       a.dea_notice_due, a.dea_form106_due, a.revision
+       a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
+       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
+       ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
+       res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
+       a.dea_form106_due, a.revision
 FROM alert_events e
 JOIN alerts a ON a.id = e.alert_id
 JOIN alert_rules r ON r.id = a.rule_id
 JOIN clinics c ON c.id = a.clinic_id
-LEFT JOIN users assignee ON assignee.id = a.assigned_to
+LEFT JOIN users ack ON ack.id = a.acknowledged_by
+LEFT JOIN users asg ON asg.id = a.assigned_to
+LEFT JOIN users res ON res.id = a.resolved_by
 """
 EVENTS_BY_ID = _EVENT_SELECT + "WHERE e.id = ANY($1::bigint[]) ORDER BY e.id"
 # $2 NULL: every clinic (admins, and the broker itself).
@@ -112,31 +116,6 @@ SELECT EXISTS (
 # --- payload --------------------------------------------------------------------
 
 
-class AlertSummary(msgspec.Struct, frozen=True, kw_only=True):
-    id: uuid.UUID
-    rule_id: str
-    rule_version: int
-    rule_name: str
-    severity: str
-    status: str
-    escalation_level: int
-    clinic: str
-    group_by: str
-    group_key: str
-    from_pattern: bool
-    report_count: int
-    first_seen_at: datetime
-    last_seen_at: datetime
-    ack_deadline: datetime | None
-    # Username, not user id: what a dashboard shows.
-    assigned_to: str | None
-    acknowledged_at: datetime | None
-    resolved_at: datetime | None
-    dea_notice_due: datetime | None
-    dea_form106_due: datetime | None
-    revision: int
-
-
 class AlertEventData(msgspec.Struct, frozen=True, kw_only=True):
     """The ``data`` of one ``event: alert`` message."""
 
@@ -145,7 +124,7 @@ class AlertEventData(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime
     actor: str
     details: dict[str, Any]
-    alert: AlertSummary
+    alert: AlertView
 
 
 _encoder = msgspec.json.Encoder()
@@ -167,7 +146,7 @@ class StreamEvent:
             at=row["at"],
             actor=row["actor"],
             details=row["details"],
-            alert=msgspec.convert(dict(row), AlertSummary),
+            alert=msgspec.convert(dict(row), AlertView),
         )
         return cls(row["event_id"], row["clinic_id"], _encoder.encode(payload).decode())
 
@@ -184,7 +163,8 @@ class Subscription:
 
     clinics: frozenset[int] | None
     queue: asyncio.Queue[StreamEvent | None]
-    closed: bool = False
+    # Why the broker ended it, said to the client before the stream ends; None: open.
+    closed: str | None = None
 
     def may_see(self, event: StreamEvent) -> bool:
         return self.clinics is None or event.clinic_id in self.clinics
@@ -194,12 +174,12 @@ class Subscription:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.close()
+            self.close("too far behind")
             return False
         return True
 
-    def close(self) -> None:
-        self.closed = True
+    def close(self, reason: str) -> None:
+        self.closed = reason
         # Wakes a reader waiting on an empty queue; a full queue's reader is not waiting.
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
@@ -260,8 +240,16 @@ class AlertBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.close_subscriptions()
+
+    def close_subscriptions(self) -> None:
+        """End every open stream (its client reconnects with Last-Event-ID).
+
+        For a server shutting down: open streams would otherwise hold it until its
+        graceful-shutdown timeout, and the lifespan's stop() only runs after that.
+        """
         for subscription in list(self._subscribers):
-            subscription.close()
+            subscription.close("the server is shutting down")
         self._subscribers.clear()
 
     def subscribe(self, clinics: Iterable[int] | None, maxsize: int = QUEUE_SIZE) -> Subscription:
@@ -496,7 +484,7 @@ async def _live(
     while True:
         event = await subscription.next(KEEPALIVE_SECONDS)
         if subscription.closed:
-            yield _comment("too far behind: reconnect with Last-Event-ID")
+            yield _comment(f"{subscription.closed}: reconnect with Last-Event-ID")
             return
         if loop.time() >= check_at:
             if not await _session_is_valid(pool, token):

@@ -23,8 +23,9 @@ from safetyreport.errors import ClientError
 from safetyreport.idempotency import Action, check_key, request_hash, run_once
 from safetyreport.reports import service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
-from safetyreport.reports.validation import require_utc, validate_report
+from safetyreport.reports.validation import validate_report
 from safetyreport.state import app_state, client_address
+from safetyreport.times import require_utc
 
 WRITERS = ("nurse", "safety_officer")
 READERS = ("nurse", "safety_officer", "auditor", "admin")

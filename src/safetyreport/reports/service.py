@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import uuid
 from datetime import datetime
@@ -17,10 +15,12 @@ from safetyreport.alerts.evaluate import StoredReport, evaluate_report
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound, ValidationFailed
+from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.reports.grading import ctcae_hypertension_grade
 from safetyreport.reports.types import FIXED_FIELDS, BloodPressure, ReportBody
-from safetyreport.reports.validation import require_utc, validate_report
+from safetyreport.reports.validation import validate_report
 from safetyreport.settings import AlertSettings, ReportSettings
+from safetyreport.times import require_utc
 
 _canonical = msgspec.json.Encoder(order="sorted")
 _encoder = msgspec.json.Encoder()
@@ -328,19 +328,8 @@ async def read_report(
         return _view(row, await conn.fetch(_SELECT_HISTORY, report_id))
 
 
-def _encode_cursor(occurred_at: datetime, report_id: uuid.UUID) -> str:
-    raw = _encoder.encode([occurred_at, report_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        after, report_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise ValidationFailed.one(
-            "cursor", "format", "use next_cursor from a previous page"
-        ) from None
+    after, report_id = decode_cursor(cursor, tuple[datetime, uuid.UUID])
     return require_utc("cursor", after), report_id
 
 
@@ -385,7 +374,7 @@ async def list_reports(
         next_cursor = None
         if len(rows) > filters.limit:
             last = items[-1]
-            next_cursor = _encode_cursor(last.occurred_at, last.id)
+            next_cursor = encode_cursor(last.occurred_at, last.id)
         await audit.append(
             conn,
             audit.AuditEvent(

@@ -14,6 +14,7 @@ import msgspec
 
 from safetyreport.errors import FieldError, ValidationFailed, rule_of
 from safetyreport.reports.types import KINDS, QUANTITY_CONCERNS, ReportBody
+from safetyreport.times import utc_time_error
 
 
 def _has_nul(value: Any) -> bool:
@@ -50,27 +51,6 @@ def _convert_fields(raw: dict[str, Any], kind: str) -> tuple[dict[str, Any], lis
         except msgspec.ValidationError as exc:
             errors.append(FieldError(name, rule_of(str(exc)), str(exc)))
     return values, errors
-
-
-def utc_time_error(field: str, value: datetime) -> FieldError | None:
-    """Why ``value`` cannot be stored as a UTC timestamp, or None."""
-    if value.tzinfo is None:
-        return FieldError(
-            field, "offset_required", "give a UTC offset, e.g. 2026-01-02T09:30:00+01:00"
-        )
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        return FieldError(field, "range", "the time falls outside the years 1-9999 in UTC")
-    return None
-
-
-def require_utc(field: str, value: datetime) -> datetime:
-    """``value`` in UTC, or ValidationFailed naming ``field``."""
-    error = utc_time_error(field, value)
-    if error is not None:
-        raise ValidationFailed([error])
-    return value.astimezone(UTC)
 
 
 def _check_time(values: dict[str, Any], now: datetime, skew: timedelta) -> list[FieldError]:
