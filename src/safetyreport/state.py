@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from litestar.connection import ASGIConnection
 
-from safetyreport.alerts.stream import AlertBroker
 from safetyreport.settings import Settings
+
+if TYPE_CHECKING:  # the stream's routes import this module
+    from safetyreport.alerts.stream import AlertBroker
 
 
 @dataclass(slots=True)

@@ -2,11 +2,12 @@
 
 One ``AlertBroker`` per process LISTENs on a dedicated connection (application_name
 ``safetyreport-listener``). Every alert change commits an ``alert_events`` row and a
-NOTIFY carrying its id (see ``events.record``); the broker fetches each new row once,
-encodes it once, and offers it to the bounded queue of every subscriber allowed to see
-its clinic. The connection is watched (termination listener and a periodic probe) and
-replaced with backoff; after a reconnect the broker catches up on the events it could
-not have heard about.
+NOTIFY carrying its id (see ``events.record``). The broker fetches each new row once,
+on that same connection (one query at a time, from its one task, so a process needs no
+second connection for it), encodes it once, and offers it to the bounded queue of every
+subscriber allowed to see its clinic. The connection is watched (termination listener
+and a periodic probe) and replaced with backoff; after a reconnect the broker catches up
+on the events it could not have heard about.
 
 ``GET /api/v1/alerts/stream`` subscribes, replays the events after ``Last-Event-ID``
 from the table, then streams live ones. Delivery is at least once and the SSE id is the
@@ -22,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
@@ -34,13 +35,12 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from safetyreport.alerts.events import CHANNEL
 from safetyreport.alerts.queue import AlertView
+from safetyreport.auth.http import principal_of
 from safetyreport.auth.service import hash_token
 from safetyreport.auth.users import Principal, Role
 from safetyreport.db.pool import SERVER_SETTINGS, Conn, init_connection
 from safetyreport.errors import Forbidden
-
-if TYPE_CHECKING:
-    from safetyreport.state import AppState
+from safetyreport.state import AppState, app_state
 
 _log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ EVENTS_AFTER = (
 )
 LATEST_EVENT_ID = "SELECT coalesce(max(id), 0) FROM alert_events"
 PROBE = "SELECT 1"
-# Read-only on purpose: an open stream does not count as activity for the idle timeout.
+# Read-only, and without the idle timeout: a stream neither keeps a session alive (no
+# last_seen_at update) nor is ended for idleness, but a logout, the absolute expiry or a
+# disabled user ends it.
 SESSION_IS_VALID = """
 SELECT EXISTS (
     SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
@@ -391,12 +393,6 @@ async def _close(conn: asyncpg.Connection[Any]) -> None:
 
 
 def _request_context(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[Principal, AppState]:
-    # Imported here, not at the top: state.py imports AlertBroker from this module and
-    # auth.http imports state.py, so a module-level import would fail whenever
-    # state.py or auth.http happens to be imported before this module.
-    from safetyreport.auth.http import principal_of
-    from safetyreport.state import app_state
-
     return principal_of(connection), app_state(connection)
 
 

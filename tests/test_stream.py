@@ -1,0 +1,526 @@
+"""The live alert stream, over real HTTP against a real PostgreSQL.
+
+The app runs in uvicorn on this test's event loop (so a stream can stay open while
+other requests are made, which AsyncTestClient cannot do). Users are seeded with the
+owner connection rather than the ``world`` fixture, whose AsyncTestClient would start a
+second app, and with it a second listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from litestar import Litestar
+
+from safetyreport.alerts import stream
+from safetyreport.alerts.stream import LISTENER_NAME, AlertBroker
+from safetyreport.app import create_app
+from safetyreport.audit.chain import SYSTEM_CLI
+from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.db.embedded import app_url
+from safetyreport.settings import Settings
+from tests.conftest import PASSWORD, bp_report
+
+STREAM = "/api/v1/alerts/stream"
+WAIT = 5.0  # seconds: "within a second" in production, generous here
+Headers = dict[str, str]
+
+
+# --- a real server ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    app: Litestar
+    http: httpx.AsyncClient
+
+    @property
+    def broker(self) -> AlertBroker:
+        broker: AlertBroker = self.app.state.safetyreport.broker
+        return broker
+
+    async def login(self, username: str) -> Headers:
+        response = await self.http.post(
+            "/api/v1/auth/login", json={"username": username, "password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['token']}"}
+
+    async def logins(self, *usernames: str) -> list[Headers]:
+        return [await self.login(username) for username in usernames]
+
+    async def submit(self, headers: Headers, clinic: str = "C1", patient: str = "PT-001") -> None:
+        """A hypertensive crisis (185/100), which raises bp-hypertensive-crisis."""
+        body = bp_report(clinic, patient_ref=patient, systolic=185, diastolic=100)
+        response = await self.http.post(
+            "/api/v1/reports", json=body, headers={**headers, "Idempotency-Key": str(uuid.uuid4())}
+        )
+        assert response.status_code == 201, response.text
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], what: str, seconds: float = 10) -> None:
+    """Poll ``predicate`` until it holds; fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"not within {seconds} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[Live]:
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_config=None, lifespan="on", ws="none", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def started() -> bool:
+        if task.done():
+            pytest.fail(f"uvicorn stopped: {task.exception()!r}")
+        return server.started
+
+    try:
+        await _until(started, "uvicorn started", seconds=30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield Live(app, http)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+        sock.close()
+
+
+# --- reading Server-Sent Events ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class Message:
+    id: str | None = None
+    event: str | None = None
+    data: list[str] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+
+    def json(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads("\n".join(self.data))
+        return parsed
+
+
+class Reader:
+    """Parses the SSE lines of one streaming response, a message at a time."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+
+    async def message(self) -> Message | None:
+        """The next message (comments included); None when the stream has ended."""
+        message = Message()
+        async for line in self._lines:
+            if not line:
+                return message
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "":
+                message.comments.append(value)
+            elif name == "data":
+                message.data.append(value)
+            elif name in ("id", "event"):
+                setattr(message, name, value)
+        return None
+
+    async def alert(self) -> Message:
+        """The next ``event: alert`` message, skipping comments; fails after WAIT s."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                message = await self.message()
+                assert message is not None, "the stream ended"
+                if message.event is not None:
+                    assert message.event == "alert"
+                    return message
+
+    async def comment(self, text: str) -> None:
+        async with asyncio.timeout(WAIT):
+            while (message := await self.message()) is not None:
+                if any(text in c for c in message.comments):
+                    return
+        pytest.fail(f"the stream ended before the comment {text!r}")
+
+    async def ended(self) -> None:
+        async with asyncio.timeout(WAIT):
+            while await self.message() is not None:
+                pass
+
+
+@contextlib.asynccontextmanager
+async def following(
+    live: Live, headers: Headers, last_event_id: int | None = None, query: str = ""
+) -> AsyncIterator[Reader]:
+    """An open stream, once subscribed (its first comment says so)."""
+    if last_event_id is not None:
+        headers = {**headers, "Last-Event-ID": str(last_event_id)}
+    async with live.http.stream("GET", STREAM + query, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        reader = Reader(response)
+        await reader.comment("connected")
+        yield reader
+
+
+def event_id(message: Message) -> int:
+    assert message.id is not None
+    return int(message.id)
+
+
+# --- seeding ----------------------------------------------------------------------
+
+
+async def _user(db: asyncpg.Connection[Any], name: str, role: Role, clinics: list[str]) -> None:
+    all_clinics = not clinics
+    await add_user(
+        db,
+        username=name,
+        password=PASSWORD,
+        role=role,
+        clinics=clinics,
+        all_clinics=all_clinics,
+        actor=SYSTEM_CLI,
+    )
+
+
+@pytest.fixture
+async def seeded(db: asyncpg.Connection[Any]) -> None:
+    """C1 and C2, a nurse and an officer in each, an admin and an auditor of all clinics."""
+    for code in ("C1", "C2"):
+        await add_clinic(db, code, f"Clinic {code}", SYSTEM_CLI)
+    await _user(db, "nina", "nurse", ["C1"])
+    await _user(db, "nadia", "nurse", ["C2"])
+    await _user(db, "olga", "safety_officer", ["C1"])
+    await _user(db, "oscar", "safety_officer", ["C2"])
+    await _user(db, "adam", "admin", [])
+    await _user(db, "audrey", "auditor", [])
+
+
+@pytest.fixture
+async def live(seeded: None, settings: Settings) -> AsyncIterator[Live]:
+    async with live_server(settings) as server:
+        yield server
+
+
+async def listener_pids(db: asyncpg.Connection[Any]) -> list[int]:
+    rows = await db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+        " AND datname = current_database()",
+        LISTENER_NAME,
+    )
+    return [r["pid"] for r in rows]
+
+
+async def visible_event_ids(db: asyncpg.Connection[Any], clinic: str, after: int) -> list[int]:
+    rows = await db.fetch(
+        "SELECT e.id FROM alert_events e JOIN clinics c ON c.id = e.clinic_id"
+        " WHERE c.code = $1 AND e.id > $2 ORDER BY e.id",
+        clinic,
+        after,
+    )
+    return [r["id"] for r in rows]
+
+
+# --- live delivery and clinic isolation -------------------------------------------
+
+
+async def test_officer_receives_an_alert_raised_after_connecting(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    nurse, officer = await live.login("nina"), await live.login("olga")
+    async with following(live, officer) as olga:
+        await live.submit(nurse)
+        message = await olga.alert()
+
+    stored = await db.fetchrow("SELECT * FROM alert_events ORDER BY id DESC LIMIT 1")
+    assert stored is not None
+    assert event_id(message) == stored["id"]
+    data = message.json()
+    assert data["event_id"] == stored["id"]
+    assert data["action"] == "opened"
+    assert data["actor"] == "nina"
+    assert data["details"]["rule_id"] == "bp-hypertensive-crisis"
+    alert = data["alert"]
+    assert alert["id"] == str(stored["alert_id"])
+    assert alert["rule_id"] == "bp-hypertensive-crisis"
+    assert alert["rule_name"] == "Hypertensive crisis"
+    assert (alert["severity"], alert["status"], alert["clinic"]) == ("critical", "open", "C1")
+    assert (alert["escalation_level"], alert["report_count"], alert["assigned_to"]) == (0, 1, None)
+    assert (alert["group_by"], alert["group_key"], alert["revision"]) == ("patient", "PT-001", 1)
+    assert alert["acknowledged_at"] is None
+    for name in ("first_seen_at", "last_seen_at", "ack_deadline"):
+        assert datetime.fromisoformat(alert[name]).utcoffset() == timedelta(0), name
+    assert datetime.fromisoformat(data["at"]) == stored["at"]
+
+
+async def test_a_changed_alert_is_streamed_too(live: Live) -> None:
+    nurse, officer = await live.login("nina"), await live.login("olga")
+    async with following(live, officer) as olga:
+        await live.submit(nurse)
+        opened = (await olga.alert()).json()
+        response = await live.http.post(
+            f"/api/v1/alerts/{opened['alert']['id']}/acknowledge", json={}, headers=officer
+        )
+        assert response.status_code == 200, response.text
+        changed = (await olga.alert()).json()
+    assert changed["event_id"] > opened["event_id"]
+    assert (changed["action"], changed["actor"]) == ("acknowledged", "olga")
+    assert changed["alert"]["id"] == opened["alert"]["id"]
+    assert changed["alert"]["status"] == "acknowledged"
+    assert changed["alert"]["acknowledged_by"] == "olga"
+
+
+async def test_officers_only_receive_alerts_of_their_clinics(live: Live) -> None:
+    nurse1, nurse2, olga_h, oscar_h, adam_h = await live.logins(
+        "nina", "nadia", "olga", "oscar", "adam"
+    )
+    async with (
+        following(live, olga_h) as olga,
+        following(live, oscar_h) as oscar,
+        following(live, adam_h) as adam,
+    ):
+        await live.submit(nurse1, "C1")
+        assert (await olga.alert()).json()["alert"]["clinic"] == "C1"
+        await live.submit(nurse2, "C2")
+        # Messages arrive in commit order: had the C1 alert reached oscar, it would
+        # come before the C2 one.
+        assert (await oscar.alert()).json()["alert"]["clinic"] == "C2"
+        assert (await adam.alert()).json()["alert"]["clinic"] == "C1"
+        assert (await adam.alert()).json()["alert"]["clinic"] == "C2"
+        await live.submit(nurse1, "C1", patient="PT-002")
+        assert (await olga.alert()).json()["alert"]["clinic"] == "C1"
+
+
+# --- Last-Event-ID ----------------------------------------------------------------
+
+
+async def test_reconnecting_with_last_event_id_catches_up_without_repeats(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    nurse1, nurse2, officer = await live.logins("nina", "nadia", "olga")
+    await live.submit(nurse1, patient="PT-000")  # before anyone listens
+    async with following(live, officer) as olga:
+        await live.submit(nurse1, patient="PT-001")
+        first = event_id(await olga.alert())
+
+    # Committed while olga is away: one of her clinic's, one she may not see.
+    await live.submit(nurse1, patient="PT-002")
+    await live.submit(nurse2, "C2", patient="PT-003")
+    missed = await visible_event_ids(db, "C1", first)
+    assert missed  # (a third report in a clinic also raises a cluster pattern alert)
+
+    async with following(live, officer, last_event_id=first) as olga:
+        assert [event_id(await olga.alert()) for _ in missed] == missed
+        await live.submit(nurse1, patient="PT-004")
+        latest = await visible_event_ids(db, "C1", missed[-1])
+        # Then the new events: nothing older, nothing twice.
+        assert [event_id(await olga.alert()) for _ in latest] == latest
+
+
+async def test_last_event_id_from_the_query_and_the_header_wins(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    nurse, officer = await live.login("nina"), await live.login("olga")
+    for patient in ("PT-001", "PT-002", "PT-003"):
+        await live.submit(nurse, patient=patient)
+    ids = await visible_event_ids(db, "C1", 0)
+    assert len(ids) >= 3
+
+    async with following(live, officer, query=f"?last_event_id={ids[0]}") as olga:
+        assert [event_id(await olga.alert()) for _ in ids[1:]] == ids[1:]
+    async with following(
+        live, officer, last_event_id=ids[1], query=f"?last_event_id={ids[0]}"
+    ) as olga:
+        assert event_id(await olga.alert()) == ids[2]
+    async with following(live, officer, last_event_id=0) as olga:
+        assert [event_id(await olga.alert()) for _ in ids] == ids
+
+
+async def test_a_malformed_last_event_id_is_rejected(live: Live) -> None:
+    officer = await live.login("olga")
+    response = await live.http.get(STREAM, headers={**officer, "Last-Event-ID": "yesterday"})
+    assert response.status_code in (400, 422), response.text
+
+
+# --- the listener connection ------------------------------------------------------
+
+
+async def test_listener_reconnects_after_its_backend_is_terminated(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    nurse, officer = await live.login("nina"), await live.login("olga")
+    [old] = await listener_pids(db)
+    async with following(live, officer) as olga:
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", old)
+
+        async def replaced() -> bool:
+            return len(pids := await listener_pids(db)) == 1 and pids != [old]
+
+        await _until(replaced, "a new listener connection")
+        await live.submit(nurse)
+        message = await olga.alert()
+    assert message.json()["alert"]["rule_id"] == "bp-hypertensive-crisis"
+
+
+async def test_events_committed_while_the_listener_is_down_are_caught_up(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    nurse, officer = await live.login("nina"), await live.login("olga")
+    database = await db.fetchval("SELECT current_database()")
+    # Open a few pool connections now: while CONNECT is revoked, requests must not need
+    # new ones (the listener does, and is refused).
+    await asyncio.gather(*(live.http.get("/api/v1/me", headers=nurse) for _ in range(4)))
+    async with following(live, officer) as olga:
+        await db.execute(f'REVOKE CONNECT ON DATABASE "{database}" FROM PUBLIC')
+        try:
+            [pid] = await listener_pids(db)
+            await db.execute("SELECT pg_terminate_backend($1)", pid)
+
+            async def gone() -> bool:
+                return not await listener_pids(db) and not live.broker.listening
+
+            await _until(gone, "the listener gone")
+            await live.submit(nurse)  # NOTIFY reaches nobody
+            assert await listener_pids(db) == []
+        finally:
+            await db.execute(f'GRANT CONNECT ON DATABASE "{database}" TO PUBLIC')
+        async with asyncio.timeout(20):  # the listener's backoff, then the catch-up
+            message = await olga.alert()
+    assert message.json()["alert"]["rule_id"] == "bp-hypertensive-crisis"
+
+
+async def test_broker_starts_with_the_database_down_and_connects_later(
+    settings: Settings,
+    database_url: str,
+    db: asyncpg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream, "START_WAIT_SECONDS", 0.5)
+    database = await db.fetchval("SELECT current_database()")
+    await db.execute(f'REVOKE CONNECT ON DATABASE "{database}" FROM PUBLIC')
+    broker = AlertBroker(app_url(settings, database_url))
+    caplog.set_level(logging.WARNING, logger=stream.__name__)
+    try:
+        async with asyncio.timeout(WAIT):
+            await broker.start()  # returns although it cannot connect
+        assert not broker.listening
+        await db.execute(f'GRANT CONNECT ON DATABASE "{database}" TO PUBLIC')
+
+        async def listening() -> bool:
+            return broker.listening
+
+        await _until(listening, "the broker connected", seconds=20)
+        assert len(await listener_pids(db)) == 1
+    finally:
+        await db.execute(f'GRANT CONNECT ON DATABASE "{database}" TO PUBLIC')
+        async with asyncio.timeout(WAIT):
+            await broker.stop()
+    assert "alert listener cannot connect" in caplog.text
+    assert await listener_pids(db) == []
+
+
+# --- subscribers ------------------------------------------------------------------
+
+
+async def test_a_disconnected_client_is_unsubscribed(live: Live) -> None:
+    officer = await live.login("olga")
+    async with following(live, officer):
+        assert live.broker.subscriber_count == 1
+
+    async def unsubscribed() -> bool:
+        return live.broker.subscriber_count == 0
+
+    await _until(unsubscribed, "the subscriber removed")
+
+
+async def test_a_subscriber_too_far_behind_is_dropped(live: Live) -> None:
+    nurse = await live.login("nina")
+    slow = live.broker.subscribe(None, maxsize=1)
+    await live.submit(nurse, patient="PT-001")
+    await live.submit(nurse, patient="PT-002")
+
+    async def dropped() -> bool:
+        return slow.closed is not None
+
+    await _until(dropped, "the slow subscriber dropped")
+    assert slow.closed == "too far behind"
+    assert live.broker.subscriber_count == 0
+    # It keeps what it had; its client catches up on the rest with Last-Event-ID.
+    assert slow.queue.qsize() == 1
+
+
+async def test_closing_the_subscriptions_ends_open_streams(live: Live) -> None:
+    """What a shutting-down server does, so open streams do not hold it up."""
+    async with following(live, await live.login("olga")) as olga:
+        live.broker.close_subscriptions()
+        await olga.comment("the server is shutting down: reconnect with Last-Event-ID")
+        await olga.ended()
+
+
+async def test_keep_alive_comments(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream, "KEEPALIVE_SECONDS", 0.1)
+    async with following(live, await live.login("olga")) as olga:
+        await olga.comment("keep-alive")
+
+
+async def test_logging_out_ends_the_stream(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream, "KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(stream, "SESSION_CHECK_SECONDS", 0.1)
+    officer = await live.login("olga")
+    async with following(live, officer) as olga:
+        response = await live.http.post("/api/v1/auth/logout", headers=officer)
+        assert response.status_code == 204
+        await olga.comment("session ended")
+        await olga.ended()
+
+
+# --- who may follow the stream ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("username", "status"), [("nina", 403), ("audrey", 403)])
+async def test_nurses_and_auditors_may_not_follow(live: Live, username: str, status: int) -> None:
+    response = await live.http.get(STREAM, headers=await live.login(username))
+    assert response.status_code == status, response.text
+
+
+async def test_no_token_gets_401(live: Live) -> None:
+    response = await live.http.get(STREAM)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "first", ["safetyreport.state", "safetyreport.auth.http", "safetyreport.alerts.stream"]
+)
+def test_modules_import_in_any_order(first: str) -> None:
+    """state.py imports the broker from the stream module: no import cycle may bite."""
+    code = f"import {first}; import safetyreport.app"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
