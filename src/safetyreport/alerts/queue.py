@@ -16,6 +16,7 @@ from safetyreport.alerts import events
 from safetyreport.alerts.rules import SEVERITY_RANK
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
+from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.settings import AlertSettings
@@ -111,6 +112,10 @@ WHERE ar.alert_id = $1 ORDER BY ar.added_at, r.id, ar.report_version
 _HISTORY = """
 SELECT id, at, actor, action, details FROM alert_events WHERE alert_id = $1 ORDER BY id
 """
+# Severity as a number, most severe highest: the queue's first sort key.
+_RANK = (
+    "(CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2 WHEN 'high' THEN 1 ELSE 0 END)"
+)
 _VIEW_FIELDS = frozenset(AlertView.__struct_fields__)
 
 
@@ -172,46 +177,26 @@ async def list_alerts(
     pool: asyncpg.Pool, principal: Principal, filters: AlertFilters, addr: str
 ) -> AlertPage:
     """Alerts of the principal's clinics: most severe first, then oldest first."""
-    where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    scope = principal.scope()
-    if scope is not None:
-        where.append(f"a.clinic_id = ANY({arg(scope)}::bigint[])")
-    if filters.clinic is not None:
-        clinic_id = principal.clinic_ids.get(filters.clinic)
-        if clinic_id is None:
-            raise NotFound(f"no clinic {filters.clinic}")
-        where.append(f"a.clinic_id = {arg(clinic_id)}")
-    for column, value in (
-        ("a.status", filters.status),
-        ("a.severity", filters.severity),
-        ("a.rule_id", filters.rule),
-        ("asg.username", filters.assigned_to),
-    ):
-        if value is not None:
-            where.append(f"{column} = {arg(value)}")
-    rank = (
-        "(CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2"
-        " WHEN 'high' THEN 1 ELSE 0 END)"
-    )
+    where = Where()
+    where.in_clinics("a.clinic_id", principal.visible_clinics(filters.clinic))
+    where.equals("a.status", filters.status)
+    where.equals("a.severity", filters.severity)
+    where.equals("a.rule_id", filters.rule)
+    where.equals("asg.username", filters.assigned_to)
     if filters.cursor is not None:
         c_rank, c_seen, c_id = _decode_cursor(filters.cursor)
-        where.append(
-            f"({rank} < {arg(c_rank)} OR ({rank} = ${len(args)}"
-            f" AND (a.first_seen_at, a.id) > ({arg(c_seen)}, {arg(c_id)})))"
+        rank_param = where.param(c_rank)
+        where.add(
+            f"({_RANK} < {rank_param} OR ({_RANK} = {rank_param}"
+            f" AND (a.first_seen_at, a.id) > ({where.param(c_seen)}, {where.param(c_id)})))"
         )
     sql = (
         _SELECT
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY {rank} DESC, a.first_seen_at, a.id LIMIT {arg(filters.limit + 1)}"
+        + where.sql()
+        + f" ORDER BY {_RANK} DESC, a.first_seen_at, a.id LIMIT {where.param(filters.limit + 1)}"
     )
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(sql, *args)
+        rows = await conn.fetch(sql, *where.args)
         items = [_view(r) for r in rows[: filters.limit]]
         next_cursor = None
         if len(rows) > filters.limit:

@@ -10,7 +10,7 @@ import msgspec
 from safetyreport import audit
 from safetyreport.auth.passwords import check_policy, hash_password
 from safetyreport.db.pool import Conn
-from safetyreport.errors import ValidationFailed
+from safetyreport.errors import NotFound, ValidationFailed
 
 Role = Literal["nurse", "safety_officer", "auditor", "admin"]
 ROLES: tuple[Role, ...] = ("nurse", "safety_officer", "auditor", "admin")
@@ -46,6 +46,19 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     def scope(self) -> list[int] | None:
         """Clinic ids to filter by; None when the user sees every clinic."""
         return None if self.all_clinics else sorted(self.clinic_ids.values())
+
+    def visible_clinics(self, clinic: str | None = None) -> list[int] | None:
+        """Clinic ids a query may return: the one asked for, or all the user's clinics.
+
+        None means every clinic (users granted all clinics, no filter). A clinic the
+        user does not belong to is NotFound, exactly like one that does not exist.
+        """
+        if clinic is not None:
+            clinic_id = self.clinic_ids.get(clinic)
+            if clinic_id is None:
+                raise NotFound(f"no clinic {clinic}")
+            return [clinic_id]
+        return self.scope()
 
     def actor(self) -> audit.Actor:
         return audit.Actor(name=self.username, id=self.id, role=self.role)

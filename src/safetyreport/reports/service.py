@@ -14,6 +14,7 @@ from safetyreport import audit
 from safetyreport.alerts.evaluate import StoredReport, evaluate_report
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
+from safetyreport.db.query import Where
 from safetyreport.errors import NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.reports.grading import ctcae_hypertension_grade
@@ -337,39 +338,24 @@ async def list_reports(
     pool: asyncpg.Pool, principal: Principal, filters: ReportFilters, client_addr: str
 ) -> ReportPage:
     """The newest reports first, among the clinics the principal may see."""
-    where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    scope = principal.scope()
-    if scope is not None:
-        where.append(f"r.clinic_id = ANY({arg(scope)}::bigint[])")
-    if filters.clinic is not None:
-        clinic_id = principal.clinic_ids.get(filters.clinic)
-        if clinic_id is None:
-            raise NotFound(f"no clinic {filters.clinic}")
-        where.append(f"r.clinic_id = {arg(clinic_id)}")
-    if filters.kind is not None:
-        where.append(f"r.kind = {arg(filters.kind)}")
-    if filters.patient_ref is not None:
-        where.append(f"r.patient_ref = {arg(filters.patient_ref)}")
+    where = Where()
+    where.in_clinics("r.clinic_id", principal.visible_clinics(filters.clinic))
+    where.equals("r.kind", filters.kind)
+    where.equals("r.patient_ref", filters.patient_ref)
     if filters.since is not None:
-        where.append(f"r.occurred_at >= {arg(filters.since)}")
+        where.add(f"r.occurred_at >= {where.param(filters.since)}")
     if filters.until is not None:
-        where.append(f"r.occurred_at < {arg(filters.until)}")
+        where.add(f"r.occurred_at < {where.param(filters.until)}")
     if filters.cursor is not None:
         after_time, after_id = _decode_cursor(filters.cursor)
-        where.append(f"(r.occurred_at, r.id) < ({arg(after_time)}, {arg(after_id)})")
+        where.add(f"(r.occurred_at, r.id) < ({where.param(after_time)}, {where.param(after_id)})")
     sql = (
         _SELECT_VIEW
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY r.occurred_at DESC, r.id DESC LIMIT {arg(filters.limit + 1)}"
+        + where.sql()
+        + f" ORDER BY r.occurred_at DESC, r.id DESC LIMIT {where.param(filters.limit + 1)}"
     )
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(sql, *args)
+        rows = await conn.fetch(sql, *where.args)
         items = [_view(r) for r in rows[: filters.limit]]
         next_cursor = None
         if len(rows) > filters.limit:
