@@ -11,6 +11,7 @@ another event loop); tests use their own owner connection (``db``) to seed and a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -58,6 +59,42 @@ async def _admin(server_url: str, sql: str) -> None:
         await conn.close()
 
 
+class Databases:
+    """Fresh copies of the migrated template, one per test.
+
+    Copying and dropping a database mostly waits on the disk, so the next copy is made
+    and the last one dropped in the background while a test runs.
+    """
+
+    def __init__(self, server_url: str, template: str) -> None:
+        self.server_url = server_url
+        self.template = template
+        self._spare: asyncio.Task[str] | None = None
+        self._drops: set[asyncio.Task[None]] = set()
+
+    async def _create(self) -> str:
+        name = f"sr_test_{uuid.uuid4().hex[:12]}"
+        await _admin(self.server_url, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        return name
+
+    async def take(self) -> str:
+        ready = self._spare or asyncio.create_task(self._create())
+        self._spare = asyncio.create_task(self._create())
+        return await ready
+
+    def release(self, name: str) -> None:
+        drop = asyncio.create_task(
+            _admin(self.server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
+        self._drops.add(drop)
+        drop.add_done_callback(self._drops.discard)
+
+    async def close(self) -> None:
+        if self._spare is not None:
+            self.release(await self._spare)
+        await asyncio.gather(*self._drops)
+
+
 @pytest.fixture(scope="session")
 async def template_database(server_url: str) -> AsyncIterator[str]:
     name = f"sr_template_{uuid.uuid4().hex[:12]}"
@@ -67,13 +104,19 @@ async def template_database(server_url: str) -> AsyncIterator[str]:
     await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+async def databases(server_url: str, template_database: str) -> AsyncIterator[Databases]:
+    pool = Databases(server_url, template_database)
+    yield pool
+    await pool.close()
+
+
 @pytest.fixture
-async def database_url(server_url: str, template_database: str) -> AsyncIterator[str]:
+async def database_url(server_url: str, databases: Databases) -> AsyncIterator[str]:
     """Owner URL of a fresh, migrated database for this test only."""
-    name = f"sr_test_{uuid.uuid4().hex[:12]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    name = await databases.take()
     yield with_database(server_url, name)
-    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    databases.release(name)
 
 
 @pytest.fixture
