@@ -311,6 +311,30 @@ async def test_sigterm_stops_the_embedded_postgres_too(tmp_path: Path, workers: 
 
 
 @pytest.mark.timeout(60)
+async def test_sigterm_ends_open_alert_streams_at_once(database_url: str, tmp_path: Path) -> None:
+    """An open event stream does not hold the server until its graceful timeout."""
+    async with (
+        serving(database_url, tmp_path, "streaming") as served,
+        httpx.AsyncClient(base_url=served.base_url, timeout=30) as http,
+    ):
+        login = await http.post(
+            "/api/v1/auth/login",
+            json={"username": "officer", "password": "demo-officer-password"},
+        )
+        headers = {"Authorization": f"Bearer {login.json()['token']}"}
+        async with http.stream("GET", "/api/v1/alerts/stream", headers=headers) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            assert (await asyncio.wait_for(anext(lines), 10)).startswith(":")
+            assert await served.terminate() == 0, served.stderr()
+            # The server ended the stream rather than cutting it after a timeout.
+            async with asyncio.timeout(10):
+                rest = [line async for line in lines]
+            assert any("shutting down" in line for line in rest), rest
+    assert "graceful shutdown exceeded" not in served.stderr()
+
+
+@pytest.mark.timeout(60)
 async def test_serve_demo_twice_keeps_one_copy_of_the_demo_data(
     database_url: str, tmp_path: Path, db: asyncpg.Connection[Any]
 ) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
+from types import FrameType
+from typing import Any
 
 import asyncpg
 from litestar import Litestar
@@ -60,6 +64,27 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool) -> None:
             _log.warning("could not purge expired idempotency keys: %s", exc)
 
 
+def _end_streams_on_shutdown_signal(broker: AlertBroker) -> None:
+    """End open alert streams as soon as the server is told to stop.
+
+    uvicorn waits for open responses (up to its graceful timeout) before the lifespan
+    ends, and an event stream never ends by itself. The handler runs before uvicorn's
+    own, which it then calls; clients reconnect elsewhere with Last-Event-ID.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread (not the case under test clients)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(broker.close_subscriptions)
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, handler)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
 
@@ -71,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             await _check_schema(pool)
             await broker.start()
+            _end_streams_on_shutdown_signal(broker)
             app.state.safetyreport = AppState(settings=settings, pool=pool, broker=broker)
             # Background work; each unit is claimed in the database, so several service
             # processes on one database never do it twice.
