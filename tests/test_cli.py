@@ -214,18 +214,25 @@ async def _wait_healthy(served: Served) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(
-    database_url: str | None, tmp_path: Path, name: str = "serve", *extra: str
+    database_url: str | None,
+    tmp_path: Path,
+    name: str = "serve",
+    *extra: str,
+    demo: bool = True,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Served]:
-    """``safetyreport serve --demo`` on a free port; killed on the way out if still running."""
+    """``safetyreport serve [--demo]`` on a free port; killed on the way out if still running."""
     port = free_port()
+    if demo:
+        extra = ("--demo", *extra)
     stdout_path, stderr_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            *cli_args("serve", "--demo", "--port", str(port), *extra),
+            *cli_args("serve", "--port", str(port), *extra),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            env=cli_env(database_url, tmp_path / "data"),
+            env=cli_env(database_url, tmp_path / "data") | (env or {}),
         )
     served = Served(proc, f"http://127.0.0.1:{port}", stdout_path, stderr_path)
     try:

@@ -29,7 +29,8 @@ from safetyreport.db.pool import connect, create_pool
 from safetyreport.settings import AlertSettings, Settings
 from tests.conftest import World, bp_report, dissociation_report
 from tests.report_helpers import create_report
-from tests.test_cli import Served, _wait_healthy, cli_args, cli_env, free_port
+from tests.test_cli import Served
+from tests.test_cli import serving as cli_serving
 
 Headers = dict[str, str]
 CRISIS = "bp-hypertensive-crisis"
@@ -466,28 +467,12 @@ async def test_run_escalation_keeps_going_after_a_database_error(
 # --- two service processes -------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def serving(database_url: str, tmp_path: Path, name: str) -> AsyncIterator[Served]:
-    """``safetyreport serve`` (no demo data) escalating every second; killed if left running."""
-    port = free_port()
-    env = cli_env(database_url, tmp_path / name) | {"SAFETYREPORT_ESCALATION_INTERVAL_SECONDS": "1"}
-    stdout_path, stderr_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *cli_args("serve", "--port", str(port)),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=env,
-        )
-    served = Served(proc, f"http://127.0.0.1:{port}", stdout_path, stderr_path)
-    try:
-        await _wait_healthy(served)
-        yield served
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+def serving(
+    database_url: str, tmp_path: Path, name: str
+) -> contextlib.AbstractAsyncContextManager[Served]:
+    """``safetyreport serve`` (no demo data) escalating every second."""
+    every_second = {"SAFETYREPORT_ESCALATION_INTERVAL_SECONDS": "1"}
+    return cli_serving(database_url, tmp_path, name, demo=False, env=every_second)
 
 
 @pytest.mark.timeout(90)
