@@ -31,7 +31,7 @@ class Assign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     revision: int | None = None
 
 
-class Resolve(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class WithReason(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reason: Reason
     revision: int | None = None
 
@@ -141,7 +141,7 @@ class AlertController(Controller):
         self,
         request: Request[Any, Any, Any],
         alert_id: FromPath[uuid.UUID],
-        data: JSONBody[Resolve],
+        data: JSONBody[WithReason],
     ) -> queue.AlertDetail:
         """Resolve an alert; a reason is required."""
         return await _act(
@@ -158,7 +158,7 @@ class AlertController(Controller):
         self,
         request: Request[Any, Any, Any],
         alert_id: FromPath[uuid.UUID],
-        data: JSONBody[Resolve],
+        data: JSONBody[WithReason],
     ) -> queue.AlertDetail:
         """Reopen a resolved alert; a reason is required and the deadline starts again."""
         return await _act(
