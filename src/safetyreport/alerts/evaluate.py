@@ -16,7 +16,7 @@ from typing import Any
 
 from safetyreport import audit
 from safetyreport.alerts import events
-from safetyreport.alerts.rules import SEVERITY_RANK, Rule, enabled_rules
+from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL, Rule, enabled_rules
 from safetyreport.db.pool import Conn
 from safetyreport.settings import AlertSettings
 
@@ -86,14 +86,13 @@ async def evaluate_report(
     return outcome
 
 
-_CANDIDATES = """
+_CANDIDATES = f"""
 SELECT r.id, r.current_version, r.kind, r.patient_ref, r.occurred_at, r.clinic_id,
        v.body, v.ctcae_grade,
        (SELECT a.severity FROM alert_reports ar JOIN alerts a ON a.id = ar.alert_id
          WHERE ar.report_id = r.id AND ar.report_version = r.current_version
            AND NOT a.from_pattern
-         ORDER BY CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2
-                                  WHEN 'high' THEN 1 ELSE 0 END DESC
+         ORDER BY {SEVERITY_RANK_SQL} DESC
          LIMIT 1) AS alert_severity
 FROM reports r
 JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
@@ -102,7 +101,7 @@ WHERE r.clinic_id = $1
   AND r.occurred_at < $2::timestamptz + $3::interval
   AND ($4::text IS NULL OR r.patient_ref = $4)
   AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5::text[]))
-"""
+"""  # noqa: S608 (constant SQL fragments, no input)
 
 
 async def _pattern_matches(

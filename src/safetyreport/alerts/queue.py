@@ -13,7 +13,7 @@ import msgspec
 
 from safetyreport import audit
 from safetyreport.alerts import events
-from safetyreport.alerts.rules import SEVERITY_RANK
+from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
@@ -88,22 +88,20 @@ class AlertFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     limit: int = 50
 
 
-_SELECT = """
+_SELECT = f"""
 SELECT a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
        a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
        a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
        ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
        res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
-       a.dea_form106_due, a.revision, a.clinic_id,
-       CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2
-                       WHEN 'high' THEN 1 ELSE 0 END AS severity_rank
+       a.dea_form106_due, a.revision, a.clinic_id, {SEVERITY_RANK_SQL} AS severity_rank
 FROM alerts a
 JOIN alert_rules r ON r.id = a.rule_id
 JOIN clinics c ON c.id = a.clinic_id
 LEFT JOIN users ack ON ack.id = a.acknowledged_by
 LEFT JOIN users asg ON asg.id = a.assigned_to
 LEFT JOIN users res ON res.id = a.resolved_by
-"""
+"""  # noqa: S608 (constant SQL fragments, no input)
 _REPORTS = """
 SELECT r.id, ar.report_version AS version, r.kind, r.patient_ref, r.occurred_at, ar.added_at
 FROM alert_reports ar JOIN reports r ON r.id = ar.report_id
@@ -112,10 +110,8 @@ WHERE ar.alert_id = $1 ORDER BY ar.added_at, r.id, ar.report_version
 _HISTORY = """
 SELECT id, at, actor, action, details FROM alert_events WHERE alert_id = $1 ORDER BY id
 """
-# Severity as a number, most severe highest: the queue's first sort key.
-_RANK = (
-    "(CASE a.severity WHEN 'critical' THEN 3 WHEN 'urgent' THEN 2 WHEN 'high' THEN 1 ELSE 0 END)"
-)
+# The queue's first sort key.
+_RANK = SEVERITY_RANK_SQL
 _VIEW_FIELDS = frozenset(AlertView.__struct_fields__)
 
 

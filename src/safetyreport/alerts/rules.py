@@ -17,6 +17,12 @@ from safetyreport.errors import AppError, FieldError, NotFound, ValidationFailed
 
 Severity = Literal["info", "high", "urgent", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "high": 1, "urgent": 2, "critical": 3}
+# The same ranking in SQL, for an alert aliased ``a``: most severe highest.
+SEVERITY_RANK_SQL = (
+    "(CASE a.severity "
+    + " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in SEVERITY_RANK.items())
+    + " END)"
+)
 Kind = Literal["blood_pressure", "dissociation", "misuse_concern"]
 RuleId = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 
