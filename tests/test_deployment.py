@@ -34,6 +34,8 @@ VALID_ENV = {
     "SAFETYREPORT_WEBHOOK_SECRET": "hook-secret",
     "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS": "4",
     "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS": "60",
+    "SAFETYREPORT_SIGNING_KEY": "/run/secrets/audit-signing-key.pem",
+    "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS": "120",
 }
 # Variables that are only valid together with another one.
 NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": "hook-secret"}}
@@ -43,6 +45,7 @@ INTEGER_VARIABLES = (
     "SAFETYREPORT_IDEMPOTENCY_TTL_HOURS",
     "SAFETYREPORT_CLOCK_SKEW_SECONDS",
     "SAFETYREPORT_POOL_MAX_SIZE",
+    "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
 )
 
 
@@ -137,6 +140,8 @@ def test_settings_from_a_full_environment() -> None:
     assert settings.reports.clock_skew == timedelta(seconds=42)
     assert settings.log_level == "DEBUG"
     assert settings.trusted_proxies == frozenset({"10.0.0.1", "10.0.0.2"})
+    assert settings.audit.signing_key_file == Path("/run/secrets/audit-signing-key.pem")
+    assert settings.audit.checkpoint_interval == timedelta(minutes=2)
 
 
 @pytest.mark.parametrize("variable", INTEGER_VARIABLES)

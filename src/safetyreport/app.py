@@ -23,7 +23,9 @@ from safetyreport.alerts.delivery import DeliveryController, run_delivery
 from safetyreport.alerts.escalation import run_escalation
 from safetyreport.alerts.routes import AlertController, RuleController
 from safetyreport.alerts.stream import AlertBroker, AlertStreamController
+from safetyreport.audit.checkpoints import run_checkpoints
 from safetyreport.audit.routes import AuditController
+from safetyreport.audit.signing import load_signer
 from safetyreport.auth.http import TokenAuthenticationMiddleware
 from safetyreport.auth.routes import AuthController
 from safetyreport.db.embedded import app_url, owner_url
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        signer = await asyncio.to_thread(load_signer, settings)
         url = app_url(settings, await asyncio.to_thread(owner_url, settings))
         pool = await create_pool(url, max_size=settings.database.pool_max_size)
         broker = AlertBroker(url)
@@ -97,13 +100,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await _check_schema(pool)
             await broker.start()
             _end_streams_on_shutdown_signal(broker)
-            app.state.safetyreport = AppState(settings=settings, pool=pool, broker=broker)
+            app.state.safetyreport = AppState(
+                settings=settings, pool=pool, broker=broker, signer=signer
+            )
             # Background work; each unit is claimed in the database, so several service
             # processes on one database never do it twice.
             tasks = [
                 asyncio.create_task(_purge_idempotency_keys(pool)),
                 asyncio.create_task(run_escalation(pool, settings.alerts)),
                 asyncio.create_task(run_delivery(pool, settings.alerts)),
+                asyncio.create_task(
+                    run_checkpoints(pool, signer, settings.audit.checkpoint_interval)
+                ),
             ]
             try:
                 yield

@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from safetyreport.audit import verify_chains
+from safetyreport.audit import VerifyReport, checkpoints, offline, verify_chains
 from safetyreport.audit.chain import SYSTEM_CLI
+from safetyreport.audit.signing import key_file, load_signer
 from safetyreport.auth.users import ROLES, add_clinic, add_user
 from safetyreport.db.embedded import owner_url
 from safetyreport.db.migrations import MigrationError, migrate
@@ -53,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["DATABASE_URL"] = url
     # Migrate once, here, before any worker starts.
     asyncio.run(_migrate(settings, url))
+    # Make the signing key (on first start) once, here, too.
+    signer = load_signer(settings)
     if args.demo:
         created = asyncio.run(_with_conn(url, lambda conn: demo.seed(conn, settings.alerts)))
         print("demo data created" if created else "demo data already present")
@@ -63,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     print(f"safetyreport serving on http://{args.host}:{args.port} (database: {where})")
     print(f"  API schema: http://{args.host}:{args.port}/schema")
+    print(f"  audit signing key {signer.key_id}: {key_file(settings)}")
     if args.demo:
         print(f"  demo clinic {demo.DEMO_CLINIC[0]}; logins (username / password):")
         for username, role, password in demo.DEMO_USERS:
@@ -139,20 +144,43 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    report = asyncio.run(_with_conn(owner_url(_settings()), verify_chains))
+    """Verify an export offline (EXPORT given), or else the live database's chains."""
+    if args.export:
+        return offline.run(args.export, args.public_key, args.checkpoint, as_json=args.json)
+    given: list[offline.Checkpoint] = []
+    if args.checkpoint:
+        if not args.public_key:
+            print("error: --checkpoint needs --public-key to check its signature", file=sys.stderr)
+            return 2
+        try:
+            key = offline.load_public_key(Path(args.public_key).read_bytes())
+            given = offline.load_checkpoint_files(args.checkpoint, key)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    async def run(conn: Any) -> tuple[VerifyReport, list[str]]:
+        return await verify_chains(conn), await checkpoints.check_against_database(conn, given)
+
+    report, problems = asyncio.run(_with_conn(owner_url(_settings()), run))
+    problems = report.checkpoints + problems
+    ok = report.ok and not problems
     if args.json:
-        print(msgspec.json.encode(report).decode())
+        document = {**msgspec.to_builtins(report), "ok": ok, "checkpoints": problems}
+        print(msgspec.json.encode(document).decode())
     else:
         for chain in report.chains:
             if chain.ok:
                 print(f"ok      {chain.chain}: {chain.entries} entries")
             else:
                 print(f"BROKEN  {chain.chain}: entry {chain.broken_seq}: {chain.problem}")
+        for problem in problems:
+            print(f"BROKEN  {problem}")
         print(
-            f"{'verified' if report.ok else 'FAILED'}: {report.entries} entries in "
-            f"{len(report.chains)} chains"
+            f"{'verified' if ok else 'FAILED'}: {report.entries} entries in "
+            f"{len(report.chains)} chains, {len(given)} checkpoints given"
         )
-    return 0 if report.ok else 1
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True
     )
-    verify = audit.add_parser("verify", help="recompute every hash chain")
-    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify = audit.add_parser(
+        "verify",
+        help="verify an export offline, or without EXPORT every chain in the database",
+    )
+    offline.add_arguments(verify, export_required=False)
     verify.set_defaults(func=cmd_audit_verify)
     return parser
 

@@ -30,6 +30,8 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_WEBHOOK_SECRET",
     "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS",
     "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS",
+    "SAFETYREPORT_SIGNING_KEY",
+    "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
 )
 
 
@@ -97,12 +99,21 @@ class AlertSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    # The Ed25519 key that signs exports and checkpoints: this file when given (it must
+    # exist), else a key created on first start in the data folder. Never in the database.
+    signing_key_file: Path | None = None
+    checkpoint_interval: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings
     data_dir: Path
     auth: AuthSettings = field(default_factory=AuthSettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     log_level: str = "INFO"
     # Client addresses come from X-Forwarded-For only when the peer is one of these.
     trusted_proxies: frozenset[str] = frozenset()
@@ -132,6 +143,16 @@ class Settings:
                 ),
             ),
             alerts=_alert_settings(env),
+            audit=AuditSettings(
+                signing_key_file=(
+                    Path(env["SAFETYREPORT_SIGNING_KEY"]).resolve()
+                    if env.get("SAFETYREPORT_SIGNING_KEY")
+                    else None
+                ),
+                checkpoint_interval=timedelta(
+                    seconds=_int(env, "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS", 300)
+                ),
+            ),
             log_level=(env.get("SAFETYREPORT_LOG_LEVEL") or "INFO").upper(),
             trusted_proxies=frozenset(p.strip() for p in proxies.split(",") if p.strip()),
         )

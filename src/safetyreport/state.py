@@ -12,6 +12,7 @@ from safetyreport.settings import Settings
 
 if TYPE_CHECKING:  # the stream's routes import this module
     from safetyreport.alerts.stream import AlertBroker
+    from safetyreport.audit.signing import Signer
 
 
 @dataclass(slots=True)
@@ -19,6 +20,7 @@ class AppState:
     settings: Settings
     pool: asyncpg.Pool
     broker: AlertBroker
+    signer: Signer
 
 
 def app_state(connection: ASGIConnection[Any, Any, Any, Any]) -> AppState:

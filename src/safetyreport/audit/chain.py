@@ -1,8 +1,9 @@
 """Appending to the hash chains.
 
 Each entry's hash is SHA-256 over a canonical JSON encoding of its content, which
-includes its chain, sequence number and the previous entry's hash. Appends lock the
-chain's head row, so concurrent writers take turns and a chain never forks.
+includes its chain, sequence number and the previous entry's hash; those exact bytes
+are stored with the entry (``content``) so exports can carry them as they are. Appends
+lock the chain's head row, so concurrent writers take turns and a chain never forks.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ _INSERT_ENTRY = """
 WITH entry AS (
     INSERT INTO audit_entries (
         chain, seq, recorded_at, actor_id, actor, actor_role, action,
-        object_type, object_id, clinic, client_addr, details, prev_hash, hash
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        object_type, object_id, clinic, client_addr, details, prev_hash, hash, content
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 )
 UPDATE audit_chains SET last_seq = $2, last_hash = $14 WHERE chain = $1
 """
@@ -173,5 +174,6 @@ async def append(conn: Conn, event: AuditEvent) -> int:
         event.details,
         prev_hash,
         entry_hash(content),
+        content.decode(),
     )
     return seq

@@ -1,21 +1,75 @@
-"""HTTP routes for the audit trail."""
+"""HTTP routes for the audit trail: verify, search, export, keys and checkpoints."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
-from litestar import Controller, Request, get
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, QueryParameter
+from litestar.response import Stream
 
 from safetyreport import audit
+from safetyreport.audit import checkpoints, offline
+from safetyreport.audit.export import (
+    FILE_SUFFIX,
+    MEDIA_TYPES,
+    AuditExport,
+    AuditFilters,
+    ExportFormat,
+    readable_chains,
+    stream_export,
+)
+from safetyreport.audit.search import AuditEntryPage, search_entries
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
 from safetyreport.state import app_state, client_address
+from safetyreport.times import require_utc
+
+AUDITORS = ("auditor", "admin")
+EVERYONE = ("nurse", "safety_officer", "auditor", "admin")
+# Larger exports are for the offline verifier; this is for checking a download quickly.
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+VERIFIER_SCRIPT = Path(offline.__file__).read_bytes()
+
+
+async def audit_filters(
+    since: Annotated[datetime | None, QueryParameter(name="from")] = None,
+    until: FromQuery[datetime | None] = None,
+    clinic: FromQuery[str | None] = None,
+    actor: FromQuery[str | None] = None,
+    action: FromQuery[str | None] = None,
+    object: Annotated[
+        str | None, QueryParameter(description='an object type, or "type:id"')
+    ] = None,
+) -> AuditFilters:
+    return AuditFilters(
+        since=None if since is None else require_utc("from", since),
+        until=None if until is None else require_utc("until", until),
+        clinic=clinic,
+        actor=actor,
+        action=action,
+        object=object,
+    )
+
+
+class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    entries: int
+    problems: list[str]
+    key_id: str
 
 
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
     guards = [require_roles]
-    opt = {ROLES_OPT: ("auditor", "admin")}
+    opt = {ROLES_OPT: AUDITORS}
+    dependencies = {"filters": Provide(audit_filters)}
 
     @get("/verify")
     async def verify(self, request: Request[Any, Any, Any]) -> audit.VerifyReport:
@@ -40,3 +94,143 @@ class AuditController(Controller):
                     ),
                 )
         return report
+
+    @get("/entries")
+    async def entries(
+        self,
+        request: Request[Any, Any, Any],
+        filters: NamedDependency[AuditFilters],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> AuditEntryPage:
+        """Entries matching the filters, newest first, a page at a time."""
+        async with app_state(request).pool.acquire() as conn:
+            return await search_entries(
+                conn,
+                principal_of(request),
+                filters,
+                cursor=cursor,
+                limit=limit,
+                client_addr=client_address(request),
+            )
+
+    @get("/export")
+    async def export(
+        self,
+        request: Request[Any, Any, Any],
+        filters: NamedDependency[AuditFilters],
+        format: FromQuery[ExportFormat] = "ndjson",
+    ) -> Stream:
+        """The matching entries with a signed manifest: NDJSON, or CSV in a zip.
+
+        NDJSON ends with the manifest line; the zip holds audit-export.csv and
+        manifest.json. Check either offline with the public key.
+        """
+        state = app_state(request)
+        export = AuditExport(
+            principal=principal_of(request),
+            filters=filters,
+            format=format,
+            client_addr=client_address(request),
+            signer=state.signer,
+        )
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return Stream(
+            stream_export(state.pool, export),
+            media_type=MEDIA_TYPES[format],
+            headers={
+                "Content-Disposition": (
+                    f'attachment; filename="audit-export-{stamp}.{FILE_SUFFIX[format]}"'
+                ),
+                "X-Safetyreport-Export-Id": export.export_id,
+            },
+        )
+
+    @post("/export/verify", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
+    async def verify_export(self, request: Request[Any, Any, Any]) -> VerifyResult:
+        """Verify an export (the raw NDJSON or zip as the body) with this service's key."""
+        state = app_state(request)
+        public_key = state.signer.private_key.public_key()
+        body = await request.body()
+        result = await asyncio.to_thread(offline.verify_export, io.BytesIO(body), public_key)
+        async with state.pool.acquire() as conn, conn.transaction():
+            await audit.append(
+                conn,
+                audit.AuditEvent(
+                    actor=principal_of(request).actor(),
+                    action="audit.export_verified",
+                    object_type="audit_export",
+                    object_id=(result.manifest or {}).get("export_id"),
+                    client_addr=client_address(request),
+                    details={"ok": result.ok, "entries": result.entries},
+                ),
+            )
+        return VerifyResult(
+            ok=result.ok,
+            entries=result.entries,
+            problems=result.problems,
+            key_id=state.signer.key_id,
+        )
+
+    @get("/public-key", opt={ROLES_OPT: EVERYONE}, media_type="application/x-pem-file")
+    async def public_key(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """The Ed25519 public key (PEM) that verifies exports and checkpoints."""
+        signer = app_state(request).signer
+        return Response(
+            signer.public_pem,
+            media_type="application/x-pem-file",
+            headers={
+                "Content-Disposition": f'attachment; filename="safetyreport-{signer.key_id}.pem"'
+            },
+        )
+
+    @get("/verifier.py", opt={ROLES_OPT: EVERYONE}, media_type="text/x-python")
+    async def verifier_script(self) -> Response[bytes]:
+        """The offline verifier: a single script that needs only the cryptography package."""
+        return Response(
+            VERIFIER_SCRIPT,
+            media_type="text/x-python",
+            headers={"Content-Disposition": 'attachment; filename="verify_audit_export.py"'},
+        )
+
+    @get("/checkpoints")
+    async def list_checkpoints(
+        self,
+        request: Request[Any, Any, Any],
+        clinic: FromQuery[str | None] = None,
+        latest: FromQuery[bool] = False,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> list[checkpoints.SignedCheckpoint]:
+        """Signed checkpoints, newest first; ``latest=true``: the newest of each chain.
+
+        Save the list as a file and give it to ``--checkpoint`` later.
+        """
+        chains = readable_chains(principal_of(request), clinic)
+        async with app_state(request).pool.acquire() as conn:
+            if latest:
+                return await checkpoints.latest(conn, chains)
+            return await checkpoints.recent(conn, chains, limit)
+
+    @post("/checkpoints", status_code=201)
+    async def create_checkpoints(
+        self, request: Request[Any, Any, Any], clinic: FromQuery[str | None] = None
+    ) -> list[checkpoints.SignedCheckpoint]:
+        """Sign every chain head now; answer the newest checkpoint of each chain you read."""
+        state = app_state(request)
+        principal = principal_of(request)
+        chains = readable_chains(principal, clinic)
+        async with state.pool.acquire() as conn:
+            async with conn.transaction():
+                signed = await checkpoints.sign_heads(conn, state.signer)
+                await audit.append(
+                    conn,
+                    audit.AuditEvent(
+                        actor=principal.actor(),
+                        action="audit.checkpoints_signed",
+                        object_type="audit_trail",
+                        client_addr=client_address(request),
+                        details={"signed": signed, "key_id": state.signer.key_id},
+                    ),
+                )
+            return await checkpoints.latest(conn, chains)
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
+from safetyreport.audit import checkpoints
 from safetyreport.audit.chain import GENESIS_HASH, canonical_content, entry_hash
 from safetyreport.db.pool import Conn
 
@@ -23,6 +24,8 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     entries: int
     chains: list[ChainReport]
+    # Stored signed checkpoints whose head the chain no longer holds as signed.
+    checkpoints: list[str] = msgspec.field(default_factory=list)
 
     @property
     def broken(self) -> list[ChainReport]:
@@ -31,7 +34,7 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
 
 _ENTRIES = """
 SELECT chain, seq, recorded_at, actor_id, actor, actor_role, action, object_type,
-       object_id, clinic, client_addr, details, prev_hash, hash
+       object_id, clinic, client_addr, details, prev_hash, hash, content
 FROM audit_entries WHERE chain = $1 ORDER BY seq
 """
 
@@ -64,6 +67,10 @@ def _check_entry(row: asyncpg.Record, expected_seq: int, prev_hash: bytes) -> st
     )
     if entry_hash(content) != row["hash"]:
         return f"entry {row['seq']} was altered: its content does not match its hash"
+    # Exports carry the stored content; it must say exactly what the columns say.
+    # (Entries written before content was stored have none.)
+    if row["content"] is not None and row["content"].encode() != content:
+        return f"entry {row['seq']} was altered: its stored content differs from its columns"
     return None
 
 
@@ -121,6 +128,10 @@ async def verify_chains(conn: Conn) -> VerifyReport:
             )
             for o in orphans
         ]
+        contradicted = await checkpoints.contradicted(conn)
     return VerifyReport(
-        ok=all(r.ok for r in reports), entries=sum(r.entries for r in reports), chains=reports
+        ok=all(r.ok for r in reports) and not contradicted,
+        entries=sum(r.entries for r in reports),
+        chains=reports,
+        checkpoints=contradicted,
     )

@@ -1,0 +1,173 @@
+"""Signed checkpoints: each chain's head, signed every few minutes and on demand.
+
+An auditor keeps a checkpoint file; later, an export (or the live database) must still
+hold the signed head unchanged and link on from it, which proves the chain only grew.
+Several service processes may sign at once: a head is stored once per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from safetyreport.audit.chain import GENESIS_HASH, format_time
+from safetyreport.audit.offline import CHECKPOINT_FORMAT, Checkpoint
+from safetyreport.audit.signing import Signer
+from safetyreport.db.pool import Conn
+from safetyreport.db.query import Where
+
+_log = logging.getLogger(__name__)
+
+_UNSIGNED_HEADS = """
+SELECT c.chain, c.last_seq, c.last_hash, clock_timestamp() AS now
+FROM audit_chains c
+WHERE NOT EXISTS (
+    SELECT 1 FROM audit_checkpoints p
+    WHERE p.chain = c.chain AND p.seq = c.last_seq AND p.key_id = $1
+)
+ORDER BY c.chain
+"""
+_INSERT = """
+INSERT INTO audit_checkpoints (chain, seq, hash, signed_at, key_id, signature)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::timestamptz[], $5::text[],
+                     $6::bytea[])
+ON CONFLICT (chain, seq, key_id) DO NOTHING
+"""
+_COLUMNS = "id, chain, seq, hash, signed_at, key_id, signature"
+_LATEST = f"""
+SELECT DISTINCT ON (chain) {_COLUMNS} FROM audit_checkpoints{{where}}
+ORDER BY chain, seq DESC, id DESC
+"""  # noqa: S608 (constant SQL fragments; only a Where's conditions are added)
+_LIST = f"SELECT {_COLUMNS} FROM audit_checkpoints{{where}} ORDER BY id DESC LIMIT {{limit}}"  # noqa: S608
+# Stored checkpoints whose head is no longer in the chain as it was signed.
+_CONTRADICTED = """
+SELECT p.chain, p.seq, p.signed_at
+FROM audit_checkpoints p LEFT JOIN audit_entries e ON e.chain = p.chain AND e.seq = p.seq
+WHERE p.seq > 0 AND e.hash IS DISTINCT FROM p.hash
+ORDER BY p.chain, p.seq
+"""
+
+
+class CheckpointBody(msgspec.Struct, frozen=True, kw_only=True):
+    format: str
+    chain: str
+    seq: int
+    hash: str
+    signed_at: str
+    key_id: str
+
+
+class SignedCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """The document an auditor keeps; ``--checkpoint`` reads one or a list of them."""
+
+    checkpoint: CheckpointBody
+    signature: str
+
+
+def _body(chain: str, seq: int, hash_: bytes, signed_at: datetime, key_id: str) -> CheckpointBody:
+    return CheckpointBody(
+        format=CHECKPOINT_FORMAT,
+        chain=chain,
+        seq=seq,
+        hash=hash_.hex(),
+        signed_at=format_time(signed_at),
+        key_id=key_id,
+    )
+
+
+def _from_row(row: asyncpg.Record) -> SignedCheckpoint:
+    body = _body(row["chain"], row["seq"], row["hash"], row["signed_at"], row["key_id"])
+    return SignedCheckpoint(checkpoint=body, signature=base64.b64encode(row["signature"]).decode())
+
+
+async def sign_heads(conn: Conn, signer: Signer) -> int:
+    """Sign every chain head not yet signed with this key; return how many were new."""
+    heads = await conn.fetch(_UNSIGNED_HEADS, signer.key_id)
+    if not heads:
+        return 0
+    bodies = [
+        _body(h["chain"], h["last_seq"], h["last_hash"], h["now"], signer.key_id) for h in heads
+    ]
+    signatures = [base64.b64decode(signer.sign(msgspec.to_builtins(b))) for b in bodies]
+    result: str = await conn.execute(
+        _INSERT,
+        [h["chain"] for h in heads],
+        [h["last_seq"] for h in heads],
+        [h["last_hash"] for h in heads],
+        [h["now"] for h in heads],
+        [signer.key_id] * len(heads),
+        signatures,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+def _where(chains: list[str] | None) -> Where:
+    where = Where()
+    if chains is not None:
+        where.add(f"chain = ANY({where.param(chains)}::text[])")
+    return where
+
+
+async def latest(conn: Conn, chains: list[str] | None) -> list[SignedCheckpoint]:
+    """The newest checkpoint of each chain (of ``chains``; None: all)."""
+    where = _where(chains)
+    rows = await conn.fetch(_LATEST.format(where=where.sql()), *where.args)
+    return [_from_row(r) for r in rows]
+
+
+async def recent(conn: Conn, chains: list[str] | None, limit: int) -> list[SignedCheckpoint]:
+    where = _where(chains)
+    rows = await conn.fetch(_LIST.format(where=where.sql(), limit=int(limit)), *where.args)
+    return [_from_row(r) for r in rows]
+
+
+async def contradicted(conn: Conn) -> list[str]:
+    """Why stored checkpoints no longer match their chains (empty when all hold)."""
+    rows = await conn.fetch(_CONTRADICTED)
+    return [
+        f"checkpoint {r['chain']}#{r['seq']} signed at {format_time(r['signed_at'])} no longer "
+        "matches the chain: that entry was altered or removed"
+        for r in rows
+    ]
+
+
+async def check_against_database(conn: Conn, checkpoints: list[Checkpoint]) -> list[str]:
+    """Problems with the live chains given an auditor's (already verified) checkpoints."""
+    problems = []
+    for cp in checkpoints:
+        if cp.seq == 0:
+            stored: Any = GENESIS_HASH
+        else:
+            stored = await conn.fetchval(
+                "SELECT hash FROM audit_entries WHERE chain = $1 AND seq = $2", cp.chain, cp.seq
+            )
+        if stored is None:
+            problems.append(
+                f"checkpoint {cp.chain}#{cp.seq} (signed at {cp.signed_at}): that entry is "
+                "no longer in the chain"
+            )
+        elif stored.hex() != cp.hash:
+            problems.append(
+                f"checkpoint {cp.chain}#{cp.seq} (signed at {cp.signed_at}): the entry "
+                "differs from the signed head: the chain was rewritten since"
+            )
+    return problems
+
+
+async def run_checkpoints(pool: asyncpg.Pool, signer: Signer, interval: timedelta) -> None:
+    """Sign new chain heads every ``interval`` until cancelled."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                signed = await sign_heads(conn, signer)
+            if signed:
+                _log.info("signed %d audit chain heads", signed)
+        except (OSError, asyncpg.PostgresError) as exc:
+            _log.warning("could not sign audit chain heads: %s", exc)
+        await asyncio.sleep(interval.total_seconds())

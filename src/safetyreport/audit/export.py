@@ -1,0 +1,325 @@
+"""Streaming audit exports (NDJSON, or CSV in a zip) that carry a signed manifest.
+
+An export reads one consistent snapshot (a repeatable-read transaction) through a
+server-side cursor, a batch of rows at a time, so memory stays flat however many
+entries it holds. NDJSON lines are built by PostgreSQL from the stored canonical
+content; Python only joins them, hashes the body and signs the manifest at the end.
+
+Every export is audited twice: before the first byte leaves (who, which filters), and
+when it ends (how many entries, the body digest, whether it completed).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import uuid
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import anyio
+import asyncpg
+
+from safetyreport.audit.chain import AuditEvent, append, canonical_content, chain_for, format_time
+from safetyreport.audit.offline import CSV_COLUMNS, CSV_MEMBER, EXPORT_FORMAT, MANIFEST_MEMBER
+from safetyreport.audit.signing import Signer
+from safetyreport.auth.users import Principal
+from safetyreport.csvsafe import neutralise
+from safetyreport.db.pool import Conn
+from safetyreport.db.query import Where
+from safetyreport.errors import ValidationFailed
+
+ExportFormat = Literal["ndjson", "csv"]
+BATCH_ROWS = 2000
+
+# One NDJSON line per entry, built by PostgreSQL. Entries older than the stored content
+# have no line here (NULL); their content is recomputed from their columns.
+_NDJSON_LINE = """
+CASE WHEN content IS NOT NULL THEN
+    '{"chain":' || to_json(chain)::text || ',"seq":' || seq
+    || ',"prev_hash":"' || encode(prev_hash, 'hex') || '","hash":"' || encode(hash, 'hex')
+    || '","content":' || to_json(content)::text || '}'
+END
+"""
+_NDJSON_SELECT = f"SELECT chain, seq, {_NDJSON_LINE} AS line FROM audit_entries"  # noqa: S608
+_CSV_SELECT = """
+SELECT chain, seq,
+       to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+       actor, actor_id, actor_role, action, object_type, object_id, clinic, client_addr,
+       details::text, encode(prev_hash, 'hex'), encode(hash, 'hex'), content
+FROM audit_entries
+"""
+_ORDER = " ORDER BY chain, seq"
+_LEGACY_ENTRY = """
+SELECT chain, seq, recorded_at, actor_id, actor, actor_role, action, object_type,
+       object_id, clinic, client_addr, details, prev_hash, hash
+FROM audit_entries WHERE chain = $1 AND seq = $2
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditFilters:
+    """What part of the trail to read; None means no filter."""
+
+    since: datetime | None = None  # the ``from`` query parameter (inclusive)
+    until: datetime | None = None  # exclusive
+    clinic: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    object: str | None = None  # "type" or "type:id"
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "from": None if self.since is None else format_time(self.since),
+            "until": None if self.until is None else format_time(self.until),
+            "clinic": self.clinic,
+            "actor": self.actor,
+            "action": self.action,
+            "object": self.object,
+        }
+
+
+def readable_chains(principal: Principal, clinic: str | None) -> list[str] | None:
+    """Chains this user may read (None: all). Another clinic's chain is NotFound.
+
+    The global chain (logins, users, rules) is for users granted every clinic only.
+    """
+    if clinic is not None:
+        principal.visible_clinics(clinic)  # raises NotFound for a foreign clinic
+        return [chain_for(clinic)]
+    if principal.all_clinics:
+        return None
+    return sorted(chain_for(code) for code in principal.clinic_ids)
+
+
+def where_clause(principal: Principal, filters: AuditFilters) -> Where:
+    if filters.since and filters.until and filters.since >= filters.until:
+        raise ValidationFailed.one("until", "after_from", "until must be later than from")
+    where = Where()
+    chains = readable_chains(principal, filters.clinic)
+    if chains is not None:
+        where.add(f"chain = ANY({where.param(chains)}::text[])")
+    if filters.since is not None:
+        where.add(f"recorded_at >= {where.param(filters.since)}")
+    if filters.until is not None:
+        where.add(f"recorded_at < {where.param(filters.until)}")
+    where.equals("actor", filters.actor)
+    where.equals("action", filters.action)
+    if filters.object is not None:
+        object_type, _, object_id = filters.object.partition(":")
+        where.equals("object_type", object_type)
+        where.equals("object_id", object_id or None)
+    return where
+
+
+@dataclass(slots=True)
+class _Summary:
+    """Entries per chain as they stream past, and the digest of the body."""
+
+    chains: dict[str, dict[str, int]] = field(default_factory=dict)
+    entries: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def count(self, chain: str, seq: int) -> None:
+        stats = self.chains.get(chain)
+        if stats is None:
+            self.chains[chain] = {"first_seq": seq, "last_seq": seq, "entries": 1}
+        else:
+            stats["last_seq"] = seq
+            stats["entries"] += 1
+        self.entries += 1
+
+
+@dataclass(slots=True)
+class AuditExport:
+    """One export being streamed: who asked, for what, and what has gone out so far."""
+
+    principal: Principal
+    filters: AuditFilters
+    format: ExportFormat
+    client_addr: str
+    signer: Signer
+    # Built (and so validated) before the response starts: a bad filter is a plain 422.
+    where: Where = field(init=False)
+    export_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    summary: _Summary = field(default_factory=_Summary)
+
+    def __post_init__(self) -> None:
+        self.where = where_clause(self.principal, self.filters)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT,
+            "export_id": self.export_id,
+            "content": self.format,
+            "generated_at": format_time(datetime.now(UTC)),
+            "generated_by": {"actor": self.principal.username, "role": self.principal.role},
+            "filters": self.filters.as_dict(),
+            "entries": self.summary.entries,
+            "chains": self.summary.chains,
+            "body_sha256": self.summary.digest.hexdigest(),
+            "key_id": self.signer.key_id,
+        }
+
+    def manifest_line(self) -> bytes:
+        manifest = self.manifest()
+        signed = {"manifest": manifest, "signature": self.signer.sign(manifest)}
+        return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+    def event(self, action: str, **details: Any) -> AuditEvent:
+        return AuditEvent(
+            actor=self.principal.actor(),
+            action=action,
+            object_type="audit_export",
+            object_id=self.export_id,
+            client_addr=self.client_addr,
+            details={"format": self.format, "filters": self.filters.as_dict(), **details},
+        )
+
+
+async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncIterator[bytes]:
+    """The export's bytes; audited before the first byte and again at the end."""
+    async with pool.acquire() as conn, conn.transaction():
+        await append(conn, export.event("audit.export_started"))
+    body = _ndjson_body if export.format == "ndjson" else _csv_zip_body
+    completed = False
+    try:
+        async for chunk in body(pool, export, export.where):
+            yield chunk
+        completed = True
+    finally:
+        # Also when the client went away: shield the record from the cancellation.
+        with anyio.CancelScope(shield=True):
+            async with pool.acquire() as conn, conn.transaction():
+                await append(
+                    conn,
+                    export.event(
+                        "audit.exported",
+                        entries=export.summary.entries,
+                        body_sha256=export.summary.digest.hexdigest(),
+                        completed=completed,
+                    ),
+                )
+
+
+async def _batches(
+    pool: asyncpg.Pool, select: str, where: Where
+) -> AsyncIterator[tuple[Conn, list[asyncpg.Record]]]:
+    """Rows in chain order from one snapshot, a batch at a time, on a connection of its own."""
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        cursor = await conn.cursor(select + where.sql() + _ORDER, *where.args)
+        while rows := await cursor.fetch(BATCH_ROWS):
+            yield conn, rows
+
+
+async def _legacy_content(conn: Conn, chain: str, seq: int) -> str:
+    """The canonical content of an entry written before content was stored."""
+    row = await conn.fetchrow(_LEGACY_ENTRY, chain, seq)
+    assert row is not None
+    columns = dict(row.items())
+    del columns["hash"]
+    return canonical_content(**columns).decode()
+
+
+async def _ndjson_line(conn: Conn, row: asyncpg.Record) -> str:
+    line: str | None = row["line"]
+    if line is not None:
+        return line
+    entry = await conn.fetchrow(_LEGACY_ENTRY, row["chain"], row["seq"])
+    assert entry is not None
+    return json.dumps(
+        {
+            "chain": entry["chain"],
+            "seq": entry["seq"],
+            "prev_hash": entry["prev_hash"].hex(),
+            "hash": entry["hash"].hex(),
+            "content": await _legacy_content(conn, entry["chain"], entry["seq"]),
+        },
+        separators=(",", ":"),
+    )
+
+
+async def _ndjson_body(
+    pool: asyncpg.Pool, export: AuditExport, where: Where
+) -> AsyncIterator[bytes]:
+    summary = export.summary
+    async for conn, rows in _batches(pool, _NDJSON_SELECT, where):
+        lines = []
+        for row in rows:
+            summary.count(row["chain"], row["seq"])
+            lines.append(await _ndjson_line(conn, row))
+        chunk = ("\n".join(lines) + "\n").encode()
+        summary.digest.update(chunk)
+        yield chunk
+    yield export.manifest_line()
+
+
+class _Pipe:
+    """A write-only file for zipfile whose bytes the generator hands on as they come."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
+
+
+def _csv_text(rows: list[list[Any]], header: bool = False) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _csv_cells(row: asyncpg.Record, content: str) -> list[Any]:
+    cells = [neutralise(v) if isinstance(v, str) else v for v in tuple(row)[:-1]]
+    return [*cells, neutralise(content)]
+
+
+async def _csv_zip_body(
+    pool: asyncpg.Pool, export: AuditExport, where: Where
+) -> AsyncIterator[bytes]:
+    summary, pipe = export.summary, _Pipe()
+    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open(CSV_MEMBER, "w", force_zip64=True) as member:
+            _write_csv(member, summary, _csv_text([], header=True))
+            async for conn, rows in _batches(pool, _CSV_SELECT, where):
+                cells = []
+                for row in rows:
+                    summary.count(row["chain"], row["seq"])
+                    content = row["content"] or await _legacy_content(conn, *tuple(row)[:2])
+                    cells.append(_csv_cells(row, content))
+                _write_csv(member, summary, _csv_text(cells))
+                yield pipe.drain()
+        archive.writestr(MANIFEST_MEMBER, export.manifest_line())
+    yield pipe.drain()
+
+
+def _write_csv(member: Any, summary: _Summary, data: bytes) -> None:
+    summary.digest.update(data)
+    member.write(data)
+
+
+MEDIA_TYPES: dict[ExportFormat, str] = {"ndjson": "application/x-ndjson", "csv": "application/zip"}
+FILE_SUFFIX: dict[ExportFormat, str] = {"ndjson": "ndjson", "csv": "csv.zip"}

@@ -1,0 +1,95 @@
+"""The Ed25519 key that signs audit exports and checkpoints.
+
+The private key lives in a file, never in the database: someone who can rewrite the
+database still cannot forge a signature. It is created on first start in the data
+folder, or read from the file ``SAFETYREPORT_SIGNING_KEY`` names. Several service
+instances must share one key file to sign with one key.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from safetyreport.audit.offline import canonical_json, key_id
+from safetyreport.settings import Settings
+
+DEFAULT_KEY_FILE = "audit-signing-key.pem"
+
+
+class SigningKeyError(RuntimeError):
+    """The signing key file is missing, unreadable or not an Ed25519 key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    private_key: Ed25519PrivateKey
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.private_key.public_key())
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def sign(self, document: dict[str, Any]) -> str:
+        """The base64 Ed25519 signature over ``canonical_json(document)``."""
+        return base64.b64encode(self.private_key.sign(canonical_json(document))).decode()
+
+
+def key_file(settings: Settings) -> Path:
+    return settings.audit.signing_key_file or settings.data_dir / DEFAULT_KEY_FILE
+
+
+def load_signer(settings: Settings) -> Signer:
+    """The service's signer: the configured key file, or the data folder's (made if new)."""
+    path = key_file(settings)
+    if settings.audit.signing_key_file is None and not path.exists():
+        _create_key_file(path)
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise SigningKeyError(
+            f"SAFETYREPORT_SIGNING_KEY names {path}, which does not exist"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise SigningKeyError(f"cannot read the audit signing key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"the audit signing key {path} is not an Ed25519 key")
+    return Signer(key)
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key readable by its owner only; keep the first if several race."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+    )
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".signing-key-")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+            file.flush()
+            os.fsync(file.fileno())
+        # link() fails if the file exists: a worker that lost the race reads the winner's.
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
