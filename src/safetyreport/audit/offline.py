@@ -35,7 +35,7 @@ import json
 import sys
 import zipfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -156,8 +156,8 @@ class _Verifier:
         self.result = Result(checkpoints=len(checkpoints))
         self.body = hashlib.sha256()
         self.checkpoints: dict[str, list[Checkpoint]] = {}
-        for cp in checkpoints:
-            self.checkpoints.setdefault(cp.chain, []).append(cp)
+        for cp in checkpoints:  # copies: reading an export marks where it meets each one
+            self.checkpoints.setdefault(cp.chain, []).append(replace(cp, met=False, gap_after=None))
         self._last: tuple[str, int] | None = None
 
     def problem(self, message: str) -> None:
