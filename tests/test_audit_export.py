@@ -104,10 +104,14 @@ async def test_ndjson_export_carries_every_entry_and_verifies(world: World, setu
 
     *entries, last = ndjson_lines(response.content)
     assert [(e["chain"], e["seq"]) for e in entries] == [(r["chain"], r["seq"]) for r in before]
-    for entry, row in zip(entries, before, strict=True):
+    raw_lines = response.content.splitlines()
+    for entry, raw, row in zip(entries, raw_lines, before, strict=False):
         assert entry["hash"] == row["hash"].hex()
         assert entry["prev_hash"] == row["prev_hash"].hex()
-        assert hashlib.sha256(entry["content"].encode()).digest() == row["hash"]
+        # The content is carried as stored: its bytes are what the hash covers.
+        assert offline.raw_content(raw) == row["content"]
+        assert hashlib.sha256(row["content"].encode()).digest() == row["hash"]
+        assert entry["content"]["action"] == row["action"]
 
     manifest = last["manifest"]
     assert manifest["entries"] == len(before)
@@ -337,17 +341,16 @@ def append_forged(data: bytes) -> bytes:
     lines = _lines(data)
     *entries, manifest = lines
     last = json.loads(entries[-1])
-    content = json.loads(last["content"])
-    content.update(seq=last["seq"] + 1, prev_hash=last["hash"], action="report.deleted")
+    content = {**last["content"], "seq": last["seq"] + 1, "prev_hash": last["hash"]}
+    content["action"] = "report.deleted"
     text = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    forged = {
-        "chain": last["chain"],
-        "seq": last["seq"] + 1,
-        "prev_hash": last["hash"],
-        "hash": hashlib.sha256(text.encode()).hexdigest(),
-        "content": text,
-    }
-    return b"".join([*entries, json.dumps(forged).encode() + b"\n", manifest])
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    forged = (
+        f'{{"chain":"{last["chain"]}","seq":{last["seq"] + 1},"prev_hash":"{last["hash"]}",'
+        f'"hash":"{digest}","content":{text}}}\n'
+    )
+    assert offline.raw_content(forged.encode()) == text
+    return b"".join([*entries, forged.encode(), manifest])
 
 
 def line_after_manifest(data: bytes) -> bytes:

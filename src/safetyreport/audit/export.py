@@ -35,16 +35,16 @@ from safetyreport.db.query import Where
 from safetyreport.errors import ValidationFailed
 
 ExportFormat = Literal["ndjson", "csv"]
-BATCH_ROWS = 2000
+BATCH_ROWS = 5000
 
-# One NDJSON line per entry, built by PostgreSQL. Entries older than the stored content
-# have no line here (NULL); their content is recomputed from their columns.
+# One NDJSON line per entry, built by PostgreSQL: the chain fields, then the stored
+# canonical content as it is (the verifier hashes those very bytes; see
+# offline.raw_content). Entries older than the stored content have no line here (NULL);
+# theirs is recomputed from their columns.
 _NDJSON_LINE = """
-CASE WHEN content IS NOT NULL THEN
-    '{"chain":' || to_json(chain)::text || ',"seq":' || seq
-    || ',"prev_hash":"' || encode(prev_hash, 'hex') || '","hash":"' || encode(hash, 'hex')
-    || '","content":' || to_json(content)::text || '}'
-END
+'{"chain":' || to_json(chain)::text || ',"seq":' || seq
+|| ',"prev_hash":"' || encode(prev_hash, 'hex') || '","hash":"' || encode(hash, 'hex')
+|| '","content":' || content || '}'
 """
 _NDJSON_SELECT = f"SELECT chain, seq, {_NDJSON_LINE} AS line FROM audit_entries"  # noqa: S608
 _CSV_SELECT = """
@@ -125,14 +125,20 @@ class _Summary:
     entries: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
 
-    def count(self, chain: str, seq: int) -> None:
-        stats = self.chains.get(chain)
-        if stats is None:
-            self.chains[chain] = {"first_seq": seq, "last_seq": seq, "entries": 1}
-        else:
-            stats["last_seq"] = seq
+    def count_batch(self, rows: list[asyncpg.Record]) -> list[Any]:
+        """Count rows of (chain, seq, value, ...) in chain order; return their values."""
+        values = []
+        chain, stats = None, None
+        for row in rows:
+            if row[0] != chain:
+                chain = row[0]
+                stats = self.chains.setdefault(chain, {"first_seq": row[1], "entries": 0})
+            assert stats is not None
+            stats["last_seq"] = row[1]
             stats["entries"] += 1
-        self.entries += 1
+            values.append(row[2])
+        self.entries += len(rows)
+        return values
 
 
 @dataclass(slots=True)
@@ -229,22 +235,21 @@ async def _legacy_content(conn: Conn, chain: str, seq: int) -> str:
     return canonical_content(**columns).decode()
 
 
-async def _ndjson_line(conn: Conn, row: asyncpg.Record) -> str:
-    line: str | None = row["line"]
-    if line is not None:
-        return line
-    entry = await conn.fetchrow(_LEGACY_ENTRY, row["chain"], row["seq"])
+async def _legacy_line(conn: Conn, chain: str, seq: int) -> str:
+    """The NDJSON line of an entry written before content was stored (as _NDJSON_LINE)."""
+    entry = await conn.fetchrow(_LEGACY_ENTRY, chain, seq)
     assert entry is not None
-    return json.dumps(
+    prefix = json.dumps(
         {
-            "chain": entry["chain"],
-            "seq": entry["seq"],
+            "chain": chain,
+            "seq": seq,
             "prev_hash": entry["prev_hash"].hex(),
             "hash": entry["hash"].hex(),
-            "content": await _legacy_content(conn, entry["chain"], entry["seq"]),
         },
         separators=(",", ":"),
     )
+    content = await _legacy_content(conn, chain, seq)
+    return f'{prefix[:-1]},"content":{content}}}'
 
 
 async def _ndjson_body(
@@ -252,10 +257,10 @@ async def _ndjson_body(
 ) -> AsyncIterator[bytes]:
     summary = export.summary
     async for conn, rows in _batches(pool, _NDJSON_SELECT, where):
-        lines = []
-        for row in rows:
-            summary.count(row["chain"], row["seq"])
-            lines.append(await _ndjson_line(conn, row))
+        lines = summary.count_batch(rows)
+        for i, line in enumerate(lines):
+            if line is None:
+                lines[i] = await _legacy_line(conn, rows[i][0], rows[i][1])
         chunk = ("\n".join(lines) + "\n").encode()
         summary.digest.update(chunk)
         yield chunk
@@ -305,10 +310,10 @@ async def _csv_zip_body(
         with archive.open(CSV_MEMBER, "w", force_zip64=True) as member:
             _write_csv(member, summary, _csv_text([], header=True))
             async for conn, rows in _batches(pool, _CSV_SELECT, where):
+                summary.count_batch(rows)
                 cells = []
                 for row in rows:
-                    summary.count(row["chain"], row["seq"])
-                    content = row["content"] or await _legacy_content(conn, *tuple(row)[:2])
+                    content = row["content"] or await _legacy_content(conn, row[0], row[1])
                     cells.append(_csv_cells(row, content))
                 _write_csv(member, summary, _csv_text(cells))
                 yield pipe.drain()

@@ -51,6 +51,7 @@ EXPORT_FORMAT = "safetyreport-audit-export/1"
 CHECKPOINT_FORMAT = "safetyreport-audit-checkpoint/1"
 GENESIS_HEX = "00" * 32
 MAX_GAPS_NAMED = 20
+CONTENT_KEY = b',"content":'
 CSV_MEMBER = "audit-export.csv"
 MANIFEST_MEMBER = "manifest.json"
 # Column order of the CSV export; the verifier reads columns by name.
@@ -89,6 +90,23 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("the public key is not an Ed25519 key")
     return key
+
+
+def raw_content(line: bytes) -> str | None:
+    """The exact text of an NDJSON entry's content: the line's last value, as it stands.
+
+    An entry line is ``{"chain":...,"seq":...,"prev_hash":...,"hash":...,"content":C}``
+    where C is the canonical content itself (not re-encoded), so its hash is the SHA-256
+    of those bytes.
+    """
+    at = line.find(CONTENT_KEY)
+    body = line.rstrip(b"\r\n")
+    if at < 0 or not body.endswith(b"}"):
+        return None
+    try:
+        return body[at + len(CONTENT_KEY) : -1].decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def restore_cell(cell: str) -> str:
@@ -165,8 +183,12 @@ class _Verifier:
 
     # -- entries -------------------------------------------------------------------
 
-    def entry(self, where: str, entry: dict[str, Any]) -> None:
-        """Check one entry: its fields, its hash, its order and its link."""
+    def entry(self, where: str, entry: Any, parsed: Any = None) -> None:
+        """Check one entry: its fields, its hash, its order and its link.
+
+        ``entry["content"]`` is the content's text; ``parsed`` is that text already
+        parsed, when the reader has it.
+        """
         fields = _entry_fields(entry)
         if isinstance(fields, str):
             self.problem(f"{where}: {fields}")
@@ -176,7 +198,8 @@ class _Verifier:
         self.result.entries += 1
         if hashlib.sha256(content.encode()).hexdigest() != hash_hex:
             self.problem(f"{name} was altered: its content does not match its hash")
-        parsed = _parse_object(content)
+        if not isinstance(parsed, dict):
+            parsed = _parse_object(content)
         if parsed is None:
             self.problem(f"{name}: its content is not a JSON object")
         else:
@@ -388,7 +411,11 @@ def _verify_ndjson(lines: Iterable[bytes], verifier: _Verifier) -> None:
             verifier.manifest(where, value)
             continue
         verifier.body.update(raw)
-        verifier.entry(where, value)
+        if isinstance(value, dict):
+            parsed, value["content"] = value.get("content"), raw_content(raw)
+            verifier.entry(where, value, parsed)
+        else:
+            verifier.entry(where, value)
 
 
 class _DigestingReader(io.RawIOBase):
