@@ -23,9 +23,10 @@ from safetyreport.audit import offline, verify_chains
 from safetyreport.audit.routes import VERIFIER_SCRIPT
 from safetyreport.csvsafe import neutralise
 from safetyreport.settings import Settings
-from tests.conftest import World, bp_report
+from tests.conftest import PASSWORD, World, bp_report
 from tests.report_helpers import post_report
-from tests.test_cli import cli_env, run_cli
+from tests.test_cli import cli_env, run_cli, serving
+from tests.test_escalation import eventually
 
 EXPORT = "/api/v1/audit/export"
 Headers = dict[str, str]
@@ -542,4 +543,44 @@ async def test_a_large_export_streams_in_batches_and_verifies(world: World, setu
     result = verify(response.content, setup.public_key)
     assert result.problems == []
     assert result.entries == count + 4  # clinic, user, two reports
+    assert (await verify_chains(world.db)).ok
+
+
+# --- a client that goes away ------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_an_abandoned_export_is_recorded_as_incomplete(
+    database_url: str, tmp_path: Path, world: World
+) -> None:
+    """Over a real server: the client reads the first bytes of a big export and hangs up."""
+    await world.clinic("C1")
+    await world.user("audrey", "auditor", all_clinics=True)
+    await append_entries(world.db, "clinic:C1", 60_000)
+    async with (
+        serving(database_url, tmp_path, demo=False) as served,
+        httpx.AsyncClient(base_url=served.base_url, timeout=30) as http,
+    ):
+        login = await http.post(
+            "/api/v1/auth/login", json={"username": "audrey", "password": PASSWORD}
+        )
+        headers = {"Authorization": f"Bearer {login.json()['token']}"}
+        async with http.stream("GET", EXPORT, headers=headers) as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                assert chunk
+                break  # hang up after the first chunk
+
+        async def recorded() -> bool:
+            rows = await world.db.fetch(
+                "SELECT details FROM audit_entries WHERE action = 'audit.exported'"
+            )
+            return bool(rows)
+
+        await eventually(recorded, "the export's closing audit entry")
+    details = await world.db.fetchval(
+        "SELECT details FROM audit_entries WHERE action = 'audit.exported'"
+    )
+    assert details["completed"] is False
+    assert 0 < details["entries"] < 60_000
     assert (await verify_chains(world.db)).ok
