@@ -124,7 +124,13 @@ def run(options: Options, workdir: Path) -> str:
         service.run_cli("clinic", "add", "BIG", "--name", "Bench big")
         service.run_cli("clinic", "add", "SMALL", "--name", "Bench small")
         service.run_cli(
-            "user", "add", "auditor", "--role", "auditor", "--all-clinics", "--password-stdin",
+            "user",
+            "add",
+            "auditor",
+            "--role",
+            "auditor",
+            "--all-clinics",
+            "--password-stdin",
             stdin=PASSWORD + "\n",
         )
         total = asyncio.run(fill(service.owner_url(), options))

@@ -86,6 +86,21 @@ async def test_reading_another_clinics_report_looks_like_a_missing_one(two: TwoC
     await assert_unchanged(two)
 
 
+async def test_the_fhir_view_of_another_clinics_report_looks_like_a_missing_one(
+    world: World, two: TwoClinics
+) -> None:
+    await world.user("audrey", "auditor", ["C2"])
+    c2_auditor = await world.login("audrey")
+    for headers in (two.c2_nurse, c2_auditor):
+        foreign = await two.client.get(f"{REPORTS}/{two.report['id']}/fhir", headers=headers)
+        missing_id = str(uuid.uuid4())
+        missing = await two.client.get(f"{REPORTS}/{missing_id}/fhir", headers=headers)
+        assert foreign.status_code == 404, foreign.text
+        assert normalised(foreign, two.report["id"]) == normalised(missing, missing_id)
+        assert "PT-C1" not in foreign.text
+    await assert_unchanged(two)
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import (
     FromPath,
     FromQuery,
@@ -16,12 +20,13 @@ from litestar.params import (
     QueryParameter,
     SkipValidation,
 )
+from litestar.response import Stream
 
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
 from safetyreport.idempotency import Action, check_key, request_hash, run_once
-from safetyreport.reports import service
+from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import validate_report
 from safetyreport.state import app_state, client_address
@@ -38,7 +43,21 @@ def _json_response(status: int, body: bytes, replayed: bool) -> Response[bytes]:
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
 
 
+ReportKind = Literal["blood_pressure", "dissociation", "misuse_concern"]
+PatientRefFilter = Annotated[str | None, QueryParameter(pattern=PATIENT_REF_PATTERN)]
+
+
 IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)]
+
+
+async def _close(stream: AsyncGenerator[bytes, None]) -> None:
+    """Close a streamed body once its response is over.
+
+    Litestar stops iterating when the client hangs up but leaves the generator open;
+    closing it at once returns its connection and lets it record how it ended. (Passing
+    ``stream.aclose`` itself would not do: Litestar does not see it as async.)
+    """
+    await stream.aclose()
 
 
 async def _write_once(
@@ -60,6 +79,25 @@ async def _write_once(
             action=action,
         )
     return _json_response(stored.status, stored.body, replayed=stored.replayed)
+
+
+@dataclass
+class _ExportOperation(Operation):
+    """The export's OpenAPI: its 200 comes in the media type that ``format`` names."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                encoding.media_type: OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT
+                        if encoding.media_type == fhir.FHIR_JSON
+                        else OpenAPIType.STRING
+                    )
+                )
+                for encoding in export.ENCODINGS.values()
+            }
 
 
 class ReportController(Controller):
@@ -99,9 +137,9 @@ class ReportController(Controller):
     async def list(
         self,
         request: Request[Any, Any, Any],
-        kind: FromQuery[Literal["blood_pressure", "dissociation", "misuse_concern"] | None] = None,
+        kind: FromQuery[ReportKind | None] = None,
         clinic: FromQuery[str | None] = None,
-        patient_ref: Annotated[str | None, QueryParameter(pattern=PATIENT_REF_PATTERN)] = None,
+        patient_ref: PatientRefFilter = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
         cursor: FromQuery[str | None] = None,
@@ -130,6 +168,69 @@ class ReportController(Controller):
         state = app_state(request)
         return await service.read_report(
             state.pool, principal_of(request), report_id, client_address(request)
+        )
+
+    @get(
+        "/{report_id:uuid}/fhir",
+        media_type=fhir.FHIR_JSON,
+        responses={
+            200: ResponseSpec(
+                dict[str, Any],
+                description="An HL7 FHIR R5 AdverseEvent resource",
+                media_type=fhir.FHIR_JSON,
+            )
+        },
+    )
+    async def read_fhir(
+        self, request: Request[Any, Any, Any], report_id: FromPath[uuid.UUID]
+    ) -> Response[bytes]:
+        """One report's current version as an HL7 FHIR R5 AdverseEvent; audited as a read."""
+        state = app_state(request)
+        view = await service.read_report(
+            state.pool, principal_of(request), report_id, client_address(request)
+        )
+        return Response(fhir.encode(fhir.adverse_event(view)), media_type=fhir.FHIR_JSON)
+
+    @get("/export", operation_class=_ExportOperation)
+    async def export_reports(
+        self,
+        request: Request[Any, Any, Any],
+        # Named as sent, so that an error names the parameter the client knows.
+        format: Annotated[export.ExportFormat, QueryParameter(description="csv, ndjson or fhir")],
+        kind: FromQuery[ReportKind | None] = None,
+        clinic: FromQuery[str | None] = None,
+        patient_ref: PatientRefFilter = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+    ) -> Stream:
+        """Every report of your clinics that matches, oldest first, streamed.
+
+        ``format``: ``csv`` (a header row, then one row per report; text that a
+        spreadsheet would run as a formula starts with ``'``), ``ndjson`` (one report per
+        line, as the list shows it) or ``fhir`` (a FHIR R5 Bundle of AdverseEvents).
+        Audited when it starts and when it ends.
+        """
+        state = app_state(request)
+        filters = export.ExportFilters(
+            kind=kind,
+            clinic=clinic,
+            patient_ref=patient_ref,
+            since=None if since is None else require_utc("since", since),
+            until=None if until is None else require_utc("until", until),
+        )
+        started = await export.start_export(
+            state.pool, principal_of(request), filters, format, client_address(request)
+        )
+        body = export.stream_export(state.pool, started)
+        return Stream(
+            body,
+            media_type=started.media_type,
+            headers={
+                "Content-Disposition": f'attachment; filename="{started.filename}"',
+                "Cache-Control": "no-store",
+                "X-Safetyreport-Export-Id": str(started.export_id),
+            },
+            background=BackgroundTask(_close, body),
         )
 
     @post(

@@ -1,0 +1,367 @@
+"""Streaming exports of reports: CSV, NDJSON, or a FHIR R5 Bundle of AdverseEvents.
+
+An export reads the current version of every matching report from one snapshot (a
+read-only repeatable-read transaction) through a server-side cursor, on a connection
+the stream acquires for itself, and hands the bytes on in chunks: memory stays flat
+however many reports match. Filters and clinic scope are those of the list endpoint.
+
+Every export is audited twice, each time in a transaction of its own:
+``report.export_started`` before the first byte leaves (who, filters, format), and
+``report.exported`` when the stream ends, however it ends (reports sent, bytes and
+their SHA-256, whether it completed), so an auditor can tell a downloaded file apart
+from an edited one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import anyio
+import asyncpg
+import msgspec
+
+from safetyreport import audit
+from safetyreport.auth.users import Principal
+from safetyreport.csvsafe import neutralise
+from safetyreport.db.query import Where
+from safetyreport.reports import fhir, service
+from safetyreport.reports.service import ReportView
+from safetyreport.reports.types import ReportBody
+
+ExportFormat = Literal["csv", "ndjson", "fhir"]
+EXPORT_SYSTEM = "urn:safetyreport:report-export"
+# Rows fetched per round trip, and the size at which a chunk is handed on.
+PREFETCH_ROWS = 500
+CHUNK_BYTES = 64 * 1024
+
+# Oldest first: an export reads like a log.
+_ORDER = " ORDER BY r.occurred_at, r.id"
+_encoder = msgspec.json.Encoder()
+
+# Body fields that become CSV columns, in this order, after the report's own columns.
+CSV_BODY_COLUMNS = (
+    "drug",
+    "dose_mg",
+    "minutes_after_dose",
+    "outcome",
+    "seriousness",
+    "age_band",
+    "phase",
+    "systolic",
+    "diastolic",
+    "pulse",
+    "symptoms",
+    "moaa_s",
+    "severity",
+    "cadss_total",
+    "spo2",
+    "respiratory_depression",
+    "resolved",
+    "concern_type",
+    "expected_quantity",
+    "actual_quantity",
+    "unit",
+    "lot",
+    "description",
+    "narrative",
+)
+CSV_COLUMNS = (
+    "id",
+    "clinic",
+    "kind",
+    "version",
+    "patient_ref",
+    "occurred_at",
+    "created_at",
+    "created_by",
+    "updated_at",
+    "meddra_term",
+    "serious",
+    "ctcae_grade",
+    *CSV_BODY_COLUMNS,
+)
+
+
+class ExportFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    kind: str | None = None
+    clinic: str | None = None
+    patient_ref: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _where(principal: Principal, filters: ExportFilters) -> Where:
+    """The list endpoint's conditions; a clinic the user is not in is NotFound."""
+    where = Where()
+    where.in_clinics("r.clinic_id", principal.visible_clinics(filters.clinic))
+    where.equals("r.kind", filters.kind)
+    where.equals("r.patient_ref", filters.patient_ref)
+    if filters.since is not None:
+        where.add(f"r.occurred_at >= {where.param(filters.since)}")
+    if filters.until is not None:
+        where.add(f"r.occurred_at < {where.param(filters.until)}")
+    return where
+
+
+@dataclass(slots=True, kw_only=True)
+class ReportExport:
+    """One export: who asked for what, and what has been handed on so far."""
+
+    principal: Principal
+    filters: ExportFilters
+    format: ExportFormat
+    client_addr: str
+    where: Where
+    export_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    sent_reports: int = 0
+    sent_bytes: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def media_type(self) -> str:
+        return ENCODINGS[self.format].media_type
+
+    @property
+    def filename(self) -> str:
+        stamp = self.started_at.strftime("%Y%m%dT%H%M%SZ")
+        return f"reports-{stamp}.{ENCODINGS[self.format].suffix}"
+
+    def sent(self, chunk: bytes, reports: int) -> bytes:
+        """Count ``chunk`` (holding ``reports`` reports) as handed on; return it."""
+        self.sent_reports += reports
+        self.sent_bytes += len(chunk)
+        self.digest.update(chunk)
+        return chunk
+
+    def event(self, action: str, **details: Any) -> audit.AuditEvent:
+        return audit.AuditEvent(
+            actor=self.principal.actor(),
+            action=action,
+            object_type="report_export",
+            object_id=str(self.export_id),
+            clinic=self.filters.clinic,
+            client_addr=self.client_addr,
+            details={
+                "format": self.format,
+                "filters": msgspec.to_builtins(self.filters),
+                **details,
+            },
+        )
+
+
+# --- encodings ---------------------------------------------------------------------
+
+
+class Encoding(Protocol):
+    media_type: str
+    suffix: str
+
+    def head(self, export: ReportExport) -> bytes: ...
+
+    def item(self, report: ReportView, index: int) -> bytes: ...
+
+    def tail(self, reports: int) -> bytes: ...
+
+
+def _csv_cell(value: Any) -> str:
+    """Text neutralised against formula injection; numbers and flags as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return neutralise(fhir.fhir_time(value))
+    if isinstance(value, list):
+        return neutralise(";".join(str(v) for v in value))
+    if isinstance(value, int | float):
+        return str(value)
+    return neutralise(str(value))
+
+
+def csv_row(report: ReportView) -> list[str]:
+    body: ReportBody = msgspec.convert(report.body, ReportBody)
+    own = (
+        report.id,
+        report.clinic,
+        report.kind,
+        report.version,
+        report.patient_ref,
+        report.occurred_at,
+        report.created_at,
+        report.created_by,
+        report.updated_at,
+        fhir.event_term(body, report.ctcae_grade),
+        report.serious,
+        report.ctcae_grade,
+    )
+    from_body = (report.body.get(name) for name in CSV_BODY_COLUMNS)
+    return [_csv_cell(value) for value in (*own, *from_body)]
+
+
+def _csv_line(cells: list[str] | tuple[str, ...]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    return out.getvalue().encode()
+
+
+class CsvEncoding:
+    """RFC 4180 CSV, UTF-8, a header row first."""
+
+    media_type = "text/csv"  # Litestar adds "; charset=utf-8" to text types
+    suffix = "csv"
+
+    def head(self, export: ReportExport) -> bytes:
+        return _csv_line(CSV_COLUMNS)
+
+    def item(self, report: ReportView, index: int) -> bytes:
+        return _csv_line(csv_row(report))
+
+    def tail(self, reports: int) -> bytes:
+        return b""
+
+
+class NdjsonEncoding:
+    """One report per line, exactly as the list endpoint shows it."""
+
+    media_type = "application/x-ndjson"
+    suffix = "ndjson"
+
+    def head(self, export: ReportExport) -> bytes:
+        return b""
+
+    def item(self, report: ReportView, index: int) -> bytes:
+        return _encoder.encode(report) + b"\n"
+
+    def tail(self, reports: int) -> bytes:
+        return b""
+
+
+class FhirBundleEncoding:
+    """A FHIR Bundle of type collection, written as it goes.
+
+    FHIR forbids empty arrays, so ``entry`` opens with the first report, if any.
+    """
+
+    media_type = fhir.FHIR_JSON
+    suffix = "fhir.json"
+
+    def head(self, export: ReportExport) -> bytes:
+        head = _encoder.encode(
+            {
+                "resourceType": "Bundle",
+                "id": str(export.export_id),
+                "identifier": {"system": EXPORT_SYSTEM, "value": str(export.export_id)},
+                "type": "collection",
+                "timestamp": fhir.fhir_time(export.started_at),
+            }
+        )
+        return head[:-1]  # left open for the entries
+
+    def item(self, report: ReportView, index: int) -> bytes:
+        entry = {"fullUrl": f"urn:uuid:{report.id}", "resource": fhir.adverse_event(report)}
+        return (b',"entry":[' if index == 0 else b",") + _encoder.encode(entry)
+
+    def tail(self, reports: int) -> bytes:
+        return b"]}" if reports else b"}"
+
+
+ENCODINGS: dict[ExportFormat, Encoding] = {
+    "csv": CsvEncoding(),
+    "ndjson": NdjsonEncoding(),
+    "fhir": FhirBundleEncoding(),
+}
+
+
+# --- streaming ---------------------------------------------------------------------
+
+
+async def start_export(
+    pool: asyncpg.Pool,
+    principal: Principal,
+    filters: ExportFilters,
+    export_format: ExportFormat,
+    client_addr: str,
+) -> ReportExport:
+    """Check the filters and record the start, committed, before any byte is sent."""
+    export = ReportExport(
+        principal=principal,
+        filters=filters,
+        format=export_format,
+        client_addr=client_addr,
+        where=_where(principal, filters),
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await audit.append(conn, export.event("report.export_started"))
+    return export
+
+
+class _Chunk:
+    """Encoded reports gathered until there are enough to hand on."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.reports = 0
+
+    def add(self, data: bytes, reports: int = 0) -> None:
+        self.data += data
+        self.reports += reports
+
+    def take(self) -> tuple[bytes, int]:
+        taken = (bytes(self.data), self.reports)
+        self.data.clear()
+        self.reports = 0
+        return taken
+
+
+async def stream_export(pool: asyncpg.Pool, export: ReportExport) -> AsyncGenerator[bytes, None]:
+    """The export's bytes, a chunk at a time; its end is audited however it comes.
+
+    The connection is acquired here, not from a dependency, whose cleanup would run
+    before the body is sent. Close the generator (``aclose``) when the response ends
+    early, so the connection goes back to the pool at once.
+    """
+    encoding = ENCODINGS[export.format]
+    chunk = _Chunk()
+    chunk.add(encoding.head(export))
+    completed = False
+    try:
+        async with (
+            pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            sql = service._SELECT_VIEW + export.where.sql() + _ORDER
+            index = 0
+            async for row in conn.cursor(sql, *export.where.args, prefetch=PREFETCH_ROWS):
+                chunk.add(encoding.item(service._view(row), index), reports=1)
+                index += 1
+                if len(chunk.data) >= CHUNK_BYTES:
+                    yield export.sent(*chunk.take())
+        chunk.add(encoding.tail(index))
+        yield export.sent(*chunk.take())
+        completed = True
+    finally:
+        # A client that hangs up cancels the stream: record the end all the same.
+        with anyio.CancelScope(shield=True):
+            await _record_end(pool, export, completed)
+
+
+async def _record_end(pool: asyncpg.Pool, export: ReportExport, completed: bool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await audit.append(
+            conn,
+            export.event(
+                "report.exported",
+                count=export.sent_reports,
+                bytes=export.sent_bytes,
+                sha256=export.digest.hexdigest(),
+                completed=completed,
+            ),
+        )
