@@ -28,6 +28,7 @@ from safetyreport.audit.export import (
 from safetyreport.audit.search import AuditEntryPage, search_entries
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
 from safetyreport.state import app_state, client_address
+from safetyreport.streaming import download
 from safetyreport.times import require_utc
 
 AUDITORS = ("auditor", "admin")
@@ -135,15 +136,11 @@ class AuditController(Controller):
             signer=state.signer,
         )
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        return Stream(
+        return download(
             stream_export(state.pool, export),
             media_type=MEDIA_TYPES[format],
-            headers={
-                "Content-Disposition": (
-                    f'attachment; filename="audit-export-{stamp}.{FILE_SUFFIX[format]}"'
-                ),
-                "X-Safetyreport-Export-Id": export.export_id,
-            },
+            filename=f"audit-export-{stamp}.{FILE_SUFFIX[format]}",
+            export_id=export.export_id,
         )
 
     @post("/export/verify", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)

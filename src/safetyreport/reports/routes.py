@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, get, post
-from litestar.background_tasks import BackgroundTask
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import (
@@ -30,6 +28,7 @@ from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import validate_report
 from safetyreport.state import app_state, client_address
+from safetyreport.streaming import download
 from safetyreport.times import require_utc
 
 WRITERS = ("nurse", "safety_officer")
@@ -48,16 +47,6 @@ PatientRefFilter = Annotated[str | None, QueryParameter(pattern=PATIENT_REF_PATT
 
 
 IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)]
-
-
-async def _close(stream: AsyncGenerator[bytes, None]) -> None:
-    """Close a streamed body once its response is over.
-
-    Litestar stops iterating when the client hangs up but leaves the generator open;
-    closing it at once returns its connection and lets it record how it ended. (Passing
-    ``stream.aclose`` itself would not do: Litestar does not see it as async.)
-    """
-    await stream.aclose()
 
 
 async def _write_once(
@@ -222,15 +211,11 @@ class ReportController(Controller):
             state.pool, principal_of(request), filters, format, client_address(request)
         )
         body = export.stream_export(state.pool, started)
-        return Stream(
+        return download(
             body,
             media_type=started.media_type,
-            headers={
-                "Content-Disposition": f'attachment; filename="{started.filename}"',
-                "Cache-Control": "no-store",
-                "X-Safetyreport-Export-Id": str(started.export_id),
-            },
-            background=BackgroundTask(_close, body),
+            filename=started.filename,
+            export_id=str(started.export_id),
         )
 
     @post(
