@@ -31,13 +31,14 @@ from safetyreport.auth.routes import AuthController
 from safetyreport.db.embedded import app_url, owner_url
 from safetyreport.db.migrations import load_migrations
 from safetyreport.db.pool import create_pool
-from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable
+from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable, document_problems
 from safetyreport.health import health
 from safetyreport.idempotency import purge_expired
 from safetyreport.logs import configure_logging, request_logging_middleware
 from safetyreport.reports.routes import ReportController
 from safetyreport.settings import Settings
 from safetyreport.state import AppState
+from safetyreport.web import WebController, WebSessionController, static_router, template_config
 
 _log = logging.getLogger(__name__)
 PURGE_INTERVAL_SECONDS = 3600
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     configure_logging(settings.log_level)
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             AuthController,
@@ -134,7 +135,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AlertController,
             RuleController,
             DeliveryController,
+            WebController,
+            WebSessionController,
+            static_router(),
         ],
+        template_config=template_config(),
         lifespan=[lifespan],
         middleware=[
             request_logging_middleware,
@@ -152,9 +157,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="token")
                 }
             ),
-            security=[{"bearer": []}],
             use_handler_docstrings=True,
         ),
         debug=False,
         logging_config=None,
     )
+    # Every operation needs the bearer token, except those open to anyone.
+    document_problems(app, security=[{"bearer": []}])
+    return app

@@ -22,13 +22,17 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Request, Response
+from litestar import Litestar, Request, Response
 from litestar.exceptions import (
     ClientException,
     HTTPException,
     SerializationException,
     ValidationException,
 )
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import SecurityRequirement
+from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
@@ -131,11 +135,16 @@ def _problem(
     )
 
 
+# The database cannot be reached, or is going away or coming back: 503, retry shortly.
+# OSError covers every way a connect fails: refused (TCP), no socket file (a stopped
+# server on a Unix socket: FileNotFoundError), unknown host, reset.
 _DATABASE_DOWN = (
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.CannotConnectNowError,  # 57P03: starting up, shutting down, in recovery
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: stopped under a running statement
+    asyncpg.exceptions.CrashShutdownError,  # 57P02: another backend crashed
     asyncpg.InterfaceError,
-    ConnectionError,
+    OSError,
     TimeoutError,
 )
 
@@ -152,7 +161,8 @@ _RULES = (
 )
 
 
-_QUOTED_FIELD = re.compile(r"field `([^`]+)`")
+# The field msgspec names (an unknown field's name may be empty: {"": 1}).
+_QUOTED_FIELD = re.compile(r"field `([^`]*)`")
 
 
 def rule_of(message: str) -> str:
@@ -221,3 +231,49 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: exception_to_response}
+
+
+# --- the problems in the OpenAPI schema ---------------------------------------------
+
+_PROBLEMS = {
+    400: "The request cannot be served as sent",
+    401: "No valid token (or, signing in, wrong credentials)",
+    403: "The role may not do this",
+    404: "No such object among the clinics of the user",
+    409: "A concurrent request holds the same key, or changed the object first",
+    413: "The body is too large",
+    422: "Named fields broke named rules (errors)",
+    429: "Too many failed logins; see Retry-After",
+    503: "The database is unavailable; retry after Retry-After seconds",
+}
+_WITHOUT_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+def _problems_of(handler: HTTPRouteHandler, public: bool) -> dict[int, ResponseSpec]:
+    statuses = set(_PROBLEMS)
+    if public:
+        statuses -= {403}
+    else:
+        statuses -= {429}
+    if handler.http_methods <= _WITHOUT_BODY:
+        statuses -= {409, 413}
+    return {
+        status: ResponseSpec(Problem, description=_PROBLEMS[status], media_type=PROBLEM_JSON)
+        for status in sorted(statuses)
+    }
+
+
+def document_problems(app: Litestar, security: list[SecurityRequirement]) -> None:
+    """Document the problems every operation may answer, and which ones need a token.
+
+    Call once the app is built, before its schema is first generated. Operations open to
+    anyone (``exclude_from_auth``) get no ``security``; every other one gets ``security``.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            public = bool(handler.opt.get("exclude_from_auth"))
+            handler.responses = {**_problems_of(handler, public), **(handler.responses or {})}
+            if not public:
+                handler.security = [*(handler.security or ()), *security]

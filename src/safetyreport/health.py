@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
 from safetyreport.state import app_state
 
@@ -16,7 +17,12 @@ class Health(msgspec.Struct, frozen=True):
     database: str
 
 
-@get("/health", opt={"exclude_from_auth": True}, tags=["health"])
+@get(
+    "/health",
+    opt={"exclude_from_auth": True},
+    tags=["health"],
+    responses={503: ResponseSpec(Health, description="The database does not answer")},
+)
 async def health(request: Request[Any, Any, Any]) -> Response[Health]:
     """200 when the service and its database answer; 503 when the database does not."""
     try:

@@ -278,7 +278,9 @@ async def run_delivery(
 
 # --- the ledger -------------------------------------------------------------------
 
-# Optional filters as NULL-able parameters, so the statement stays one constant.
+# Optional filters as NULL-able parameters, so the statement stays one constant. The
+# clinic scope ($6, $2: NULL for admins of every clinic) keeps an admin of some clinics
+# to their notifications: a payload carries the alert, its clinic and its patient.
 _LIST = """
 SELECT id, alert_id, event, channel, target, status, attempts, created_at, delivered_at,
        next_attempt_at
@@ -286,13 +288,18 @@ FROM notifications
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::uuid IS NULL OR alert_id = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+  AND ($6::bigint[] IS NULL
+       OR alert_id IN (SELECT id FROM alerts WHERE clinic_id = ANY($6::bigint[])))
 ORDER BY created_at DESC, id DESC
 LIMIT $5
 """
 _READ = """
 SELECT id, alert_id, event, channel, target, status, created_at, delivered_at,
        next_attempt_at, payload
-FROM notifications WHERE id = $1
+FROM notifications
+WHERE id = $1
+  AND ($2::bigint[] IS NULL
+       OR alert_id IN (SELECT id FROM alerts WHERE clinic_id = ANY($2::bigint[])))
 """
 _ATTEMPTS = """
 SELECT id, attempted_at, status_code, error, duration_ms
@@ -392,11 +399,12 @@ class DeliveryController(Controller):
         cursor: Annotated[str | None, QueryParameter()] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> NotificationPage:
-        """The delivery ledger, newest first, a page at a time (admins only)."""
+        """The delivery ledger of your clinics, newest first, a page at a time (admins only)."""
         after, after_id = _decode_cursor(cursor)
         pool = app_state(request).pool
         async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_LIST, status, alert, after, after_id, limit + 1)
+            scope = principal_of(request).scope()
+            rows = await conn.fetch(_LIST, status, alert, after, after_id, limit + 1, scope)
             items = [_view(r) for r in rows[:limit]]
             more = len(rows) > limit
             details: dict[str, Any] = {
@@ -420,7 +428,7 @@ class DeliveryController(Controller):
         """One notification: its payload and every delivery attempt (admins only)."""
         pool = app_state(request).pool
         async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_READ, notification_id)
+            row = await conn.fetchrow(_READ, notification_id, principal_of(request).scope())
             if row is None:
                 raise NotFound(f"no notification {notification_id}")
             attempts = [AttemptView(**dict(a)) for a in await conn.fetch(_ATTEMPTS, row["id"])]

@@ -1,7 +1,18 @@
-"""Bearer-token authentication middleware and role guards."""
+"""Authentication middleware (bearer token or session cookie), CSRF check and role guards.
+
+API clients send ``Authorization: Bearer <token>``. The web pages carry the same opaque
+token in an HttpOnly cookie instead; a browser attaches that cookie by itself, so every
+unsafe request authenticated by it must also prove it comes from our own pages: it sends
+the session's CSRF token (from the page's ``<meta name="csrf-token">``) in the
+``X-CSRF-Token`` header. A bearer header wins over the cookie and needs no CSRF token:
+another site cannot make a browser send it.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -16,6 +27,14 @@ from safetyreport.state import app_state
 # Routes opt out of authentication with opt={PUBLIC: True}.
 PUBLIC = "public"
 ROLES_OPT = "roles"
+# Web pages: authenticated by the cookie when it is valid, anonymous (user None) when not,
+# so the page can send the browser to the login form. Page handlers that accept a POST
+# check the CSRF token of their form themselves (a form cannot send a header).
+PAGE_OPT = "page"
+
+SESSION_COOKIE = "sr_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -28,13 +47,54 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return token.strip()
 
 
+def csrf_token_for(session_token: str) -> str:
+    """The CSRF token of a session: derived from its secret token, so nothing is stored.
+
+    HMAC keyed by the session token: a page may show it (it reveals nothing about the
+    token), and only someone who can read our pages for that session can know it.
+    """
+    digest = hmac.new(session_token.encode(), b"safetyreport csrf v1", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def csrf_matches(session_token: str, sent: str | None) -> bool:
+    return bool(sent) and hmac.compare_digest(csrf_token_for(session_token), str(sent))
+
+
+def request_token(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, bool]:
+    """The token a request carries and whether it came from the session cookie."""
+    if "authorization" in connection.headers:
+        return bearer_token(connection), False
+    cookie = connection.cookies.get(SESSION_COOKIE, "").strip()
+    if cookie:
+        return cookie, True
+    return bearer_token(connection), False  # raises with the bearer hint
+
+
 class TokenAuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        token = bearer_token(connection)
-        state = app_state(connection)
-        principal = await resolve_token(state.pool, token, state.settings.auth)
+        page = bool(connection.route_handler.opt.get(PAGE_OPT))
+        try:
+            token, from_cookie = request_token(connection)
+            state = app_state(connection)
+            principal = await resolve_token(state.pool, token, state.settings.auth)
+        except NotAuthenticated:
+            if page:
+                return AuthenticationResult(user=None, auth=None)
+            raise
+        unsafe = connection.scope.get("method", "GET") not in SAFE_METHODS
+        if (
+            from_cookie
+            and unsafe
+            and not page
+            and not csrf_matches(token, connection.headers.get(CSRF_HEADER))
+        ):
+            raise Forbidden(
+                f"a request authenticated by the session cookie needs the page's "
+                f"{CSRF_HEADER} header"
+            )
         return AuthenticationResult(user=principal, auth=token)
 
 

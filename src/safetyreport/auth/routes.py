@@ -10,7 +10,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from safetyreport.auth import service
-from safetyreport.auth.http import PUBLIC, bearer_token, principal_of
+from safetyreport.auth.http import PUBLIC, principal_of
 from safetyreport.auth.users import UserView
 from safetyreport.state import app_state, client_address
 
@@ -36,11 +36,11 @@ class AuthController(Controller):
 
     @post("/auth/logout", status_code=HTTP_204_NO_CONTENT)
     async def logout(self, request: Request[Any, Any, Any]) -> None:
-        """Revoke the token this request carries, at once."""
+        """Revoke the token this request carries (bearer or session cookie), at once."""
         state = app_state(request)
-        await service.logout(
-            state.pool, bearer_token(request), principal_of(request), client_address(request)
-        )
+        # The token the middleware authenticated, wherever the request carried it.
+        token = str(request.auth)
+        await service.logout(state.pool, token, principal_of(request), client_address(request))
 
     @get("/me")
     async def me(self, request: Request[Any, Any, Any]) -> UserView:

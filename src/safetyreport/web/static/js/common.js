@@ -1,0 +1,248 @@
+// Shared by every page: calling the API with the session's CSRF token, local times,
+// the online/offline banner and the service worker. Loaded as a module; pages import it.
+
+const CSRF_HEADER = "X-CSRF-Token";
+
+let csrfToken = document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+export function setCsrfToken(token) {
+  csrfToken = token;
+  document.querySelector('meta[name="csrf-token"]')?.setAttribute("content", token);
+}
+
+export const currentUser = document.body.dataset.user || "";
+
+// The server's clock minus ours, learnt from the Date header of API answers, so
+// countdowns to deadlines do not depend on a tablet's clock being right.
+let clockOffsetMs = 0;
+
+export function serverNow() {
+  return Date.now() + clockOffsetMs;
+}
+
+function learnClock(response) {
+  const date = Date.parse(response.headers.get("Date") || "");
+  if (!Number.isNaN(date)) {
+    clockOffsetMs = date - Date.now();
+  }
+}
+
+/**
+ * Call the API with the session cookie. Unsafe methods carry the CSRF token.
+ * Returns {status, ok, data, response}; a network failure throws (NetworkError).
+ */
+export async function api(method, url, { json, body, headers = {}, signal } = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "same-origin", signal };
+  if (method !== "GET" && method !== "HEAD") {
+    init.headers[CSRF_HEADER] = csrfToken;
+  }
+  if (json !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(json);
+  } else if (body !== undefined) {
+    init.body = body;
+  }
+  let response;
+  try {
+    response = await fetch(url, init);
+  } catch (error) {
+    throw new NetworkError(error.message);
+  }
+  learnClock(response);
+  const type = response.headers.get("Content-Type") || "";
+  const data = type.includes("json") ? await response.json().catch(() => null) : null;
+  return { status: response.status, ok: response.ok, data, response };
+}
+
+export class NetworkError extends Error {}
+
+/** The message of an API problem document, for people. */
+export function problemMessage(result) {
+  if (result.status === 401) {
+    return "Your session has ended. Sign in again.";
+  }
+  if (result.status === 409) {
+    return "Someone else changed this at the same moment. The page shows the latest state; try again if still needed.";
+  }
+  const data = result.data || {};
+  return data.detail || data.title || `The server answered ${result.status}.`;
+}
+
+/** A new idempotency key (UUID v4); randomUUID needs a secure context, which we have. */
+export function newKey() {
+  if (crypto.randomUUID) {
+    return crypto.randomUUID();
+  }
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// --- times ---------------------------------------------------------------------
+
+const pad = (n) => String(n).padStart(2, "0");
+
+/** "+01:00" for this device at ``date``. */
+export function offsetText(date = new Date()) {
+  const minutes = -date.getTimezoneOffset();
+  const sign = minutes >= 0 ? "+" : "-";
+  const abs = Math.abs(minutes);
+  return `${sign}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+}
+
+/** A local time as ISO 8601 with this device's offset (the API refuses times without one). */
+export function isoWithOffset(date) {
+  return (
+    `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}` +
+    `T${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}${offsetText(date)}`
+  );
+}
+
+/** The value a datetime-local input shows for ``date`` (local, to the minute). */
+export function localInputValue(date) {
+  return (
+    `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}` +
+    `T${pad(date.getHours())}:${pad(date.getMinutes())}`
+  );
+}
+
+/** The Date a datetime-local value means on this device, or null. */
+export function parseLocalInput(value) {
+  const match = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?$/.exec(value || "");
+  if (!match) {
+    return null;
+  }
+  const [, y, mo, d, h, mi, s] = match.map(Number);
+  return new Date(y, mo - 1, d, h, mi, s || 0);
+}
+
+export function formatLocal(value) {
+  const date = value instanceof Date ? value : new Date(value);
+  if (Number.isNaN(date.getTime())) {
+    return "";
+  }
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+/** Turn every <time datetime data-local> (UTC from the server) into local time. */
+export function localizeTimes(root = document) {
+  for (const el of root.querySelectorAll("time[data-local]")) {
+    const text = formatLocal(el.getAttribute("datetime"));
+    if (text) {
+      el.textContent = text;
+      el.title = `${el.getAttribute("datetime")} (UTC)`;
+    }
+  }
+}
+
+/** "in 12 min 5 s" / "overdue by 3 min": the time left until ``deadline``. */
+export function countdownText(deadline) {
+  const ms = new Date(deadline).getTime() - serverNow();
+  const seconds = Math.floor(Math.abs(ms) / 1000);
+  const h = Math.floor(seconds / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  const span = h > 0 ? `${h} h ${pad(m)} min` : `${m} min ${pad(s)} s`;
+  return { overdue: ms < 0, text: ms < 0 ? `overdue by ${span}` : `${span} left` };
+}
+
+// --- small DOM helpers -----------------------------------------------------------
+
+/** Say ``message`` to screen readers (polite). */
+export function announce(message) {
+  const el = document.getElementById("announcer");
+  if (el) {
+    el.textContent = "";
+    setTimeout(() => { el.textContent = message; }, 50);
+  }
+}
+
+/** Build an element: h("p", {class: "x"}, "text", child). Text is always text, never HTML. */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === false || value === null || value === undefined) {
+      continue;
+    }
+    el.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) {
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+  }
+  return el;
+}
+
+export function show(el, visible) {
+  if (el) {
+    el.hidden = !visible;
+  }
+}
+
+// --- network banner --------------------------------------------------------------
+
+function updateNetworkBanner() {
+  const banner = document.getElementById("net-status");
+  if (!banner) {
+    return;
+  }
+  if (navigator.onLine) {
+    if (!banner.hidden && banner.dataset.state === "offline") {
+      banner.textContent = "Back online.";
+      banner.className = "net-status online";
+      banner.dataset.state = "online";
+      setTimeout(() => { if (navigator.onLine) banner.hidden = true; }, 4000);
+    }
+    return;
+  }
+  banner.dataset.state = "offline";
+  banner.className = "net-status";
+  banner.textContent = document.body.dataset.page === "report"
+    ? "Offline. You can keep reporting: reports are saved on this tablet and sent when the network is back."
+    : "Offline. What you see may be out of date.";
+  banner.hidden = false;
+}
+
+// --- service worker --------------------------------------------------------------
+
+async function registerServiceWorker() {
+  if (!("serviceWorker" in navigator)) {
+    return;
+  }
+  try {
+    await navigator.serviceWorker.register("/sw.js", { scope: "/" });
+    const registration = await navigator.serviceWorker.ready;
+    if (document.body.dataset.user) {
+      keepPageOffline(registration);
+    }
+  } catch (error) {
+    console.warn("service worker unavailable:", error);
+  }
+}
+
+// Ask the worker to keep this page (it keeps only its list of offline pages, see
+// web/assets.py); <html data-offline-ready> says when the page is ready for offline use.
+function keepPageOffline(registration) {
+  navigator.serviceWorker.addEventListener("message", (event) => {
+    if (event.data?.type === "page-kept" && event.data.path === location.pathname && event.data.kept) {
+      document.documentElement.dataset.offlineReady = "yes";
+    }
+  });
+  registration.active?.postMessage({ type: "keep-page", path: location.pathname });
+}
+
+function init() {
+  for (const el of document.querySelectorAll(".tz-label")) {
+    el.textContent = `UTC${offsetText()}`;
+  }
+  localizeTimes();
+  updateNetworkBanner();
+  window.addEventListener("online", updateNetworkBanner);
+  window.addEventListener("offline", updateNetworkBanner);
+  registerServiceWorker();
+}
+
+init();

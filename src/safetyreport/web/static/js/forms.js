@@ -1,0 +1,220 @@
+// Report forms: reading typed values, checking them as the server would, and showing
+// errors (the browser's or the server's 422) next to the fields they concern.
+// The rules come from the data-* attributes the server derives from the report types.
+
+import { h, isoWithOffset, localInputValue, parseLocalInput } from "./common.js";
+
+const INTEGER = /^\d+$/;
+const DECIMAL = /^\d+(\.\d+)?$/;
+
+function fieldsOf(form) {
+  return [...form.querySelectorAll(".field[data-field]")];
+}
+
+function controls(field) {
+  return [...field.querySelectorAll("input, select, textarea")];
+}
+
+/** The raw value of a field: string, array (checkboxes) or "" when empty. */
+function rawValue(field) {
+  const widget = field.dataset.widget;
+  const inputs = controls(field);
+  if (widget === "checkboxes") {
+    return inputs.filter((i) => i.checked).map((i) => i.value);
+  }
+  if (widget === "radios" || widget === "yesno") {
+    return inputs.find((i) => i.checked)?.value ?? "";
+  }
+  return (inputs[0]?.value ?? "").trim();
+}
+
+function numberMessage(field) {
+  const { min, max } = field.dataset;
+  const above = "minExclusive" in field.dataset ? `above ${min}` : `from ${min}`;
+  return `Enter a number ${above} to ${max}.`;
+}
+
+/** [value, error]: the typed value of one field (undefined when empty), or why not. */
+function readField(field) {
+  const widget = field.dataset.widget;
+  const raw = rawValue(field);
+  const empty = raw === "" || (Array.isArray(raw) && raw.length === 0);
+  if (empty) {
+    return [undefined, "required" in field.dataset ? "This is required." : null];
+  }
+  switch (widget) {
+    case "integer":
+    case "decimal": {
+      const text = raw.replace(",", ".");
+      if (!(widget === "integer" ? INTEGER : DECIMAL).test(text)) {
+        return [undefined, widget === "integer" ? "Enter a whole number." : "Enter a number."];
+      }
+      const value = Number(text);
+      const min = Number(field.dataset.min);
+      const max = Number(field.dataset.max);
+      const exclusive = "minExclusive" in field.dataset;
+      if ((exclusive ? value <= min : value < min) || value > max) {
+        return [undefined, numberMessage(field)];
+      }
+      return [value, null];
+    }
+    case "yesno":
+      return [raw === "true", null];
+    case "radios":
+      return ["numeric" in field.dataset ? Number(raw) : raw, null];
+    case "datetime": {
+      const date = parseLocalInput(raw);
+      return date ? [isoWithOffset(date), null] : [undefined, "Enter a date and time."];
+    }
+    case "checkboxes":
+      return [raw, null];
+    default: {
+      const maxLength = Number(field.dataset.maxLength || 0);
+      if (maxLength && raw.length > maxLength) {
+        return [undefined, `At most ${maxLength} characters.`];
+      }
+      if (field.dataset.pattern && !new RegExp(field.dataset.pattern).test(raw)) {
+        return [undefined, "Use letters, digits, '-' or '_' only."];
+      }
+      return [raw, null];
+    }
+  }
+}
+
+/** {values, errors}: every filled field typed, and [{field, message}] for the rest. */
+export function readForm(form) {
+  const values = {};
+  const errors = [];
+  for (const field of fieldsOf(form)) {
+    const [value, error] = readField(field);
+    if (error) {
+      errors.push({ field: field.dataset.field, message: error });
+    } else if (value !== undefined) {
+      values[field.dataset.field] = value;
+    }
+  }
+  return { values, errors };
+}
+
+/** The names of the form's fields. */
+export function fieldNames(form) {
+  return fieldsOf(form).map((f) => f.dataset.field);
+}
+
+export function clearErrors(form) {
+  for (const el of form.querySelectorAll(".error")) {
+    el.hidden = true;
+    el.textContent = "";
+  }
+  for (const el of form.querySelectorAll("[aria-invalid]")) {
+    el.removeAttribute("aria-invalid");
+  }
+  const summary = form.querySelector(".error-summary");
+  if (summary) {
+    summary.hidden = true;
+    summary.querySelector("ul").replaceChildren();
+  }
+}
+
+function labelOf(field) {
+  const label = field.querySelector("legend, label");
+  return label ? label.firstChild.textContent.trim() : field.dataset.field;
+}
+
+/**
+ * Show ``errors`` ([{field, message}], as the API's 422 lists them) beside their fields,
+ * and all of them in the summary at the top, which takes the focus.
+ */
+export function showErrors(form, errors) {
+  clearErrors(form);
+  const summary = form.querySelector(".error-summary");
+  const items = [];
+  for (const error of errors) {
+    const field = form.querySelector(`.field[data-field="${CSS.escape(error.field)}"]`);
+    if (field) {
+      const slot = field.querySelector(".error");
+      slot.textContent = slot.textContent ? `${slot.textContent} ${error.message}` : error.message;
+      slot.hidden = false;
+      for (const control of controls(field)) {
+        control.setAttribute("aria-invalid", "true");
+      }
+      const target = controls(field)[0];
+      const link = h("a", { href: `#${target?.id || ""}` }, `${labelOf(field)}: ${error.message}`);
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        target?.focus();
+      });
+      items.push(h("li", {}, link));
+    } else {
+      // Not a field of this form (the body as a whole, the idempotency key): say it anyway.
+      items.push(h("li", {}, error.field === "$" ? error.message : `${error.field}: ${error.message}`));
+    }
+  }
+  if (summary) {
+    summary.querySelector("ul").replaceChildren(...items);
+    summary.hidden = items.length === 0;
+    if (items.length) {
+      summary.focus();
+    }
+  }
+}
+
+/** Put ``values`` (a report body) into the form; fields not in it are emptied. */
+export function fillForm(form, values) {
+  for (const field of fieldsOf(form)) {
+    setField(field, values[field.dataset.field]);
+  }
+}
+
+function setField(field, value) {
+  const widget = field.dataset.widget;
+  const inputs = controls(field);
+  if (widget === "checkboxes") {
+    const chosen = new Set(Array.isArray(value) ? value : []);
+    inputs.forEach((i) => { i.checked = chosen.has(i.value); });
+  } else if (widget === "radios" || widget === "yesno") {
+    inputs.forEach((i) => { i.checked = value !== undefined && value !== null && i.value === String(value); });
+  } else if (widget === "datetime") {
+    const date = value ? new Date(value) : null;
+    inputs[0].value = date && !Number.isNaN(date.getTime()) ? localInputValue(date) : "";
+  } else if (inputs[0].tagName === "SELECT" && (value === undefined || value === null)) {
+    inputs[0].selectedIndex = 0;
+  } else {
+    inputs[0].value = value === undefined || value === null ? "" : String(value);
+  }
+}
+
+/** Back to a new report: defaults, the time now; the clinic stays as chosen. */
+export function resetForm(form) {
+  clearErrors(form);
+  for (const field of fieldsOf(form)) {
+    const name = field.dataset.field;
+    if (name === "clinic") {
+      continue;
+    }
+    if (field.dataset.widget === "datetime") {
+      setField(field, new Date().toISOString());
+    } else {
+      setField(field, field.dataset.default);
+    }
+  }
+}
+
+/** Datetime inputs that carry a server value (data-iso) show it in local time. */
+export function showIsoTimes(form) {
+  for (const input of form.querySelectorAll("input[type=datetime-local][data-iso]")) {
+    const date = new Date(input.dataset.iso);
+    if (!Number.isNaN(date.getTime())) {
+      input.value = localInputValue(date);
+    }
+  }
+}
+
+/** Set the status line under a form: kind is "ok", "warn", "error" or "". */
+export function formStatus(form, message, kind = "") {
+  const el = form.querySelector(".form-status");
+  if (el) {
+    el.textContent = message;
+    el.className = `form-status ${kind}`.trim();
+  }
+}

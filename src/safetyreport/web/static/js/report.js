@@ -1,0 +1,354 @@
+// The report page: one form per kind, the offline outbox, and the recent reports.
+//
+// Submitting never talks to the server directly: the report goes into the outbox
+// (IndexedDB) first, then the outbox is sent. Online, the nurse learns at once whether
+// the server took it (or sees its errors beside the fields); offline, it waits and is
+// sent on page load, when the browser comes back online, and every RETRY_MS.
+
+import {
+  announce, api, currentUser, formatLocal, h, localizeTimes, newKey, problemMessage, setCsrfToken,
+} from "./common.js";
+import { clearErrors, fillForm, formStatus, readForm, resetForm, showErrors } from "./forms.js";
+import * as outbox from "./outbox.js";
+
+const RETRY_MS = 20000;
+// A request on bad Wi-Fi that has not answered by then is abandoned and retried later
+// with the same key (if the server did store it, the retry replays its answer).
+const SEND_TIMEOUT_MS = 20000;
+const KIND_LABELS = {
+  blood_pressure: "Blood pressure",
+  dissociation: "Dissociation",
+  misuse_concern: "Misuse concern",
+};
+const STATE_LABELS = { queued: "Queued", sending: "Sending", sent: "Sent", failed: "Failed", waiting: "Waiting" };
+
+const forms = [...document.querySelectorAll("form.report-form")];
+const sentThisVisit = [];
+let signedOut = false;
+
+const formFor = (kind) => forms.find((f) => f.dataset.kind === kind);
+
+// --- the forms -----------------------------------------------------------------
+
+/** A new, empty report: a fresh idempotency key, defaults, the time now. */
+function openForm(form) {
+  form.dataset.key = newKey();
+  delete form.dataset.replaces;
+  form.querySelector(".editing-note").hidden = true;
+  resetForm(form);
+}
+
+function pickKind(kind) {
+  for (const form of forms) {
+    form.hidden = form.dataset.kind !== kind;
+  }
+  const radio = document.querySelector(`input[name="kind-picker"][value="${kind}"]`);
+  if (radio) {
+    radio.checked = true;
+  }
+}
+
+function summary(entry) {
+  const when = entry.body.occurred_at ? formatLocal(entry.body.occurred_at) : "";
+  return [KIND_LABELS[entry.kind] || entry.kind, entry.body.patient_ref, when].filter(Boolean).join(" · ");
+}
+
+async function submit(form) {
+  clearErrors(form);
+  const { values, errors } = readForm(form);
+  if (errors.length) {
+    showErrors(form, errors);
+    formStatus(form, "Please correct the marked fields.", "error");
+    return;
+  }
+  const button = form.querySelector('button[type="submit"]');
+  button.disabled = true;
+  try {
+    const entry = {
+      key: form.dataset.key,
+      user: currentUser,
+      kind: form.dataset.kind,
+      body: { kind: form.dataset.kind, ...values },
+      state: "queued",
+      error: null,
+      createdAt: new Date().toISOString(),
+      attempts: 0,
+    };
+    await outbox.add(entry, form.dataset.replaces || null);
+    form.dataset.replaces = entry.key;
+    formStatus(form, "Saved on this tablet. Sending…", "warn");
+    await render();
+    const outcome = (await flush()).get(entry.key);
+    reportOutcome(form, entry, outcome);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function reportOutcome(form, entry, outcome) {
+  if (outcome?.state === "sent") {
+    openForm(form);
+    formStatus(form, `Report sent: ${summary(entry)}.`, "ok");
+    announce("Report sent.");
+  } else if (outcome?.state === "failed") {
+    // Kept in the form (and in the outbox, as failed) for the nurse to correct; the
+    // corrected report gets a new key and replaces the refused one.
+    form.dataset.key = newKey();
+    form.querySelector(".editing-note").hidden = false;
+    showErrors(form, outcome.errors);
+    formStatus(form, "The server refused this report. Correct the marked fields and submit again.", "error");
+  } else {
+    openForm(form);
+    const why = signedOut ? "You are signed out" : "No connection";
+    formStatus(form, `${why}: the report is saved on this tablet and will be sent automatically.`, "warn");
+    announce("Report saved on this tablet.");
+  }
+}
+
+/** Load a refused report into its form, with the server's reasons beside the fields. */
+function correct(entry) {
+  pickKind(entry.kind);
+  const form = formFor(entry.kind);
+  fillForm(form, entry.body);
+  form.dataset.key = newKey();
+  form.dataset.replaces = entry.key;
+  form.querySelector(".editing-note").hidden = false;
+  formStatus(form, "");
+  showErrors(form, entry.error?.errors || []);
+  form.scrollIntoView({ block: "start" });
+}
+
+// --- sending ---------------------------------------------------------------------
+
+/** Ask the server whether this page's user is still signed in, and for a fresh CSRF token. */
+async function refreshSession() {
+  try {
+    const result = await api("GET", "/web/session");
+    if (result.status === 401 || (result.ok && result.data?.username !== currentUser)) {
+      return "signed-out";
+    }
+    if (result.ok) {
+      setCsrfToken(result.data.csrf_token);
+      return "ok";
+    }
+    return "unavailable";
+  } catch (error) {
+    return "unavailable";
+  }
+}
+
+async function sendOne(entry) {
+  await outbox.update(entry.key, { state: "sending", attempts: (entry.attempts || 0) + 1 });
+  await render();
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), SEND_TIMEOUT_MS);
+  let result;
+  try {
+    result = await api("POST", "/api/v1/reports", {
+      json: entry.body,
+      headers: { "Idempotency-Key": entry.key },
+      signal: controller.signal,
+    });
+  } catch (error) {
+    await outbox.update(entry.key, { state: "queued" });
+    return { state: "queued" };
+  } finally {
+    clearTimeout(timer);
+  }
+  if (result.ok) {
+    await outbox.remove(entry.key);
+    sentThisVisit.unshift({ ...entry, state: "sent" });
+    return { state: "sent" };
+  }
+  if (result.status === 401) {
+    signedOut = true;
+    await outbox.update(entry.key, { state: "queued" });
+    return { state: "queued" };
+  }
+  if (result.status === 409 || result.status === 429 || result.status >= 500) {
+    // Busy or briefly down: the same key is sent again later.
+    await outbox.update(entry.key, { state: "queued" });
+    return { state: "queued" };
+  }
+  const errors = result.data?.errors || [{ field: "$", message: problemMessage(result) }];
+  await outbox.update(entry.key, { state: "failed", error: { message: problemMessage(result), errors } });
+  return { state: "failed", errors };
+}
+
+async function sendAll() {
+  const outcomes = new Map();
+  const run = async () => {
+    const mine = (await outbox.all()).filter((e) => e.user === currentUser && e.state !== "failed");
+    if (!mine.length || !navigator.onLine) {
+      return;
+    }
+    const session = await refreshSession();
+    signedOut = session === "signed-out";
+    if (session !== "ok") {
+      return;
+    }
+    for (const entry of mine) {
+      const outcome = await sendOne(entry);
+      outcomes.set(entry.key, outcome);
+      if (outcome.state === "queued") {
+        break; // no network or a busy server: the rest wait for the next try
+      }
+    }
+  };
+  try {
+    // One tab sends at a time; the others wait, then find what is left.
+    await (navigator.locks ? navigator.locks.request("safetyreport-outbox", run) : run());
+  } catch (error) {
+    // Storage trouble: nothing was lost (entries leave only after a 2xx); try again later.
+    console.warn("could not send the outbox:", error);
+  }
+  await render();
+  if ([...outcomes.values()].some((o) => o.state === "sent")) {
+    refreshRecent();
+  }
+  return outcomes;
+}
+
+// Flushes run one after another; a call while one runs waits for the next round.
+let running = null;
+let next = null;
+
+function flush() {
+  if (next) {
+    return next;
+  }
+  if (!running) {
+    running = sendAll().finally(() => { running = null; });
+    return running;
+  }
+  next = running.catch(() => null).then(() => {
+    next = null;
+    return flush();
+  });
+  return next;
+}
+
+// --- showing the outbox ------------------------------------------------------------
+
+function entryItem(entry) {
+  const state = entry.state;
+  const item = h(
+    "li",
+    { class: "outbox-item", "data-key": entry.key, "data-state": state },
+    h("span", { class: `state state-${state}` }, STATE_LABELS[state]),
+    h("span", { class: "what" }, summary(entry)),
+  );
+  if (state === "failed") {
+    const fix = h("button", { type: "button", class: "secondary" }, "Correct");
+    fix.addEventListener("click", () => correct(entry));
+    const discard = h("button", { type: "button", class: "secondary danger-link" }, "Discard");
+    discard.addEventListener("click", async () => {
+      if (window.confirm(`Discard this report (${summary(entry)})? It has not been stored.`)) {
+        await outbox.remove(entry.key);
+        await render();
+      }
+    });
+    const reasons = (entry.error?.errors || []).map((e) => `${e.field === "$" ? "" : `${e.field}: `}${e.message}`);
+    item.append(fix, discard, h("p", { class: "problem" }, reasons.join(" ") || entry.error?.message || ""));
+  }
+  return item;
+}
+
+async function render() {
+  const entries = await outbox.all();
+  const mine = entries.filter((e) => e.user === currentUser);
+  const others = entries.filter((e) => e.user !== currentUser);
+  const section = document.getElementById("outbox");
+  const list = document.getElementById("outbox-list");
+  const items = [...mine.map(entryItem), ...sentThisVisit.slice(0, 10).map(entryItem)];
+  for (const user of new Set(others.map((e) => e.user))) {
+    const count = others.filter((e) => e.user === user).length;
+    items.push(h(
+      "li",
+      { class: "outbox-item", "data-state": "waiting" },
+      h("span", { class: "state state-waiting" }, STATE_LABELS.waiting),
+      h("span", { class: "what" }, `${count} report(s) saved by ${user}: sent when ${user} signs in here.`),
+    ));
+  }
+  list.replaceChildren(...items);
+  section.hidden = items.length === 0;
+  document.getElementById("outbox-summary").textContent = outboxSummary(mine);
+  document.body.dataset.outbox = String(mine.filter((e) => e.state !== "failed").length);
+}
+
+function outboxSummary(mine) {
+  const waiting = mine.filter((e) => e.state !== "failed").length;
+  const failed = mine.length - waiting;
+  const parts = [];
+  if (waiting) {
+    const where = signedOut
+      ? "Your session has ended: sign in again to send them. They stay on this tablet."
+      : navigator.onLine ? "Sending…" : "They will be sent when the network is back.";
+    parts.push(`${waiting} report(s) waiting to be sent. ${where}`);
+  }
+  if (failed) {
+    parts.push(`${failed} report(s) refused by the server: correct or discard them.`);
+  }
+  return parts.join(" ") || "All reports sent.";
+}
+
+async function refreshRecent() {
+  try {
+    const response = await fetch("/report/recent", { credentials: "same-origin" });
+    if (response.ok && !response.redirected) {
+      const list = document.getElementById("recent-list");
+      // Our own server-rendered (escaped) fragment.
+      list.innerHTML = await response.text();
+      localizeTimes(list);
+    }
+  } catch (error) {
+    // Offline: the list stays as it was.
+  }
+}
+
+// --- wiring ----------------------------------------------------------------------
+
+function init() {
+  for (const form of forms) {
+    openForm(form);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      submit(form);
+    });
+    form.querySelector(".clear-form").addEventListener("click", () => {
+      openForm(form);
+      formStatus(form, "");
+    });
+  }
+  for (const radio of document.querySelectorAll('input[name="kind-picker"]')) {
+    radio.addEventListener("change", () => pickKind(radio.value));
+  }
+  pickKind(document.querySelector('input[name="kind-picker"]:checked')?.value || forms[0].dataset.kind);
+  document.getElementById("logout-form")?.addEventListener("submit", async (event) => {
+    // Held back until we know whether reports are still waiting (the check is async).
+    event.preventDefault();
+    const form = event.target;
+    const waiting = (await outbox.all()).filter((e) => e.user === currentUser).length;
+    const message =
+      `${waiting} report(s) are still on this tablet. They stay here and are sent ` +
+      "the next time you sign in. Sign out?";
+    if (!waiting || window.confirm(message)) {
+      form.submit();
+    }
+  });
+  window.addEventListener("online", () => flush());
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") {
+      flush();
+    }
+  });
+  setInterval(async () => {
+    const pending = (await outbox.all()).some((e) => e.user === currentUser && e.state !== "failed");
+    if (pending) {
+      flush();
+    }
+  }, RETRY_MS);
+  render().then(() => flush());
+}
+
+init();

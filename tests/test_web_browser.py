@@ -1,0 +1,690 @@
+"""The pages in a real browser: Debian's Chromium driven by Playwright.
+
+The service runs as a real ``safetyreport serve`` process (the ``serving`` helper), so
+cookies, the service worker and the event stream behave as in production; the browser
+never downloads anything (``executable_path`` is Debian's Chromium). One server, one
+database and one browser serve the whole module; each test has its own browser context
+(cookies, storage, service worker) and its own patient references, so tests do not see
+each other's reports.
+
+These tests run once per CI run, not twice: CI runs the suite on the embedded PostgreSQL
+and again with DATABASE_URL, and what the browser tests check does not depend on which
+PostgreSQL serves the service, while they are the slowest tests. So they are skipped
+when DATABASE_URL is set.
+
+Screenshots of every page at 1024x768 and 768x1024 go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
+
+from safetyreport.audit.chain import SYSTEM_CLI
+from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.db.pool import connect
+from tests.conftest import PASSWORD, Databases, bp_report, with_database
+from tests.test_cli import Served, serving
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+VIEWPORTS = {"1024x768": (1024, 768), "768x1024": (768, 1024)}
+# Bounds for waiting on the page and on the database; never a fixed sleep.
+WAIT_MS = 15_000
+DB_WAIT_SECONDS = 15.0
+
+pytestmark = [
+    pytest.mark.skipif(
+        bool(os.environ.get("DATABASE_URL")),
+        reason="browser tests run once, in the embedded-PostgreSQL run (see the docstring)",
+    ),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
+    ),
+]
+
+NURSE, OFFICER, AUDITOR = "nina", "olga", "audra"
+RANK = {"critical": 3, "urgent": 2, "high": 1, "info": 0}
+TIMEZONE = "Europe/Berlin"  # UTC+01:00 in January
+
+
+# --- fixtures: one server and one browser for the module -----------------------------------
+
+
+@pytest.fixture(scope="module")
+async def web_database(server_url: str, databases: Databases) -> AsyncIterator[str]:
+    """A migrated database with clinic C1, a nurse, a safety officer and an auditor."""
+    name = await databases.take()
+    url = with_database(server_url, name)
+    conn = await connect(url)
+    try:
+        await add_clinic(conn, "C1", "Riverside Clinic", SYSTEM_CLI)
+        staff: tuple[tuple[str, Role], ...] = ((NURSE, "nurse"), (OFFICER, "safety_officer"))
+        for username, role in staff:
+            await add_user(
+                conn,
+                username=username,
+                password=PASSWORD,
+                role=role,
+                clinics=["C1"],
+                all_clinics=False,
+                actor=SYSTEM_CLI,
+            )
+        await add_user(
+            conn,
+            username=AUDITOR,
+            password=PASSWORD,
+            role="auditor",
+            clinics=[],
+            all_clinics=True,
+            actor=SYSTEM_CLI,
+        )
+    finally:
+        await conn.close()
+    yield url
+    databases.release(name)
+
+
+@pytest.fixture(scope="module")
+async def served(
+    web_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Served]:
+    async with serving(web_database, tmp_path_factory.mktemp("web"), "web", demo=False) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        yield chromium
+        await chromium.close()
+
+
+def watch(ctx: BrowserContext) -> list[str]:
+    """Script errors and CSP violations of every page of ``ctx``, collected as they come."""
+    problems: list[str] = []
+
+    def on_console(message: Any) -> None:
+        # Failed loads (a 422 on purpose, the network cut on purpose) are not script errors.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            problems.append(message.text)
+
+    ctx.on("console", on_console)
+    ctx.on("weberror", lambda error: problems.append(str(error.error)))
+    ctx.set_default_timeout(WAIT_MS)
+    return problems
+
+
+@pytest.fixture
+async def context(browser: Browser, served: Served) -> AsyncIterator[BrowserContext]:
+    """A fresh browser profile; fails the test on any script error or CSP violation."""
+    ctx = await browser.new_context(
+        base_url=served.base_url,
+        viewport={"width": 1024, "height": 768},
+        accept_downloads=True,
+        service_workers="allow",
+        # Not UTC, so a page that forgot the offset would store the wrong time.
+        timezone_id=TIMEZONE,
+    )
+    problems = watch(ctx)
+    yield ctx
+    await ctx.close()
+    assert problems == [], problems
+
+
+@pytest.fixture
+async def db(web_database: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    conn = await connect(web_database)
+    yield conn
+    await conn.close()
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def patient(prefix: str) -> str:
+    """A patient reference no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
+
+
+async def sign_in(context: BrowserContext, username: str) -> Page:
+    page = await context.new_page()
+    await page.goto("/")
+    await expect(page).to_have_url(re.compile(r"/login$"))
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(re.compile(r"/(report|alerts|audit)$"))
+    return page
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait (bounded) until ``check`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DB_WAIT_SECONDS
+    while not await check():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def count_reports(db: asyncpg.Connection[Any], *patients: str) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM reports WHERE patient_ref = ANY($1)", list(patients)
+    )
+    return count
+
+
+async def api_token(served: Served, username: str) -> str:
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+        response = await http.post(
+            "/api/v1/auth/login", json={"username": username, "password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+
+async def api_report(served: Served, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit a report through the API, as another tablet would."""
+    token = await api_token(served, NURSE)
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+        response = await http.post(
+            "/api/v1/reports",
+            json=body,
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+
+def form(page: Page, kind: str) -> Any:
+    return page.locator(f"form#form-{kind}")
+
+
+async def choose_kind(page: Page, label: str) -> None:
+    await page.locator("fieldset.kind-picker").get_by_text(label, exact=True).click()
+
+
+async def fill_blood_pressure(page: Page, patient_ref: str, systolic: str, diastolic: str) -> None:
+    await choose_kind(page, "Blood pressure")
+    bp = form(page, "blood_pressure")
+    await bp.get_by_label("Patient reference").fill(patient_ref)
+    await bp.get_by_label("Systolic (mmHg)").fill(systolic)
+    await bp.get_by_label("Diastolic (mmHg)").fill(diastolic)
+
+
+async def fill_dissociation(page: Page, patient_ref: str) -> None:
+    await choose_kind(page, "Dissociation or sedation")
+    dissociation = form(page, "dissociation")
+    await dissociation.get_by_label("Patient reference").fill(patient_ref)
+    await dissociation.get_by_label("4 - lethargic response to name").check()
+    await dissociation.get_by_label("Moderate").check()
+    await dissociation.locator('[data-field="resolved"]').get_by_label("Yes").check()
+    await dissociation.get_by_label("SpO2 (%)").fill("96")
+
+
+async def fill_misuse(page: Page, patient_ref: str) -> None:
+    await choose_kind(page, "Misuse or diversion")
+    misuse = form(page, "misuse_concern")
+    await misuse.get_by_label("Patient reference").fill(patient_ref)
+    await misuse.get_by_label("Concern", exact=True).select_option("theft")
+    await misuse.get_by_label("What happened").fill("Two vials missing from the cabinet.")
+    await misuse.get_by_label("Expected quantity").fill("10")
+    await misuse.get_by_label("Actual quantity").fill("8")
+    await misuse.get_by_label("ml", exact=True).check()
+
+
+async def submit(page: Page, kind: str) -> None:
+    await form(page, kind).get_by_role("button", name="Submit report").click()
+
+
+async def expect_sent(page: Page, kind: str) -> None:
+    await expect(form(page, kind).locator(".form-status")).to_contain_text("Report sent")
+
+
+async def screenshot(page: Page, name: str) -> None:
+    """Full-page screenshots of ``page`` at both tablet sizes."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for size, (width, height) in VIEWPORTS.items():
+        await page.set_viewport_size({"width": width, "height": height})
+        await page.screenshot(path=str(SCREENSHOTS / f"{name}-{size}.png"), full_page=True)
+    await page.set_viewport_size({"width": 1024, "height": 768})
+
+
+# --- the nurse -------------------------------------------------------------------------
+
+
+async def test_nurse_submits_each_kind_and_sees_the_servers_field_errors(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    page = await sign_in(context, NURSE)
+    await expect(page.get_by_role("heading", name="Report a safety event")).to_be_visible()
+    # Her clinic is preselected.
+    await expect(form(page, "blood_pressure").get_by_label("Clinic", exact=True)).to_have_value(
+        "C1"
+    )
+
+    bp, dissociation, misuse = patient("BP"), patient("DS"), patient("MC")
+    await fill_blood_pressure(page, bp, "150", "92")
+    # Local time on the tablet; the page sends it with its UTC offset.
+    await form(page, "blood_pressure").get_by_label("When it happened").fill("2026-01-15T10:30")
+    await submit(page, "blood_pressure")
+    await expect_sent(page, "blood_pressure")
+    # The form is ready for the next report.
+    await expect(form(page, "blood_pressure").get_by_label("Patient reference")).to_have_value("")
+    await fill_dissociation(page, dissociation)
+    await submit(page, "dissociation")
+    await expect_sent(page, "dissociation")
+    await fill_misuse(page, misuse)
+    await submit(page, "misuse_concern")
+    await expect_sent(page, "misuse_concern")
+
+    rows = await db.fetch(
+        "SELECT r.kind, r.patient_ref, u.username FROM reports r JOIN users u"
+        " ON u.id = r.created_by WHERE r.patient_ref = ANY($1) ORDER BY r.kind",
+        [bp, dissociation, misuse],
+    )
+    occurred = await db.fetchval("SELECT occurred_at FROM reports WHERE patient_ref = $1", bp)
+    assert occurred == datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
+    assert [tuple(r) for r in rows] == [
+        ("blood_pressure", bp, NURSE),
+        ("dissociation", dissociation, NURSE),
+        ("misuse_concern", misuse, NURSE),
+    ]
+    # The recent list shows them without a reload.
+    for ref in (bp, dissociation, misuse):
+        await expect(page.locator("#recent-list")).to_contain_text(ref)
+
+    # A reading the browser cannot judge (systolic below diastolic) goes to the server,
+    # whose 422 appears beside the field; the values stay for her to correct.
+    bad = patient("BAD")
+    await fill_blood_pressure(page, bad, "120", "130")
+    await submit(page, "blood_pressure")
+    systolic_error = page.locator("#blood_pressure-systolic-error")
+    await expect(systolic_error).to_have_text("systolic must exceed diastolic")
+    await expect(form(page, "blood_pressure").get_by_label("Systolic (mmHg)")).to_have_attribute(
+        "aria-invalid", "true"
+    )
+    await expect(form(page, "blood_pressure").locator(".error-summary")).to_be_visible()
+    await expect(page.locator('.outbox-item[data-state="failed"]')).to_have_count(1)
+    assert await count_reports(db, bad) == 0
+
+    # Out of range: the browser says so before anything is sent.
+    await form(page, "blood_pressure").get_by_label("Systolic (mmHg)").fill("400")
+    await submit(page, "blood_pressure")
+    await expect(systolic_error).to_have_text("Enter a number from 50 to 300.")
+
+    await form(page, "blood_pressure").get_by_label("Systolic (mmHg)").fill("140")
+    await submit(page, "blood_pressure")
+    await expect_sent(page, "blood_pressure")
+    # The corrected report replaced the refused one: one report, nothing left failed.
+    await expect(page.locator('.outbox-item[data-state="failed"]')).to_have_count(0)
+    assert await count_reports(db, bad) == 1
+
+
+async def test_reports_made_offline_arrive_exactly_once_when_back_online(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    page = await sign_in(context, NURSE)
+    # The service worker holds this page and its assets before the network goes.
+    await expect(page.locator("html")).to_have_attribute("data-offline-ready", "yes")
+    await context.set_offline(True)
+    await expect(page.locator("#net-status")).to_contain_text("Offline")
+
+    first, second = patient("OFF"), patient("OFF")
+    await fill_blood_pressure(page, first, "146", "88")
+    await submit(page, "blood_pressure")
+    await expect(form(page, "blood_pressure").locator(".form-status")).to_contain_text(
+        "saved on this tablet"
+    )
+    await fill_dissociation(page, second)
+    await submit(page, "dissociation")
+    await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(2)
+
+    # Reloading without a network: the service worker serves the page, the outbox
+    # (IndexedDB) still holds both reports.
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Report a safety event")).to_be_visible()
+    queued = page.locator('.outbox-item[data-state="queued"]')
+    await expect(queued).to_have_count(2)
+    await expect(queued.nth(0)).to_contain_text(first)
+    await expect(queued.nth(1)).to_contain_text(second)
+    # A page it has no copy of: the offline page, not the network.
+    other = await context.new_page()
+    await other.goto("/reports/" + str(uuid.uuid4()))
+    await expect(other.get_by_role("heading", name="You are offline")).to_be_visible()
+    await other.close()
+    assert await count_reports(db, first, second) == 0
+
+    await context.set_offline(False)
+    await expect(page.locator("body")).to_have_attribute("data-outbox", "0")
+    await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(2)
+    await expect(page.locator("#outbox-summary")).to_have_text("All reports sent.")
+
+    async def both_arrived() -> bool:
+        return await count_reports(db, first, second) >= 2
+
+    await eventually(both_arrived, "the two offline reports")
+    # Exactly two: the periodic retry and the online event did not send one twice.
+    await page.reload()
+    await expect(page.locator("#recent-list")).to_contain_text(second)
+    assert await count_reports(db, first, second) == 2
+
+
+async def test_a_lost_answer_is_retried_with_the_same_key_and_stores_one_report(
+    browser: Browser, served: Served, db: asyncpg.Connection[Any]
+) -> None:
+    """The server stores the report but the tablet never hears back; its retry (same
+    Idempotency-Key) gets the stored answer replayed, and no second report exists."""
+    # No service worker here, so every request of the page passes through the route.
+    ctx = await browser.new_context(base_url=served.base_url, service_workers="block")
+    problems = watch(ctx)
+    answers: list[tuple[int, str | None]] = []
+
+    async def lose_the_first_answer(route: Route) -> None:
+        response = await route.fetch()  # the server stores the report
+        answers.append((response.status, response.headers.get("idempotency-replayed")))
+        if len(answers) == 1:
+            await route.abort("connectionreset")
+        else:
+            await route.fulfill(response=response)
+
+    try:
+        page = await sign_in(ctx, NURSE)
+        await page.route("**/api/v1/reports", lose_the_first_answer)
+        ref = patient("LOST")
+        await fill_blood_pressure(page, ref, "144", "86")
+        await submit(page, "blood_pressure")
+        await expect(form(page, "blood_pressure").locator(".form-status")).to_contain_text(
+            "saved on this tablet"
+        )
+        await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
+        assert await count_reports(db, ref) == 1  # stored, though the tablet does not know
+        # What the browser does when the network comes back.
+        await page.evaluate("window.dispatchEvent(new Event('online'))")
+        await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(1)
+        await expect(page.locator("body")).to_have_attribute("data-outbox", "0")
+        assert answers == [(201, None), (201, "true")]
+        assert await count_reports(db, ref) == 1
+    finally:
+        await ctx.close()
+    assert problems == [], problems
+
+
+async def test_nurse_amends_a_report_with_a_reason(
+    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+) -> None:
+    ref = patient("AM")
+    created = await api_report(served, bp_report("C1", patient_ref=ref, systolic=150))
+    page = await sign_in(context, NURSE)
+    await page.locator("#recent-list").get_by_role("link", name=re.compile(ref)).click()
+    await expect(page.get_by_role("heading", name=re.compile(ref))).to_be_visible()
+    amend = page.locator("#amend-form")
+    await amend.get_by_label("Systolic (mmHg)").fill("158")
+    await amend.get_by_role("button", name="Save amendment").click()
+    # No reason: refused in the browser.
+    await expect(page.locator("#amend-reason-error")).to_have_text("This is required.")
+    await amend.get_by_label("Reason for the change").fill("Misread the monitor")
+    await amend.get_by_role("button", name="Save amendment").click()
+    await expect(page.locator(".history")).to_contain_text("Misread the monitor")
+    await expect(page.locator(".meta").first).to_contain_text("version 2")
+    rows = await db.fetch(
+        "SELECT version, reason, body->>'systolic' AS systolic FROM report_versions"
+        " WHERE report_id = $1 ORDER BY version",
+        uuid.UUID(created["id"]),
+    )
+    assert [tuple(r) for r in rows] == [(1, None, "150"), (2, "Misread the monitor", "158")]
+
+
+# --- the safety officer ------------------------------------------------------------------
+
+
+async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
+    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+) -> None:
+    page = await sign_in(context, OFFICER)
+    await expect(page.locator("#stream-status")).to_have_attribute("data-state", "live")
+    # A marker that a reload would wipe.
+    await page.evaluate("window.__notReloaded = true")
+
+    ref = patient("LIVE")
+    await api_report(served, bp_report("C1", patient_ref=ref, systolic=185, diastolic=112))
+    card = page.locator("li.alert-card", has_text=ref)
+    await expect(card).to_have_count(1)
+    assert await page.evaluate("window.__notReloaded === true")
+    await expect(card.locator(".badge")).to_have_text("critical")
+    await expect(card.locator(".deadline")).to_contain_text("left")
+    # Most severe first.
+    severities = await page.locator("li.alert-card .badge").all_inner_texts()
+    ranks = [RANK[s.lower()] for s in severities]
+    assert ranks == sorted(ranks, reverse=True), severities
+
+    await card.get_by_role("button", name="Acknowledge").click()
+    await expect(card).to_have_attribute("data-status", "acknowledged")
+    await expect(card.locator(".assigned")).to_contain_text(f"Acknowledged by {OFFICER}")
+
+    await card.get_by_role("button", name="Resolve…").click()
+    await card.get_by_role("button", name="Resolve alert").click()
+    await expect(card.locator(".error")).to_have_text("Say why the alert is resolved.")
+    await card.get_by_label("Reason for resolving").fill("Rechecked: 150/90, physician informed")
+    await card.get_by_role("button", name="Resolve alert").click()
+    # Resolved alerts leave the queue of unresolved ones.
+    await expect(page.locator("li.alert-card", has_text=ref)).to_have_count(0)
+    assert await page.evaluate("window.__notReloaded === true")
+
+    row = await db.fetchrow(
+        "SELECT a.status, a.resolution_reason, ack.username AS acknowledged_by FROM alerts a"
+        " JOIN users ack ON ack.id = a.acknowledged_by WHERE a.group_key = $1",
+        ref,
+    )
+    assert row is not None
+    assert tuple(row) == ("resolved", "Rechecked: 150/90, physician informed", OFFICER)
+
+    # The detail page: its report and history; notes, reopening and assigning.
+    await page.get_by_label("Show").select_option("resolved")
+    resolved = page.locator("li.alert-card", has_text=ref)
+    await resolved.get_by_role("link", name="Details").click()
+    history = page.locator(".history")
+    await expect(history).to_contain_text("Acknowledged by olga")
+    await expect(history).to_contain_text("Rechecked: 150/90")
+    await expect(page.get_by_role("link", name=re.compile(ref))).to_be_visible()
+    await page.get_by_label("Add a note").fill("Patient called back, stable")
+    await page.get_by_role("button", name="Add note").click()
+    await expect(history).to_contain_text("Patient called back, stable")
+    await page.get_by_label("Reason for reopening").fill("BP up again at discharge")
+    await page.get_by_role("button", name="Reopen").click()
+    await expect(page.locator(".status-chip")).to_have_text("Open")
+    await page.get_by_label("Assign to (username)").fill(OFFICER)
+    await page.get_by_role("button", name="Assign").click()
+    await expect(page.locator("dt:text-is('Assigned to') + dd")).to_have_text(OFFICER)
+    actions = await db.fetch(
+        "SELECT e.action FROM alert_events e JOIN alerts a ON a.id = e.alert_id"
+        " WHERE a.group_key = $1 ORDER BY e.id",
+        ref,
+    )
+    assert [r["action"] for r in actions] == [
+        "opened",
+        "acknowledged",
+        "resolved",
+        "noted",
+        "reopened",
+        "assigned",
+    ]
+
+
+# --- the auditor -------------------------------------------------------------------------
+
+
+async def test_auditor_downloads_an_export_and_sees_it_verified(
+    context: BrowserContext, tmp_path: Path
+) -> None:
+    page = await sign_in(context, AUDITOR)
+    await expect(page.locator("#results tr").first).to_be_visible()
+    await page.locator("#search-form").get_by_label("Action").fill("auth.login")
+    await page.get_by_role("button", name="Search", exact=True).click()
+    actions = page.locator("#results tr .action")
+    await expect(actions.first).to_have_text("auth.login")
+    assert set(await actions.all_inner_texts()) == {"auth.login"}
+    await page.locator("#search-form").get_by_role("button", name="Clear filters").click()
+
+    # NDJSON: download, then check the downloaded file.
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download export").click()
+    download = await download_info.value
+    saved = tmp_path / download.suggested_filename
+    await download.save_as(saved)
+    assert saved.suffix == ".ndjson"
+    await expect(page.locator("#export-result")).to_contain_text("the last line is the manifest")
+    await page.get_by_label("Export file to check").set_input_files(saved)
+    await page.get_by_role("button", name="Verify file").click()
+    verdict = page.locator("#verify-file-result")
+    await expect(verdict).to_have_attribute("data-ok", "true")
+    await expect(verdict).to_contain_text("Verified")
+
+    # An altered copy is caught.
+    altered = tmp_path / "altered.ndjson"
+    altered.write_text(saved.read_text().replace(NURSE, "mallory", 1))
+    await page.get_by_label("Export file to check").set_input_files(altered)
+    await page.get_by_role("button", name="Verify file").click()
+    await expect(verdict).to_have_attribute("data-ok", "false")
+    await expect(verdict.locator("li").first).to_be_visible()
+
+    # CSV in a zip, checked straight from the download.
+    await page.get_by_label("CSV (zip with manifest.json)").check()
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download export").click()
+    assert (await download_info.value).suggested_filename.endswith(".zip")
+    await page.get_by_role("button", name="Verify this download").click()
+    await expect(verdict).to_have_attribute("data-ok", "true")
+
+    await page.get_by_role("button", name="Verify the live audit trail").click()
+    await expect(page.locator("#verify-live-result")).to_have_attribute("data-ok", "true")
+
+
+# --- every page: keyboard, labels, screenshots ---------------------------------------------
+
+_UNLABELLED = """() => [...document.querySelectorAll(
+    'input:not([type=hidden]), select, textarea, button')]
+  .filter((el) => el.offsetParent !== null)
+  .filter((el) => el.tagName === 'BUTTON'
+    ? !el.textContent.trim() && !el.getAttribute('aria-label')
+    : el.labels.length === 0 && !el.getAttribute('aria-label'))
+  .map((el) => el.outerHTML)"""
+
+
+async def check_and_capture(page: Page, name: str) -> None:
+    """Every visible control has a label (or text); nothing jumps the tab order."""
+    assert await page.evaluate(_UNLABELLED) == [], name
+    assert await page.locator("[tabindex]:not([tabindex='0']):not([tabindex='-1'])").count() == 0
+    await screenshot(page, name)
+
+
+async def test_keyboard_sign_in_and_screenshots_of_every_page(
+    browser: Browser, served: Served
+) -> None:
+    ref = patient("SHOT")
+    report = await api_report(served, bp_report("C1", patient_ref=ref, systolic=186))
+    ctx = await browser.new_context(
+        base_url=served.base_url, viewport={"width": 1024, "height": 768}
+    )
+    problems = watch(ctx)
+    try:
+        page = await ctx.new_page()
+        await page.goto("/login")
+        await check_and_capture(page, "login")
+        # Keyboard only: the skip link, the home link, the fields, the button.
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+        await page.keyboard.press("Tab")
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Username")).to_be_focused()
+        await page.keyboard.type(NURSE)
+        await page.keyboard.press("Tab")
+        await page.keyboard.type("wrong-password-000")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("alert")).to_have_text("Wrong username or password.")
+        await check_and_capture(page, "login-error")
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_label("Password").press("Enter")
+        await expect(page).to_have_url(re.compile(r"/report$"))
+        await check_and_capture(page, "nurse-report-blood-pressure")
+        await choose_kind(page, "Dissociation or sedation")
+        await check_and_capture(page, "nurse-report-dissociation")
+        await choose_kind(page, "Misuse or diversion")
+        await form(page, "misuse_concern").get_by_role("button", name="Submit report").click()
+        await expect(form(page, "misuse_concern").locator(".error-summary")).to_be_visible()
+        await check_and_capture(page, "nurse-report-misuse-errors")
+        await page.goto(f"/reports/{report['id']}")
+        await check_and_capture(page, "nurse-report-detail")
+        await page.goto("/offline")
+        await check_and_capture(page, "offline")
+        await page.goto("/alerts")
+        await check_and_capture(page, "nurse-forbidden")
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page).to_have_url(re.compile(r"/login$"))
+
+        await sign_in_on(page, OFFICER)
+        await expect(page.locator("li.alert-card", has_text=ref)).to_have_count(1)
+        await check_and_capture(page, "officer-alert-queue")
+        await (
+            page.locator("li.alert-card", has_text=ref)
+            .get_by_role("button", name="Resolve…")
+            .click()
+        )
+        await check_and_capture(page, "officer-alert-queue-resolving")
+        await (
+            page.locator("li.alert-card", has_text=ref).get_by_role("link", name="Details").click()
+        )
+        await expect(page.get_by_role("heading", name="History")).to_be_visible()
+        await check_and_capture(page, "officer-alert-detail")
+        await page.get_by_role("button", name="Sign out").click()
+
+        await sign_in_on(page, AUDITOR)
+        await expect(page.locator("#results tr").first).to_be_visible()
+        await page.get_by_role("button", name="Verify the live audit trail").click()
+        await expect(page.locator("#verify-live-result")).to_be_visible()
+        await check_and_capture(page, "auditor-audit")
+    finally:
+        await ctx.close()
+    assert problems == [], problems
+
+
+async def sign_in_on(page: Page, username: str) -> None:
+    await page.goto("/login")
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(re.compile(r"/(report|alerts|audit)$"))
