@@ -569,3 +569,17 @@ async def test_nurse_may_not_verify(world: World) -> None:
 async def test_verify_endpoint_needs_a_token(world: World) -> None:
     response = await world.client.get("/api/v1/audit/verify")
     assert response.status_code == 401
+
+
+async def test_verification_keeps_to_the_users_clinics(world: World, trail: Trail) -> None:
+    await world.clinic("C2")
+    await world.user("carl", "auditor", ["C1"])
+    response = await world.client.get("/api/v1/audit/verify", headers=await world.login("carl"))
+    assert response.status_code == 200
+    assert [c["chain"] for c in response.json()["chains"]] == ["clinic:C1"]
+    everything = await world.client.get("/api/v1/audit/verify", headers=trail.auditor)
+    assert [c["chain"] for c in everything.json()["chains"]] == [
+        "clinic:C1",
+        "clinic:C2",
+        "global",
+    ]

@@ -50,6 +50,7 @@ _CONTRADICTED = """
 SELECT p.chain, p.seq, p.signed_at
 FROM audit_checkpoints p LEFT JOIN audit_entries e ON e.chain = p.chain AND e.seq = p.seq
 WHERE p.seq > 0 AND e.hash IS DISTINCT FROM p.hash
+  AND ($1::text[] IS NULL OR p.chain = ANY($1))
 ORDER BY p.chain, p.seq
 """
 
@@ -127,9 +128,9 @@ async def recent(conn: Conn, chains: list[str] | None, limit: int) -> list[Signe
     return [_from_row(r) for r in rows]
 
 
-async def contradicted(conn: Conn) -> list[str]:
-    """Why stored checkpoints no longer match their chains (empty when all hold)."""
-    rows = await conn.fetch(_CONTRADICTED)
+async def contradicted(conn: Conn, chains: list[str] | None = None) -> list[str]:
+    """Why stored checkpoints (of ``chains``; None: all) no longer match their chains."""
+    rows = await conn.fetch(_CONTRADICTED, chains)
     return [
         f"checkpoint {r['chain']}#{r['seq']} signed at {format_time(r['signed_at'])} no longer "
         "matches the chain: that entry was altered or removed"

@@ -104,15 +104,19 @@ async def _verify_chain(conn: Conn, chain: str, head_seq: int, head_hash: bytes)
     return ChainReport(chain=chain, ok=True, entries=count, head_seq=head_seq)
 
 
-async def verify_chains(conn: Conn) -> VerifyReport:
-    """Verify every chain from one consistent snapshot of the database."""
+async def verify_chains(conn: Conn, chains: list[str] | None = None) -> VerifyReport:
+    """Verify every chain (or only ``chains``) from one consistent snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         heads = await conn.fetch(
-            "SELECT chain, last_seq, last_hash FROM audit_chains ORDER BY chain"
+            "SELECT chain, last_seq, last_hash FROM audit_chains "
+            "WHERE $1::text[] IS NULL OR chain = ANY($1) ORDER BY chain",
+            chains,
         )
         orphans = await conn.fetch(
             "SELECT DISTINCT chain FROM audit_entries "
-            "WHERE chain NOT IN (SELECT chain FROM audit_chains) ORDER BY chain"
+            "WHERE ($1::text[] IS NULL OR chain = ANY($1)) "
+            "AND chain NOT IN (SELECT chain FROM audit_chains) ORDER BY chain",
+            chains,
         )
         reports = [
             await _verify_chain(conn, h["chain"], h["last_seq"], h["last_hash"]) for h in heads
@@ -128,7 +132,7 @@ async def verify_chains(conn: Conn) -> VerifyReport:
             )
             for o in orphans
         ]
-        contradicted = await checkpoints.contradicted(conn)
+        contradicted = await checkpoints.contradicted(conn, chains)
     return VerifyReport(
         ok=all(r.ok for r in reports) and not contradicted,
         entries=sum(r.entries for r in reports),
