@@ -36,6 +36,7 @@ VALID_ENV = {
     "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS": "60",
     "SAFETYREPORT_SIGNING_KEY": "/run/secrets/audit-signing-key.pem",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS": "120",
+    "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS": "12",
 }
 # Variables that are only valid together with another one.
 NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": "hook-secret"}}
@@ -46,6 +47,7 @@ INTEGER_VARIABLES = (
     "SAFETYREPORT_CLOCK_SKEW_SECONDS",
     "SAFETYREPORT_POOL_MAX_SIZE",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
+    "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS",
 )
 
 
@@ -142,6 +144,7 @@ def test_settings_from_a_full_environment() -> None:
     assert settings.trusted_proxies == frozenset({"10.0.0.1", "10.0.0.2"})
     assert settings.audit.signing_key_file == Path("/run/secrets/audit-signing-key.pem")
     assert settings.audit.checkpoint_interval == timedelta(minutes=2)
+    assert settings.request_body_timeout == timedelta(seconds=12)
 
 
 @pytest.mark.parametrize("variable", INTEGER_VARIABLES)

@@ -28,6 +28,7 @@ from safetyreport.audit.routes import AuditController
 from safetyreport.audit.signing import load_signer
 from safetyreport.auth.http import TokenAuthenticationMiddleware
 from safetyreport.auth.routes import AuthController
+from safetyreport.body_deadline import body_deadline_middleware
 from safetyreport.db.embedded import app_url, owner_url
 from safetyreport.db.migrations import load_migrations
 from safetyreport.db.pool import create_pool
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         middleware=[
             request_logging_middleware,
+            body_deadline_middleware(settings.request_body_timeout),
             DefineMiddleware(TokenAuthenticationMiddleware, exclude=["^/schema"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

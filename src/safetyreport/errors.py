@@ -98,6 +98,11 @@ class Conflict(ClientError):
     title = "Conflict"
 
 
+class RequestTimeout(ClientError):
+    status_code = 408
+    title = "Request timeout"
+
+
 class PayloadTooLarge(ClientError):
     status_code = 413
     title = "Payload too large"

@@ -32,6 +32,7 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS",
     "SAFETYREPORT_SIGNING_KEY",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
+    "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS",
 )
 
 
@@ -117,6 +118,8 @@ class Settings:
     log_level: str = "INFO"
     # Client addresses come from X-Forwarded-For only when the peer is one of these.
     trusted_proxies: frozenset[str] = frozenset()
+    # A request body must arrive within this time from the request's start (else 408).
+    request_body_timeout: timedelta = timedelta(seconds=30)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -155,6 +158,9 @@ class Settings:
             ),
             log_level=(env.get("SAFETYREPORT_LOG_LEVEL") or "INFO").upper(),
             trusted_proxies=frozenset(p.strip() for p in proxies.split(",") if p.strip()),
+            request_body_timeout=timedelta(
+                seconds=_int(env, "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS", 30)
+            ),
         )
 
 
