@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 
 from litestar.background_tasks import BackgroundTask
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
 from litestar.response import Stream
 
 
@@ -32,3 +34,23 @@ def download(
         },
         background=BackgroundTask(_close, body),
     )
+
+
+def download_operation(media_types: Mapping[str, Schema]) -> type[Operation]:
+    """An OpenAPI operation whose 200 answer comes in one of ``media_types``.
+
+    Litestar documents a ``Stream`` as JSON; an export answers in the media type its
+    ``format`` names.
+    """
+
+    @dataclass
+    class DownloadOperation(Operation):
+        def __post_init__(self) -> None:
+            ok = (self.responses or {}).get("200")
+            if isinstance(ok, OpenAPIResponse):
+                ok.content = {
+                    media_type: OpenAPIMediaType(schema=schema)
+                    for media_type, schema in media_types.items()
+                }
+
+    return DownloadOperation

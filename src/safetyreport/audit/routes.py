@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
@@ -28,7 +29,7 @@ from safetyreport.audit.export import (
 from safetyreport.audit.search import AuditEntryPage, search_entries
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
 from safetyreport.state import app_state, client_address
-from safetyreport.streaming import download
+from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
 
 AUDITORS = ("auditor", "admin")
@@ -56,6 +57,14 @@ async def audit_filters(
         action=action,
         object=object,
     )
+
+
+_EXPORT_OPERATION = download_operation(
+    {
+        MEDIA_TYPES["ndjson"]: Schema(type=OpenAPIType.STRING),
+        MEDIA_TYPES["csv"]: Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+    }
+)
 
 
 class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,7 +124,7 @@ class AuditController(Controller):
                 client_addr=client_address(request),
             )
 
-    @get("/export")
+    @get("/export", operation_class=_EXPORT_OPERATION)
     async def export(
         self,
         request: Request[Any, Any, Any],
@@ -230,4 +239,3 @@ class AuditController(Controller):
                     ),
                 )
             return await checkpoints.latest(conn, chains)
-

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import (
     FromPath,
     FromQuery,
@@ -28,7 +27,7 @@ from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import validate_report
 from safetyreport.state import app_state, client_address
-from safetyreport.streaming import download
+from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
 
 WRITERS = ("nurse", "safety_officer")
@@ -70,23 +69,14 @@ async def _write_once(
     return _json_response(stored.status, stored.body, replayed=stored.replayed)
 
 
-@dataclass
-class _ExportOperation(Operation):
-    """The export's OpenAPI: its 200 comes in the media type that ``format`` names."""
-
-    def __post_init__(self) -> None:
-        ok = (self.responses or {}).get("200")
-        if isinstance(ok, OpenAPIResponse):
-            ok.content = {
-                encoding.media_type: OpenAPIMediaType(
-                    schema=Schema(
-                        type=OpenAPIType.OBJECT
-                        if encoding.media_type == fhir.FHIR_JSON
-                        else OpenAPIType.STRING
-                    )
-                )
-                for encoding in export.ENCODINGS.values()
-            }
+_EXPORT_OPERATION = download_operation(
+    {
+        encoding.media_type: Schema(
+            type=OpenAPIType.OBJECT if encoding.media_type == fhir.FHIR_JSON else OpenAPIType.STRING
+        )
+        for encoding in export.ENCODINGS.values()
+    }
+)
 
 
 class ReportController(Controller):
@@ -180,7 +170,7 @@ class ReportController(Controller):
         )
         return Response(fhir.encode(fhir.adverse_event(view)), media_type=fhir.FHIR_JSON)
 
-    @get("/export", operation_class=_ExportOperation)
+    @get("/export", operation_class=_EXPORT_OPERATION)
     async def export_reports(
         self,
         request: Request[Any, Any, Any],
