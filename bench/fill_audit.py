@@ -14,25 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from safetyreport.audit.chain import canonical_content, entry_hash, format_time
+from safetyreport.audit.chain import CONTENT_FIELDS, canonical_content, entry_hash, format_time
 
-_COLUMNS = (
-    "chain",
-    "seq",
-    "recorded_at",
-    "actor_id",
-    "actor",
-    "actor_role",
-    "action",
-    "object_type",
-    "object_id",
-    "clinic",
-    "client_addr",
-    "details",
-    "prev_hash",
-    "hash",
-    "content",
-)
+_COLUMNS = (*CONTENT_FIELDS, "hash", "content")
 # Text a spreadsheet would run, quotes, a backslash and non-ASCII: what exports must survive.
 AWKWARD_TEXT = "=cmd|' /C calc'!A0 \"quoted\" \\ ünïcode"
 

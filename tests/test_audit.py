@@ -16,7 +16,7 @@ import pytest
 
 from safetyreport.app import create_app
 from safetyreport.audit import GENESIS_HASH, verify_chains
-from safetyreport.audit.chain import SYSTEM_CLI, canonical_content, entry_hash, format_time
+from safetyreport.audit.chain import SYSTEM_CLI, content_of_row, entry_hash, format_time
 from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect
@@ -37,26 +37,7 @@ async def actions(db: asyncpg.Connection[Any], chain: str) -> list[str]:
 
 def content_of(row: asyncpg.Record, **changes: Any) -> bytes:
     """The canonical content of a stored entry, with some fields replaced."""
-    fields = {
-        name: row[name]
-        for name in (
-            "chain",
-            "seq",
-            "recorded_at",
-            "actor_id",
-            "actor",
-            "actor_role",
-            "action",
-            "object_type",
-            "object_id",
-            "clinic",
-            "client_addr",
-            "details",
-            "prev_hash",
-        )
-    }
-    fields.update(changes)
-    return canonical_content(**fields)
+    return content_of_row(row, **changes)
 
 
 async def submit(world: World, headers: Headers, key: str, **overrides: Any) -> httpx.Response:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from safetyreport.audit import offline, verify_chains
-from safetyreport.audit.chain import canonical_content, entry_hash
+from safetyreport.audit.chain import content_of_row, entry_hash
 from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.signing import DEFAULT_KEY_FILE, SigningKeyError, load_signer
 from safetyreport.db.pool import connect
@@ -305,33 +305,17 @@ async def rewrite_chain_from(db: asyncpg.Connection[Any], chain: str, seq: int) 
     try:
         async with db.transaction():
             for row in rows:
-                fields = {
-                    name: row[name]
-                    for name in (
-                        "chain",
-                        "seq",
-                        "recorded_at",
-                        "actor_id",
-                        "actor",
-                        "actor_role",
-                        "action",
-                        "object_type",
-                        "object_id",
-                        "clinic",
-                        "client_addr",
-                        "details",
-                    )
-                }
+                details = row["details"]
                 if row["seq"] == seq:
-                    fields["details"] = {**row["details"], "systolic": 120}
-                content = canonical_content(**fields, prev_hash=prev)
+                    details = {**details, "systolic": 120}
+                content = content_of_row(row, details=details, prev_hash=prev)
                 new_hash = entry_hash(content)
                 await db.execute(
                     "UPDATE audit_entries SET details = $3, prev_hash = $4, hash = $5, "
                     "content = $6 WHERE chain = $1 AND seq = $2",
                     chain,
                     row["seq"],
-                    fields["details"],
+                    details,
                     prev,
                     new_hash,
                     content.decode(),

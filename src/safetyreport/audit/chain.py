@@ -9,9 +9,11 @@ lock the chain's head row, so concurrent writers take turns and a chain never fo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from safetyreport.db.pool import Conn
@@ -85,6 +87,31 @@ def canonical_content(
             "prev_hash": prev_hash.hex(),
         }
     )
+
+
+# The columns an entry's canonical content is made of (all but its hash and content).
+CONTENT_FIELDS = (
+    "chain",
+    "seq",
+    "recorded_at",
+    "actor_id",
+    "actor",
+    "actor_role",
+    "action",
+    "object_type",
+    "object_id",
+    "clinic",
+    "client_addr",
+    "details",
+    "prev_hash",
+)
+
+
+def content_of_row(row: Mapping[str, Any] | asyncpg.Record, **changes: Any) -> bytes:
+    """The canonical content of a stored entry (a row), with any fields replaced."""
+    fields = {name: row[name] for name in CONTENT_FIELDS}
+    fields.update(changes)
+    return canonical_content(**fields)
 
 
 def entry_hash(content: bytes) -> bytes:

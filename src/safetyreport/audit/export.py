@@ -26,7 +26,7 @@ from typing import Any, Literal
 import anyio
 import asyncpg
 
-from safetyreport.audit.chain import AuditEvent, append, canonical_content, chain_for, format_time
+from safetyreport.audit.chain import AuditEvent, append, chain_for, content_of_row, format_time
 from safetyreport.audit.offline import CSV_COLUMNS, CSV_MEMBER, EXPORT_FORMAT, MANIFEST_MEMBER
 from safetyreport.audit.signing import Signer
 from safetyreport.auth.users import Principal
@@ -247,9 +247,7 @@ async def _legacy_content(conn: Conn, chain: str, seq: int) -> str:
     """The canonical content of an entry written before content was stored."""
     row = await conn.fetchrow(_LEGACY_ENTRY, chain, seq)
     assert row is not None
-    columns = dict(row.items())
-    del columns["hash"]
-    return canonical_content(**columns).decode()
+    return content_of_row(row).decode()
 
 
 async def _legacy_line(conn: Conn, chain: str, seq: int) -> str:

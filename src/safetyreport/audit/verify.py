@@ -6,7 +6,7 @@ import asyncpg
 import msgspec
 
 from safetyreport.audit import checkpoints
-from safetyreport.audit.chain import GENESIS_HASH, canonical_content, entry_hash
+from safetyreport.audit.chain import GENESIS_HASH, content_of_row, entry_hash
 from safetyreport.db.pool import Conn
 
 
@@ -50,21 +50,7 @@ def _check_entry(row: asyncpg.Record, expected_seq: int, prev_hash: bytes) -> st
             f"entry {row['seq']} does not link to entry {expected_seq - 1}: its previous "
             "hash differs from that entry's hash"
         )
-    content = canonical_content(
-        chain=row["chain"],
-        seq=row["seq"],
-        recorded_at=row["recorded_at"],
-        actor_id=row["actor_id"],
-        actor=row["actor"],
-        actor_role=row["actor_role"],
-        action=row["action"],
-        object_type=row["object_type"],
-        object_id=row["object_id"],
-        clinic=row["clinic"],
-        client_addr=row["client_addr"],
-        details=row["details"],
-        prev_hash=row["prev_hash"],
-    )
+    content = content_of_row(row)
     if entry_hash(content) != row["hash"]:
         return f"entry {row['seq']} was altered: its content does not match its hash"
     # Exports carry the stored content; it must say exactly what the columns say.
