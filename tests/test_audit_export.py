@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from bench.fill_audit import append_entries
 
+from bench.fill_audit import append_entries
 from safetyreport.audit import offline, verify_chains
 from safetyreport.audit.routes import VERIFIER_SCRIPT
 from safetyreport.csvsafe import neutralise
