@@ -48,6 +48,9 @@ from safetyreport.settings import Settings
 from tests.conftest import bp_report, with_database
 from tests.service_helpers import ServeProcess, UserSpec, login, seed, serving
 
+# Slow, whole-process tests: CI runs them once (see pyproject.toml and .ci/run).
+pytestmark = pytest.mark.end_to_end
+
 REPORTS = "/api/v1/reports"
 CRISIS = "bp-hypertensive-crisis"
 CLUSTER = "pattern-blood-pressure-cluster"

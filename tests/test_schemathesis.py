@@ -54,6 +54,9 @@ from safetyreport.settings import Settings
 from tests.conftest import PASSWORD, Databases, bp_report, with_database
 from tests.service_helpers import ServeProcess, UserSpec, login, seed
 
+# Slow, whole-process tests: CI runs them once (see pyproject.toml and .ci/run).
+pytestmark = pytest.mark.end_to_end
+
 EXAMPLES = 10
 ROLES: tuple[Role, ...] = ("nurse", "safety_officer", "auditor", "admin")
 USERS: dict[str, str] = {

@@ -7,10 +7,9 @@ database and one browser serve the whole module; each test has its own browser c
 (cookies, storage, service worker) and its own patient references, so tests do not see
 each other's reports.
 
-These tests run once per CI run, not twice: CI runs the suite on the embedded PostgreSQL
-and again with DATABASE_URL, and what the browser tests check does not depend on which
-PostgreSQL serves the service, while they are the slowest tests. So they are skipped
-when DATABASE_URL is set.
+These tests are marked ``end_to_end``: CI runs them once, in its embedded-PostgreSQL
+run, since what they check does not depend on which PostgreSQL serves the service and
+they are among the slowest.
 
 Screenshots of every page at 1024x768 and 768x1024 go to test-artifacts/screenshots/.
 """
@@ -18,7 +17,6 @@ Screenshots of every page at 1024x768 and 768x1024 go to test-artifacts/screensh
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,10 +60,7 @@ WAIT_MS = 15_000
 DB_WAIT_SECONDS = 15.0
 
 pytestmark = [
-    pytest.mark.skipif(
-        bool(os.environ.get("DATABASE_URL")),
-        reason="browser tests run once, in the embedded-PostgreSQL run (see the docstring)",
-    ),
+    pytest.mark.end_to_end,
     pytest.mark.skipif(
         not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
     ),
