@@ -46,11 +46,15 @@ def _lock_key(user_id: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# The live record of a key, if any; an expired one is forgotten in the same statement
+# (a key has at most one row, so at most one of the two exists).
 _FIND = """
+WITH expired AS (
+    DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at <= now()
+)
 SELECT request_hash, response_status, response_body FROM idempotency_keys
 WHERE user_id = $1 AND key = $2 AND expires_at > now()
 """
-_FORGET_EXPIRED = "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2"
 _STORE = """
 INSERT INTO idempotency_keys
     (user_id, key, request_hash, response_status, response_body, expires_at)
@@ -81,7 +85,6 @@ async def run_once(
                     "this key was already used for a different request; use a new key",
                 )
             return StoredResponse(stored["response_status"], stored["response_body"], True)
-        await conn.execute(_FORGET_EXPIRED, user_id, key)
         status, body = await action(conn)
         await conn.execute(_STORE, user_id, key, fingerprint, status, body, ttl)
         return StoredResponse(status, body, False)

@@ -10,13 +10,18 @@ unresolved alert of the same rule and group.
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from safetyreport import audit
 from safetyreport.alerts import events
-from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL, Rule, enabled_rules
+from safetyreport.alerts.conditions import All, AnyOf, Compare, Condition, Not
+from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL, Rule
+from safetyreport.alerts.rules import _compile as compile_rule
 from safetyreport.db.pool import Conn
 from safetyreport.settings import AlertSettings
 
@@ -59,6 +64,33 @@ def next_business_day(moment: datetime) -> datetime:
     return later
 
 
+# The enabled rules are read in every report's transaction (a change applies to the very
+# next report), but compiling them is not repeated: compiled rules are kept per stored
+# form (id, version, severity and the definition's text).
+_ENABLED_RULES = """
+SELECT id, version, severity, definition::text AS definition
+FROM alert_rules WHERE enabled ORDER BY id
+"""
+_MAX_COMPILED = 1000
+_compiled: dict[tuple[str, int, str, str], Rule] = {}
+_json = msgspec.json.Decoder()
+
+
+async def _enabled_rules(conn: Conn) -> list[Rule]:
+    """The enabled rules, compiled (as ``rules.enabled_rules``, without recompiling)."""
+    found: list[Rule] = []
+    for row in await conn.fetch(_ENABLED_RULES):
+        key = (row["id"], row["version"], row["severity"], row["definition"])
+        rule = _compiled.get(key)
+        if rule is None:
+            rule = compile_rule({**dict(row), "definition": _json.decode(row["definition"])})
+            if len(_compiled) >= _MAX_COMPILED:
+                _compiled.clear()
+            _compiled[key] = rule
+        found.append(rule)
+    return found
+
+
 async def evaluate_report(
     conn: Conn,
     report: StoredReport,
@@ -68,7 +100,7 @@ async def evaluate_report(
     settings: AlertSettings,
 ) -> Outcome:
     outcome = Outcome()
-    rules = [r for r in await enabled_rules(conn) if r.applies_to(report.kind)]
+    rules = [r for r in await _enabled_rules(conn) if r.applies_to(report.kind)]
     facts = report.facts()
     fired = [r for r in rules if r.definition.pattern is None and r.condition.holds(facts)]
     for rule in fired:
@@ -86,14 +118,13 @@ async def evaluate_report(
     return outcome
 
 
-_CANDIDATES = f"""
-SELECT r.id, r.current_version, r.kind, r.patient_ref, r.occurred_at, r.clinic_id,
-       v.body, v.ctcae_grade,
+_ALERT_SEVERITY = f"""
        (SELECT a.severity FROM alert_reports ar JOIN alerts a ON a.id = ar.alert_id
          WHERE ar.report_id = r.id AND ar.report_version = r.current_version
            AND NOT a.from_pattern
          ORDER BY {SEVERITY_RANK_SQL} DESC
-         LIMIT 1) AS alert_severity
+         LIMIT 1)"""  # noqa: S608 (constant SQL fragments, no input)
+_CANDIDATES_FROM = """
 FROM reports r
 JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
 WHERE r.clinic_id = $1
@@ -101,7 +132,30 @@ WHERE r.clinic_id = $1
   AND r.occurred_at < $2::timestamptz + $3::interval
   AND ($4::text IS NULL OR r.patient_ref = $4)
   AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5::text[]))
-"""  # noqa: S608 (constant SQL fragments, no input)
+"""
+# Of each body only the fields the condition names ($6), so that the many candidates of
+# a busy clinic are not sent and decoded whole. Facts a condition does not name cannot
+# change what it says; an absent field and a null one read alike (see conditions).
+_CANDIDATE_COLUMNS = """
+SELECT r.id, r.current_version, r.kind, r.occurred_at, v.ctcae_grade,
+       (SELECT jsonb_object_agg(f, v.body -> f) FROM unnest($6::text[]) AS f
+         WHERE v.body ? f) AS named,"""
+_CANDIDATES = f"{_CANDIDATE_COLUMNS}{_ALERT_SEVERITY} AS alert_severity{_CANDIDATES_FROM}"
+# For conditions that do not look at alert_severity: the same rows without the lookup of
+# each one's alerts.
+_CANDIDATES_WITHOUT_SEVERITY = (
+    f"{_CANDIDATE_COLUMNS} NULL::text AS alert_severity{_CANDIDATES_FROM}"
+)
+
+
+def _named_fields(condition: Condition) -> set[str]:
+    """The fields a condition looks at."""
+    if isinstance(condition, Compare):
+        return {condition.field}
+    if isinstance(condition, Not):
+        return _named_fields(condition.condition)
+    assert isinstance(condition, All | AnyOf)
+    return set().union(*(_named_fields(c) for c in condition.conditions))
 
 
 async def _pattern_matches(
@@ -113,43 +167,51 @@ async def _pattern_matches(
     """
     pattern = rule.definition.pattern
     assert pattern is not None
+    named = _named_fields(rule.condition)
     rows = await conn.fetch(
-        _CANDIDATES,
+        _CANDIDATES if "alert_severity" in named else _CANDIDATES_WITHOUT_SEVERITY,
         report.clinic_id,
         report.occurred_at,
         timedelta(days=pattern.window_days),
         report.patient_ref if rule.definition.group_by == "patient" else None,
         list(rule.definition.kinds),
+        sorted(named),
     )
     matching: list[tuple[datetime, uuid.UUID, int]] = []
     for row in rows:
-        candidate = StoredReport(
-            id=row["id"],
-            version=row["current_version"],
-            clinic_id=row["clinic_id"],
-            kind=row["kind"],
-            patient_ref=row["patient_ref"],
-            occurred_at=row["occurred_at"],
-            body=row["body"],
-            ctcae_grade=row["ctcae_grade"],
-        )
-        if rule.condition.holds(candidate.facts(row["alert_severity"])):
-            matching.append((candidate.occurred_at, candidate.id, candidate.version))
+        # As StoredReport.facts, with the named fields of the body.
+        facts = {
+            **(row["named"] or {}),
+            "kind": row["kind"],
+            "ctcae_grade": row["ctcae_grade"],
+            "alert_severity": row["alert_severity"],
+        }
+        if rule.condition.holds(facts):
+            matching.append((row["occurred_at"], row["id"], row["current_version"]))
     return _densest_window(matching, report.occurred_at, timedelta(days=pattern.window_days))
 
 
 def _densest_window(
     reports: list[tuple[datetime, uuid.UUID, int]], at: datetime, window: timedelta
 ) -> list[tuple[uuid.UUID, int]]:
-    """The reports in the fullest window [start, start + window) that contains ``at``."""
-    best: list[tuple[uuid.UUID, int]] = []
+    """The reports in the fullest window [start, start + window) that contains ``at``.
+
+    Windows start at a report's time; of equally full ones the first report's wins.
+    Counting by binary search over the sorted times keeps this O(n log n).
+    """
+    times = sorted(t for t, _, _ in reports)
+    best_start: datetime | None = None
+    best_count = 0
     for start, _, _ in reports:
         if not (at - window < start <= at):
             continue
-        inside = [(rid, v) for t, rid, v in reports if start <= t < start + window]
-        if len(inside) > len(best):
-            best = inside
-    return best
+        count = bisect_left(times, start + window) - bisect_left(times, start)
+        if count > best_count:
+            best_start, best_count = start, count
+    if best_start is None:
+        return []
+    end = best_start + window
+    return [(rid, v) for t, rid, v in reports if best_start <= t < end]
 
 
 _UPSERT = """
@@ -160,14 +222,23 @@ ON CONFLICT (rule_id, clinic_id, group_key) WHERE status <> 'resolved'
 DO UPDATE SET last_seen_at = now(), updated_at = now(), revision = alerts.revision + 1
 RETURNING id, (xmax = 0) AS opened
 """
-_LINK = """
-INSERT INTO alert_reports (alert_id, report_id, report_version)
-SELECT $1, r.id, r.version FROM unnest($2::uuid[], $3::int[]) AS r(id, version)
-ON CONFLICT DO NOTHING
-"""
-_COUNT = """
-UPDATE alerts SET report_count =
-    (SELECT count(DISTINCT report_id) FROM alert_reports WHERE alert_id = $1)
+# Link the reports and recount them in one statement. Its snapshot does not show the
+# links it inserts, so the count adds them to those already there. The upsert above
+# locked the alert, so nobody else links to it meanwhile.
+_LINK_AND_COUNT = """
+WITH linked AS (
+    INSERT INTO alert_reports (alert_id, report_id, report_version)
+    SELECT $1, r.id, r.version FROM unnest($2::uuid[], $3::int[]) AS r(id, version)
+    ON CONFLICT DO NOTHING
+    RETURNING report_id
+)
+UPDATE alerts SET report_count = (
+    SELECT count(DISTINCT links.report_id) FROM (
+        SELECT report_id FROM alert_reports WHERE alert_id = $1
+        UNION ALL
+        SELECT report_id FROM linked
+    ) AS links
+)
 WHERE id = $1 RETURNING report_count
 """
 
@@ -200,8 +271,9 @@ async def _raise(
     )
     assert row is not None
     alert_id: uuid.UUID = row["id"]
-    await conn.execute(_LINK, alert_id, [r for r, _ in reports], [v for _, v in reports])
-    count = await conn.fetchval(_COUNT, alert_id)
+    count = await conn.fetchval(
+        _LINK_AND_COUNT, alert_id, [r for r, _ in reports], [v for _, v in reports]
+    )
     details = {
         "rule_id": rule.id,
         "rule_version": rule.version,

@@ -16,13 +16,24 @@ CHANNEL = "alert_events"
 # Events that notify someone outside the service.
 NOTIFYING_EVENTS = frozenset({"opened", "escalated"})
 
-_ALERT_FOR_PAYLOAD = """
-SELECT a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
-       a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
-       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.dea_notice_due, a.dea_form106_due,
-       a.clinic_id
-FROM alerts a JOIN alert_rules r ON r.id = a.rule_id JOIN clinics c ON c.id = a.clinic_id
-WHERE a.id = $1
+# The alert as the notification payload shows it, the event inserted, and its NOTIFY, in
+# one statement (an alert that does not exist gives no row and inserts nothing).
+_RECORD = """
+WITH alert AS (
+    SELECT a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
+           a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
+           a.first_seen_at, a.last_seen_at, a.ack_deadline, a.dea_notice_due,
+           a.dea_form106_due, a.clinic_id
+    FROM alerts a JOIN alert_rules r ON r.id = a.rule_id JOIN clinics c ON c.id = a.clinic_id
+    WHERE a.id = $1
+), event AS (
+    INSERT INTO alert_events (alert_id, clinic_id, actor, action, details)
+    SELECT $1, alert.clinic_id, $2::text, $3::text, $4::jsonb FROM alert
+    RETURNING id
+), notified AS (
+    SELECT pg_notify($5::text, event.id::text) FROM event
+)
+SELECT alert.*, event.id AS event_id FROM alert, event, notified
 """
 
 
@@ -45,19 +56,10 @@ async def record(
     Runs in the caller's transaction; the NOTIFY is delivered only if it commits.
     """
     details = details or {}
-    alert = await conn.fetchrow(_ALERT_FOR_PAYLOAD, alert_id)
-    assert alert is not None
-    clinic_id: int = alert["clinic_id"]
-    event_id: int = await conn.fetchval(
-        "INSERT INTO alert_events (alert_id, clinic_id, actor, action, details)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        alert_id,
-        clinic_id,
-        actor.name,
-        action,
-        details,
-    )
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(event_id))
+    row = await conn.fetchrow(_RECORD, alert_id, actor.name, action, details, CHANNEL)
+    assert row is not None
+    alert = {k: v for k, v in row.items() if k != "event_id"}
+    event_id: int = row["event_id"]
     await audit.append(
         conn,
         audit.AuditEvent(
@@ -74,7 +76,7 @@ async def record(
         payload = {
             "event": action,
             "event_id": event_id,
-            "alert": {k: _iso(v) for k, v in dict(alert).items() if k != "clinic_id"}
+            "alert": {k: _iso(v) for k, v in alert.items() if k != "clinic_id"}
             | {"id": str(alert_id)},
             "details": details,
         }

@@ -174,6 +174,31 @@ async def _run_rules(
     )
 
 
+# The report and its first version in one statement (the foreign key of the version is
+# checked at its end). Both rows get the transaction's now() as their times.
+_INSERT_FIRST_VERSION = """
+WITH report AS (
+    INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,
+                         created_by)
+    VALUES ($1, $2, $3, $4, $5, 1, $6)
+    RETURNING created_at, updated_at
+), version AS (
+    INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)
+    VALUES ($1, 1, $7, $8, $6)
+    RETURNING created_at
+)
+SELECT report.created_at, report.updated_at, version.created_at AS version_created_at
+FROM report, version
+"""
+
+
+def _as_read_back(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its keys in the order jsonb gives them back: shorter keys first, then
+    bytewise. A report body holds only scalars and lists of them, which jsonb returns as
+    they went in, so this is exactly what reading the stored version would decode to."""
+    return {key: body[key] for key in sorted(body, key=lambda k: (len(k.encode()), k.encode()))}
+
+
 async def insert_report(
     conn: Conn,
     principal: Principal,
@@ -184,29 +209,25 @@ async def insert_report(
     """Store version 1 of a validated report, audit it and run the alert rules.
 
     The caller owns the transaction: the report, its audit entries and its alerts
-    commit together or not at all.
+    commit together or not at all. The returned view is what reading the report back
+    would give; it is built from what was written rather than read again.
     """
     clinic_id = _clinic_id(principal, body.clinic)
     report_id = uuid.uuid4()
     stored = msgspec.to_builtins(body)
-    await conn.execute(
-        "INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,"
-        " created_by) VALUES ($1, $2, $3, $4, $5, 1, $6)",
+    grade = _grade(body)
+    row = await conn.fetchrow(
+        _INSERT_FIRST_VERSION,
         report_id,
         clinic_id,
         stored["kind"],
         body.patient_ref,
         body.occurred_at,
         principal.id,
-    )
-    await conn.execute(
-        "INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)"
-        " VALUES ($1, 1, $2, $3, $4)",
-        report_id,
         stored,
-        _grade(body),
-        principal.id,
+        grade,
     )
+    assert row is not None
     await audit.append(
         conn,
         audit.AuditEvent(
@@ -224,7 +245,31 @@ async def insert_report(
         ),
     )
     await _run_rules(conn, principal, report_id, 1, clinic_id, body, client_addr, alert_settings)
-    return await _detail(conn, report_id)
+    read_back = _as_read_back(stored)
+    return ReportView(
+        id=report_id,
+        clinic=body.clinic,
+        kind=stored["kind"],
+        patient_ref=body.patient_ref,
+        occurred_at=body.occurred_at,
+        version=1,
+        ctcae_grade=grade,
+        serious=bool(read_back.get("seriousness")),
+        created_at=row["created_at"],
+        created_by=principal.username,
+        updated_at=row["updated_at"],
+        body=read_back,
+        history=[
+            ReportVersionView(
+                version=1,
+                created_at=row["version_created_at"],
+                created_by=principal.username,
+                reason=None,
+                ctcae_grade=grade,
+                body=read_back,
+            )
+        ],
+    )
 
 
 def encode(view: msgspec.Struct) -> bytes:

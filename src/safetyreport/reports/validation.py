@@ -3,6 +3,9 @@
 msgspec stops at the first error, so each field is converted on its own; rules
 that span fields then run on whichever of their fields converted. The report is
 built only when nothing failed, so nothing half-valid is ever stored.
+
+Most reports are valid: they are converted whole first (one msgspec call), and only
+a body that fails that is taken apart field by field to name every error.
 """
 
 from __future__ import annotations
@@ -27,10 +30,16 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+# Each kind's fields, resolved once: msgspec.structs.fields evaluates the annotations
+# on every call.
+_FIELDS = {kind: msgspec.structs.fields(struct) for kind, struct in KINDS.items()}
+_KNOWN = {kind: {f.encode_name for f in fields} | {"kind"} for kind, fields in _FIELDS.items()}
+
+
 def _convert_fields(raw: dict[str, Any], kind: str) -> tuple[dict[str, Any], list[FieldError]]:
     """Each field converted on its own: the values that passed, and an error per failure."""
-    fields = msgspec.structs.fields(KINDS[kind])
-    known = {f.encode_name for f in fields} | {"kind"}
+    fields = _FIELDS[kind]
+    known = _KNOWN[kind]
     errors = [
         FieldError(name, "unknown_field", f"{name} is not a field of a {kind} report")
         for name in raw
@@ -107,12 +116,41 @@ def validate_report(raw: Any, *, skew: timedelta, now: datetime | None = None) -
         raise ValidationFailed.one("kind", "required", f"kind is one of {', '.join(KINDS)}")
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValidationFailed.one("kind", "enum", f"kind is one of {', '.join(KINDS)}")
-    values, errors = _convert_fields(raw, kind)
-    errors += _check_time(values, now or datetime.now(UTC), skew)
+    now = now or datetime.now(UTC)
+    whole = _convert_whole(raw, kind)
+    if whole is not None:
+        # Every field converted: the same values the field-by-field path would check.
+        values = {name: getattr(whole, name) for name in raw if name != "kind"}
+        errors = _check_across_fields(values, [], now, skew)
+        if errors:
+            raise ValidationFailed(errors)
+        body: ReportBody = whole
+    else:
+        values, errors = _convert_fields(raw, kind)
+        errors = _check_across_fields(values, errors, now, skew)
+        if errors:
+            raise ValidationFailed(errors)
+        body = msgspec.convert(raw, KINDS[kind])
+    return msgspec.structs.replace(body, occurred_at=body.occurred_at.astimezone(UTC))
+
+
+def _convert_whole(raw: dict[str, Any], kind: str) -> ReportBody | None:
+    """The report converted in one go, or None if any field (or NUL) would fail alone."""
+    if _has_nul(raw):
+        return None
+    try:
+        body: ReportBody = msgspec.convert(raw, KINDS[kind])
+    except msgspec.ValidationError:
+        return None
+    return body
+
+
+def _check_across_fields(
+    values: dict[str, Any], errors: list[FieldError], now: datetime, skew: timedelta
+) -> list[FieldError]:
+    """``errors`` (of single fields) and those of the rules that span fields, in order."""
+    errors = errors + _check_time(values, now, skew)
     errors += _check_unique(values)
     errors += _check_pressure(values)
     errors += _check_quantities(values, {e.field for e in errors})
-    if errors:
-        raise ValidationFailed(errors)
-    body: ReportBody = msgspec.convert(raw, KINDS[kind])
-    return msgspec.structs.replace(body, occurred_at=body.occurred_at.astimezone(UTC))
+    return errors

