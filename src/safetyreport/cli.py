@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,8 +43,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from safetyreport import demo
 
     settings = _settings()
@@ -74,17 +73,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"    {username:8} / {password:24} ({role})")
     sys.stdout.flush()
     _exit_cleanly_on_signals()
-    uvicorn.run(
+    _run_server(args.host, args.port, args.workers)
+    return 0
+
+
+def _run_server(host: str, port: int, workers: int) -> None:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
         "safetyreport.app:create_app",
         factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
+        host=host,
+        port=port,
+        workers=workers,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    return 0
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    # uvicorn binds the workers' shared socket with protocol 0, so asyncio does not see a
+    # TCP socket and leaves Nagle's algorithm on: every response body then waits ~40 ms
+    # for the client's delayed ACK (Kludex/uvicorn#3149). Rewrap it as TCP.
+    bound = config.bind_socket()
+    sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def _exit_cleanly_on_signals() -> None:

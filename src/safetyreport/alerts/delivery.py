@@ -159,6 +159,9 @@ def _elapsed_ms(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
 
 
+MAX_ANSWER_BYTES = 64 * 1024
+
+
 async def send(http: httpx.AsyncClient, secret: str, note: Claimed) -> Outcome:
     """POST one notification; never raises (any failure is the attempt's outcome)."""
     body = _json.encode(note.payload)
@@ -178,8 +181,14 @@ async def send(http: httpx.AsyncClient, secret: str, note: Claimed) -> Outcome:
             asyncio.timeout(SEND_TIMEOUT_SECONDS),
             http.stream("POST", note.target, content=body, headers=headers) as response,
         ):
-            # The response body is not read: only the status counts.
+            # Only the status counts; reading a short answer to its end lets the
+            # connection serve the next notification. A long one is cut off instead.
             status = response.status_code
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received > MAX_ANSWER_BYTES:
+                    break
     except Exception as exc:  # whatever the receiver or the network did, record it
         return Outcome(attempted_at, _elapsed_ms(started), error=_describe(exc))
     return Outcome(attempted_at, _elapsed_ms(started), status_code=status)

@@ -396,7 +396,7 @@ def _request_context(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[Pr
     return principal_of(connection), app_state(connection)
 
 
-def require_stream_role(
+async def require_stream_role(
     connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
 ) -> None:
     """Guard: safety officers and admins only."""

@@ -105,7 +105,7 @@ def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     return user
 
 
-def require_roles(
+async def require_roles(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
     """Guard: the route's ``opt["roles"]`` lists the roles allowed to call it."""
