@@ -37,12 +37,24 @@ async def init_connection(conn: Conn) -> None:
 SERVER_SETTINGS = {"timezone": "UTC", "application_name": "safetyreport"}
 
 
+async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
+    """Release a connection without asyncpg's reset query (a round trip per request).
+
+    asyncpg still rolls back a transaction left open. The reset query would also drop
+    session advisory locks, cursors, LISTENs and SET values, and the service keeps none
+    on pooled connections: its locks are transaction-scoped (pg_advisory_xact_lock),
+    its cursors live inside transactions, LISTEN has a connection of its own, and
+    settings are fixed at connect (server_settings).
+    """
+
+
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        reset=_no_session_state,
         server_settings=SERVER_SETTINGS,
         command_timeout=60,
     )
