@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,19 @@ def machine_info() -> dict[str, str]:
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command name) of every process."""
-    table: dict[int, tuple[int, str]] = {}
+@dataclass(frozen=True)
+class _Proc:
+    ppid: int
+    name: str
+    cpu: float  # user + system seconds of the process itself
+    reaped_cpu: float  # ... and of its children that have exited
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_table() -> dict[int, _Proc]:
+    table: dict[int, _Proc] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -68,29 +79,53 @@ def _process_table() -> dict[int, tuple[int, str]]:
         except OSError:
             continue
         close = stat.rfind(")")
-        table[int(entry.name)] = (
-            int(stat[close + 2 :].split()[1]),
-            stat[stat.find("(") + 1 : close],
+        fields = stat[close + 2 :].split()
+        table[int(entry.name)] = _Proc(
+            ppid=int(fields[1]),
+            name=stat[stat.find("(") + 1 : close],
+            cpu=(int(fields[11]) + int(fields[12])) / _TICKS,
+            reaped_cpu=(int(fields[13]) + int(fields[14])) / _TICKS,
         )
     return table
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and its descendants, PostgreSQL's processes left out."""
+def _tree(table: dict[int, _Proc], root: int) -> list[int]:
+    """``root`` and its descendants, PostgreSQL's processes left out."""
     children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for pid, (ppid, name) in _process_table().items():
-        children.setdefault(ppid, []).append(pid)
-        names[pid] = name
-    total, stack = 0, [root]
+    for pid, proc in table.items():
+        children.setdefault(proc.ppid, []).append(pid)
+    found, stack = [], [root]
     while stack:
         pid = stack.pop()
-        if names.get(pid) == "postgres":
+        if pid not in table or table[pid].name == "postgres":
             continue
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of the service: ``root`` and its descendants, PostgreSQL left out."""
+    total = 0
+    for pid in _tree(_process_table(), root):
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-        stack.extend(children.get(pid, []))
     return total
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used by the service's processes (PostgreSQL left out)."""
+    table = _process_table()
+    return sum(table[pid].cpu for pid in _tree(table, root))
+
+
+def server_cpu(postmaster: int) -> float:
+    """CPU seconds used by PostgreSQL: the postmaster, its live and its exited children."""
+    table = _process_table()
+    if postmaster not in table:
+        return 0.0
+    total = table[postmaster].cpu + table[postmaster].reaped_cpu
+    return total + sum(p.cpu for p in table.values() if p.ppid == postmaster)
 
 
 class RssSampler:
@@ -167,7 +202,9 @@ class Service:
         self.env = {**base, "SAFETYREPORT_DATA_DIR": str(self.data_dir), **(env or {})}
         self._owner_url = ""
 
-    def start(self, workers: int) -> None:
+    def start(self, workers: int, env: dict[str, str] | None = None) -> None:
+        """Start serving (``env`` adds settings) and wait until /health answers."""
+        self.env.update(env or {})
         command = [*self.cli, "serve", "--port", str(self.port), "--workers", str(workers)]
         log(f"starting: safetyreport serve --workers {workers} (data in {self.data_dir})")
         self.process = subprocess.Popen(  # noqa: S603
@@ -222,11 +259,15 @@ class Service:
             return "\n".join((self.workdir / name).read_text().splitlines()[-lines:])
         return ""
 
-    def run_cli(self, *args: str, stdin: str | None = None) -> str:
+    def run_cli(
+        self, *args: str, stdin: str | None = None, database_url: str | None = None
+    ) -> str:
+        """``safetyreport ARGS`` on the service's database (or on ``database_url``)."""
+        env = {**self.env, **({"DATABASE_URL": database_url} if database_url else {})}
         result = subprocess.run(  # noqa: S603
             [*self.cli, *args],
             input=stdin,
-            env=self.env,
+            env=env,
             capture_output=True,
             text=True,
             timeout=180,

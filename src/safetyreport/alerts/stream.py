@@ -310,7 +310,12 @@ class AlertBroker:
         _log.info("alert listener connected (backend pid %d)", conn.get_server_pid())
         while True:
             ids, gone = await self._next_batch(conn, lost)
-            self._pending.update(ids)
+            if self._subscribers:
+                self._pending.update(ids)
+            elif ids:
+                # Nobody to tell: skip the fetch. A stream that opens later replays what
+                # it missed from the database (Last-Event-ID), not from this process.
+                self._high = max(self._high or 0, *ids)
             if self._pending:
                 await self._publish_pending(conn)
             if gone:
