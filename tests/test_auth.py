@@ -237,6 +237,22 @@ async def test_use_refreshes_the_idle_timer(
     assert fresh is True
 
 
+async def test_a_session_touched_within_the_last_minute_is_not_written_again(
+    world: World, nurse: str, db: asyncpg.Connection[Any]
+) -> None:
+    token = await token_of(world.client, nurse)
+    seen = await db.fetchval(
+        "UPDATE sessions SET last_seen_at = now() - interval '20 seconds' "
+        "WHERE token_hash = $1 RETURNING last_seen_at",
+        sha256(token),
+    )
+    assert (await world.client.get(ME, headers=bearer(token))).status_code == 200
+    after = await db.fetchval(
+        "SELECT last_seen_at FROM sessions WHERE token_hash = $1", sha256(token)
+    )
+    assert after == seen  # most requests only read the session; see TOUCH_INTERVAL
+
+
 async def test_absolute_timeout_applies_even_to_a_busy_session(
     world: World, nurse: str, db: asyncpg.Connection[Any]
 ) -> None:
