@@ -66,11 +66,13 @@ _DRAW = r"""
 # auth.service.resolve_token (the pool's autocommit connection).
 _RESOLVE = r"""
 WITH s AS (
-    UPDATE sessions SET last_seen_at = now()
+    SELECT id, user_id, last_seen_at FROM sessions
     WHERE token_hash = sha256(convert_to('pgbench-' || :client_id::int, 'UTF8'))
       AND revoked_at IS NULL
       AND expires_at > now() AND last_seen_at > now() - '30 minutes'::interval
-    RETURNING user_id
+), touched AS (
+    UPDATE sessions SET last_seen_at = now()
+    FROM s WHERE sessions.id = s.id AND s.last_seen_at < now() - '1 minute'::interval
 )
 SELECT u.id AS uid, u.username, u.role, u.all_clinics,
     (SELECT coalesce(jsonb_agg(jsonb_build_array(c.id, c.code, c.name) ORDER BY c.code), '[]')
