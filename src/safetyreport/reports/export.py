@@ -337,10 +337,10 @@ async def stream_export(pool: asyncpg.Pool, export: ReportExport) -> AsyncGenera
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            sql = service._SELECT_VIEW + export.where.sql() + _ORDER
+            sql = service.SELECT_VIEW + export.where.sql() + _ORDER
             index = 0
             async for row in conn.cursor(sql, *export.where.args, prefetch=PREFETCH_ROWS):
-                chunk.add(encoding.item(service._view(row), index), reports=1)
+                chunk.add(encoding.item(service.view_of_row(row), index), reports=1)
                 index += 1
                 if len(chunk.data) >= CHUNK_BYTES:
                     yield export.sent(*chunk.take())

@@ -87,7 +87,7 @@ def _clinic_id(principal: Principal, code: str) -> int:
     return clinic_id
 
 
-_SELECT_VIEW = """
+SELECT_VIEW = """
 SELECT r.id, c.code AS clinic, r.kind, r.patient_ref, r.occurred_at, r.current_version,
        v.ctcae_grade, v.body, r.created_at, u.username AS created_by, r.updated_at, r.clinic_id
 FROM reports r
@@ -102,7 +102,7 @@ WHERE v.report_id = $1 ORDER BY v.version
 """
 
 
-def _view(row: asyncpg.Record, history: list[asyncpg.Record] | None = None) -> ReportView:
+def view_of_row(row: asyncpg.Record, history: list[asyncpg.Record] | None = None) -> ReportView:
     body: dict[str, Any] = row["body"]
     return ReportView(
         id=row["id"],
@@ -132,7 +132,7 @@ async def _load(
     """
     if lock:
         await conn.execute("SELECT 1 FROM reports WHERE id = $1 FOR UPDATE", report_id)
-    row = await conn.fetchrow(_SELECT_VIEW + " WHERE r.id = $1", report_id)
+    row = await conn.fetchrow(SELECT_VIEW + " WHERE r.id = $1", report_id)
     if row is None or not principal.can_see(row["clinic_id"]):
         raise NotFound(f"no report {report_id}")
     found: asyncpg.Record = row
@@ -140,9 +140,9 @@ async def _load(
 
 
 async def _detail(conn: Conn, report_id: uuid.UUID) -> ReportView:
-    row = await conn.fetchrow(_SELECT_VIEW + " WHERE r.id = $1", report_id)
+    row = await conn.fetchrow(SELECT_VIEW + " WHERE r.id = $1", report_id)
     assert row is not None
-    return _view(row, await conn.fetch(_SELECT_HISTORY, report_id))
+    return view_of_row(row, await conn.fetch(_SELECT_HISTORY, report_id))
 
 
 async def _run_rules(
@@ -371,7 +371,7 @@ async def read_report(
                 client_addr=client_addr,
             ),
         )
-        return _view(row, await conn.fetch(_SELECT_HISTORY, report_id))
+        return view_of_row(row, await conn.fetch(_SELECT_HISTORY, report_id))
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -395,13 +395,13 @@ async def list_reports(
         after_time, after_id = _decode_cursor(filters.cursor)
         where.add(f"(r.occurred_at, r.id) < ({where.param(after_time)}, {where.param(after_id)})")
     sql = (
-        _SELECT_VIEW
+        SELECT_VIEW
         + where.sql()
         + f" ORDER BY r.occurred_at DESC, r.id DESC LIMIT {where.param(filters.limit + 1)}"
     )
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(sql, *where.args)
-        items = [_view(r) for r in rows[: filters.limit]]
+        items = [view_of_row(r) for r in rows[: filters.limit]]
         next_cursor = None
         if len(rows) > filters.limit:
             last = items[-1]
