@@ -89,25 +89,8 @@ CSV_COLUMNS = (
 )
 
 
-class ExportFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    kind: str | None = None
-    clinic: str | None = None
-    patient_ref: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-
-def _where(principal: Principal, filters: ExportFilters) -> Where:
-    """The list endpoint's conditions; a clinic the user is not in is NotFound."""
-    where = Where()
-    where.in_clinics("r.clinic_id", principal.visible_clinics(filters.clinic))
-    where.equals("r.kind", filters.kind)
-    where.equals("r.patient_ref", filters.patient_ref)
-    if filters.since is not None:
-        where.add(f"r.occurred_at >= {where.param(filters.since)}")
-    if filters.until is not None:
-        where.add(f"r.occurred_at < {where.param(filters.until)}")
-    return where
+# The export selects reports exactly as the list does.
+ExportFilters = service.ReportSelection
 
 
 @dataclass(slots=True, kw_only=True)
@@ -296,7 +279,7 @@ async def start_export(
         filters=filters,
         format=export_format,
         client_addr=client_addr,
-        where=_where(principal, filters),
+        where=service.selection_where(principal, filters),
     )
     async with pool.acquire() as conn, conn.transaction():
         await audit.append(conn, export.event("report.export_started"))

@@ -59,14 +59,34 @@ class ReportPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-class ReportFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ReportSelection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Which reports: the filters the list and the export share."""
+
     kind: str | None = None
     clinic: str | None = None
     patient_ref: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+class ReportFilters(ReportSelection, frozen=True, kw_only=True, omit_defaults=True):
+    """A page of the list: the selection, and where the page starts."""
+
     cursor: str | None = None
     limit: int = 50
+
+
+def selection_where(principal: Principal, selection: ReportSelection) -> Where:
+    """The selection's conditions; a clinic the user is not in is NotFound."""
+    where = Where()
+    where.in_clinics("r.clinic_id", principal.visible_clinics(selection.clinic))
+    where.equals("r.kind", selection.kind)
+    where.equals("r.patient_ref", selection.patient_ref)
+    if selection.since is not None:
+        where.add(f"r.occurred_at >= {where.param(selection.since)}")
+    if selection.until is not None:
+        where.add(f"r.occurred_at < {where.param(selection.until)}")
+    return where
 
 
 def canonical_json(value: Any) -> bytes:
@@ -383,14 +403,7 @@ async def list_reports(
     pool: asyncpg.Pool, principal: Principal, filters: ReportFilters, client_addr: str
 ) -> ReportPage:
     """The newest reports first, among the clinics the principal may see."""
-    where = Where()
-    where.in_clinics("r.clinic_id", principal.visible_clinics(filters.clinic))
-    where.equals("r.kind", filters.kind)
-    where.equals("r.patient_ref", filters.patient_ref)
-    if filters.since is not None:
-        where.add(f"r.occurred_at >= {where.param(filters.since)}")
-    if filters.until is not None:
-        where.add(f"r.occurred_at < {where.param(filters.until)}")
+    where = selection_where(principal, filters)
     if filters.cursor is not None:
         after_time, after_id = _decode_cursor(filters.cursor)
         where.add(f"(r.occurred_at, r.id) < ({where.param(after_time)}, {where.param(after_id)})")
