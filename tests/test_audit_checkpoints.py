@@ -23,7 +23,7 @@ from safetyreport.db.pool import connect
 from safetyreport.settings import AuditSettings, Settings
 from tests.conftest import World, bp_report
 from tests.report_helpers import post_report
-from tests.test_cli import cli_env, run_cli
+from tests.test_cli import CliResult, cli_env, run_cli
 from tests.test_escalation import eventually
 
 CHECKPOINTS = "/api/v1/audit/checkpoints"
@@ -158,6 +158,19 @@ async def save_checkpoints(world: World, trail: Trail, path: Path, **params: str
 
 def key(trail: Trail) -> Any:
     return offline.load_public_key(trail.key_file.read_bytes())
+
+
+async def verify_live(trail: Trail, checkpoint: Path) -> CliResult:
+    """``safetyreport audit verify`` of the database against a saved checkpoint file."""
+    return await run_cli(
+        "audit",
+        "verify",
+        "--public-key",
+        str(trail.key_file),
+        "--checkpoint",
+        str(checkpoint),
+        env=trail.env,
+    )
 
 
 async def test_signed_checkpoints_name_each_head_and_verify(world: World, trail: Trail) -> None:
@@ -350,15 +363,7 @@ async def test_a_consistently_rewritten_chain_is_caught_by_an_older_checkpoint(
 
     # and so does the auditor's own copy, against the database and against an export
     # (which the service signs, since it signs whatever the database holds).
-    cli = await run_cli(
-        "audit",
-        "verify",
-        "--public-key",
-        str(trail.key_file),
-        "--checkpoint",
-        str(old),
-        env=trail.env,
-    )
+    cli = await verify_live(trail, old)
     assert cli.code == 1, cli.stdout + cli.stderr
     assert "the chain was rewritten since" in cli.stdout
     export = await world.client.get(
@@ -377,29 +382,13 @@ async def test_live_verification_with_a_checkpoint_passes_when_untouched(
     old = await save_checkpoints(world, trail, tmp_path / "old.json")
     response = await post_report(world.client, trail.nurse, bp_report("C1", patient_ref="AFTER"))
     assert response.status_code == 201
-    cli = await run_cli(
-        "audit",
-        "verify",
-        "--public-key",
-        str(trail.key_file),
-        "--checkpoint",
-        str(old),
-        env=trail.env,
-    )
+    cli = await verify_live(trail, old)
     assert cli.code == 0, cli.stdout + cli.stderr
     forged = tmp_path / "forged.json"
     documents = json.loads(old.read_bytes())
     documents[0]["checkpoint"]["hash"] = "00" * 32
     forged.write_text(json.dumps(documents))
-    cli = await run_cli(
-        "audit",
-        "verify",
-        "--public-key",
-        str(trail.key_file),
-        "--checkpoint",
-        str(forged),
-        env=trail.env,
-    )
+    cli = await verify_live(trail, forged)
     assert cli.code == 2
     assert "signature does not verify" in cli.stderr
 

@@ -252,9 +252,7 @@ def csv_rows(archive_bytes: bytes) -> tuple[list[dict[str, str]], dict[str, Any]
     return list(csv.DictReader(io.StringIO(text, newline=""))), manifest
 
 
-async def test_csv_export_is_a_zip_with_csv_and_signed_manifest(
-    world: World, setup: Setup
-) -> None:
+async def test_csv_export_is_a_zip_with_csv_and_signed_manifest(world: World, setup: Setup) -> None:
     response = await export(world, setup.auditor, format="csv")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/zip")
@@ -372,13 +370,26 @@ TAMPERING = [
     pytest.param(flip_byte, "entry clinic:C1#3 (line 3) was altered", id="byte-flipped"),
     pytest.param(drop_line, "entry clinic:C1#3 is missing from the export", id="dropped"),
     pytest.param(
-        swap_lines, "entry clinic:C1#3 (line 4) is out of order: it follows entry clinic:C1#4",
+        swap_lines,
+        "entry clinic:C1#3 (line 4) is out of order: it follows entry clinic:C1#4",
         id="swapped",
     ),
     pytest.param(append_forged, "manifest.entries says 5, the export holds 6", id="forged"),
     pytest.param(line_after_manifest, "line 7 follows the manifest", id="after-manifest"),
     pytest.param(edit_manifest, "manifest.signature does not verify", id="manifest-edited"),
 ]
+
+
+async def save_for_offline(
+    world: World, setup: Setup, folder: Path, data: bytes
+) -> tuple[Path, Path]:
+    """The export and the service's public key as files, as an auditor keeps them."""
+    export_file, key_file = folder / "export.ndjson", folder / "key.pem"
+    export_file.write_bytes(data)
+    key_file.write_bytes(
+        (await world.client.get("/api/v1/audit/public-key", headers=setup.auditor)).content
+    )
+    return export_file, key_file
 
 
 @pytest.mark.parametrize(("tamper", "problem"), TAMPERING)
@@ -397,11 +408,7 @@ async def test_tampered_exports_fail_naming_what_broke(
         assert any(p.startswith("manifest.body_sha256") for p in result.problems)
 
     # The same through the service's command and the standalone script.
-    export_file, key_file = tmp_path / "export.ndjson", tmp_path / "key.pem"
-    export_file.write_bytes(tampered)
-    key_file.write_bytes(
-        (await world.client.get("/api/v1/audit/public-key", headers=setup.auditor)).content
-    )
+    export_file, key_file = await save_for_offline(world, setup, tmp_path, tampered)
     cli = await run_cli(
         "audit", "verify", str(export_file), "--public-key", str(key_file), env=setup.env
     )
@@ -417,11 +424,7 @@ async def test_untouched_export_passes_cli_script_and_upload(
     world: World, setup: Setup, tmp_path: Path
 ) -> None:
     data = (await export(world, setup.auditor)).content
-    export_file, key_file = tmp_path / "export.ndjson", tmp_path / "key.pem"
-    export_file.write_bytes(data)
-    key_file.write_bytes(
-        (await world.client.get("/api/v1/audit/public-key", headers=setup.auditor)).content
-    )
+    export_file, key_file = await save_for_offline(world, setup, tmp_path, data)
     cli = await run_cli(
         "audit", "verify", str(export_file), "--public-key", str(key_file), env=setup.env
     )
@@ -506,9 +509,7 @@ async def test_the_service_serves_the_verifier_script(world: World, setup: Setup
 # --- entries written before content was stored ---------------------------------------
 
 
-async def test_entries_without_stored_content_export_and_verify(
-    world: World, setup: Setup
-) -> None:
+async def test_entries_without_stored_content_export_and_verify(world: World, setup: Setup) -> None:
     """Entries from before migration 0004 have no content; it is recomputed for them."""
     await world.db.execute("SET session_replication_role = replica")
     try:
