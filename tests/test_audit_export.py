@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bench.fill_audit import append_entries
 from safetyreport.audit import offline, verify_chains
@@ -37,11 +38,8 @@ class Setup:
     auditor: Headers  # all clinics
     c1_auditor: Headers  # clinic C1 only
     nurse: Headers  # C1
-    public_key: Ed25519Key
+    public_key: Ed25519PublicKey
     env: dict[str, str]
-
-
-Ed25519Key = Any
 
 
 @pytest.fixture
@@ -84,7 +82,7 @@ def ndjson_lines(body: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.splitlines()]
 
 
-def verify(data: bytes, key: Ed25519Key, **kwargs: Any) -> offline.Result:
+def verify(data: bytes, key: Ed25519PublicKey, **kwargs: Any) -> offline.Result:
     return offline.verify_export(io.BytesIO(data), key, **kwargs)
 
 
@@ -451,8 +449,6 @@ async def test_untouched_export_passes_cli_script_and_upload(
 
 
 async def test_another_key_does_not_verify(world: World, setup: Setup) -> None:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     data = (await export(world, setup.auditor)).content
     result = verify(data, Ed25519PrivateKey.generate().public_key())
     assert not result.ok
