@@ -12,13 +12,14 @@ when it ends (how many entries, the body digest, whether it completed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import uuid
 import zipfile
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from safetyreport.audit.offline import CSV_COLUMNS, CSV_MEMBER, EXPORT_FORMAT, M
 from safetyreport.audit.signing import Signer
 from safetyreport.auth.users import Principal
 from safetyreport.csvsafe import neutralise
-from safetyreport.db.pool import Conn
+from safetyreport.db.pool import Conn, batches, read_snapshot
 from safetyreport.db.query import Where
 from safetyreport.errors import ValidationFailed
 
@@ -212,8 +213,10 @@ async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncGenerat
     body = _ndjson_body if export.format == "ndjson" else _csv_zip_body
     completed = False
     try:
-        async for chunk in body(pool, export, export.where):
-            yield chunk
+        # Closed with this generator, so the snapshot's connection returns at once.
+        async with contextlib.aclosing(body(pool, export, export.where)) as chunks:
+            async for chunk in chunks:
+                yield chunk
         completed = True
     finally:
         # Also when the client went away: shield the record from the cancellation.
@@ -228,19 +231,6 @@ async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncGenerat
                         completed=completed,
                     ),
                 )
-
-
-async def _batches(
-    pool: asyncpg.Pool, select: str, where: Where
-) -> AsyncIterator[tuple[Conn, list[asyncpg.Record]]]:
-    """Rows in chain order from one snapshot, a batch at a time, on a connection of its own."""
-    async with (
-        pool.acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        cursor = await conn.cursor(select + where.sql() + _ORDER, *where.args)
-        while rows := await cursor.fetch(BATCH_ROWS):
-            yield conn, rows
 
 
 async def _legacy_content(conn: Conn, chain: str, seq: int) -> str:
@@ -269,16 +259,19 @@ async def _legacy_line(conn: Conn, chain: str, seq: int) -> str:
 
 async def _ndjson_body(
     pool: asyncpg.Pool, export: AuditExport, where: Where
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     summary = export.summary
-    async for conn, rows in _batches(pool, _NDJSON_SELECT, where):
-        lines = summary.count_batch(rows)
-        for i, line in enumerate(lines):
-            if line is None:
-                lines[i] = (await _legacy_line(conn, rows[i][0], rows[i][1])).encode()
-        chunk = b"\n".join(lines) + b"\n"
-        await summary.hash(chunk)
-        yield chunk
+    async with read_snapshot(pool) as conn:
+        async for rows in batches(
+            conn, _NDJSON_SELECT + where.sql() + _ORDER, where.args, BATCH_ROWS
+        ):
+            lines = summary.count_batch(rows)
+            for i, line in enumerate(lines):
+                if line is None:
+                    lines[i] = (await _legacy_line(conn, rows[i][0], rows[i][1])).encode()
+            chunk = b"\n".join(lines) + b"\n"
+            await summary.hash(chunk)
+            yield chunk
     await summary.hashed()
     yield export.manifest_line()
 
@@ -320,19 +313,21 @@ def _csv_cells(row: asyncpg.Record, content: str) -> list[Any]:
 
 async def _csv_zip_body(
     pool: asyncpg.Pool, export: AuditExport, where: Where
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     summary, pipe = export.summary, _Pipe()
     with zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         with archive.open(CSV_MEMBER, "w", force_zip64=True) as member:
             _write_csv(member, summary, _csv_text([], header=True))
-            async for conn, rows in _batches(pool, _CSV_SELECT, where):
-                summary.count_batch(rows)
-                cells = []
-                for row in rows:
-                    content = row["content"] or await _legacy_content(conn, row[0], row[1])
-                    cells.append(_csv_cells(row, content))
-                _write_csv(member, summary, _csv_text(cells))
-                yield pipe.drain()
+            async with read_snapshot(pool) as conn:
+                sql = _CSV_SELECT + where.sql() + _ORDER
+                async for rows in batches(conn, sql, where.args, BATCH_ROWS):
+                    summary.count_batch(rows)
+                    cells = []
+                    for row in rows:
+                        content = row["content"] or await _legacy_content(conn, row[0], row[1])
+                        cells.append(_csv_cells(row, content))
+                    _write_csv(member, summary, _csv_text(cells))
+                    yield pipe.drain()
         archive.writestr(MANIFEST_MEMBER, export.manifest_line())
     yield pipe.drain()
 

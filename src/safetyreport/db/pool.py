@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
@@ -66,3 +68,29 @@ async def connect(url: str) -> asyncpg.Connection[Any]:
     conn: asyncpg.Connection[Any] = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
     await init_connection(conn)
     return conn
+
+
+@contextlib.asynccontextmanager
+async def read_snapshot(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A connection of its own in a read-only repeatable-read transaction (exports).
+
+    Acquired here, in the generator that streams the response: a connection from a
+    dependency would go back to the pool before the body is sent.
+    """
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        yield conn
+
+
+async def batches(
+    conn: Conn, sql: str, args: Sequence[Any], size: int
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The rows of ``sql``, ``size`` at a time, through a server-side cursor.
+
+    The cursor lives in the caller's transaction and ends with it.
+    """
+    cursor = await conn.cursor(sql, *args)
+    while rows := await cursor.fetch(size):
+        yield rows

@@ -30,6 +30,7 @@ import msgspec
 from safetyreport import audit
 from safetyreport.auth.users import Principal
 from safetyreport.csvsafe import neutralise
+from safetyreport.db.pool import batches, read_snapshot
 from safetyreport.db.query import Where
 from safetyreport.reports import fhir, service
 from safetyreport.reports.service import ReportView
@@ -307,26 +308,23 @@ class _Chunk:
 async def stream_export(pool: asyncpg.Pool, export: ReportExport) -> AsyncGenerator[bytes, None]:
     """The export's bytes, a chunk at a time; its end is audited however it comes.
 
-    The connection is acquired here, not from a dependency, whose cleanup would run
-    before the body is sent. Close the generator (``aclose``) when the response ends
-    early, so the connection goes back to the pool at once.
+    Close the generator (``aclose``) when the response ends early, so the snapshot's
+    connection goes back to the pool at once.
     """
     encoding = ENCODINGS[export.format]
     chunk = _Chunk()
     chunk.add(encoding.head(export))
     completed = False
     try:
-        async with (
-            pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            sql = service.SELECT_VIEW + export.where.sql() + _ORDER
-            index = 0
-            async for row in conn.cursor(sql, *export.where.args, prefetch=PREFETCH_ROWS):
-                chunk.add(encoding.item(service.view_of_row(row), index), reports=1)
-                index += 1
-                if len(chunk.data) >= CHUNK_BYTES:
-                    yield export.sent(*chunk.take())
+        sql = service.SELECT_VIEW + export.where.sql() + _ORDER
+        index = 0
+        async with read_snapshot(pool) as conn:
+            async for rows in batches(conn, sql, export.where.args, PREFETCH_ROWS):
+                for row in rows:
+                    chunk.add(encoding.item(service.view_of_row(row), index), reports=1)
+                    index += 1
+                    if len(chunk.data) >= CHUNK_BYTES:
+                        yield export.sent(*chunk.take())
         chunk.add(encoding.tail(index))
         yield export.sent(*chunk.take())
         completed = True
