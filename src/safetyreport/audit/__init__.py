@@ -5,6 +5,7 @@ from safetyreport.audit.chain import (
     Actor,
     AuditEvent,
     append,
+    append_to_clinics,
     chain_for,
     lock_chains,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "ChainReport",
     "VerifyReport",
     "append",
+    "append_to_clinics",
     "chain_for",
     "lock_chains",
     "verify_chains",

@@ -204,3 +204,18 @@ async def append(conn: Conn, event: AuditEvent) -> int:
         content.decode(),
     )
     return seq
+
+
+async def append_to_clinics(conn: Conn, event: AuditEvent, clinics: list[str | None]) -> None:
+    """Append ``event`` to the chain of each clinic in ``clinics`` (None: the global chain).
+
+    For actions that touch several clinics' data (an unfiltered list, an export, a login
+    of a user of several clinics), so that each clinic's own auditor sees them. The
+    chains are locked in one fixed order first, as ``lock_chains`` does, so two such
+    transactions never wait on each other in a cycle. An empty list means the global
+    chain. Caller's transaction.
+    """
+    targets = sorted(set(clinics) or {None}, key=chain_for)
+    await lock_chains(conn, targets)
+    for clinic in targets:
+        await append(conn, msgspec.structs.replace(event, clinic=clinic))
