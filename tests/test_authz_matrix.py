@@ -52,7 +52,7 @@ USERS = {role: f"own-{role.replace('_', '-')}" for role in ROLES}
 DENIED = frozenset({403, 404})
 WEBHOOK_ENV = {
     "SAFETYREPORT_WEBHOOK_URLS": "http://127.0.0.1:9/hook",
-    "SAFETYREPORT_WEBHOOK_SECRET": "matrix-secret",
+    "SAFETYREPORT_WEBHOOK_SECRET": "matrix-secret-long-enough-for-hmac-32",
 }
 
 

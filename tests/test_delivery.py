@@ -36,7 +36,7 @@ from safetyreport.db.pool import create_pool
 from safetyreport.settings import APP_DB_ROLE, Settings
 from tests.conftest import PASSWORD, bp_report
 
-SECRET = "s3cret"
+SECRET = "delivery-test-secret-of-32-bytes+"
 # Each wait for the sender is bounded by this; none should come close.
 WAIT_SECONDS = 15.0
 Headers = dict[str, str]
@@ -549,3 +549,47 @@ async def test_admins_read_the_ledger_and_reading_is_audited(
     assert all(e["client_addr"] for e in entries)
     assert entries[0]["details"]["notification_ids"] == [i["id"] for i in page["items"]]
     assert entries[-1]["object_id"] == retried["id"]
+
+
+async def test_credentials_in_webhook_urls_are_masked_in_the_ledger(
+    db: asyncpg.Connection[Any], settings: Settings, receiver: Receiver
+) -> None:
+    """The ledger (list, detail, attempt errors) never shows a URL's credentials."""
+    secret_url = receiver.url.replace("://", "://hookuser:hookpass@") + "/hook?token=tok123"
+    dead_port = closed_port_url().replace("://", "://deaduser:deadpass@") + "?key=k3y"
+    configured = with_webhooks(settings, secret_url, dead_port, max_attempts=1)
+    await seed(db)
+    async with serving(configured) as http:
+        await raise_alert(http, db)
+        await eventually(all_in_any_final(db, count=2))
+        admin = await login(http, "adam")
+        listed = await http.get("/api/v1/notifications", headers=admin)
+        details = [
+            (await http.get(f"/api/v1/notifications/{item['id']}", headers=admin)).text
+            for item in listed.json()["items"]
+        ]
+    shown = listed.text + "".join(details)
+    for secret in ("hookuser", "hookpass", "tok123", "deaduser", "deadpass", "k3y"):
+        assert secret not in shown
+    assert {i["target"] for i in listed.json()["items"]} == {
+        receiver.url.replace("://", "://***@") + "/hook?token=***",
+        closed_port_url_masked(dead_port),
+    }
+    # The sender still used the credentials: they are only hidden from view.
+    [post] = receiver.requests()
+    assert post.headers["authorization"].startswith("Basic ")
+    assert post.path == "/hook?token=tok123"
+    stored_errors = await db.fetch("SELECT error FROM notification_attempts")
+    assert not any("deadpass" in (r["error"] or "") for r in stored_errors)
+
+
+def all_in_any_final(db: asyncpg.Connection[Any], count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        rows = await notifications(db)
+        return len(rows) == count and all(r["status"] != "pending" for r in rows)
+
+    return check
+
+
+def closed_port_url_masked(url: str) -> str:
+    return url.replace("deaduser:deadpass@", "***@").replace("key=k3y", "key=***")

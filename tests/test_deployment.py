@@ -13,6 +13,7 @@ import yaml
 from safetyreport.settings import ENVIRONMENT_VARIABLES, Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
+HOOK_SECRET = "hook-secret-of-at-least-32-bytes!"
 
 # A valid value for every variable, each different from the default.
 VALID_ENV = {
@@ -31,7 +32,7 @@ VALID_ENV = {
     "SAFETYREPORT_ACK_MINUTES_HIGH": "120",
     "SAFETYREPORT_ESCALATION_INTERVAL_SECONDS": "9",
     "SAFETYREPORT_WEBHOOK_URLS": "https://hooks.example/one, https://hooks.example/two",
-    "SAFETYREPORT_WEBHOOK_SECRET": "hook-secret",
+    "SAFETYREPORT_WEBHOOK_SECRET": HOOK_SECRET,
     "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS": "4",
     "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS": "60",
     "SAFETYREPORT_SIGNING_KEY": "/run/secrets/audit-signing-key.pem",
@@ -39,7 +40,7 @@ VALID_ENV = {
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS": "12",
 }
 # Variables that are only valid together with another one.
-NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": "hook-secret"}}
+NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": HOOK_SECRET}}
 INTEGER_VARIABLES = (
     "SAFETYREPORT_SESSION_IDLE_MINUTES",
     "SAFETYREPORT_SESSION_ABSOLUTE_HOURS",
@@ -128,6 +129,49 @@ def test_webhook_urls_must_be_http() -> None:
         Settings.from_env(
             {"SAFETYREPORT_WEBHOOK_URLS": "ftp://x", "SAFETYREPORT_WEBHOOK_SECRET": "s"}
         )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example/one",
+        "http://10.0.0.5:8080/hook",
+        "http://user:pass@hooks.example/hook",
+        "https:///no-host",
+        "https://[::1/broken",
+    ],
+)
+def test_webhook_urls_need_https_except_to_loopback(url: str) -> None:
+    env = {"SAFETYREPORT_WEBHOOK_URLS": url, "SAFETYREPORT_WEBHOOK_SECRET": HOOK_SECRET}
+    with pytest.raises(SettingsError, match="SAFETYREPORT_WEBHOOK_URLS") as raised:
+        Settings.from_env(env)
+    assert "pass" not in str(raised.value), "the error repeats the URL's credentials"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example/one",
+        "http://127.0.0.1:9/hook",
+        "http://127.8.0.1/hook",
+        "http://[::1]:8080/hook",
+        "http://localhost:8080/hook",
+    ],
+)
+def test_webhook_urls_accepted(url: str) -> None:
+    env = {"SAFETYREPORT_WEBHOOK_URLS": url, "SAFETYREPORT_WEBHOOK_SECRET": HOOK_SECRET}
+    assert Settings.from_env(env).alerts.webhook_urls == (url,)
+
+
+@pytest.mark.parametrize("secret", ["s", "hook-secret", "x" * 31, "é" * 15])
+def test_webhook_secrets_need_32_bytes(secret: str) -> None:
+    env = {
+        "SAFETYREPORT_WEBHOOK_URLS": "https://hooks.example/",
+        "SAFETYREPORT_WEBHOOK_SECRET": secret,
+    }
+    with pytest.raises(SettingsError, match="at least 32 bytes"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "SAFETYREPORT_WEBHOOK_SECRET": "x" * 32}).alerts.webhook_secret
 
 
 def test_settings_from_a_full_environment() -> None:

@@ -151,7 +151,9 @@ async def test_an_overdue_critical_alert_escalates_once(
     alert_id = await raise_alert(client, db, nurse, crisis())
     await make_overdue(db, alert_id)
     before = await alert(db, alert_id)
-    with_webhook = replace(alert_settings, webhook_urls=(WEBHOOK,), webhook_secret="s")
+    with_webhook = replace(
+        alert_settings, webhook_urls=(WEBHOOK,), webhook_secret="escalation-test-secret-of-32-bytes"
+    )
 
     start = await db_now(db)
     assert await escalate_due(app_pool, with_webhook) == 1

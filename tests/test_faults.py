@@ -64,7 +64,7 @@ PROGRESS_SECONDS = 45.0
 WEBHOOK_ENV = {
     # Notifications go to a port nobody listens on: the outbox fills, deliveries fail.
     "SAFETYREPORT_WEBHOOK_URLS": "http://127.0.0.1:9/hook",
-    "SAFETYREPORT_WEBHOOK_SECRET": "fault-test-secret",
+    "SAFETYREPORT_WEBHOOK_SECRET": "fault-test-secret-long-enough-for-hmac",
 }
 
 

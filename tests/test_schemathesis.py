@@ -271,7 +271,7 @@ async def api(databases: Databases, tmp_path_factory: pytest.TempPathFactory) ->
     webhook = {
         # Notifications to a port nobody listens on: the ledger fills, deliveries fail.
         "SAFETYREPORT_WEBHOOK_URLS": "http://127.0.0.1:9/hook",
-        "SAFETYREPORT_WEBHOOK_SECRET": "schemathesis-secret",
+        "SAFETYREPORT_WEBHOOK_SECRET": "schemathesis-secret-long-enough-for-hmac",
     }
     tmp = Path(tmp_path_factory.mktemp("schemathesis"))
     service = ServeProcess(url, tmp, "schemathesis", env=webhook)

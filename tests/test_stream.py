@@ -366,6 +366,101 @@ async def test_a_malformed_last_event_id_is_rejected(live: Live) -> None:
     assert response.status_code in (400, 422), response.text
 
 
+@pytest.mark.parametrize(
+    ("header", "query"),
+    [
+        (str(2**63), ""),
+        (str(10**30), ""),
+        (None, f"?last_event_id={2**63}"),
+        (None, "?last_event_id=-1"),
+    ],
+)
+async def test_an_out_of_range_last_event_id_is_422(
+    live: Live, header: str | None, query: str
+) -> None:
+    """Beyond bigint the replay query used to fail inside the already-started stream."""
+    officer = await live.login("olga")
+    headers = officer if header is None else {**officer, "Last-Event-ID": header}
+    response = await live.http.get(STREAM + query, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["rule"] == "range"
+
+
+async def test_the_largest_last_event_id_replays_nothing(live: Live) -> None:
+    officer = await live.login("olga")
+    async with following(live, officer, last_event_id=2**63 - 1) as olga:
+        nurse = await live.login("nina")
+        await live.submit(nurse)
+        await olga.alert()
+
+
+# --- auditing the stream ----------------------------------------------------------
+
+
+async def subscriptions(db: asyncpg.Connection[Any]) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT * FROM audit_entries WHERE action = 'alert_stream.subscribed' ORDER BY chain, seq"
+    )
+
+
+async def test_each_subscription_is_audited_with_what_it_replayed(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    nurse, officer = await live.login("nina"), await live.login("olga")
+    for patient in ("PT-001", "PT-002"):
+        await live.submit(nurse, patient=patient)
+    ids = await visible_event_ids(db, "C1", 0)
+    async with following(live, officer, last_event_id=ids[0]) as olga:
+        for _ in ids[1:]:
+            await olga.alert()
+    async with following(live, officer):
+        pass
+
+    async def two_recorded() -> bool:
+        return len(await subscriptions(db)) == 2
+
+    await _until(two_recorded, "both subscriptions audited")
+    first, second = await subscriptions(db)
+    assert {e["chain"] for e in (first, second)} == {"clinic:C1"}
+    assert (first["actor"], first["actor_role"], first["clinic"]) == (
+        "olga",
+        "safety_officer",
+        "C1",
+    )
+    assert first["client_addr"] == "127.0.0.1"
+    assert first["details"] == {
+        "last_event_id": ids[0],
+        "replayed": len(ids) - 1,
+        "replay_complete": True,
+    }
+    assert second["details"] == {"last_event_id": None, "replayed": 0, "replay_complete": True}
+
+
+async def test_a_subscription_of_every_clinic_is_audited_in_each_clinics_chain(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    admin = await live.login("adam")
+    async with following(live, admin, last_event_id=0):
+        pass
+
+    async def recorded() -> bool:
+        return len(await subscriptions(db)) == 2
+
+    await _until(recorded, "the admin's subscription audited in both clinics")
+    entries = await subscriptions(db)
+    assert [e["chain"] for e in entries] == ["clinic:C1", "clinic:C2"]
+    assert {e["actor"] for e in entries} == {"adam"}
+    assert all(e["details"]["last_event_id"] == 0 for e in entries)
+
+
+async def test_a_refused_subscription_is_not_recorded_as_one(
+    live: Live, db: asyncpg.Connection[Any]
+) -> None:
+    nurse = await live.login("nina")
+    assert (await live.http.get(STREAM, headers=nurse)).status_code == 403
+    assert await subscriptions(db) == []
+
+
 # --- the listener connection ------------------------------------------------------
 
 

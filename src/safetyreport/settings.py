@@ -6,10 +6,12 @@ deployment files (compose.yaml) can be checked against it by a test.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ENVIRONMENT_VARIABLES = (
     "DATABASE_URL",
@@ -180,12 +182,15 @@ def _alert_settings(env: dict[str, str]) -> AlertSettings:
         u.strip() for u in env.get("SAFETYREPORT_WEBHOOK_URLS", "").split(",") if u.strip()
     )
     for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise SettingsError(f"SAFETYREPORT_WEBHOOK_URLS: {url!r} is not an http(s) URL")
+        _check_webhook_url(url)
     secret = env.get("SAFETYREPORT_WEBHOOK_SECRET") or None
     if urls and secret is None:
         raise SettingsError(
             "SAFETYREPORT_WEBHOOK_SECRET is required with SAFETYREPORT_WEBHOOK_URLS"
+        )
+    if secret is not None and len(secret.encode()) < MIN_WEBHOOK_SECRET_BYTES:
+        raise SettingsError(
+            f"SAFETYREPORT_WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes"
         )
     return AlertSettings(
         ack_deadlines=deadlines,
@@ -199,3 +204,32 @@ def _alert_settings(env: dict[str, str]) -> AlertSettings:
             seconds=_int(env, "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS", 600)
         ),
     )
+
+
+# An HMAC key shorter than this is guessable offline from one signed body.
+MIN_WEBHOOK_SECRET_BYTES = 32
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_webhook_url(url: str) -> None:
+    """Alerts carry patient references: https only, plain http just to this machine."""
+    # The URL itself is not repeated: it may hold credentials.
+    name = "SAFETYREPORT_WEBHOOK_URLS"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise SettingsError(f"{name}: a URL is malformed") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise SettingsError(f"{name}: every URL must be https://host/...")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise SettingsError(f"{name}: {host} needs https (plain http only to loopback)")

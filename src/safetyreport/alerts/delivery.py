@@ -25,6 +25,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -160,6 +161,31 @@ def _elapsed_ms(started: float) -> int:
 
 
 MAX_ANSWER_BYTES = 64 * 1024
+_MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``url`` without its secrets: the userinfo and every query value become ``***``.
+
+    Webhook URLs may carry credentials (``https://user:token@host/`` or ``?token=``);
+    the ledger, its API and the log show them masked.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{_MASK}@{host}" if "@" in parts.netloc else host
+        query = urlencode(
+            [(key, _MASK) for key, _ in parse_qsl(parts.query, keep_blank_values=True)],
+            safe="*",
+        )
+    except ValueError:
+        return _MASK
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
+
+
+def _without_target(text: str, target: str) -> str:
+    """An error message with the target URL (as httpx may quote it) masked."""
+    return text.replace(target, mask_url(target)) if target else text
 
 
 async def send(http: httpx.AsyncClient, secret: str, note: Claimed) -> Outcome:
@@ -190,7 +216,8 @@ async def send(http: httpx.AsyncClient, secret: str, note: Claimed) -> Outcome:
                 if received > MAX_ANSWER_BYTES:
                     break
     except Exception as exc:  # whatever the receiver or the network did, record it
-        return Outcome(attempted_at, _elapsed_ms(started), error=_describe(exc))
+        error = _without_target(_describe(exc), note.target)
+        return Outcome(attempted_at, _elapsed_ms(started), error=error)
     return Outcome(attempted_at, _elapsed_ms(started), status_code=status)
 
 
@@ -210,7 +237,7 @@ async def _record(conn: Conn, note: Claimed, outcome: Outcome, settings: AlertSe
         _log.warning(
             "notification %s to %s failed after %d attempts (last: %s)",
             note.id,
-            note.target,
+            mask_url(note.target),
             note.attempts,
             outcome.error or f"HTTP {outcome.status_code}",
         )
@@ -369,7 +396,8 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime | None, uuid.UUID | Non
 
 
 def _view(row: asyncpg.Record) -> NotificationView:
-    return NotificationView(**{f: row[f] for f in NotificationView.__struct_fields__})
+    fields = {f: row[f] for f in NotificationView.__struct_fields__}
+    return NotificationView(**{**fields, "target": mask_url(row["target"])})
 
 
 async def _audit_read(
@@ -444,4 +472,5 @@ class DeliveryController(Controller):
             details = {"alert_id": str(row["alert_id"]), "status": row["status"]}
             await _audit_read(conn, request, "notification.read", str(row["id"]), details)
         fields = {f: row[f] for f in NotificationDetail.__struct_fields__ if f != "attempts"}
+        fields["target"] = mask_url(row["target"])
         return NotificationDetail(**fields, attempts=attempts)

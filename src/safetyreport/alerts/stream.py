@@ -11,7 +11,9 @@ on the events it could not have heard about.
 
 ``GET /api/v1/alerts/stream`` subscribes, replays the events after ``Last-Event-ID``
 from the table, then streams live ones. Delivery is at least once and the SSE id is the
-event id, so a client that lost its stream reconnects with the last id it saw.
+event id, so a client that lost its stream reconnects with the last id it saw. Each
+subscription is audited (who, Last-Event-ID, events replayed) in the chain of every
+clinic whose events it may carry.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
 import asyncpg
 import msgspec
 from litestar import Controller, Request, get
@@ -33,6 +36,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from safetyreport import audit
 from safetyreport.alerts.events import CHANNEL
 from safetyreport.alerts.queue import AlertView
 from safetyreport.auth.http import principal_of
@@ -40,7 +44,8 @@ from safetyreport.auth.service import hash_token
 from safetyreport.auth.users import Principal, Role
 from safetyreport.db.pool import SERVER_SETTINGS, Conn, init_connection
 from safetyreport.errors import Forbidden
-from safetyreport.state import AppState, app_state
+from safetyreport.pagination import BIGINT_MAX
+from safetyreport.state import AppState, app_state, client_address
 
 _log = logging.getLogger(__name__)
 
@@ -411,9 +416,9 @@ async def require_stream_role(
 
 
 LastEventIdHeader = Annotated[
-    int | None, HeaderParameter(name="Last-Event-ID", required=False, ge=0)
+    int | None, HeaderParameter(name="Last-Event-ID", required=False, ge=0, le=BIGINT_MAX)
 ]
-LastEventIdQuery = Annotated[int | None, QueryParameter(ge=0)]
+LastEventIdQuery = Annotated[int | None, QueryParameter(ge=0, le=BIGINT_MAX)]
 
 
 class AlertStreamController(Controller):
@@ -439,27 +444,79 @@ class AlertStreamController(Controller):
         # query parameter stays whatever the page first opened the stream with.
         after = last_event_id if last_event_id_header is None else last_event_id_header
         token = str(request.auth)
-        return ServerSentEvent(_alert_messages(state, principal, token, after))
+        reader = _Reader(principal, token, client_address(request))
+        return ServerSentEvent(_alert_messages(state, reader, after))
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """Who follows the stream, as its audit entry names them."""
+
+    principal: Principal
+    token: str
+    client_addr: str
 
 
 async def _alert_messages(
-    state: AppState, principal: Principal, token: str, after: int | None
+    state: AppState, reader: _Reader, after: int | None
 ) -> AsyncIterator[ServerSentEventMessage]:
     # Subscribed before the replay, so an event committed during it is not missed; the
     # replayed ids are then skipped when the same events arrive live.
-    subscription = state.broker.subscribe(principal.scope())
+    scope = reader.principal.scope()
+    subscription = state.broker.subscribe(scope)
+    replayed: set[int] = set()
+    replay_done = recorded = False
     try:
+        if after is None:
+            # Nothing to replay: recorded before the client hears it is subscribed.
+            await _audit_subscription(state.pool, reader, after, 0, complete=True)
+            recorded = True
         yield ServerSentEventMessage(comment="connected", data=None, retry=RETRY_MS)
-        replayed: set[int] = set()
         if after is not None:
-            async for event in _replay(state.pool, principal.scope(), after):
+            async for event in _replay(state.pool, scope, after):
                 replayed.add(event.id)
                 yield event.message()
-        async for message in _live(state.pool, subscription, token, replayed):
+            replay_done = True
+            await _audit_subscription(state.pool, reader, after, len(replayed), complete=True)
+            recorded = True
+        async for message in _live(state.pool, subscription, reader.token, replayed):
             yield message
     finally:
         # Runs when the client disconnects too (Litestar cancels the stream).
         state.broker.unsubscribe(subscription)
+        if not recorded:
+            await _audit_interrupted(state.pool, reader, after, len(replayed), replay_done)
+
+
+async def _audit_interrupted(
+    pool: asyncpg.Pool, reader: _Reader, after: int | None, replayed: int, complete: bool
+) -> None:
+    """Record a stream that ended before its subscription was: what it got was read.
+
+    Shielded, because the stream's task is being cancelled.
+    """
+    with anyio.CancelScope(shield=True):
+        try:
+            await _audit_subscription(pool, reader, after, replayed, complete=complete)
+        except _DATABASE_ERRORS as exc:
+            _log.error("could not audit an interrupted stream subscription: %s", exc)
+
+
+async def _audit_subscription(
+    pool: asyncpg.Pool, reader: _Reader, after: int | None, replayed: int, *, complete: bool
+) -> None:
+    """Record the subscription in the chain of every clinic whose events it may carry."""
+    principal = reader.principal
+    event = audit.AuditEvent(
+        actor=principal.actor(),
+        action="alert_stream.subscribed",
+        object_type="alert_stream",
+        client_addr=reader.client_addr,
+        details={"last_event_id": after, "replayed": replayed, "replay_complete": complete},
+    )
+    clinics: list[str | None] = list(principal.clinic_ids)
+    async with pool.acquire() as conn, conn.transaction():
+        await audit.append_to_clinics(conn, event, clinics)
 
 
 async def _replay(
