@@ -38,6 +38,8 @@ VALID_ENV = {
     "SAFETYREPORT_SIGNING_KEY": "/run/secrets/audit-signing-key.pem",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS": "120",
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS": "12",
+    "SAFETYREPORT_HEADER_TIMEOUT_SECONDS": "7",
+    "SAFETYREPORT_MAX_CONNECTIONS": "64",
 }
 # Variables that are only valid together with another one.
 NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": HOOK_SECRET}}
@@ -49,6 +51,8 @@ INTEGER_VARIABLES = (
     "SAFETYREPORT_POOL_MAX_SIZE",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS",
+    "SAFETYREPORT_HEADER_TIMEOUT_SECONDS",
+    "SAFETYREPORT_MAX_CONNECTIONS",
 )
 
 
@@ -189,6 +193,8 @@ def test_settings_from_a_full_environment() -> None:
     assert settings.audit.signing_key_file == Path("/run/secrets/audit-signing-key.pem")
     assert settings.audit.checkpoint_interval == timedelta(minutes=2)
     assert settings.request_body_timeout == timedelta(seconds=12)
+    assert settings.server.header_timeout == timedelta(seconds=7)
+    assert settings.server.max_connections == 64
 
 
 @pytest.mark.parametrize("variable", INTEGER_VARIABLES)

@@ -73,24 +73,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"    {username:8} / {password:24} ({role})")
     sys.stdout.flush()
     _exit_cleanly_on_signals()
-    _run_server(args.host, args.port, args.workers)
+    _run_server(settings, args.host, args.port, args.workers)
     return 0
 
 
-def _run_server(host: str, port: int, workers: int) -> None:
+def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config(
-        "safetyreport.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    from safetyreport.server import server_config
+
+    config = server_config(settings, host, port, workers)
     if workers == 1:
         uvicorn.Server(config).run()
         return

@@ -35,6 +35,8 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_SIGNING_KEY",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS",
+    "SAFETYREPORT_HEADER_TIMEOUT_SECONDS",
+    "SAFETYREPORT_MAX_CONNECTIONS",
 )
 
 
@@ -110,6 +112,14 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    # A connection whose request headers take longer than this is closed (408).
+    header_timeout: timedelta = timedelta(seconds=15)
+    # Open connections per server process; beyond it requests are answered 503.
+    max_connections: int = 500
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings
     data_dir: Path
@@ -122,6 +132,7 @@ class Settings:
     trusted_proxies: frozenset[str] = frozenset()
     # A request body must arrive within this time from the request's start (else 408).
     request_body_timeout: timedelta = timedelta(seconds=30)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -162,6 +173,12 @@ class Settings:
             trusted_proxies=frozenset(p.strip() for p in proxies.split(",") if p.strip()),
             request_body_timeout=timedelta(
                 seconds=_int(env, "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS", 30)
+            ),
+            server=ServerSettings(
+                header_timeout=timedelta(
+                    seconds=_int(env, "SAFETYREPORT_HEADER_TIMEOUT_SECONDS", 15)
+                ),
+                max_connections=_int(env, "SAFETYREPORT_MAX_CONNECTIONS", 500),
             ),
         )
 
