@@ -153,6 +153,12 @@ _DATABASE_DOWN = (
     TimeoutError,
 )
 
+# PostgreSQL refuses U+0000 in text (22021) and in jsonb (22P05).
+_UNSTORABLE_TEXT = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+
 
 _RULES = (
     (re.compile(r"^Expected `[^`]+`, got"), "type"),
@@ -223,6 +229,13 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
             headers = {"WWW-Authenticate": 'Bearer realm="safetyreport"'}
             return _problem(status, "Not authenticated", exc.detail, headers=headers)
         return _problem(status, HTTPStatus(status).phrase, exc.detail, headers=exc.headers)
+    if isinstance(exc, _UNSTORABLE_TEXT):
+        # A NUL that got past the input guard: the client's text, not our failure.
+        errors = [FieldError("$", "nul_character", "text must not contain NUL (U+0000)")]
+        return _problem(422, ValidationFailed.title, errors[0].message, errors)
+    if isinstance(exc, RecursionError):
+        _log.warning("refused a request nested too deeply on %s", request.url.path)
+        return _problem(400, ClientError.title, "the request is nested too deeply")
     if isinstance(exc, _DATABASE_DOWN):
         _log.warning("database unavailable: %s", exc)
         return _problem(
