@@ -38,6 +38,8 @@ class ServeProcess:
     name: str = "serve"
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
+    # More arguments of ``serve``, e.g. ("--no-migrate",).
+    serve_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
@@ -67,7 +69,14 @@ class ServeProcess:
         out = self.tmp_path / f"{self.name}-{self.starts}.out"
         with out.open("wb") as stdout, self._log(self.starts).open("wb") as stderr:
             self.proc = await asyncio.create_subprocess_exec(
-                *cli_args("serve", "--port", str(self.port), "--workers", str(self.workers)),
+                *cli_args(
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                    *self.serve_args,
+                ),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,

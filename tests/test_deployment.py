@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from safetyreport.settings import ENVIRONMENT_VARIABLES, Settings, SettingsError
+from safetyreport.settings import APP_DB_ROLE, ENVIRONMENT_VARIABLES, Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK_SECRET = "hook-secret-of-at-least-32-bytes!"
@@ -68,6 +70,25 @@ def _service_environment() -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+def _environment(service: str) -> dict[str, str]:
+    env = _compose()["services"][service]["environment"]
+    if isinstance(env, list):  # the "NAME=value" list form
+        return dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+_DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
+
+
+def _with_defaults(value: str) -> str:
+    """``value`` as compose expands it without an .env file: ``${NAME:-default}``."""
+    return _DEFAULTED.sub(lambda m: m[1], value)
+
+
+def _database_user(service: str) -> str | None:
+    return urlsplit(_with_defaults(_environment(service)["DATABASE_URL"])).username
+
+
 def _postgres_service() -> tuple[str, dict[str, Any]]:
     for name, service in _compose()["services"].items():
         image = str(service.get("image", ""))
@@ -94,6 +115,55 @@ def test_compose_service_sets_only_known_variables() -> None:
     assert "DATABASE_URL" in env
     unknown = sorted(set(env) - set(ENVIRONMENT_VARIABLES))
     assert unknown == [], f"compose.yaml sets variables the service never reads: {unknown}"
+
+
+def test_compose_migrates_in_a_one_shot_job_with_the_owner_url() -> None:
+    name, postgres = _postgres_service()
+    migrate = _compose()["services"]["migrate"]
+    assert migrate["command"] == ["safetyreport", "migrate"]
+    assert str(migrate.get("restart", "no")) == "no"
+    assert migrate["depends_on"][name]["condition"] == "service_healthy"
+    owner = _with_defaults(postgres["environment"]["POSTGRES_USER"])
+    assert _database_user("migrate") == owner
+    # The migrations set the application role's password.
+    assert "SAFETYREPORT_APP_DB_PASSWORD" in _environment("migrate")
+    assert set(_environment("migrate")) <= set(ENVIRONMENT_VARIABLES)
+
+
+def test_compose_service_connects_only_as_the_application_role() -> None:
+    service = _compose()["services"]["service"]
+    assert _database_user("service") == APP_DB_ROLE
+    assert "--no-migrate" in service["command"]
+    assert service["command"][:2] == ["safetyreport", "serve"]
+    # Nothing else in its environment carries the owner's password.
+    _, postgres = _postgres_service()
+    owner_password = _with_defaults(postgres["environment"]["POSTGRES_PASSWORD"])
+    assert not any(owner_password in _with_defaults(v) for v in _environment("service").values())
+    # Its password is the one the migrate job gives the role.
+    password = urlsplit(_with_defaults(_environment("service")["DATABASE_URL"])).password
+    assert password == _with_defaults(_environment("migrate")["SAFETYREPORT_APP_DB_PASSWORD"])
+
+
+def test_compose_service_starts_after_the_migrations_succeeded() -> None:
+    depends_on = _compose()["services"]["service"]["depends_on"]
+    assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_keeps_the_signing_key_on_a_volume_of_its_own() -> None:
+    compose = _compose()
+    env = _environment("service")
+    key_dir = Path(env.get("SAFETYREPORT_SIGNING_KEY") or env["SAFETYREPORT_DATA_DIR"])
+    if env.get("SAFETYREPORT_SIGNING_KEY"):
+        key_dir = key_dir.parent
+    mounts = {
+        str(m).split(":")[1]: str(m).split(":")[0]
+        for m in compose["services"]["service"]["volumes"]
+    }
+    volume = mounts[str(key_dir)]
+    assert volume in compose["volumes"], "the key must live on a named volume"
+    for name, other in compose["services"].items():
+        if name != "service":
+            assert not any(str(m).startswith(f"{volume}:") for m in other.get("volumes", [])), name
 
 
 def test_dockerfile_runs_safetyreport_serve() -> None:

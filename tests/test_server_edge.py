@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD
+from safetyreport.db.embedded import app_url
+from safetyreport.db.pool import connect
+from safetyreport.settings import APP_DB_ROLE, Settings
+from tests.conftest import PASSWORD, with_database
 from tests.service_helpers import ServeProcess, UserSpec, seed, serving
+from tests.test_cli import cli_env, free_port, run_cli
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.timeout(180)]
 
@@ -128,3 +134,57 @@ async def test_beyond_the_connection_limit_the_server_answers_503(
                 await asyncio.sleep(0.1)
             else:
                 pytest.fail("the server did not recover once the connections closed")
+
+
+# --- serving with the application role only -------------------------------------------
+
+
+@pytest.mark.usefixtures("nurse")
+async def test_serve_no_migrate_runs_with_only_the_application_role(
+    database_url: str, db: asyncpg.Connection[Any], tmp_path: Path
+) -> None:
+    """compose.yaml gives the service this URL only: it serves, and cannot alter the schema."""
+    app_only = app_url(Settings.from_env({}), database_url)
+    assert urlsplit(app_only).username == APP_DB_ROLE
+    service = ServeProcess(app_only, tmp_path, serve_args=("--no-migrate",))
+    try:
+        await service.start()
+        await _log_in_forging(service)  # a login: reads, and writes its audit entry
+        users = await db.fetch(
+            "SELECT DISTINCT usename FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name LIKE 'safetyreport%'"
+        )
+        assert {r["usename"] for r in users} == {APP_DB_ROLE}
+    finally:
+        await service.kill()
+
+    conn = await connect(app_only)
+    try:
+        for ddl in (
+            "CREATE TABLE intruder (id int)",
+            "ALTER TABLE reports ADD COLUMN intruder int",
+            "DROP TABLE audit_entries",
+            "DELETE FROM audit_entries",
+            "UPDATE schema_migrations SET version = version",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(ddl)
+    finally:
+        await conn.close()
+
+
+async def test_serve_no_migrate_refuses_a_schema_behind_the_code(
+    server_url: str, tmp_path: Path
+) -> None:
+    name = f"sr_unmigrated_{uuid.uuid4().hex[:12]}"
+    admin = await connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        env = cli_env(with_database(server_url, name), tmp_path / "data")
+        result = await run_cli("serve", "--no-migrate", "--port", str(free_port()), env=env)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    assert result.code == 1, result
+    assert "safetyreport migrate" in result.stderr

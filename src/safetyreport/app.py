@@ -31,7 +31,7 @@ from safetyreport.auth.routes import AuthController
 from safetyreport.body_deadline import body_deadline_middleware
 from safetyreport.db.embedded import app_url, owner_url
 from safetyreport.db.migrations import load_migrations
-from safetyreport.db.pool import create_pool
+from safetyreport.db.pool import Conn, create_pool
 from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable, document_problems
 from safetyreport.health import health
 from safetyreport.idempotency import purge_expired
@@ -46,7 +46,7 @@ _log = logging.getLogger(__name__)
 PURGE_INTERVAL_SECONDS = 3600
 
 
-async def _check_schema(pool: asyncpg.Pool) -> None:
+async def check_schema(pool: asyncpg.Pool | Conn) -> None:
     """Refuse to serve on a database the migrations have not reached (run migrate first)."""
     latest = max(m.version for m in load_migrations())
     try:
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         pool = await create_pool(url, max_size=settings.database.pool_max_size)
         broker = AlertBroker(url)
         try:
-            await _check_schema(pool)
+            await check_schema(pool)
             await broker.start()
             _end_streams_on_shutdown_signal(broker)
             app.state.safetyreport = AppState(

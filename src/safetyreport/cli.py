@@ -21,7 +21,7 @@ from safetyreport.auth.users import ROLES, add_clinic, add_user
 from safetyreport.db.embedded import owner_url
 from safetyreport.db.migrations import MigrationError, migrate
 from safetyreport.db.pool import connect
-from safetyreport.errors import ValidationFailed
+from safetyreport.errors import ServiceUnavailable, ValidationFailed
 from safetyreport.settings import Settings
 
 
@@ -44,6 +44,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from safetyreport import demo
+    from safetyreport.app import check_schema
 
     settings = _settings()
     url = owner_url(settings)
@@ -52,8 +53,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # worker processes exit without atexit hooks, so a worker that joined would keep
         # the embedded server running after the service stopped.
         os.environ["DATABASE_URL"] = url
-    # Migrate once, here, before any worker starts.
-    asyncio.run(_migrate(settings, url))
+    if args.no_migrate:
+        # The URL may be the application role's, which cannot migrate: only check.
+        try:
+            asyncio.run(_with_conn(url, check_schema))
+        except ServiceUnavailable as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
+    else:
+        # Migrate once, here, before any worker starts.
+        asyncio.run(_migrate(settings, url))
     # Make the signing key (on first start) once, here, too.
     signer = load_signer(settings)
     if args.demo:
@@ -85,7 +94,10 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
 
     config = server_config(settings, host, port, workers)
     if workers == 1:
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:
+            raise SystemExit(3)  # the app refused to start (uvicorn's exit code for it)
         return
     # uvicorn binds the workers' shared socket with protocol 0, so asyncio does not see a
     # TCP socket and leaves Nagle's algorithm on: every response body then waits ~40 ms
@@ -195,16 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safetyreport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="migrate, then serve the HTTP API")
+    serve = sub.add_parser("serve", help="migrate (unless --no-migrate), then serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--demo", action="store_true", help="seed a demo clinic, users and reports")
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate (DATABASE_URL may be the application role's); "
+        "refuse to start unless 'safetyreport migrate' has brought the schema up to date",
+    )
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
-        func=cmd_migrate
-    )
+    sub.add_parser(
+        "migrate", help="apply pending database migrations (with the schema owner's URL)"
+    ).set_defaults(func=cmd_migrate)
 
     clinic = sub.add_parser("clinic", help="manage clinics").add_subparsers(
         dest="action", required=True

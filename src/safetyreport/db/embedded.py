@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from safetyreport.settings import APP_DB_ROLE, Settings
 
@@ -36,8 +36,14 @@ def owner_url(settings: Settings) -> str:
 
 
 def app_url(settings: Settings, owner: str) -> str:
-    """The owner URL with the unprivileged application role as its user."""
+    """The owner URL with the unprivileged application role as its user.
+
+    A URL that already names that role (``serve --no-migrate`` given only the
+    application role's URL) is used as it is, password included.
+    """
     parts = urlsplit(owner)
+    if unquote(parts.username or "") == APP_DB_ROLE:
+        return owner
     password = settings.database.app_password
     userinfo = quote(APP_DB_ROLE) + (":" + quote(password, safe="") if password else "")
     host = parts.netloc.rpartition("@")[2]
