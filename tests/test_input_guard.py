@@ -11,14 +11,16 @@ import base64
 import json
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from safetyreport.errors import ValidationFailed
+from safetyreport.errors import ValidationFailed, exception_to_response
 from safetyreport.input_guard import MAX_JSON_DEPTH, json_depth_exceeds
 from safetyreport.pagination import decode_cursor, encode_cursor
 from tests.conftest import PASSWORD, World, bp_report
@@ -295,3 +297,18 @@ async def test_every_query_parameter_of_every_get_route_refuses_nul(
                 assert response.status_code < 500, (path, parameter["name"], response.text)
                 checked += 1
     assert checked > 10
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence 0x00"), 422),
+        (asyncpg.exceptions.UntranslatableCharacterError("unsupported Unicode escape"), 422),
+        (RecursionError("maximum recursion depth exceeded"), 400),
+    ],
+)
+def test_what_gets_past_the_guard_is_still_a_client_error(exc: Exception, status: int) -> None:
+    """The safety net in the one exception mapping: never a 500 for the client's input."""
+    request: Any = SimpleNamespace(method="POST", url=SimpleNamespace(path="/api/v1/x"))
+    response = exception_to_response(request, exc)
+    assert response.status_code == status
