@@ -36,7 +36,7 @@ def deep_json(depth: int = DEEP) -> bytes:
 def assert_nul_refused(response: Any, field: str) -> None:
     assert response.status_code == 422, response.text
     body = response.json()
-    assert {"field": field, "rule": "nul_character"} in [
+    assert {"field": field, "rule": "no_nul"} in [
         {"field": e["field"], "rule": e["rule"]} for e in body["errors"]
     ], body
 

@@ -231,7 +231,7 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         return _problem(status, HTTPStatus(status).phrase, exc.detail, headers=exc.headers)
     if isinstance(exc, _UNSTORABLE_TEXT):
         # A NUL that got past the input guard: the client's text, not our failure.
-        errors = [FieldError("$", "nul_character", "text must not contain NUL (U+0000)")]
+        errors = [FieldError("$", "no_nul", "text must not contain NUL (U+0000)")]
         return _problem(422, ValidationFailed.title, errors[0].message, errors)
     if isinstance(exc, RecursionError):
         _log.warning("refused a request nested too deeply on %s", request.url.path)

@@ -4,7 +4,7 @@ PostgreSQL cannot store U+0000 in text or jsonb, and msgspec gives up on JSON ne
 about a thousand deep with a RecursionError; either used to end in a 500. This
 middleware checks every request once, before authentication and before any handler
 parses it: the path, the query, and the body of handlers that take one (JSON or a
-URL-encoded form). A NUL is a 422 naming the field (rule ``nul_character``); a JSON
+URL-encoded form). A NUL is a 422 naming the field (rule ``no_nul``); a JSON
 body nested deeper than ``MAX_JSON_DEPTH`` is a 400, refused before it is decoded.
 
 The body is read through Litestar's own request, which keeps it (and its decoded
@@ -72,7 +72,7 @@ def _nul_errors(pairs: Iterator[tuple[str, str]]) -> list[FieldError]:
     errors: dict[str, FieldError] = {}
     for field, text in pairs:
         if NUL in text and field not in errors:
-            errors[field] = FieldError(field, "nul_character", "must not contain NUL (U+0000)")
+            errors[field] = FieldError(field, "no_nul", "text may not contain NUL characters")
     return list(errors.values())
 
 
