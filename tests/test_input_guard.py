@@ -312,3 +312,14 @@ def test_what_gets_past_the_guard_is_still_a_client_error(exc: Exception, status
     request: Any = SimpleNamespace(method="POST", url=SimpleNamespace(path="/api/v1/x"))
     response = exception_to_response(request, exc)
     assert response.status_code == status
+
+
+async def test_authorization_comes_before_the_input_check(
+    world: World, signed_in: dict[str, dict[str, str]]
+) -> None:
+    """A nurse may not change rules: 403, whatever the body holds; no session: 401."""
+    body = {"id": f"x{NUL}", "name": f"n{NUL}"}
+    nurse = await world.client.post("/api/v1/rules", json=body, headers=signed_in["nina"])
+    assert nurse.status_code == 403, nurse.text
+    anonymous = await world.client.get(f"/api/v1/audit/entries?actor=a{quote(NUL)}")
+    assert anonymous.status_code == 401, anonymous.text

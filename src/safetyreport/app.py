@@ -35,7 +35,7 @@ from safetyreport.db.pool import Conn, create_pool
 from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable, document_problems
 from safetyreport.health import health
 from safetyreport.idempotency import purge_expired
-from safetyreport.input_guard import InputGuard
+from safetyreport.input_guard import reject_unstorable_input
 from safetyreport.logs import configure_logging, request_logging_middleware
 from safetyreport.reports.routes import ReportController
 from safetyreport.settings import Settings
@@ -147,8 +147,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             request_logging_middleware,
             body_deadline_middleware(settings.request_body_timeout),
             DefineMiddleware(TokenAuthenticationMiddleware, exclude=["^/schema"]),
-            InputGuard,
         ],
+        before_request=reject_unstorable_input,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=256 * 1024,
         openapi_config=OpenAPIConfig(

@@ -1,10 +1,10 @@
 """Refusing input no handler can store: NUL characters, and JSON nested too deeply.
 
 PostgreSQL cannot store U+0000 in text or jsonb, and msgspec gives up on JSON nested
-about a thousand deep with a RecursionError; either used to end in a 500. This
-middleware checks every request once, before authentication and before any handler
-parses it: the path, the query, and the body of handlers that take one (JSON or a
-URL-encoded form). A NUL is a 422 naming the field (rule ``no_nul``); a JSON
+about a thousand deep with a RecursionError; either used to end in a 500. A hook checks
+every request once, after its authorization and before its handler parses anything:
+the path, the query, and the body of handlers that take one (JSON or a URL-encoded
+form). A NUL is a 422 naming the field (rule ``no_nul``); a JSON
 body nested deeper than ``MAX_JSON_DEPTH`` is a 400, refused before it is decoded.
 
 The body is read through Litestar's own request, which keeps it (and its decoded
@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from litestar import Request
-from litestar.enums import RequestEncodingType, ScopeType
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import SerializationException
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 
 from safetyreport.errors import ClientError, FieldError, ValidationFailed
 
@@ -107,22 +107,18 @@ def _form(key: str, value: Any) -> Iterator[tuple[str, str]]:
         yield key, value
 
 
-class InputGuard:
-    """ASGI middleware: 422 for NUL characters, 400 for over-deep JSON (see module)."""
+async def reject_unstorable_input(request: Request[Any, Any, Any]) -> None:
+    """Litestar ``before_request`` hook: 422 for NUL characters, 400 for over-deep JSON.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP:
-            request: Request[Any, Any, Any] = Request(scope, receive)
-            errors = _nul_errors(iter([("path", request.url.path)]))
-            errors += _nul_errors(
-                pair
-                for key, value in request.query_params.multi_items()
-                for pair in ((key, key), (key, value))
-            )
-            errors += await _body_errors(request)
-            if errors:
-                raise ValidationFailed(errors)
-        await self.app(scope, receive, send)
+    It runs after authentication and the route's guards (a user without the right gets
+    403, not a verdict on the input) and before the handler's parameters are parsed.
+    """
+    errors = _nul_errors(iter([("path", request.url.path)]))
+    errors += _nul_errors(
+        pair
+        for key, value in request.query_params.multi_items()
+        for pair in ((key, key), (key, value))
+    )
+    errors += await _body_errors(request)
+    if errors:
+        raise ValidationFailed(errors)
