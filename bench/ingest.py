@@ -83,7 +83,7 @@ APP_ROLE = "safetyreport_app"
 # The worker count of the production image (Dockerfile: serve --workers 2).
 PRODUCTION_WORKERS = 2
 NURSE_PASSWORD = "bench-nurse-password-long-enough"  # noqa: S105 (a throwaway database)
-WEBHOOK_SECRET = "bench-webhook-secret"  # noqa: S105
+WEBHOOK_SECRET = "bench-webhook-secret-of-at-least-32-bytes"  # noqa: S105
 WARMUP_CONNECTIONS = 8
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 50.0
