@@ -508,3 +508,19 @@ async def test_a_required_role_cannot_sign_in_without_enrolment(
         enrolment = await totp.enrol(db, "sam", totp.load_key(required), SYSTEM_CLI)
         code = pyotp.TOTP(enrolment.secret).at(time.time())
         bearer(await login(client, "sam", otp=code))
+
+
+async def test_a_wrong_secrets_key_is_a_clear_503_not_a_500(
+    roomy: Settings, db: asyncpg.Connection[Any], tmp_path: Path
+) -> None:
+    other_key = tmp_path / "other-totp.key"
+    other_key.write_bytes(bytes(range(32)))
+    moved = replace(roomy, auth=replace(roomy.auth, totp_key_file=other_key))
+    async with AsyncTestClient(app=create_app(moved)) as client:
+        world = World(db, client)
+        await world.clinic("C1")
+        await world.user("sam", "safety_officer", ["C1"])
+        enrolment = await totp.enrol(db, "sam", totp.load_key(roomy), SYSTEM_CLI)
+        response = await login(client, "sam", otp=pyotp.TOTP(enrolment.secret).now())
+        assert response.status_code == 503, response.text
+        assert "SAFETYREPORT_TOTP_KEY" in response.json()["detail"]

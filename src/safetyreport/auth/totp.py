@@ -20,12 +20,13 @@ from pathlib import Path
 
 import msgspec
 import pyotp
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from safetyreport import audit
 from safetyreport.auth.users import audit_clinics, principal_by_username
 from safetyreport.db.pool import Conn
-from safetyreport.errors import ValidationFailed
+from safetyreport.errors import ServiceUnavailable, ValidationFailed
 from safetyreport.settings import Settings
 
 DEFAULT_KEY_FILE = "totp-secrets.key"
@@ -88,7 +89,14 @@ def _seal(key: bytes, user_id: int, secret: str) -> bytes:
 
 
 def _open(key: bytes, user_id: int, sealed: bytes) -> str:
-    return AESGCM(key).decrypt(sealed[:12], sealed[12:], str(user_id).encode()).decode()
+    try:
+        return AESGCM(key).decrypt(sealed[:12], sealed[12:], str(user_id).encode()).decode()
+    except InvalidTag:
+        # Not the key the secret was sealed with: the operator's to fix, not the user's.
+        raise ServiceUnavailable(
+            "the TOTP secrets key does not open this user's secret: "
+            "check SAFETYREPORT_TOTP_KEY (or the data folder's totp-secrets.key)"
+        ) from None
 
 
 def hash_recovery_code(code: str) -> bytes:
