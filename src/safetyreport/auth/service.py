@@ -107,29 +107,42 @@ async def login(
             reason, message = problem
             await _fail(conn, attempt, reason)
             raise NotAuthenticated(message)
-        token = new_token()
-        async with conn.transaction():
-            refused = await throttle.take_refused(conn, username, address, device)
-            await throttle.record_success(conn, username, address, device)
-            device_token = await devices.remember(conn, principal.id, known)
-            expires_at: datetime = await conn.fetchval(
-                _CREATE_SESSION, hash_token(token), principal.id, settings.auth.session_absolute
-            )
-            details: dict[str, Any] = {"known_device": known is not None}
-            if refused:
-                details["refused_while_locked"] = refused
-            await audit.append_to_clinics(
-                conn,
-                audit.AuditEvent(
-                    actor=principal.actor(),
-                    action="auth.login",
-                    object_type="user",
-                    object_id=principal.username,
-                    client_addr=address,
-                    details=details,
-                ),
-                attempt.clinics,
-            )
+        return await _succeed(conn, attempt, principal, known, settings)
+
+
+async def _succeed(
+    conn: Conn,
+    attempt: _Attempt,
+    principal: Principal,
+    known: tuple[int, str] | None,
+    settings: Settings,
+) -> LoginResult:
+    """Open the session, remember the device and audit the sign-in, in one transaction."""
+    token = new_token()
+    async with conn.transaction():
+        refused = await throttle.take_refused(
+            conn, attempt.username, attempt.address, attempt.device
+        )
+        await throttle.record_success(conn, attempt.username, attempt.address, attempt.device)
+        device_token = await devices.remember(conn, principal.id, known)
+        expires_at: datetime = await conn.fetchval(
+            _CREATE_SESSION, hash_token(token), principal.id, settings.auth.session_absolute
+        )
+        details: dict[str, Any] = {"known_device": known is not None}
+        if refused:
+            details["refused_while_locked"] = refused
+        await audit.append_to_clinics(
+            conn,
+            audit.AuditEvent(
+                actor=principal.actor(),
+                action="auth.login",
+                object_type="user",
+                object_id=principal.username,
+                client_addr=attempt.address,
+                details=details,
+            ),
+            attempt.clinics,
+        )
     return LoginResult(
         token=token, expires_at=expires_at, user=principal.view(), device_token=device_token
     )
