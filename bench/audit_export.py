@@ -44,7 +44,7 @@ from bench.fill_audit import append_entries
 from safetyreport.audit import offline
 from safetyreport.db.embedded import pgbin
 
-PASSWORD = "bench-auditor-password"  # noqa: S105 (a throwaway benchmark user)
+PASSWORD = "bench-ledger-reader-secret"  # noqa: S105 (a throwaway benchmark user)
 
 
 @dataclass

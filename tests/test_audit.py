@@ -156,10 +156,11 @@ async def test_chains_per_clinic_and_global(world: World) -> None:
         assert await actions(world.db, f"clinic:{clinic}") == [
             "clinic.created",
             "user.created",
+            "auth.login",
             "report.created",
             "report.created",
         ]
-    assert await actions(world.db, "global") == ["user.created", "auth.login", "auth.login"]
+    assert await actions(world.db, "global") == ["user.created"]
     first = (await chain_rows(world.db, "clinic:C1"))[0]
     assert first["seq"] == 1
     assert first["prev_hash"] == bytes(32)
@@ -240,10 +241,10 @@ async def test_concurrent_submissions_and_logins_keep_the_chains_intact(
     report = await verify_chains(db)
     assert report.ok, report
     clinic_length = await assert_chain_well_formed(db, "clinic:C1")
-    assert clinic_length == 1 + len(users) + 40
+    assert clinic_length == 1 + len(users) + 40 + 1 + 8
     assert (await actions(db, "clinic:C1")).count("report.created") == 40
     await assert_chain_well_formed(db, "global")
-    assert (await actions(db, "global")).count("auth.login") == 1 + 8
+    assert (await actions(db, "clinic:C1")).count("auth.login") == 1 + 8
     created = await db.fetch(
         "SELECT object_id FROM audit_entries WHERE action = 'report.created' ORDER BY object_id"
     )
@@ -279,7 +280,8 @@ class Trail:
 
 @pytest.fixture
 async def trail(world: World, database_url: str, settings: Settings) -> Trail:
-    """clinic:C1 holds 5 entries: clinic.created, user.created, 3 x report.created."""
+    """clinic:C1 holds 7 entries: clinic.created, user.created, the nurse's auth.login,
+    3 x report.created, the auditor's auth.login."""
     await world.clinic("C1")
     await world.user("nina", "nurse", ["C1"])
     await world.user("audrey", "auditor", all_clinics=True)
@@ -287,7 +289,7 @@ async def trail(world: World, database_url: str, settings: Settings) -> Trail:
     for i in range(3):
         response = await submit(world, nurse, f"k-{i}", patient_ref=f"PT-{i}")
         assert response.status_code == 201, response.text
-    assert len(await chain_rows(world.db, "clinic:C1")) == 5
+    assert len(await chain_rows(world.db, "clinic:C1")) == 6
     auditor = await world.login("audrey")
     return Trail(auditor=auditor, env=cli_env(database_url, settings.data_dir))
 
@@ -337,7 +339,7 @@ async def alter_and_rehash(db: asyncpg.Connection[Any]) -> None:
 
 
 async def delete_last(db: asyncpg.Connection[Any]) -> None:
-    await as_superuser(db, "DELETE FROM audit_entries WHERE chain = 'clinic:C1' AND seq = 5")
+    await as_superuser(db, "DELETE FROM audit_entries WHERE chain = 'clinic:C1' AND seq = 7")
 
 
 Tamper: TypeAlias = "Callable[[asyncpg.Connection[Any]], Awaitable[None]]"
@@ -347,7 +349,7 @@ TAMPERING = [
     pytest.param(swap_two, 2, "entry 2 does not link to entry 1", id="swapped"),
     # The stored content still says what was recorded, so the altered entry is named.
     pytest.param(alter_and_rehash, 3, "stored content differs from its columns", id="rehashed"),
-    pytest.param(delete_last, 5, "head records entry 5", id="tail-removed"),
+    pytest.param(delete_last, 7, "head records entry 7", id="tail-removed"),
 ]
 
 
@@ -398,7 +400,7 @@ async def test_untouched_trail_verifies_everywhere(world: World, trail: Trail) -
 
     result = await run_cli("audit", "verify", env=trail.env)
     assert result.code == 0, result.stdout + result.stderr
-    assert "ok      clinic:C1: 5 entries" in result.stdout
+    assert "ok      clinic:C1: 7 entries" in result.stdout
     assert "verified:" in result.stdout
 
     as_json = await run_cli("audit", "verify", "--json", env=trail.env)

@@ -115,7 +115,7 @@ async def test_ndjson_export_carries_every_entry_and_verifies(world: World, setu
     manifest = last["manifest"]
     assert manifest["entries"] == len(before)
     assert manifest["export_id"] == response.headers["x-safetyreport-export-id"]
-    assert manifest["chains"]["clinic:C1"] == {"first_seq": 1, "last_seq": 5, "entries": 5}
+    assert manifest["chains"]["clinic:C1"] == {"first_seq": 1, "last_seq": 8, "entries": 8}
     assert manifest["key_id"] == offline.key_id(setup.public_key)
     body = response.content[: response.content.rindex(b"\n", 0, -1) + 1]
     assert manifest["body_sha256"] == hashlib.sha256(body).hexdigest()
@@ -363,7 +363,8 @@ def edit_manifest(data: bytes) -> bytes:
     return b"".join(lines)
 
 
-# The export holds clinic:C1 only: entries 1-5 on lines 1-5, the manifest on line 6.
+# The export holds clinic:C1 only: entries 1-8 on lines 1-8 (sign-ins are in the
+# clinic's chain too), the manifest on line 9.
 TAMPERING = [
     pytest.param(flip_byte, "entry clinic:C1#3 (line 3) was altered", id="byte-flipped"),
     pytest.param(drop_line, "entry clinic:C1#3 is missing from the export", id="dropped"),
@@ -372,8 +373,8 @@ TAMPERING = [
         "entry clinic:C1#3 (line 4) is out of order: it follows entry clinic:C1#4",
         id="swapped",
     ),
-    pytest.param(append_forged, "manifest.entries says 5, the export holds 6", id="forged"),
-    pytest.param(line_after_manifest, "line 7 follows the manifest", id="after-manifest"),
+    pytest.param(append_forged, "manifest.entries says 8, the export holds 9", id="forged"),
+    pytest.param(line_after_manifest, "line 10 follows the manifest", id="after-manifest"),
     pytest.param(edit_manifest, "manifest.signature does not verify", id="manifest-edited"),
 ]
 
@@ -527,7 +528,7 @@ async def test_entries_without_stored_content_export_and_verify(world: World, se
         response = await export(world, setup.auditor, clinic="C1", format=fmt)
         result = verify(response.content, setup.public_key)
         assert result.problems == [], fmt
-        assert result.entries == 5
+        assert result.entries == 8
 
 
 # --- size ---------------------------------------------------------------------------
@@ -539,7 +540,7 @@ async def test_a_large_export_streams_in_batches_and_verifies(world: World, setu
     response = await export(world, setup.auditor, clinic="C2")
     result = verify(response.content, setup.public_key)
     assert result.problems == []
-    assert result.entries == count + 4  # clinic, user, two reports
+    assert result.entries == count + 6  # clinic, user, two sign-ins, two reports
     assert (await verify_chains(world.db)).ok
 
 

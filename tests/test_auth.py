@@ -100,7 +100,7 @@ async def test_login_returns_token_expiry_and_user(
     response = await login(world.client, nurse)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"token", "expires_at", "user"}
+    assert set(body) == {"token", "expires_at", "user", "device_token"}
     assert re.search(r"(Z|[+-]\d{2}:\d{2})$", body["expires_at"]), body["expires_at"]
     expires_at = datetime.fromisoformat(body["expires_at"])
     session = await db.fetchrow(
@@ -349,7 +349,7 @@ async def test_add_user_refuses_short_password(world: World, db: asyncpg.Connect
         )
     assert [e.field for e in caught.value.errors] == ["password"]
     assert await db.fetchval("SELECT count(*) FROM users") == 0
-    await world.user("twelve", "nurse", ["C1"], password="x" * 12)
+    await world.user("twelve", "nurse", ["C1"], password="Lq7-vz9!mPw2")
 
 
 async def test_hashing_and_verifying_run_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -395,11 +395,14 @@ async def test_five_failures_lock_even_the_right_password(
     retry_after = int(response.headers["Retry-After"])
     assert 1 <= retry_after <= 30  # the first lock is the 30 s base
     assert "token" not in response.json()
-    reason = await db.fetchval(
-        "SELECT details->>'reason' FROM audit_entries WHERE action = 'auth.login_failed' "
+    # The failure that started the lock is audited with it; the refused attempt is not.
+    details = await db.fetchval(
+        "SELECT details FROM audit_entries WHERE action = 'auth.login_failed' "
         "ORDER BY recorded_at DESC, seq DESC LIMIT 1"
     )
-    assert reason == "throttled"
+    assert details["reason"] == "bad_credentials"
+    assert [lock["scope"] for lock in details["locked"]] == ["account_address"]
+    assert await db.fetchval("SELECT count(*) FROM audit_entries WHERE action LIKE 'auth.%'") == 5
 
 
 async def test_forwarded_for_is_ignored_from_an_untrusted_peer(world: World, nurse: str) -> None:
@@ -471,7 +474,9 @@ async def test_successful_login_clears_the_account_counters(
     await token_of(world.client, nurse)
     assert await throttle_row(db, "account_address", f"{nurse}|{PEER}") is None
     assert await throttle_row(db, "account", nurse) is None
-    # Counting starts again from zero: one more failure does not lock.
+    # Counting starts again from zero: one more failure does not lock. (The client is
+    # a known device now, so its failures count on the device.)
+    world.client.cookies.clear()
     await fail_logins(world.client, nurse, 1)
     pair = await throttle_row(db, "account_address", f"{nurse}|{PEER}")
     assert pair is not None
@@ -499,8 +504,8 @@ async def test_password_spraying_locks_the_address(
 ) -> None:
     for i in range(50):
         await throttle.record_failure(db, f"victim{i}", PEER)
-    assert await throttle.locked_until(db, "someone-else", PEER) is not None
-    assert await throttle.locked_until(db, "someone-else", "10.2.0.1") is None
+    assert await throttle.refuse_if_locked(db, "someone-else", PEER) is not None
+    assert await throttle.refuse_if_locked(db, "someone-else", "10.2.0.1") is None
     response = await login(world.client, nurse)
     assert response.status_code == 429, response.text
 

@@ -146,6 +146,7 @@ EXPORT_FORMATS = ("csv", "ndjson", "fhir")
 PROBES: dict[tuple[str, str], list[Probe]] = {
     ("GET", "/api/v1/me"): [SEEN_NOTHING],
     ("POST", "/api/v1/auth/logout"): [Probe(denied=False, own_session=True)],
+    ("GET", "/api/v1/auth/lockouts"): [SEEN_NOTHING],
     ("GET", "/api/v1/reports"): [
         Probe(query={"clinic": FOREIGN}),
         SEEN_NOTHING,

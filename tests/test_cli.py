@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import World
 
-NORA_PASSWORD = "nora-has-a-long-passphrase"
+NORA_PASSWORD = "she-has-a-long-passphrase"
 SUBPROCESS_TIMEOUT = 45.0
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 20.0
@@ -257,15 +257,15 @@ async def test_serve_demo_end_to_end(database_url: str, tmp_path: Path) -> None:
         assert f"serving on {served.base_url}" in stdout
         assert "demo data created" in stdout
         for username, password in (
-            ("nurse", "demo-nurse-password"),
-            ("auditor", "demo-auditor-password"),
+            ("nurse", "demo-lilac-harbour-7"),
+            ("auditor", "demo-quiet-meadow-9"),
         ):
             assert username in stdout
             assert password in stdout
 
         async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
             login = await http.post(
-                "/api/v1/auth/login", json={"username": "nurse", "password": "demo-nurse-password"}
+                "/api/v1/auth/login", json={"username": "nurse", "password": "demo-lilac-harbour-7"}
             )
             assert login.status_code == 200, login.text
             headers = {"Authorization": f"Bearer {login.json()['token']}"}
@@ -326,7 +326,7 @@ async def test_sigterm_ends_open_alert_streams_at_once(database_url: str, tmp_pa
     ):
         login = await http.post(
             "/api/v1/auth/login",
-            json={"username": "officer", "password": "demo-officer-password"},
+            json={"username": "officer", "password": "demo-copper-lantern-4"},
         )
         headers = {"Authorization": f"Bearer {login.json()['token']}"}
         async with http.stream("GET", "/api/v1/alerts/stream", headers=headers) as stream:

@@ -27,6 +27,7 @@ from safetyreport.audit.checkpoints import run_checkpoints
 from safetyreport.audit.routes import AuditController
 from safetyreport.audit.signing import load_signer
 from safetyreport.auth.http import TokenAuthenticationMiddleware
+from safetyreport.auth.ratelimit import anonymous_rate_limit
 from safetyreport.auth.routes import AuthController
 from safetyreport.body_deadline import body_deadline_middleware
 from safetyreport.db.embedded import app_url, owner_url
@@ -150,6 +151,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         before_request=reject_unstorable_input,
         exception_handlers=EXCEPTION_HANDLERS,
+        # Requests that need no sign-in: a token bucket per address (see auth.ratelimit).
+        guards=[anonymous_rate_limit(settings.auth)],
         request_max_body_size=256 * 1024,
         openapi_config=OpenAPIConfig(
             title="safetyreport",

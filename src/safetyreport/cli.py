@@ -17,11 +17,19 @@ import msgspec
 from safetyreport.audit import VerifyReport, checkpoints, offline, verify_chains
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.audit.signing import key_file, load_signer
-from safetyreport.auth.users import ROLES, add_clinic, add_user
+from safetyreport.auth import totp
+from safetyreport.auth.users import (
+    ROLES,
+    add_clinic,
+    add_user,
+    disable_user,
+    revoke_sessions,
+    set_password,
+)
 from safetyreport.db.embedded import owner_url
 from safetyreport.db.migrations import MigrationError, migrate
 from safetyreport.db.pool import connect
-from safetyreport.errors import ServiceUnavailable, ValidationFailed
+from safetyreport.errors import NotFound, ServiceUnavailable, ValidationFailed
 from safetyreport.settings import Settings
 
 
@@ -163,6 +171,65 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    async def run(conn: Any) -> None:
+        await disable_user(conn, args.username, SYSTEM_CLI)
+
+    asyncio.run(_with_conn(owner_url(_settings()), run))
+    print(f"user {args.username.strip().lower()} disabled; their sessions have ended")
+    return 0
+
+
+def cmd_user_set_password(args: argparse.Namespace) -> int:
+    if not args.password_stdin:
+        print("error: give the password on standard input with --password-stdin", file=sys.stderr)
+        return 2
+    password = sys.stdin.readline().rstrip("\r\n")
+
+    async def run(conn: Any) -> None:
+        await set_password(conn, args.username, password, SYSTEM_CLI)
+
+    asyncio.run(_with_conn(owner_url(_settings()), run))
+    print(f"password of {args.username.strip().lower()} changed; their sessions have ended")
+    return 0
+
+
+def cmd_user_revoke_sessions(args: argparse.Namespace) -> int:
+    async def run(conn: Any) -> int:
+        return await revoke_sessions(conn, args.username, SYSTEM_CLI)
+
+    count = asyncio.run(_with_conn(owner_url(_settings()), run))
+    print(f"{count} session(s) of {args.username.strip().lower()} ended")
+    return 0
+
+
+def cmd_user_totp_enrol(args: argparse.Namespace) -> int:
+    settings = _settings()
+    key = totp.load_key(settings)
+
+    async def run(conn: Any) -> totp.Enrolment:
+        return await totp.enrol(conn, args.username, key, SYSTEM_CLI)
+
+    enrolment = asyncio.run(_with_conn(owner_url(settings), run))
+    print("Second factor enrolled. Shown once only: add it to an authenticator app now.")
+    print(f"  otpauth URI: {enrolment.uri}")
+    print(f"  secret:      {enrolment.secret}")
+    print("  recovery codes (each works once):")
+    for code in enrolment.recovery_codes:
+        print(f"    {code}")
+    return 0
+
+
+def cmd_user_totp_reset(args: argparse.Namespace) -> int:
+    async def run(conn: Any) -> bool:
+        return await totp.reset(conn, args.username, SYSTEM_CLI)
+
+    removed = asyncio.run(_with_conn(owner_url(_settings()), run))
+    name = args.username.strip().lower()
+    print(f"second factor of {name} removed" if removed else f"{name} had no second factor")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Verify an export offline (EXPORT given), or else the live database's chains."""
     if args.export:
@@ -242,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
     user_add.set_defaults(func=cmd_user_add)
+    for name, func, text in (
+        ("disable", cmd_user_disable, "disable a user and end their sessions at once"),
+        ("revoke-sessions", cmd_user_revoke_sessions, "end every session of a user"),
+        ("totp-enrol", cmd_user_totp_enrol, "enrol a second factor: prints its URI and codes"),
+        ("totp-reset", cmd_user_totp_reset, "remove a user's second factor"),
+    ):
+        action = user.add_parser(name, help=text)
+        action.add_argument("username")
+        action.set_defaults(func=func)
+    user_password = user.add_parser(
+        "set-password", help="set a user's password (read from stdin); ends their sessions"
+    )
+    user_password.add_argument("username")
+    user_password.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    user_password.set_defaults(func=cmd_user_set_password)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True
@@ -262,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationFailed as exc:
         for error in exc.errors:
             print(f"error: {error.field}: {error.message}", file=sys.stderr)
+        return 2
+    except NotFound as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
         return 2
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)

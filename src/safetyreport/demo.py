@@ -15,10 +15,10 @@ from safetyreport.settings import AlertSettings
 DEMO_CLINIC = ("DEMO", "Demo Ketamine Clinic")
 # Demo only: printed at start-up so a newcomer can log in. Never use these elsewhere.
 DEMO_USERS: tuple[tuple[str, Role, str], ...] = (
-    ("nurse", "nurse", "demo-nurse-password"),
-    ("officer", "safety_officer", "demo-officer-password"),
-    ("auditor", "auditor", "demo-auditor-password"),
-    ("admin", "admin", "demo-admin-password"),
+    ("nurse", "nurse", "demo-lilac-harbour-7"),
+    ("officer", "safety_officer", "demo-copper-lantern-4"),
+    ("auditor", "auditor", "demo-quiet-meadow-9"),
+    ("admin", "admin", "demo-silver-compass-2"),
 )
 
 

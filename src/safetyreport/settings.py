@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ENVIRONMENT_VARIABLES = (
@@ -37,6 +38,11 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS",
     "SAFETYREPORT_HEADER_TIMEOUT_SECONDS",
     "SAFETYREPORT_MAX_CONNECTIONS",
+    "SAFETYREPORT_TOTP_REQUIRED_ROLES",
+    "SAFETYREPORT_TOTP_KEY",
+    "SAFETYREPORT_KNOWN_DEVICE_DAYS",
+    "SAFETYREPORT_ANONYMOUS_BURST",
+    "SAFETYREPORT_ANONYMOUS_PER_MINUTE",
 )
 
 
@@ -75,6 +81,15 @@ class DatabaseSettings:
 class AuthSettings:
     session_idle: timedelta = timedelta(minutes=30)
     session_absolute: timedelta = timedelta(hours=12)
+    # Roles that must sign in with a second factor (TOTP or a recovery code).
+    totp_required_roles: frozenset[str] = frozenset()
+    # The key that encrypts TOTP secrets: this file when given, else one in the data folder.
+    totp_key_file: Path | None = None
+    # A device that signed in successfully is known (not locked out by others) this long.
+    known_device_lifetime: timedelta = timedelta(days=180)
+    # Requests that need no sign-in, per client address: a token bucket.
+    anonymous_burst: int = 60
+    anonymous_per_minute: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +166,7 @@ class Settings:
                 session_absolute=timedelta(
                     hours=_int(env, "SAFETYREPORT_SESSION_ABSOLUTE_HOURS", 12)
                 ),
+                **_sign_in_settings(env),
             ),
             reports=ReportSettings(
                 idempotency_ttl=timedelta(hours=idempotency_hours),
@@ -250,3 +266,20 @@ def _check_webhook_url(url: str) -> None:
         raise SettingsError(f"{name}: every URL must be https://host/...")
     if parts.scheme == "http" and not _is_loopback(host):
         raise SettingsError(f"{name}: {host} needs https (plain http only to loopback)")
+
+
+def _sign_in_settings(env: dict[str, str]) -> dict[str, Any]:
+    roles = frozenset(
+        r.strip() for r in env.get("SAFETYREPORT_TOTP_REQUIRED_ROLES", "").split(",") if r.strip()
+    )
+    unknown = sorted(roles - {"nurse", "safety_officer", "auditor", "admin"})
+    if unknown:
+        raise SettingsError(f"SAFETYREPORT_TOTP_REQUIRED_ROLES: unknown roles {unknown}")
+    key = env.get("SAFETYREPORT_TOTP_KEY")
+    return {
+        "totp_required_roles": roles,
+        "totp_key_file": Path(key).resolve() if key else None,
+        "known_device_lifetime": timedelta(days=_int(env, "SAFETYREPORT_KNOWN_DEVICE_DAYS", 180)),
+        "anonymous_burst": _int(env, "SAFETYREPORT_ANONYMOUS_BURST", 60),
+        "anonymous_per_minute": _int(env, "SAFETYREPORT_ANONYMOUS_PER_MINUTE", 60),
+    }

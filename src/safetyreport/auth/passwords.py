@@ -1,4 +1,4 @@
-"""Password hashing with argon2id, off the event loop.
+"""Password hashing with argon2id, off the event loop, and the policy for new passwords.
 
 The parameters are OWASP's recommended configuration for argon2id (Password Storage
 Cheat Sheet: 19 MiB of memory, 2 iterations, 1 lane); a test pins that they never drop
@@ -11,6 +11,7 @@ import asyncio
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn import zxcvbn
 
 OWASP_MEMORY_KIB = 19_456
 OWASP_TIME_COST = 2
@@ -20,12 +21,31 @@ MIN_PASSWORD_LENGTH = 12
 _DUMMY_HASH = HASHER.hash("not-a-real-password-only-for-timing")
 
 
-def check_policy(password: str) -> str | None:
-    """Why ``password`` is unacceptable, or None."""
+# zxcvbn scores 0-4; 3 is "safely unguessable: moderate protection from offline attacks".
+MIN_STRENGTH = 3
+# zxcvbn's matching grows with the length; the first characters decide the score anyway.
+_STRENGTH_CHECKED_CHARS = 100
+
+
+def check_policy(password: str, username: str = "") -> str | None:
+    """Why ``password`` is unacceptable (for ``username``), or None.
+
+    Common and breached passwords, words, names, keyboard patterns and repeats are
+    found by zxcvbn, which ships its frequency lists (no network at run time).
+    """
     if len(password) < MIN_PASSWORD_LENGTH:
         return f"a password needs at least {MIN_PASSWORD_LENGTH} characters"
     if len(password) > 1024:
         return "a password has at most 1024 characters"
+    user = username.strip().lower()
+    # (A one- or two-letter username would rule out half of all passwords.)
+    if len(user) >= 3 and user in password.lower():
+        return "a password must not contain the username"
+    result = zxcvbn(password[:_STRENGTH_CHECKED_CHARS], user_inputs=[user] if user else [])
+    if int(result["score"]) < MIN_STRENGTH:
+        warning = str(result["feedback"].get("warning") or "").rstrip(".")
+        reason = f" ({warning.lower()})" if warning else ""
+        return f"the password is too easy to guess{reason}; choose a longer, less common one"
     return None
 
 

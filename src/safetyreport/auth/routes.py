@@ -1,23 +1,27 @@
-"""HTTP routes: login, logout, me."""
+"""HTTP routes: login, logout, me, and the lock-out alerts for admins."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
-from safetyreport.auth import service
-from safetyreport.auth.http import PUBLIC, principal_of
+from safetyreport.auth import devices, lockouts, service
+from safetyreport.auth.http import PUBLIC, ROLES_OPT, principal_of, require_roles
 from safetyreport.auth.users import UserView
 from safetyreport.state import app_state, client_address
+from safetyreport.web.session import device_cookie
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
     username: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    # The second factor, for accounts enrolled in it: a TOTP code or a recovery code.
+    otp: Annotated[str, msgspec.Meta(max_length=10)] | None = None
+    recovery_code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class AuthController(Controller):
@@ -27,11 +31,27 @@ class AuthController(Controller):
     @post("/auth/login", status_code=HTTP_200_OK, opt={PUBLIC: True, "exclude_from_auth": True})
     async def login(
         self, request: Request[Any, Any, Any], data: JSONBody[LoginRequest]
-    ) -> service.LoginResult:
-        """Exchange a username and password for a bearer token."""
+    ) -> Response[service.LoginResult]:
+        """Exchange a username and password (and second factor) for a bearer token.
+
+        A device that signed in before sends its ``device_token`` (from an earlier
+        response) in the ``X-Device-Token`` header, or carries it in a cookie: failures
+        from elsewhere then never lock it out.
+        """
         state = app_state(request)
-        return await service.login(
-            state.pool, data.username, data.password, client_address(request), state.settings.auth
+        tokens = devices.presented_tokens(request)
+        credentials = service.Credentials(
+            username=data.username,
+            password=data.password,
+            otp=data.otp,
+            recovery_code=data.recovery_code,
+            device_tokens=tokens,
+        )
+        result = await service.login(
+            state.pool, credentials, client_address(request), state.settings
+        )
+        return Response(
+            result, cookies=[device_cookie(request, result.device_token, tokens, state.settings)]
         )
 
     @post("/auth/logout", status_code=HTTP_204_NO_CONTENT)
@@ -46,3 +66,12 @@ class AuthController(Controller):
     async def me(self, request: Request[Any, Any, Any]) -> UserView:
         """The user behind the token, with role and clinics."""
         return principal_of(request).view()
+
+    @get("/auth/lockouts", guards=[require_roles], opt={ROLES_OPT: ("admin",)})
+    async def lockout_alerts(self, request: Request[Any, Any, Any]) -> list[lockouts.LockoutAlert]:
+        """Admins: the newest lock-out patterns (an account attacked from many addresses,
+        an address guessing many accounts) touching their clinics."""
+        principal = principal_of(request)
+        clinics = None if principal.all_clinics else sorted(principal.clinic_ids)
+        async with app_state(request).pool.acquire() as conn:
+            return await lockouts.recent(conn, clinics)

@@ -6,29 +6,46 @@ import hashlib
 import math
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import msgspec
 
 from safetyreport import audit
-from safetyreport.auth import throttle
+from safetyreport.audit.chain import format_time
+from safetyreport.auth import devices, lockouts, throttle, totp
 from safetyreport.auth.passwords import verify_password
 from safetyreport.auth.users import (
     PRINCIPAL_COLUMNS,
     Principal,
     UserView,
+    audit_clinics,
     normalise_username,
     principal_from_row,
 )
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotAuthenticated, TooManyRequests
-from safetyreport.settings import AuthSettings
+from safetyreport.settings import AuthSettings, Settings
+
+WRONG_CREDENTIALS = "wrong username or password"
 
 
 class LoginResult(msgspec.Struct, frozen=True):
     token: str
     expires_at: datetime
     user: UserView
+    # Send it back (X-Device-Token) at the next sign-in: see ``devices``.
+    device_token: str
+
+
+class Credentials(msgspec.Struct, frozen=True, kw_only=True):
+    """What a sign-in presents: password, maybe a second factor, known-device tokens."""
+
+    username: str
+    password: str
+    otp: str | None = None
+    recovery_code: str | None = None
+    device_tokens: list[str] = msgspec.field(default_factory=list)
 
 
 def hash_token(token: str) -> bytes:
@@ -51,59 +68,147 @@ RETURNING expires_at
 """
 
 
+class _Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    username: str
+    address: str
+    device: int | None
+    # The chains it is audited in: the user's clinics, or global for an unknown name.
+    clinics: list[str | None]
+
+
 async def login(
-    pool: asyncpg.Pool, username: str, password: str, address: str, settings: AuthSettings
+    pool: asyncpg.Pool, credentials: Credentials, address: str, settings: Settings
 ) -> LoginResult:
-    username = normalise_username(username)[:200]
+    username = normalise_username(credentials.username)[:200]
     async with pool.acquire() as conn:
-        until = await throttle.locked_until(conn, username, address)
+        known = await devices.find(
+            conn, username, credentials.device_tokens, settings.auth.known_device_lifetime
+        )
+        device = known[0] if known else None
+        until = await throttle.refuse_if_locked(conn, username, address, device)
         if until is not None:
-            await _audit_failure(conn, username, address, "throttled")
+            # Not audited one by one: the lock's count goes in the key's next entry.
             retry = max(1, math.ceil((until - await conn.fetchval("SELECT now()")).total_seconds()))
             raise TooManyRequests("too many failed logins; try again later", retry_after=retry)
         row = await conn.fetchrow(_USER_FOR_LOGIN, username)
-        ok = await verify_password(row["password_hash"] if row else None, password)
-        if row is None or not ok:
-            async with conn.transaction():
-                await throttle.record_failure(conn, username, address)
-                await _audit_failure(conn, username, address, "bad_credentials", in_tx=True)
-            raise NotAuthenticated("wrong username or password")
-        principal = principal_from_row(row)
-        token = new_token()
-        async with conn.transaction():
-            await throttle.record_success(conn, username, address)
-            expires_at: datetime = await conn.fetchval(
-                _CREATE_SESSION, hash_token(token), principal.id, settings.session_absolute
-            )
-            await audit.append(
-                conn,
-                audit.AuditEvent(
-                    actor=principal.actor(),
-                    action="auth.login",
-                    object_type="user",
-                    object_id=principal.username,
-                    client_addr=address,
-                ),
-            )
-    return LoginResult(token=token, expires_at=expires_at, user=principal.view())
+        ok = await verify_password(row["password_hash"] if row else None, credentials.password)
+        principal = principal_from_row(row) if row is not None else None
+        attempt = _Attempt(
+            username=username,
+            address=address,
+            device=device,
+            clinics=_chains(principal),
+        )
+        if principal is None or not ok:
+            await _fail(conn, attempt, "bad_credentials")
+            raise NotAuthenticated(WRONG_CREDENTIALS)
+        problem = await _second_factor(conn, principal, credentials, settings)
+        if problem is not None:
+            reason, message = problem
+            await _fail(conn, attempt, reason)
+            raise NotAuthenticated(message)
+        return await _succeed(conn, attempt, principal, known, settings)
 
 
-async def _audit_failure(
-    conn: Conn, username: str, address: str, reason: str, in_tx: bool = False
-) -> None:
-    event = audit.AuditEvent(
-        actor=audit.Actor(name=f"anonymous:{username}"),
-        action="auth.login_failed",
-        object_type="user",
-        object_id=username,
-        client_addr=address,
-        details={"reason": reason},
-    )
-    if in_tx:
-        await audit.append(conn, event)
-        return
+async def _succeed(
+    conn: Conn,
+    attempt: _Attempt,
+    principal: Principal,
+    known: tuple[int, str] | None,
+    settings: Settings,
+) -> LoginResult:
+    """Open the session, remember the device and audit the sign-in, in one transaction."""
+    token = new_token()
     async with conn.transaction():
-        await audit.append(conn, event)
+        refused = await throttle.take_refused(
+            conn, attempt.username, attempt.address, attempt.device
+        )
+        await throttle.record_success(conn, attempt.username, attempt.address, attempt.device)
+        device_token = await devices.remember(conn, principal.id, known)
+        expires_at: datetime = await conn.fetchval(
+            _CREATE_SESSION, hash_token(token), principal.id, settings.auth.session_absolute
+        )
+        details: dict[str, Any] = {"known_device": known is not None}
+        if refused:
+            details["refused_while_locked"] = refused
+        await audit.append_to_clinics(
+            conn,
+            audit.AuditEvent(
+                actor=principal.actor(),
+                action="auth.login",
+                object_type="user",
+                object_id=principal.username,
+                client_addr=attempt.address,
+                details=details,
+            ),
+            attempt.clinics,
+        )
+    return LoginResult(
+        token=token, expires_at=expires_at, user=principal.view(), device_token=device_token
+    )
+
+
+def _chains(principal: Principal | None) -> list[str | None]:
+    if principal is None:
+        return [None]
+    return audit_clinics(principal.all_clinics, sorted(principal.clinic_ids))
+
+
+async def _second_factor(
+    conn: Conn, principal: Principal, credentials: Credentials, settings: Settings
+) -> tuple[str, str] | None:
+    """Why the second factor fails (audit reason, message), or None when it holds."""
+    enrolled = await totp.is_enrolled(conn, principal.id)
+    if not enrolled:
+        if principal.role in settings.auth.totp_required_roles:
+            return (
+                "second_factor_not_enrolled",
+                "this account needs a second factor: ask an administrator to enrol it",
+            )
+        return None
+    if credentials.recovery_code:
+        if await totp.use_recovery_code(conn, principal.id, credentials.recovery_code):
+            return None
+        return "bad_recovery_code", "wrong or already used recovery code"
+    if not credentials.otp:
+        return "second_factor_missing", "this account needs its one-time code (otp)"
+    key = totp.cached_key(settings)
+    if await totp.check_code(conn, principal.id, credentials.otp.strip(), key):
+        return None
+    return "bad_otp", "wrong or already used one-time code"
+
+
+async def _fail(conn: Conn, attempt: _Attempt, reason: str) -> None:
+    """Count a failed attempt, alert on lock-out patterns and audit it, in one transaction."""
+    async with conn.transaction():
+        refused = await throttle.take_refused(
+            conn, attempt.username, attempt.address, attempt.device
+        )
+        locks = await throttle.record_failure(
+            conn, attempt.username, attempt.address, attempt.device
+        )
+        await lockouts.raise_for(conn, locks, [c for c in attempt.clinics if c is not None])
+        details: dict[str, Any] = {"reason": reason}
+        if refused:
+            details["refused_while_locked"] = refused
+        if locks:
+            details["locked"] = [
+                {
+                    "scope": lock.scope,
+                    "failures": lock.failures,
+                    "until": format_time(lock.locked_until),
+                }
+                for lock in locks
+            ]
+        event = audit.AuditEvent(
+            actor=audit.Actor(name=f"anonymous:{attempt.username}"),
+            action="auth.login_failed",
+            object_type="user",
+            object_id=attempt.username,
+            client_addr=attempt.address,
+            details=details,
+        )
+        await audit.append_to_clinics(conn, event, attempt.clinics)
 
 
 # A live session is touched (its idle timeout restarted) at most once per
@@ -138,7 +243,7 @@ async def logout(pool: asyncpg.Pool, token: str, principal: Principal, address: 
             "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
             hash_token(token),
         )
-        await audit.append(
+        await audit.append_to_clinics(
             conn,
             audit.AuditEvent(
                 actor=principal.actor(),
@@ -147,4 +252,5 @@ async def logout(pool: asyncpg.Pool, token: str, principal: Principal, address: 
                 object_id=principal.username,
                 client_addr=address,
             ),
+            _chains(principal),
         )

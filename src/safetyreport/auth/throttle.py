@@ -12,6 +12,10 @@ Three counters, each with its own threshold and an exponentially growing lock:
 A counter forgets failures older than ``WINDOW``; a successful login clears the
 account's counters. Attempts made while locked are refused before any password
 check, and do not extend the lock.
+
+A device that has signed in successfully before (``devices``) is judged by a fourth
+counter of its own (``device``, as tight as ``account_address``) instead: failures from
+elsewhere, however many, and a shared address's spraying never lock it out.
 """
 
 from __future__ import annotations
@@ -44,31 +48,85 @@ LIMITS = (
     Limit("account", 20, timedelta(seconds=30), timedelta(minutes=5)),
     Limit("address", 50, timedelta(minutes=1), timedelta(minutes=15)),
 )
+# A known device (see ``devices``) is judged by its own failures only.
+DEVICE_LIMIT = Limit("device", 5, timedelta(seconds=30), timedelta(minutes=15))
+# Locks of these scopes are patterns worth an admin's eye (see ``alerts``).
+ALERTING_SCOPES = frozenset({"account", "address"})
 
 
-def _keys(username: str, address: str) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class LockStarted:
+    scope: str
+    key: str
+    failures: int
+    locked_until: datetime
+
+
+def _keys(username: str, address: str, device: int | None) -> dict[str, str]:
+    """The counters an attempt is judged by: its device's alone when it is a known one."""
+    if device is not None:
+        return {"device": f"{username}|{device}"}
     return {"account_address": f"{username}|{address}", "account": username, "address": address}
 
 
-async def locked_until(conn: Conn, username: str, address: str) -> datetime | None:
-    """The latest lock in force for this attempt, or None."""
-    keys = _keys(username, address)
+def _limits(device: int | None) -> tuple[Limit, ...]:
+    return (DEVICE_LIMIT,) if device is not None else LIMITS
+
+
+async def refuse_if_locked(
+    conn: Conn, username: str, address: str, device: int | None = None
+) -> datetime | None:
+    """The latest lock in force for this attempt, or None.
+
+    A refused attempt is only counted on the locked rows (no audit entry each): the
+    next audit entry for the key carries the count (``take_refused``).
+    """
+    keys = _keys(username, address, device)
     value: datetime | None = await conn.fetchval(
         """
-        SELECT max(locked_until) FROM login_throttle
-        WHERE (scope, key) IN (('account_address', $1), ('account', $2), ('address', $3))
-          AND locked_until > now()
+        WITH refused AS (
+            UPDATE login_throttle SET refused = refused + 1
+            WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+              AND locked_until > now()
+            RETURNING locked_until
+        )
+        SELECT max(locked_until) FROM refused
         """,
-        keys["account_address"],
-        keys["account"],
-        keys["address"],
+        list(keys),
+        list(keys.values()),
     )
     return value
 
 
-async def record_failure(conn: Conn, username: str, address: str) -> None:
-    for limit in LIMITS:
-        key = _keys(username, address)[limit.scope]
+async def take_refused(
+    conn: Conn, username: str, address: str, device: int | None = None
+) -> dict[str, int]:
+    """Attempts refused by each of this attempt's locks since last reported, reset to 0."""
+    keys = _keys(username, address, device)
+    rows = await conn.fetch(
+        """
+        UPDATE login_throttle t SET refused = 0
+        FROM (SELECT scope, key, refused FROM login_throttle
+              WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                AND refused > 0
+              FOR UPDATE) old
+        WHERE t.scope = old.scope AND t.key = old.key
+        RETURNING old.scope, old.refused
+        """,
+        list(keys),
+        list(keys.values()),
+    )
+    return {row["scope"]: row["refused"] for row in rows}
+
+
+async def record_failure(
+    conn: Conn, username: str, address: str, device: int | None = None
+) -> list[LockStarted]:
+    """Count a failed attempt; the locks it starts."""
+    started: list[LockStarted] = []
+    keys = _keys(username, address, device)
+    for limit in _limits(device):
+        key = keys[limit.scope]
         failures: int = await conn.fetchval(
             """
             INSERT INTO login_throttle AS t (scope, key, failures, last_failure_at)
@@ -85,20 +143,24 @@ async def record_failure(conn: Conn, username: str, address: str) -> None:
         )
         lock = limit.lock_for(failures)
         if lock is not None:
-            await conn.execute(
+            until: datetime = await conn.fetchval(
                 "UPDATE login_throttle SET locked_until = now() + $3::interval "
-                "WHERE scope = $1 AND key = $2",
+                "WHERE scope = $1 AND key = $2 RETURNING locked_until",
                 limit.scope,
                 key,
                 lock,
             )
+            started.append(LockStarted(limit.scope, key, failures, until))
+    return started
 
 
-async def record_success(conn: Conn, username: str, address: str) -> None:
-    keys = _keys(username, address)
+async def record_success(conn: Conn, username: str, address: str, device: int | None) -> None:
+    """Clear the account's counters (the address's stay: they watch every account)."""
     await conn.execute(
         "DELETE FROM login_throttle"
-        " WHERE (scope, key) IN (('account_address', $1), ('account', $2))",
-        keys["account_address"],
-        keys["account"],
+        " WHERE (scope, key) IN (('account_address', $1), ('account', $2))"
+        "    OR (scope = 'device' AND key = $3)",
+        f"{username}|{address}",
+        username,
+        f"{username}|{device}",
     )

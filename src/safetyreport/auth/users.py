@@ -149,7 +149,7 @@ async def add_user(
 ) -> int:
     """Create a user with a hashed password, audited in the same transaction."""
     username = normalise_username(username)
-    problem = check_policy(password)
+    problem = check_policy(password, username)
     if problem:
         raise ValidationFailed.one("password", "policy", problem)
     if role not in ROLES:
@@ -207,3 +207,82 @@ async def add_user(
                 ),
             )
     return user_id
+
+
+def audit_clinics(all_clinics: bool, clinic_codes: list[str]) -> list[str | None]:
+    """The chains an action of or on a user is recorded in: each of the user's clinics,
+    and for a user granted every clinic the global chain too."""
+    chains: list[str | None] = list(clinic_codes)
+    return [None, *chains] if all_clinics else chains
+
+
+async def _user_for_change(conn: Conn, username: str) -> Principal:
+    """The user (disabled or not), locked until the transaction ends."""
+    username = normalise_username(username)
+    row = await conn.fetchrow(
+        f"SELECT {PRINCIPAL_COLUMNS} FROM users u WHERE u.username = $1 FOR UPDATE",  # noqa: S608
+        username,
+    )
+    if row is None:
+        raise NotFound(f"no user {username}")
+    return principal_from_row(row)
+
+
+async def _audit_user_change(
+    conn: Conn, user: Principal, action: str, actor: audit.Actor, details: dict[str, Any]
+) -> None:
+    await audit.append_to_clinics(
+        conn,
+        audit.AuditEvent(
+            actor=actor,
+            action=action,
+            object_type="user",
+            object_id=user.username,
+            details=details,
+        ),
+        audit_clinics(user.all_clinics, sorted(user.clinic_ids)),
+    )
+
+
+async def _revoke(conn: Conn, user_id: int) -> int:
+    revoked: str = await conn.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        user_id,
+    )
+    return int(revoked.split()[-1])
+
+
+async def revoke_sessions(conn: Conn, username: str, actor: audit.Actor) -> int:
+    """End every session of the user at once; how many were live."""
+    async with conn.transaction():
+        user = await _user_for_change(conn, username)
+        count = await _revoke(conn, user.id)
+        await _audit_user_change(conn, user, "user.sessions_revoked", actor, {"sessions": count})
+    return count
+
+
+async def disable_user(conn: Conn, username: str, actor: audit.Actor) -> None:
+    """Disable the user: no more sign-ins, and every session ends at once."""
+    async with conn.transaction():
+        user = await _user_for_change(conn, username)
+        await conn.execute(
+            "UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE id = $1", user.id
+        )
+        count = await _revoke(conn, user.id)
+        await _audit_user_change(conn, user, "user.disabled", actor, {"sessions": count})
+
+
+async def set_password(conn: Conn, username: str, password: str, actor: audit.Actor) -> None:
+    """Replace the user's password (policy checked); their sessions end."""
+    username = normalise_username(username)
+    problem = check_policy(password, username)
+    if problem:
+        raise ValidationFailed.one("password", "policy", problem)
+    password_hash = await hash_password(password)
+    async with conn.transaction():
+        user = await _user_for_change(conn, username)
+        await conn.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1", user.id, password_hash
+        )
+        count = await _revoke(conn, user.id)
+        await _audit_user_change(conn, user, "user.password_set", actor, {"sessions": count})

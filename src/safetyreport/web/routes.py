@@ -20,7 +20,7 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from safetyreport.alerts import queue
-from safetyreport.auth import service
+from safetyreport.auth import devices, service
 from safetyreport.auth.http import PAGE_OPT, csrf_matches, csrf_token_for
 from safetyreport.auth.users import Principal, Role
 from safetyreport.errors import Forbidden, NotAuthenticated, TooManyRequests
@@ -72,6 +72,8 @@ class LoginForm(msgspec.Struct):
     # Defaults, so a tampered form gets the form back with a message, not a 400 page.
     username: str = ""
     password: str = ""
+    # The second factor: a TOTP code, or a recovery code (told apart by their length).
+    otp: str = ""
     csrf: str = ""
     next: str = ""
 
@@ -220,13 +222,19 @@ class WebController(Controller):
                 error="Enter your username and password.",
             )
         state = app_state(request)
+        tokens = devices.presented_tokens(request)
+        code = data.otp.strip()
+        recovery = len(code) > 10
+        credentials = service.Credentials(
+            username=data.username,
+            password=data.password,
+            otp=None if recovery else code[:10] or None,
+            recovery_code=code[:64] if recovery else None,
+            device_tokens=tokens,
+        )
         try:
             result = await service.login(
-                state.pool,
-                data.username,
-                data.password,
-                client_address(request),
-                state.settings.auth,
+                state.pool, credentials, client_address(request), state.settings
             )
         except TooManyRequests as exc:
             minutes = max(1, round(exc.retry_after / 60))
@@ -237,16 +245,24 @@ class WebController(Controller):
                 status_code=429,
                 error=f"Too many failed sign-ins. Try again in about {minutes} minute(s).",
             )
-        except NotAuthenticated:
+        except NotAuthenticated as exc:
+            second_factor = exc.detail != service.WRONG_CREDENTIALS
             return self._login_form(
                 request,
                 next=next_page,
                 username=data.username,
                 status_code=401,
-                error="Wrong username or password.",
+                error=(
+                    "Enter the current code from your authenticator app, or a recovery code."
+                    if second_factor
+                    else "Wrong username or password."
+                ),
             )
         response = _redirect(next_page or LANDING[result.user.role])
         response.set_cookie(session.session_cookie(request, result.token, state.settings))
+        response.set_cookie(
+            session.device_cookie(request, result.device_token, tokens, state.settings)
+        )
         return response
 
     @post("/logout", status_code=HTTP_303_SEE_OTHER)

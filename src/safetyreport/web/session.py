@@ -14,6 +14,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 
+from safetyreport.auth import devices
 from safetyreport.auth.http import SESSION_COOKIE
 from safetyreport.settings import Settings
 from safetyreport.state import app_state
@@ -53,6 +54,18 @@ def session_cookie(
     # Lives as long as the session can; the server decides when it really ends.
     max_age = int(settings.auth.session_absolute.total_seconds())
     return _cookie(connection, SESSION_COOKIE, token, max_age)
+
+
+def device_cookie(
+    connection: ASGIConnection[Any, Any, Any, Any],
+    token: str,
+    presented: list[str],
+    settings: Settings,
+) -> Cookie:
+    """The known-device cookie (see ``auth.devices``), with ``token`` first."""
+    max_age = int(settings.auth.known_device_lifetime.total_seconds())
+    value = devices.cookie_value(token, presented)
+    return _cookie(connection, devices.DEVICE_COOKIE, value, max_age)
 
 
 def expired_session_cookie(connection: ASGIConnection[Any, Any, Any, Any]) -> Cookie:

@@ -1,0 +1,57 @@
+"""Lock-out alerts for admins: an account attacked from many addresses, or an address
+guessing at many accounts.
+
+Each lock of such a pattern (``throttle.ALERTING_SCOPES``) adds a row admins list at
+``GET /api/v1/auth/lockouts`` (those of their clinics; address-wide ones, which belong
+to no clinic, only for admins of every clinic), and the failed sign-in that started it
+is audited with the lock in every chain of the user's clinics.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from safetyreport.auth.throttle import ALERTING_SCOPES, LockStarted
+from safetyreport.db.pool import Conn
+
+LIST_LIMIT = 200
+
+
+class LockoutAlert(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    raised_at: datetime
+    scope: str
+    key: str
+    failures: int
+    locked_until: datetime
+    clinics: list[str]
+
+
+async def raise_for(conn: Conn, locks: list[LockStarted], clinics: list[str]) -> None:
+    """Record an alert for each lock that shows a pattern. Caller's transaction."""
+    for lock in locks:
+        if lock.scope not in ALERTING_SCOPES:
+            continue
+        await conn.execute(
+            "INSERT INTO lockout_alerts (scope, key, failures, locked_until, clinics) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            lock.scope,
+            lock.key,
+            lock.failures,
+            lock.locked_until,
+            clinics if lock.scope == "account" else [],
+        )
+
+
+async def recent(conn: Conn, clinics: list[str] | None) -> list[LockoutAlert]:
+    """The newest alerts; ``clinics`` None: all, else those touching one of them."""
+    rows = await conn.fetch(
+        "SELECT id, raised_at, scope, key, failures, locked_until, clinics FROM lockout_alerts "
+        "WHERE $1::text[] IS NULL OR clinics && $1::text[] "
+        "ORDER BY raised_at DESC, id DESC LIMIT $2",
+        clinics,
+        LIST_LIMIT,
+    )
+    return [LockoutAlert(**dict(row)) for row in rows]
