@@ -79,6 +79,13 @@ DISCREPANCY = "inventory-discrepancy"
 DISCREPANCIES = "pattern-of-discrepancies"
 CLUSTER = "pattern-blood-pressure-cluster"
 REPEATED = "pattern-patient-repeated-urgent"
+# Protected by migration 0005: that made their version 2.
+PROTECTED = {CRISIS, RESP, THEFT}
+
+
+def default_version(rule_id: str) -> int:
+    return 2 if rule_id in PROTECTED else 1
+
 
 Builder = Callable[..., dict[str, Any]]
 BUILDERS: dict[str, Builder] = {
@@ -176,7 +183,7 @@ async def assert_opened(
     rule_id = alert["rule_id"]
     assert alert["severity"] == SEVERITY[rule_id]
     assert alert["status"] == "open"
-    assert alert["rule_version"] == 1
+    assert alert["rule_version"] == default_version(rule_id)
     assert alert["escalation_level"] == 0
     assert alert["from_pattern"] is (rule_id in PATTERNS)
     if rule_id in CLINIC_GROUPED:
@@ -473,13 +480,15 @@ def test_boundary_cases_cover_every_default_rule() -> None:
 async def test_default_rule_set_is_what_the_tests_expect(db: asyncpg.Connection[Any]) -> None:
     rows = await db.fetch("SELECT id, version, severity, enabled, definition FROM alert_rules")
     assert {r["id"]: r["severity"] for r in rows} == SEVERITY
-    assert all(r["version"] == 1 and r["enabled"] for r in rows)
+    assert all(r["version"] == default_version(r["id"]) and r["enabled"] for r in rows)
     grouped = {r["id"] for r in rows if r["definition"]["group_by"] == "clinic"}
     assert grouped == CLINIC_GROUPED
     assert {r["id"] for r in rows if r["definition"]["pattern"]} == PATTERNS
     assert {r["id"] for r in rows if r["definition"]["dea_deadlines"]} == {THEFT}
     versions = await db.fetch("SELECT rule_id, version, definition FROM alert_rule_versions")
-    assert {(v["rule_id"], v["version"]) for v in versions} == {(r["id"], 1) for r in rows}
+    assert {(v["rule_id"], v["version"]) for v in versions} == {(r["id"], 1) for r in rows} | {
+        (rule_id, 2) for rule_id in PROTECTED
+    }
 
 
 # --- theft and loss: DEA deadlines ------------------------------------------------
