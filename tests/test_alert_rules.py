@@ -972,3 +972,28 @@ async def test_failed_evaluation_rolls_an_amendment_back(
     assert versions == 1
     assert await audit_rows(db, "report.amended") == []
     assert await db.fetchval("SELECT count(*) FROM alerts") == 0
+
+
+# --- evaluation off the event loop (issue 10 item 2) --------------------------------
+
+
+async def test_heavy_matching_runs_in_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Matching whose size (rules x nodes, or pattern candidates x nodes) is above
+    OFF_LOOP_EVALUATIONS runs in a worker thread, so the event loop serves other requests
+    meanwhile; light matching stays on the loop."""
+    import threading
+
+    from safetyreport.alerts import evaluate
+    from safetyreport.alerts.limits import OFF_LOOP_EVALUATIONS
+
+    threads: list[int] = []
+
+    def work(value: int) -> int:
+        threads.append(threading.get_ident())
+        return value
+
+    loop_thread = threading.get_ident()
+    assert await evaluate._off_loop_if_heavy(OFF_LOOP_EVALUATIONS, work, 1) == 1
+    assert await evaluate._off_loop_if_heavy(OFF_LOOP_EVALUATIONS + 1, work, 2) == 2
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread
