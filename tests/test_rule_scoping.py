@@ -351,6 +351,17 @@ async def test_a_protected_override_waits_for_a_second_officer(s: Scoped) -> Non
     assert (version["changed_by"], version["approved_by"]) == ("dora", "dave")
     # Disabling the override of a protected rule is refused outright.
     assert ("enabled", "protected") in problems(await s.disable("dave", "demo-crisis"))
+    # Changing it is held to the same rule, and waits for a second officer too.
+    mine = await s.body_of("demo-crisis")
+    lower = {**mine, "severity": "urgent"}
+    assert ("severity", "protected") in problems(await s.update("dave", "demo-crisis", lower))
+    renamed = {**mine, "name": "Crisis at DEMO"}
+    proposed = await s.update("dave", "demo-crisis", renamed)
+    assert proposed.status_code == 202, proposed.text
+    assert (await s.rule("demo-crisis"))["version"] == 1
+    applied = await s.decide("dora", proposed.json()["id"], "approve")
+    assert applied.status_code == 200, applied.text
+    assert (applied.json()["name"], applied.json()["version"]) == ("Crisis at DEMO", 2)
 
 
 async def test_a_loosened_override_in_the_database_does_not_silence_a_protected_rule(
