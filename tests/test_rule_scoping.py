@@ -526,3 +526,11 @@ async def test_dissociation_rules_still_fire_everywhere(s: Scoped) -> None:
     """The default network rules are in force at every clinic."""
     body = dissociation_report("OTHER", spo2=85)
     assert RESP in await s.fired("no", body)
+
+
+@pytest.mark.parametrize("change_id", ["0", "-1", str(2**63), "9" * 30])
+async def test_a_change_id_out_of_range_is_404(s: Scoped, change_id: str) -> None:
+    headers = await s.as_("adam")
+    assert (await s.client.get(f"{RULES}/changes/{change_id}", headers=headers)).status_code == 404
+    response = await s.client.post(f"{RULES}/changes/{change_id}/approve", headers=headers)
+    assert response.status_code == 404, response.text

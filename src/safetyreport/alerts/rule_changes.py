@@ -285,6 +285,8 @@ async def get_change(
 
 
 async def _change_row(conn: Conn, principal: Principal, change_id: int, *, lock: bool) -> Any:
+    if not 0 < change_id < 2**63:  # beyond bigint: no such change (not a database error)
+        raise NotFound(f"no rule change {change_id}")
     row = await conn.fetchrow(
         f"{_CHANGE_COLUMNS} AND ch.id = $2{' FOR UPDATE OF ch' if lock else ''}",
         principal.scope(),
