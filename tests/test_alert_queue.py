@@ -212,7 +212,7 @@ async def test_list_is_most_severe_first_then_oldest_first(q: Queue) -> None:
     ]
     first = page["items"][0]
     assert first["rule_id"] == CRISIS
-    assert first["rule_version"] == 1
+    assert first["rule_version"] == 2  # protected by migration 0005: version 2
     assert first["rule_name"] == "Hypertensive crisis"
     assert first["clinic"] == "C1"
     assert first["status"] == "open"
@@ -374,7 +374,7 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
     await q.ok("olga", alert_id, "acknowledge")
     view = await q.read("olga", alert_id)
     assert view["id"] == alert_id
-    assert (view["rule_id"], view["rule_version"], view["severity"]) == (CRISIS, 1, "critical")
+    assert (view["rule_id"], view["rule_version"], view["severity"]) == (CRISIS, 2, "critical")
     assert view["status"] == "acknowledged"
     assert view["report_count"] == 2
     assert [r["kind"] for r in view["reports"]] == ["blood_pressure", "blood_pressure"]
@@ -388,7 +388,7 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
         ("olga", "acknowledged"),
     ]
     opened = view["history"][0]["details"]
-    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 1)
+    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 2)
     assert opened["report_id"] == str(first)
     assert view["dea_notice_due"] is None
     assert view["dea_form106_due"] is None

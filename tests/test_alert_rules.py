@@ -79,6 +79,13 @@ DISCREPANCY = "inventory-discrepancy"
 DISCREPANCIES = "pattern-of-discrepancies"
 CLUSTER = "pattern-blood-pressure-cluster"
 REPEATED = "pattern-patient-repeated-urgent"
+# Protected by migration 0005: that made their version 2.
+PROTECTED = {CRISIS, RESP, THEFT}
+
+
+def default_version(rule_id: str) -> int:
+    return 2 if rule_id in PROTECTED else 1
+
 
 Builder = Callable[..., dict[str, Any]]
 BUILDERS: dict[str, Builder] = {
@@ -176,7 +183,7 @@ async def assert_opened(
     rule_id = alert["rule_id"]
     assert alert["severity"] == SEVERITY[rule_id]
     assert alert["status"] == "open"
-    assert alert["rule_version"] == 1
+    assert alert["rule_version"] == default_version(rule_id)
     assert alert["escalation_level"] == 0
     assert alert["from_pattern"] is (rule_id in PATTERNS)
     if rule_id in CLINIC_GROUPED:
@@ -473,13 +480,15 @@ def test_boundary_cases_cover_every_default_rule() -> None:
 async def test_default_rule_set_is_what_the_tests_expect(db: asyncpg.Connection[Any]) -> None:
     rows = await db.fetch("SELECT id, version, severity, enabled, definition FROM alert_rules")
     assert {r["id"]: r["severity"] for r in rows} == SEVERITY
-    assert all(r["version"] == 1 and r["enabled"] for r in rows)
+    assert all(r["version"] == default_version(r["id"]) and r["enabled"] for r in rows)
     grouped = {r["id"] for r in rows if r["definition"]["group_by"] == "clinic"}
     assert grouped == CLINIC_GROUPED
     assert {r["id"] for r in rows if r["definition"]["pattern"]} == PATTERNS
     assert {r["id"] for r in rows if r["definition"]["dea_deadlines"]} == {THEFT}
     versions = await db.fetch("SELECT rule_id, version, definition FROM alert_rule_versions")
-    assert {(v["rule_id"], v["version"]) for v in versions} == {(r["id"], 1) for r in rows}
+    assert {(v["rule_id"], v["version"]) for v in versions} == {(r["id"], 1) for r in rows} | {
+        (rule_id, 2) for rule_id in PROTECTED
+    }
 
 
 # --- theft and loss: DEA deadlines ------------------------------------------------
@@ -963,3 +972,28 @@ async def test_failed_evaluation_rolls_an_amendment_back(
     assert versions == 1
     assert await audit_rows(db, "report.amended") == []
     assert await db.fetchval("SELECT count(*) FROM alerts") == 0
+
+
+# --- evaluation off the event loop (issue 10 item 2) --------------------------------
+
+
+async def test_heavy_matching_runs_in_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Matching whose size (rules x nodes, or pattern candidates x nodes) is above
+    OFF_LOOP_EVALUATIONS runs in a worker thread, so the event loop serves other requests
+    meanwhile; light matching stays on the loop."""
+    import threading
+
+    from safetyreport.alerts import evaluate
+    from safetyreport.alerts.limits import OFF_LOOP_EVALUATIONS
+
+    threads: list[int] = []
+
+    def work(value: int) -> int:
+        threads.append(threading.get_ident())
+        return value
+
+    loop_thread = threading.get_ident()
+    assert await evaluate._off_loop_if_heavy(OFF_LOOP_EVALUATIONS, work, 1) == 1
+    assert await evaluate._off_loop_if_heavy(OFF_LOOP_EVALUATIONS + 1, work, 2) == 2
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread

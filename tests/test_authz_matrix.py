@@ -63,6 +63,9 @@ class Foreign:
     report_ids: tuple[str, ...]
     alert_ids: tuple[str, ...]
     notification_ids: tuple[str, ...]
+    # Its clinic rule and its override of a network rule; its pending rule change.
+    rule_ids: tuple[str, ...] = ()
+    change_ids: tuple[int, ...] = ()
 
     def markers(self) -> set[str]:
         """Strings that only the foreign clinic's data contains."""
@@ -70,6 +73,7 @@ class Foreign:
             *self.report_ids,
             *self.alert_ids,
             *self.notification_ids,
+            *self.rule_ids,
             FOREIGN_PATIENT,
             FOREIGN_TEXT,
             FOREIGN_NAME,
@@ -114,11 +118,25 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
     "report_id": lambda f: f.report_ids[0],
     "alert_id": lambda f: f.alert_ids[0],
     "notification_id": lambda f: f.notification_ids[0],
+    "rule_id": lambda f: f.rule_ids[0],
+    "change_id": lambda f: str(f.change_ids[0]),
 }
 # Path parameters naming objects that belong to no clinic: (value, why that is fine).
-GLOBAL_IDS: dict[str, tuple[str, str]] = {
-    "rule_id": ("dissociation-present", "rules are shared by every clinic"),
-}
+GLOBAL_IDS: dict[str, tuple[str, str]] = {}
+FOREIGN_RULE = "zzforeign-secret-rule"
+FOREIGN_OVERRIDE = "zzforeign-secret-override"
+FOREIGN_PROTECTED = "zzforeign-secret-crisis"
+
+
+def _rule_body(f: Foreign) -> dict[str, Any]:
+    return {
+        "name": "probe",
+        "severity": "info",
+        "description": "probe",
+        "definition": {"when": {"field": "systolic", "op": ">", "value": 999}},
+    }
+
+
 # Valid bodies for writes to routes with path parameters (None: the route takes none).
 BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
     ("POST", "/api/v1/reports/{report_id:uuid}/amendments"): lambda f: {
@@ -130,8 +148,10 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
     ("POST", "/api/v1/alerts/{alert_id:uuid}/resolve"): lambda f: {"reason": "probe"},
     ("POST", "/api/v1/alerts/{alert_id:uuid}/reopen"): lambda f: {"reason": "probe"},
     ("POST", "/api/v1/alerts/{alert_id:uuid}/notes"): lambda f: {"text": "probe"},
-    ("PUT", "/api/v1/rules/{rule_id:str}"): lambda f: {},
+    ("PUT", "/api/v1/rules/{rule_id:str}"): _rule_body,
     ("POST", "/api/v1/rules/{rule_id:str}/disable"): None,
+    ("POST", "/api/v1/rules/changes/{change_id:int}/approve"): None,
+    ("POST", "/api/v1/rules/changes/{change_id:int}/reject"): None,
 }
 
 
@@ -188,7 +208,18 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         Probe(query={"last_event_id": "0"}, denied=False, stream=True)
     ],
     ("GET", "/api/v1/rules"): [SEEN_NOTHING],
-    ("POST", "/api/v1/rules"): [Probe(body=lambda f: {}, denied=False)],
+    ("POST", "/api/v1/rules"): [
+        Probe(body=lambda f: {}, denied=False),
+        # A rule for the foreign clinic: 422 on "clinics", as for reports (no such clinic).
+        Probe(
+            body=lambda f: {**_rule_body(f), "id": "probe-rule", "clinics": [FOREIGN]},
+            also_refused=frozenset({422}),
+        ),
+    ],
+    ("GET", "/api/v1/rules/changes"): [
+        SEEN_NOTHING,
+        Probe(query={"status": "pending"}, denied=False),
+    ],
     ("GET", "/api/v1/notifications"): [
         SEEN_NOTHING,
         Probe(query={"alert": "{alert}"}, denied=False),
@@ -309,7 +340,46 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
         "SELECT id::text FROM notifications WHERE alert_id = ANY($1::uuid[])", list(alert_ids)
     )
     assert notes, "no notification was queued for the foreign alerts"
-    return Foreign(tuple(report_ids), alert_ids, tuple(r["id"] for r in notes))
+    change_id = await foreign_rules(base_url, officer)
+    return Foreign(
+        tuple(report_ids),
+        alert_ids,
+        tuple(r["id"] for r in notes),
+        (FOREIGN_RULE, FOREIGN_OVERRIDE, FOREIGN_PROTECTED),
+        (change_id,),
+    )
+
+
+async def foreign_rules(base_url: str, officer: dict[str, str]) -> int:
+    """The foreign clinic's own rule, its override of a network rule, and its proposed
+    override of a protected rule (waiting for approval); the proposal's id."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        own = {
+            "id": FOREIGN_RULE,
+            "clinics": [FOREIGN],
+            "name": FOREIGN_TEXT,
+            "severity": "info",
+            "description": FOREIGN_TEXT,
+            "definition": {"when": {"field": "systolic", "op": ">", "value": 999}},
+        }
+        created = await http.post("/api/v1/rules", json=own, headers=officer)
+        assert created.status_code == 201, created.text
+        for network_id, rule_id, status in (
+            ("dissociation-present", FOREIGN_OVERRIDE, 201),
+            ("bp-hypertensive-crisis", FOREIGN_PROTECTED, 202),
+        ):
+            network = (await http.get(f"/api/v1/rules/{network_id}", headers=officer)).json()
+            override = {
+                **{k: network[k] for k in ("name", "severity", "definition")},
+                "id": rule_id,
+                "clinics": [FOREIGN],
+                "overrides": network_id,
+                "description": FOREIGN_TEXT,
+            }
+            created = await http.post("/api/v1/rules", json=override, headers=officer)
+            assert created.status_code == status, created.text
+    change_id: int = created.json()["id"]
+    return change_id
 
 
 async def own_clinic(base_url: str) -> str:
@@ -343,6 +413,13 @@ async def foreign_state(db: asyncpg.Connection[Any]) -> list[Any]:
         SELECT 'events', c.code, count(e.id)::text
           FROM alert_events e JOIN clinics c ON c.id = e.clinic_id WHERE c.code = $1
           GROUP BY c.code
+        UNION ALL
+        SELECT 'rule', r.id, concat_ws('/', r.version, r.enabled)
+          FROM alert_rules r JOIN clinics c ON c.id = ANY(r.clinic_ids) WHERE c.code = $1
+        UNION ALL
+        SELECT 'rule change', ch.id::text, ch.status
+          FROM alert_rule_changes ch JOIN clinics c ON c.id = ANY(ch.clinic_ids)
+         WHERE c.code = $1
         ORDER BY 1, 2
         """,
         FOREIGN,
@@ -427,6 +504,7 @@ def violations_of(answer: Answer, probe: Probe, foreign: Foreign) -> list[str]:
     return found
 
 
+@pytest.mark.end_to_end
 @pytest.mark.timeout(180)
 async def test_no_role_reaches_another_clinics_data(
     database_url: str, db: asyncpg.Connection[Any], tmp_path: Path

@@ -354,3 +354,56 @@ def test_evaluation_does_not_change_the_facts() -> None:
     facts = dict(FACTS)
     parse_condition({"all": [TRUE, cmp("symptoms", "any_of", ["seizure"])]}).holds(facts)
     assert facts == FACTS
+
+
+# --- bounded work (issue 10 item 2) ---------------------------------------------------
+
+
+def test_list_lookups_do_not_grow_with_the_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `in` list is compiled to a set: evaluating it compares no value one by one (it
+    compared every listed value before, 20,000 per rule in the review's attack)."""
+    from safetyreport.alerts import conditions, limits
+
+    compared = 0
+    real_equal = conditions._equal
+
+    def counting_equal(actual: Any, value: Any) -> bool:
+        nonlocal compared
+        compared += 1
+        return real_equal(actual, value)
+
+    monkeypatch.setattr(conditions, "_equal", counting_equal)
+    values = [f"PT-{i}" for i in range(limits.MAX_LIST_VALUES)]
+    for op in ("in", "not_in"):
+        condition = parse_condition(cmp("patient_ref", op, values))
+        assert condition.holds({"patient_ref": "PT-7"}) is (op == "in")
+        assert condition.holds({"patient_ref": "PT-X"}) is (op == "not_in")
+    any_of = parse_condition(cmp("symptoms", "any_of", values))
+    assert any_of.holds({"symptoms": ["x", "PT-3"]}) is True
+    assert compared == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "facts", "expected"),
+    [
+        (cmp("resolved", "in", [0, 1]), {"resolved": False}, False),  # false is not 0
+        (cmp("systolic", "in", [True, 180.0]), {"systolic": 180}, True),  # 180 is 180.0
+        (cmp("systolic", "not_in", ["180"]), {"systolic": 180}, False),  # no number listed
+        (cmp("symptoms", "in", ["a"]), {"symptoms": ["a"]}, False),  # a list is no value
+        (cmp("symptoms", "any_of", ["a"]), {"symptoms": [["a"], "b"]}, False),
+    ],
+)
+def test_compiled_lists_keep_the_kinds_apart(
+    raw: dict[str, Any], facts: dict[str, Any], expected: bool
+) -> None:
+    assert parse_condition(raw).holds(facts) is expected
+
+
+def test_a_condition_has_at_most_max_nodes() -> None:
+    from safetyreport.alerts.limits import MAX_CONDITION_NODES
+
+    leaf = cmp("systolic", ">", 1)
+    assert parse_condition({"any": [leaf] * (MAX_CONDITION_NODES - 1)})
+    assert failure({"any": [leaf] * MAX_CONDITION_NODES}) == [
+        (f"when.any[{MAX_CONDITION_NODES - 1}]", "limit")
+    ]

@@ -40,6 +40,21 @@ DEFAULT_RULES = {
     "pattern-blood-pressure-cluster",
     "pattern-patient-repeated-urgent",
 }
+# Protected by migration 0005 (a new version, by migration).
+PROTECTED = {
+    "bp-hypertensive-crisis",
+    "respiratory-depression",
+    "controlled-substance-theft-or-loss",
+}
+# Rules, versions and audited rule changes of a fresh database (the test template is
+# migrated without the migrate command's recording of rule versions).
+DEFAULT_COUNTS = (16, 19, 0)
+
+
+def default_version(rule_id: str) -> int:
+    return 2 if rule_id in PROTECTED else 1
+
+
 # The sources of domain.md's rule table; every default rule's description cites one.
 SOURCES = (
     "Source:",
@@ -59,6 +74,7 @@ USERS: dict[str, tuple[Role, list[str], bool]] = {
     "olga": ("safety_officer", ["C1"], False),
     "aude": ("auditor", ["C1"], False),
     "adam": ("admin", [], True),
+    "ada": ("admin", [], True),
 }
 
 
@@ -202,8 +218,13 @@ async def test_list_has_the_16_default_rules_each_citing_a_source(r: Rules) -> N
             "enabled",
             "definition",
             "updated_at",
+            "clinics",
+            "overrides",
+            "protected",
         }
-        assert (item["version"], item["enabled"]) == (1, True), item["id"]
+        assert (item["version"], item["enabled"]) == (default_version(item["id"]), True)
+        assert (item["clinics"], item["overrides"]) == (None, None), item["id"]
+        assert item["protected"] is (item["id"] in PROTECTED), item["id"]
         assert any(source in item["description"] for source in SOURCES), item
         assert item["definition"]["when"], item["id"]
     by_id = {item["id"]: item for item in items}
@@ -222,7 +243,7 @@ async def test_read_one_rule(r: Rules) -> None:
     view = await r.get("olga", "bp-hypertensive-crisis")
     assert view["id"] == "bp-hypertensive-crisis"
     assert view["name"] == "Hypertensive crisis"
-    assert view["version"] == 1
+    assert view["version"] == 2
     assert view["definition"]["kinds"] == ["blood_pressure"]
     assert view["definition"]["group_by"] == "patient"
     listed = (await r.client.get(RULES, headers=await r.as_("olga"))).json()["items"]
@@ -238,7 +259,7 @@ async def test_an_unknown_rule_is_404(r: Rules, rule_id: str) -> None:
     assert response.status_code == 404, response.text
     response = await r.disable("adam", rule_id)
     assert response.status_code == 404, response.text
-    assert await r.counts() == (16, 16, 0)
+    assert await r.counts() == DEFAULT_COUNTS
 
 
 # --- creating, versions, firing ------------------------------------------------------
@@ -260,19 +281,20 @@ async def test_a_created_rule_fires_and_each_change_is_a_new_version(r: Rules) -
     assert (alert["rule_version"], alert["severity"], alert["status"]) == (1, "high", "open")
     assert await r.alert_of(await r.report(patient_ref="PT-2", pulse=115), "tachycardia") is None
 
-    # Version 2: a lower threshold, by a safety officer.
+    # Version 2: a lower threshold, by another admin (a network rule: safety officers,
+    # who are not granted every clinic, may not change it since issue 10).
     [v1] = await r.versions("tachycardia")
     assert (v1["version"], v1["changed_by"]) == (1, "adam")
     changed = without_id(pulse_rule(name="Tachycardia (110)"))
     changed["definition"]["when"]["value"] = 110
-    response = await r.update("olga", "tachycardia", changed)
+    response = await r.update("ada", "tachycardia", changed)
     assert response.status_code == 200, response.text
     updated = response.json()
     assert (updated["version"], updated["name"]) == (2, "Tachycardia (110)")
     assert updated["definition"]["when"]["value"] == 110
     versions = await r.versions("tachycardia")
     assert versions[0] == v1, "version 1 must stay as it was"
-    assert [(v["version"], v["changed_by"]) for v in versions] == [(1, "adam"), (2, "olga")]
+    assert [(v["version"], v["changed_by"]) for v in versions] == [(1, "adam"), (2, "ada")]
     assert versions[1]["definition"]["when"]["value"] == 110
 
     # Version 2 fires where version 1 did not, and the alert says so; the first alert
@@ -301,50 +323,58 @@ async def test_a_created_rule_fires_and_each_change_is_a_new_version(r: Rules) -
     entries = await r.db.fetch(
         "SELECT * FROM audit_entries WHERE object_id = 'tachycardia' ORDER BY chain, seq"
     )
+    # A network rule: recorded in every clinic's chain and the global one.
+    changes = [("rule.created", "adam"), ("rule.updated", "ada"), ("rule.updated", "adam")]
     assert [(e["action"], e["actor"], e["chain"]) for e in entries] == [
-        ("rule.created", "adam", "global"),
-        ("rule.updated", "olga", "global"),
-        ("rule.updated", "adam", "global"),
+        *((action, actor, "clinic:C1") for action, actor in changes),
+        *((action, actor, "global") for action, actor in changes),
     ]
-    assert [e["details"]["version"] for e in entries] == [1, 2, 3]
-    assert [e["object_type"] for e in entries] == ["alert_rule"] * 3
-    assert [e["actor_role"] for e in entries] == ["admin", "safety_officer", "admin"]
+    assert [e["details"]["version"] for e in entries] == [1, 2, 3] * 2
+    assert [e["object_type"] for e in entries] == ["alert_rule"] * 6
+    assert [e["actor_role"] for e in entries] == ["admin"] * 6
 
 
 async def test_a_safety_officer_may_create_a_rule(r: Rules) -> None:
-    response = await r.create("olga", pulse_rule(id="olga-rule", enabled=False))
+    body = pulse_rule(id="olga-rule", enabled=False, clinics=["C1"])
+    response = await r.create("olga", body)
     assert response.status_code == 201, response.text
     assert (response.json()["version"], response.json()["enabled"]) == (1, False)
+    assert response.json()["clinics"] == ["C1"]
     [entry] = await audit_rows(r.db, "rule.created", "olga-rule")
-    assert (entry["actor"], entry["chain"]) == ("olga", "global")
+    assert (entry["actor"], entry["chain"]) == ("olga", "clinic:C1")
     # Created disabled: it does not fire.
     report = await r.report(pulse=140)
     assert await r.alert_of(report, "olga-rule") is None
 
 
 async def test_changing_a_default_rule_takes_effect(r: Rules) -> None:
-    crisis = await r.get("olga", "bp-hypertensive-crisis")
+    # The crisis rule is protected: the change takes effect once a second admin approves.
+    crisis = await r.get("adam", "bp-hypertensive-crisis")
     body = {k: crisis[k] for k in ("name", "severity", "description", "definition")}
     body["severity"] = "urgent"
-    response = await r.update("olga", "bp-hypertensive-crisis", body)
-    assert response.status_code == 200, response.text
+    response = await r.update("adam", "bp-hypertensive-crisis", body)
+    assert response.status_code == 202, response.text
+    change = response.json()["id"]
+    approved = await r.client.post(f"{RULES}/changes/{change}/approve", headers=await r.as_("ada"))
+    assert approved.status_code == 200, approved.text
     report = await r.report(systolic=185, diastolic=100)
     alert = await r.alert_of(report, "bp-hypertensive-crisis")
     assert alert is not None
-    assert (alert["severity"], alert["rule_version"]) == ("urgent", 2)
+    assert (alert["severity"], alert["rule_version"]) == ("urgent", 3)
 
 
 async def test_a_disabled_rule_can_be_enabled_again(r: Rules) -> None:
-    assert (await r.disable("olga", "bp-hypertensive-crisis")).status_code == 200
-    report = await r.report(patient_ref="PT-1", systolic=185, diastolic=100)
-    assert await r.alert_of(report, "bp-hypertensive-crisis") is None
-    crisis = await r.get("olga", "bp-hypertensive-crisis")
-    body = {k: crisis[k] for k in ("name", "severity", "description", "definition")}
-    response = await r.update("olga", "bp-hypertensive-crisis", {**body, "enabled": True})
+    marked = "bp-markedly-abnormal"
+    assert (await r.disable("adam", marked)).status_code == 200
+    report = await r.report(patient_ref="PT-1", systolic=180, diastolic=100)
+    assert await r.alert_of(report, marked) is None
+    current = await r.get("adam", marked)
+    body = {k: current[k] for k in ("name", "severity", "description", "definition")}
+    response = await r.update("adam", marked, {**body, "enabled": True})
     assert response.status_code == 200, response.text
     assert (response.json()["version"], response.json()["enabled"]) == (3, True)
-    report = await r.report(patient_ref="PT-2", systolic=185, diastolic=100)
-    alert = await r.alert_of(report, "bp-hypertensive-crisis")
+    report = await r.report(patient_ref="PT-2", systolic=180, diastolic=100)
+    alert = await r.alert_of(report, marked)
     assert alert is not None
     assert alert["rule_version"] == 3
 
@@ -427,13 +457,13 @@ async def test_an_invalid_rule_is_422_saying_what_is_wrong(
     found = errors(await r.create("adam", body))
     assert [(e["field"], e["rule"]) for e in found] == [(field, rule)]
     assert mentions in found[0]["message"], found
-    assert await r.counts() == (16, 16, 0)
+    assert await r.counts() == DEFAULT_COUNTS
     # The same definition is refused when it replaces a rule's (no id in that body).
     if field != "id":
         found = errors(await r.update("adam", "bp-hypertensive-crisis", without_id(body)))
         assert [(e["field"], e["rule"]) for e in found] == [(field, rule)]
-        assert (await r.get("adam", "bp-hypertensive-crisis"))["version"] == 1
-    assert await r.counts() == (16, 16, 0)
+        assert (await r.get("adam", "bp-hypertensive-crisis"))["version"] == 2
+    assert await r.counts() == DEFAULT_COUNTS
 
 
 async def test_an_unknown_top_level_field_is_422_naming_it(r: Rules) -> None:
@@ -444,7 +474,7 @@ async def test_an_unknown_top_level_field_is_422_naming_it(r: Rules) -> None:
     found = errors(await r.update("adam", "bp-hypertensive-crisis", pulse_rule()))
     assert [e["rule"] for e in found] == ["unknown_field"]
     assert "id" in found[0]["field"] + found[0]["message"], found
-    assert await r.counts() == (16, 16, 0)
+    assert await r.counts() == DEFAULT_COUNTS
 
 
 MISSING = [
@@ -459,7 +489,7 @@ async def test_a_missing_field_is_422_naming_it(r: Rules, body: dict[str, Any], 
     found = errors(await r.create("adam", body))
     assert [e["rule"] for e in found] == ["required"]
     assert f"`{name}`" in found[0]["message"], found
-    assert await r.counts() == (16, 16, 0)
+    assert await r.counts() == DEFAULT_COUNTS
 
 
 @pytest.mark.parametrize(
@@ -485,17 +515,17 @@ async def test_a_duplicate_id_is_422_on_id(r: Rules, rule_id: str) -> None:
     if rule_id == "tachycardia":
         assert (await r.create("adam", pulse_rule())).status_code == 201
     before = await r.counts()
-    found = errors(await r.create("olga", pulse_rule(id=rule_id)))
+    found = errors(await r.create("olga", pulse_rule(id=rule_id, clinics=["C1"])))
     assert [(e["field"], e["rule"]) for e in found] == [("id", "unique")]
     assert await r.counts() == before
-    assert (await r.get("olga", rule_id))["version"] == 1
+    assert (await r.get("olga", rule_id))["version"] == default_version(rule_id)
 
 
 @pytest.mark.parametrize("body", [[], "rule", None, 17])
 async def test_a_body_that_is_not_an_object_is_422(r: Rules, body: Any) -> None:
     assert errors(await r.create("adam", body))
     assert errors(await r.update("adam", "bp-hypertensive-crisis", body))
-    assert await r.counts() == (16, 16, 0)
+    assert await r.counts() == DEFAULT_COUNTS
 
 
 async def test_two_creates_of_one_id_at_once_are_201_and_422(
@@ -526,16 +556,14 @@ async def test_disable_keeps_a_concurrent_update(
     r: Rules, other_conn: asyncpg.Connection[Any]
 ) -> None:
     headers = await r.as_("adam")
-    request = r.client.build_request(
-        "POST", f"{RULES}/bp-hypertensive-crisis/disable", headers=headers
-    )
+    request = r.client.build_request("POST", f"{RULES}/sedation-moaa-s-1/disable", headers=headers)
     concurrent = other_conn.transaction()
     await concurrent.start()
     try:
-        # A concurrent update to version 2 (a lower threshold), not yet committed.
+        # A concurrent update to version 2 (another threshold), not yet committed.
         await other_conn.execute(
             "UPDATE alert_rules SET version = 2, definition = jsonb_set(definition,"
-            " '{when,any,0,value}', '170') WHERE id = 'bp-hypertensive-crisis'"
+            " '{when,value}', '2') WHERE id = 'sedation-moaa-s-1'"
         )
         pending = asyncio.ensure_future(send_concurrently(r.client, [request]))
         await wait_for_a_lock_wait(r.db)
@@ -543,9 +571,9 @@ async def test_disable_keeps_a_concurrent_update(
         await concurrent.commit()
     [response] = await pending
     assert response.status_code == 200, response.text
-    view = await r.get("adam", "bp-hypertensive-crisis")
+    view = await r.get("adam", "sedation-moaa-s-1")
     assert (view["version"], view["enabled"]) == (3, False)
-    assert view["definition"]["when"]["any"][0]["value"] == 170
+    assert view["definition"]["when"]["value"] == 2
 
 
 # --- roles ---------------------------------------------------------------------------
@@ -560,12 +588,12 @@ async def test_nurses_and_auditors_may_not_change_rules(r: Rules, who: str) -> N
     # Refused before anything is looked at: an invalid body or unknown rule is still 403.
     assert (await r.create(who, {"id": "Bad ID!"})).status_code == 403
     assert (await r.disable(who, "no-such-rule")).status_code == 403
-    assert await r.counts() == (16, 16, 0)
+    assert await r.counts() == DEFAULT_COUNTS
     crisis = await r.db.fetchrow(
         "SELECT version, enabled FROM alert_rules WHERE id = 'bp-hypertensive-crisis'"
     )
     assert crisis is not None
-    assert (crisis["version"], crisis["enabled"]) == (1, True)
+    assert (crisis["version"], crisis["enabled"]) == (2, True)
 
 
 async def test_auditors_can_read_rules(r: Rules) -> None:
@@ -581,4 +609,4 @@ async def test_no_token_is_401(r: Rules) -> None:
     assert (await r.client.get(f"{RULES}/bp-hypertensive-crisis")).status_code == 401
     assert (await r.client.post(RULES, json=pulse_rule())).status_code == 401
     assert (await r.client.post(f"{RULES}/bp-hypertensive-crisis/disable")).status_code == 401
-    assert await r.counts() == (16, 16, 0)
+    assert await r.counts() == DEFAULT_COUNTS

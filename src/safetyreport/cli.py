@@ -38,7 +38,9 @@ def _settings() -> Settings:
 
 
 async def _migrate(settings: Settings, url: str) -> None:
-    applied = await migrate(url, app_password=settings.database.app_password)
+    applied = await migrate(
+        url, app_password=settings.database.app_password, record_rule_changes=True
+    )
     for migration in applied:
         print(f"applied migration {migration.version:04d}_{migration.name}")
 

@@ -1,4 +1,4 @@
-"""Running the enabled rules against a stored report, in the report's transaction.
+"""Running the rules in force at a report's clinic against it, in the report's transaction.
 
 Single-report rules look at the report's own values. Pattern rules count the reports
 of one group (clinic, or patient within a clinic) in a time window that match their
@@ -9,23 +9,33 @@ unresolved alert of the same rule and group.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from safetyreport import audit
 from safetyreport.alerts import events
 from safetyreport.alerts.conditions import All, AnyOf, Compare, Condition, Not
-from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL, Rule
-from safetyreport.alerts.rules import _compile as compile_rule
+from safetyreport.alerts.limits import OFF_LOOP_EVALUATIONS
+from safetyreport.alerts.rules import (
+    CANDIDATES_SQL,
+    SEVERITY_RANK,
+    SEVERITY_RANK_SQL,
+    Rule,
+    compile_rule,
+    in_force,
+)
 from safetyreport.db.pool import Conn
 from safetyreport.settings import AlertSettings
 
 DEA_FORM_106_DAYS = 45
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,31 +74,28 @@ def next_business_day(moment: datetime) -> datetime:
     return later
 
 
-# The enabled rules are read in every report's transaction (a change applies to the very
+# The rules in force are read in every report's transaction (a change applies to the very
 # next report), but compiling them is not repeated: compiled rules are kept per stored
-# form (id, version, severity and the definition's text).
-_ENABLED_RULES = """
-SELECT id, version, severity, definition::text AS definition
-FROM alert_rules WHERE enabled ORDER BY id
-"""
+# form (the candidate row as read, definition text included).
 _MAX_COMPILED = 1000
-_compiled: dict[tuple[str, int, str, str], Rule] = {}
+_compiled: dict[tuple[Any, ...], Rule] = {}
 _json = msgspec.json.Decoder()
 
 
-async def _enabled_rules(conn: Conn) -> list[Rule]:
-    """The enabled rules, compiled (as ``rules.enabled_rules``, without recompiling)."""
-    found: list[Rule] = []
-    for row in await conn.fetch(_ENABLED_RULES):
-        key = (row["id"], row["version"], row["severity"], row["definition"])
+async def rules_in_force(conn: Conn, clinic_id: int) -> list[Rule]:
+    """The enabled rules in force at a clinic, compiled: its clinic rules and overrides,
+    and the network rules it has not overridden."""
+    candidates: list[Rule] = []
+    for row in await conn.fetch(CANDIDATES_SQL, clinic_id):
+        key = tuple(row.values())
         rule = _compiled.get(key)
         if rule is None:
             rule = compile_rule({**dict(row), "definition": _json.decode(row["definition"])})
             if len(_compiled) >= _MAX_COMPILED:
                 _compiled.clear()
             _compiled[key] = rule
-        found.append(rule)
-    return found
+        candidates.append(rule)
+    return in_force(candidates)
 
 
 async def evaluate_report(
@@ -100,9 +107,10 @@ async def evaluate_report(
     settings: AlertSettings,
 ) -> Outcome:
     outcome = Outcome()
-    rules = [r for r in await _enabled_rules(conn) if r.applies_to(report.kind)]
+    rules = [r for r in await rules_in_force(conn, report.clinic_id) if r.applies_to(report.kind)]
     facts = report.facts()
-    fired = [r for r in rules if r.definition.pattern is None and r.condition.holds(facts)]
+    single = [r for r in rules if r.definition.pattern is None]
+    fired = await _off_loop_if_heavy(sum(r.nodes for r in single), _holding, single, facts)
     for rule in fired:
         await _raise(
             conn, rule, report, [(report.id, report.version)], outcome, actor, client_addr, settings
@@ -177,6 +185,15 @@ async def _pattern_matches(
         list(rule.definition.kinds),
         sorted(named),
     )
+    matching = await _off_loop_if_heavy(len(rows) * rule.nodes, _matching_rows, rule, rows)
+    return _densest_window(matching, report.occurred_at, timedelta(days=pattern.window_days))
+
+
+def _holding(rules: list[Rule], facts: dict[str, Any]) -> list[Rule]:
+    return [r for r in rules if r.condition.holds(facts)]
+
+
+def _matching_rows(rule: Rule, rows: list[Any]) -> list[tuple[datetime, uuid.UUID, int]]:
     matching: list[tuple[datetime, uuid.UUID, int]] = []
     for row in rows:
         # As StoredReport.facts, with the named fields of the body.
@@ -188,7 +205,15 @@ async def _pattern_matches(
         }
         if rule.condition.holds(facts):
             matching.append((row["occurred_at"], row["id"], row["current_version"]))
-    return _densest_window(matching, report.occurred_at, timedelta(days=pattern.window_days))
+    return matching
+
+
+async def _off_loop_if_heavy(evaluations: int, work: Callable[..., _T], *args: Any) -> _T:
+    """Run ``work`` here when it is light, else in a worker thread, so that a clinic with
+    many rules or many reports in a pattern's window never stalls the event loop."""
+    if evaluations <= OFF_LOOP_EVALUATIONS:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
 
 
 def _densest_window(

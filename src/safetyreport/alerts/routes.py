@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, Request, Response, get, post, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipValidation
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from msgspec import Meta
 
-from safetyreport.alerts import queue, rules
+from safetyreport.alerts import queue, rule_changes, rules
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.state import app_state, client_address
 
@@ -173,6 +176,14 @@ class AlertController(Controller):
         return await _act(request, alert_id, "noted", details={"text": data.text})
 
 
+PENDING = {
+    HTTP_202_ACCEPTED: ResponseSpec(
+        rule_changes.ChangeView,
+        description="A change to a protected rule, waiting for a second user's approval",
+    )
+}
+
+
 class RuleController(Controller):
     path = "/api/v1/rules"
     tags = ["rules"]
@@ -181,50 +192,108 @@ class RuleController(Controller):
 
     @get("/")
     async def list(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        """Every rule, current version."""
+        """The rules of your clinics and the network rules, current version."""
+        principal = principal_of(request)
         async with app_state(request).pool.acquire() as conn:
-            items = await rules.list_rules(conn)
+            items = await rules.list_rules(conn, principal)
         return {"items": msgspec.to_builtins(items), "next_cursor": None}
+
+    @get("/changes")
+    async def list_changes(
+        self, request: Request[Any, Any, Any], status: FromQuery[rule_changes.Status | None] = None
+    ) -> dict[str, Any]:
+        """Changes to protected rules (of your clinics, and network ones), oldest first."""
+        principal = principal_of(request)
+        async with app_state(request).pool.acquire() as conn:
+            items = await rule_changes.list_changes(conn, principal, status)
+        return {"items": msgspec.to_builtins(items), "next_cursor": None}
+
+    @get("/changes/{change_id:int}")
+    async def read_change(
+        self, request: Request[Any, Any, Any], change_id: FromPath[int]
+    ) -> rule_changes.ChangeView:
+        async with app_state(request).pool.acquire() as conn:
+            return await rule_changes.get_change(conn, principal_of(request), change_id)
+
+    @post("/changes/{change_id:int}/approve", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    async def approve(
+        self, request: Request[Any, Any, Any], change_id: FromPath[int]
+    ) -> rules.RuleView:
+        """Apply a change to a protected rule: by a second user with the same rights."""
+        principal = principal_of(request)
+        async with app_state(request).pool.acquire() as conn:
+            saved = await rule_changes.approve(conn, principal, change_id)
+        return saved.view(principal)
+
+    @post("/changes/{change_id:int}/reject", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    async def reject(
+        self, request: Request[Any, Any, Any], change_id: FromPath[int]
+    ) -> rule_changes.ChangeView:
+        """Close a change to a protected rule without applying it."""
+        async with app_state(request).pool.acquire() as conn:
+            return await rule_changes.reject(conn, principal_of(request), change_id)
 
     @get("/{rule_id:str}")
     async def read(self, request: Request[Any, Any, Any], rule_id: FromPath[str]) -> rules.RuleView:
         async with app_state(request).pool.acquire() as conn:
-            return await rules.get_rule(conn, rule_id)
+            return await rules.get_rule(conn, principal_of(request), rule_id)
 
-    @post("/", opt={ROLES_OPT: ACTORS})
+    @post("/", opt={ROLES_OPT: ACTORS}, responses=PENDING)
     async def create(
         self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[rules.RuleCreate]]
-    ) -> rules.RuleView:
-        """Create a rule (version 1); an invalid rule answers 422 saying what is wrong."""
+    ) -> Response[rules.RuleView | rule_changes.ChangeView]:
+        """Create a rule (version 1); an invalid rule answers 422 saying what is wrong.
+
+        ``clinics`` lists where it applies (absent: every clinic, which only a user granted
+        every clinic may create); ``overrides`` names the network rule it replaces there.
+        An override of a protected rule is proposed (202) until a second user approves it.
+        """
         rule = rules.parse_rule_input(data, with_id=True)
         assert isinstance(rule, rules.RuleCreate)
-        return await _save(request, rule.id, rule, create=True)
+        return await _write(request, lambda conn, who: rule_changes.create(conn, who, rule), 201)
 
-    @put("/{rule_id:str}", opt={ROLES_OPT: ACTORS})
+    @put("/{rule_id:str}", opt={ROLES_OPT: ACTORS}, responses=PENDING)
     async def update(
         self,
         request: Request[Any, Any, Any],
         rule_id: FromPath[str],
         data: SkipValidation[JSONBody[rules.RuleInput]],
-    ) -> rules.RuleView:
-        """Replace a rule's definition: a new version; alerts keep the version that fired."""
-        return await _save(request, rule_id, rules.parse_rule_input(data, with_id=False))
+    ) -> Response[rules.RuleView | rule_changes.ChangeView]:
+        """Replace a rule's definition: a new version; alerts keep the version that fired.
 
-    @post("/{rule_id:str}/disable", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+        A protected rule's change is proposed (202) until a second user approves it.
+        """
+        rule = rules.parse_rule_input(data, with_id=False)
+        return await _write(
+            request, lambda conn, who: rule_changes.update(conn, who, rule_id, rule), 200
+        )
+
+    @post(
+        "/{rule_id:str}/disable",
+        status_code=HTTP_200_OK,
+        opt={ROLES_OPT: ACTORS},
+        responses=PENDING,
+    )
     async def disable(
         self, request: Request[Any, Any, Any], rule_id: FromPath[str]
-    ) -> rules.RuleView:
-        """Stop a rule from firing (a new version with enabled false)."""
-        async with app_state(request).pool.acquire() as conn, conn.transaction():
-            return await rules.disable_rule(conn, rule_id, principal_of(request).actor())
-
-
-async def _save(
-    request: Request[Any, Any, Any], rule_id: str, rule: rules.RuleInput, *, create: bool = False
-) -> rules.RuleView:
-    state = app_state(request)
-    conn: Conn
-    async with state.pool.acquire() as conn, conn.transaction():
-        return await rules.save_rule(
-            conn, rule_id, rule, principal_of(request).actor(), create=create
+    ) -> Response[rules.RuleView | rule_changes.ChangeView]:
+        """Stop a rule from firing (a new version with enabled false); proposed (202) for a
+        protected rule, refused (422) for an override of one."""
+        return await _write(
+            request, lambda conn, who: rule_changes.update(conn, who, rule_id, None), 200
         )
+
+
+async def _write(
+    request: Request[Any, Any, Any],
+    write: Callable[[Conn, Principal], Awaitable[rule_changes.Outcome]],
+    status: int,
+) -> Response[rules.RuleView | rule_changes.ChangeView]:
+    principal = principal_of(request)
+    conn: Conn
+    async with app_state(request).pool.acquire() as conn:
+        outcome = await write(conn, principal)
+    if outcome.change is not None:
+        return Response(outcome.change, status_code=HTTP_202_ACCEPTED)
+    assert outcome.rule is not None
+    return Response(outcome.rule.view(principal), status_code=status)

@@ -1,8 +1,16 @@
-"""Alert rules: their definitions, validation, storage with versions, and matching."""
+"""Alert rules: their definitions, validation, scope, storage with versions, and matching.
+
+A rule applies to the clinics listed on it, or to every clinic (a network rule, listed
+on none). A clinic override is a rule of its own that names the network rule it
+replaces at its clinics: there the override is in force and the network rule is not.
+Who may change which rule, and the two-person approval of protected rules, are in
+``rule_changes``.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -11,7 +19,15 @@ import msgspec
 from msgspec import Meta
 
 from safetyreport import audit
-from safetyreport.alerts.conditions import Condition, parse_condition
+from safetyreport.alerts.conditions import Condition, node_count, parse_condition
+from safetyreport.alerts.limits import (
+    MAX_ENABLED_PATTERN_RULES_PER_CLINIC,
+    MAX_ENABLED_RULES_PER_CLINIC,
+    MAX_PATTERN_WINDOW_DAYS,
+    MAX_RULE_BYTES,
+    MAX_RULE_CLINICS,
+)
+from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.errors import AppError, FieldError, NotFound, ValidationFailed, rule_of
 
@@ -25,13 +41,16 @@ SEVERITY_RANK_SQL = (
 )
 Kind = Literal["blood_pressure", "dissociation", "misuse_concern"]
 RuleId = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+ClinicCode = Annotated[str, Meta(min_length=1, max_length=32)]
+# Path segments under /api/v1/rules that are routes, not rule ids.
+RESERVED_IDS = frozenset({"changes"})
 
 
 class Pattern(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """At least ``min_count`` matching reports of one group within ``window_days``."""
 
     min_count: Annotated[int, Meta(ge=2, le=1000)]
-    window_days: Annotated[int, Meta(ge=1, le=366)]
+    window_days: Annotated[int, Meta(ge=1, le=MAX_PATTERN_WINDOW_DAYS)]
 
 
 class Definition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -56,6 +75,13 @@ class RuleInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 class RuleCreate(RuleInput, frozen=True, kw_only=True):
     id: RuleId
+    # The clinics (codes) the rule applies to; absent or null: every clinic, a network
+    # rule, which only a user granted every clinic may create.
+    clinics: Annotated[list[ClinicCode], Meta(min_length=1, max_length=MAX_RULE_CLINICS)] | None = (
+        None
+    )
+    # A clinic override: the network rule this one replaces at its clinics.
+    overrides: RuleId | None = None
 
 
 class RuleView(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +93,12 @@ class RuleView(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool
     definition: Definition
     updated_at: datetime
+    # The clinics (of yours) the rule applies to; null for a network rule.
+    clinics: list[str] | None
+    # The network rule this override replaces at its clinics.
+    overrides: str | None
+    # Cannot be disabled or loosened by an override; changes need a second approval.
+    protected: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +110,11 @@ class Rule:
     severity: str
     definition: Definition
     condition: Condition
+    enabled: bool = True
+    network: bool = True
+    overrides: str | None = None
+    protected: bool = False
+    nodes: int = 1
 
     def applies_to(self, kind: str) -> bool:
         return not self.definition.kinds or kind in self.definition.kinds
@@ -86,6 +123,11 @@ class Rule:
 def parse_rule_input(raw: Any, *, with_id: bool) -> RuleInput:
     """A validated rule from JSON, or ValidationFailed saying what is wrong."""
     target: type[RuleInput] = RuleCreate if with_id else RuleInput
+    size = len(msgspec.json.encode(raw))
+    if size > MAX_RULE_BYTES:
+        raise ValidationFailed.one(
+            "$", "limit", f"a rule is at most {MAX_RULE_BYTES} bytes of JSON (this is {size})"
+        )
     try:
         rule = msgspec.convert(raw, target)
     except msgspec.ValidationError as exc:
@@ -94,6 +136,8 @@ def parse_rule_input(raw: Any, *, with_id: bool) -> RuleInput:
             [FieldError(_error_path(message), rule_of(message), message)]
         ) from None
     parse_condition(rule.definition.when, "definition.when")
+    if isinstance(rule, RuleCreate) and rule.id in RESERVED_IDS:
+        raise ValidationFailed.one("id", "reserved", f"{rule.id} is not a rule id")
     return rule
 
 
@@ -107,21 +151,9 @@ def _error_path(message: str) -> str:
 
 
 _NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
-_RULE_COLUMNS = "id, version, name, severity, description, enabled, definition, updated_at"
 
 
-def _view(row: Any) -> RuleView:
-    return RuleView(**{**dict(row), "definition": msgspec.convert(row["definition"], Definition)})
-
-
-async def enabled_rules(conn: Conn) -> list[Rule]:
-    rows = await conn.fetch(
-        "SELECT id, version, severity, definition FROM alert_rules WHERE enabled ORDER BY id"
-    )
-    return [_compile(row) for row in rows]
-
-
-def _compile(row: Any) -> Rule:
+def compile_rule(row: Any) -> Rule:
     """A stored rule ready to run; a stored rule that does not parse is a server fault."""
     try:
         definition = msgspec.convert(row["definition"], Definition)
@@ -136,41 +168,327 @@ def _compile(row: Any) -> Rule:
         severity=row["severity"],
         definition=definition,
         condition=condition,
+        enabled=row.get("enabled", True),
+        network=row.get("network", True),
+        overrides=row.get("overrides_rule_id"),
+        protected=row.get("protected", False),
+        nodes=node_count(condition),
     )
 
 
-async def list_rules(conn: Conn) -> list[RuleView]:
-    rows = await conn.fetch(f"SELECT {_RULE_COLUMNS} FROM alert_rules ORDER BY id")  # noqa: S608
-    return [_view(r) for r in rows]
+# --- protected rules: what an override may not do --------------------------------------
+
+_canonical = msgspec.json.Encoder(order="sorted")
 
 
-async def get_rule(conn: Conn, rule_id: str) -> RuleView:
+def loosening(
+    network: Rule | StoredRule, override: RuleInput, *, field_prefix: str = ""
+) -> list[FieldError]:
+    """How an override of a protected network rule would fire less than the rule; [] if not.
+
+    Not looser means: enabled; severity at least the rule's; a condition that is the
+    rule's, or ``{"any": [<the rule's condition>, ...]}`` (it may only add ways to fire);
+    the rule's kinds or more; the same pattern and grouping; DEA deadlines kept.
+    """
+    base = network.definition
+    mine = override.definition
+    name = network.id
+    problems: list[tuple[str, str]] = []
+    if not override.enabled:
+        problems.append(("enabled", "an override of it stays enabled"))
+    if SEVERITY_RANK[override.severity] < SEVERITY_RANK[network.severity]:
+        problems.append(("severity", f"severity stays {network.severity} or above"))
+    if not _adds_ways_to_fire(base.when, mine.when):
+        problems.append(
+            ("definition.when", "the condition is the rule's, or {'any': [the rule's, ...]}")
+        )
+    if base.kinds and mine.kinds and not set(base.kinds) <= set(mine.kinds):
+        problems.append(("definition.kinds", "the kinds include the rule's"))
+    if not base.kinds and mine.kinds:
+        problems.append(("definition.kinds", "the rule looks at every kind, so must this"))
+    if (base.pattern, base.group_by) != (mine.pattern, mine.group_by):
+        problems.append(("definition.pattern", "pattern and group_by stay the rule's"))
+    if base.dea_deadlines and not mine.dea_deadlines:
+        problems.append(("definition.dea_deadlines", "DEA deadlines stay on"))
+    return [
+        FieldError(
+            f"{field_prefix}{field}",
+            "protected",
+            f"{name} is a protected rule and may not be disabled or loosened: {message}",
+        )
+        for field, message in problems
+    ]
+
+
+def _adds_ways_to_fire(base_when: dict[str, Any], when: dict[str, Any]) -> bool:
+    # Compared as canonical JSON: true is not 1, as in the condition language.
+    base = _canonical.encode(base_when)
+    if _canonical.encode(when) == base:
+        return True
+    branches = when.get("any") if len(when) == 1 else None
+    return (
+        isinstance(branches, list)
+        and bool(branches)
+        and isinstance(branches[0], dict)
+        and _canonical.encode(branches[0]) == base
+    )
+
+
+# --- the rules in force at a clinic ----------------------------------------------------
+
+
+def in_force(candidates: Iterable[Rule]) -> list[Rule]:
+    """The enabled rules in force at one clinic, from its candidates.
+
+    Candidates are the enabled network rules and every rule listing the clinic. An
+    override replaces its network rule there, enabled or not (a disabled override turns
+    the network rule off for its clinics), unless the network rule is protected and the
+    override would fire less: then the network rule stays in force.
+    """
+    rules = list(candidates)
+    network = {r.id: r for r in rules if r.network}
+    replaced: set[str] = set()
+    chosen: list[Rule] = []
+    for rule in rules:
+        if rule.network:
+            continue
+        base = network.get(rule.overrides) if rule.overrides else None
+        if base is not None:
+            if base.protected and _looser_cached(base, rule):
+                continue
+            replaced.add(base.id)
+        if rule.enabled:
+            chosen.append(rule)
+    chosen.extend(r for r in network.values() if r.id not in replaced and r.enabled)
+    return sorted(chosen, key=lambda r: r.id)
+
+
+_looser: dict[tuple[str, int, str, int], bool] = {}
+
+
+def _looser_cached(base: Rule, override: Rule) -> bool:
+    key = (base.id, base.version, override.id, override.version)
+    found = _looser.get(key)
+    if found is None:
+        if len(_looser) >= 1000:
+            _looser.clear()
+        as_input = RuleInput(
+            name="-",
+            severity=override.severity,  # type: ignore[arg-type]
+            description="-",
+            definition=override.definition,
+            enabled=override.enabled,
+        )
+        found = _looser[key] = bool(loosening(base, as_input))
+    return found
+
+
+# Network rules (enabled) and every rule that lists the clinic ($1); with $1 NULL (no
+# clinic at all yet), the network rules alone.
+CANDIDATES_SQL = """
+SELECT r.id, r.version, r.severity, r.enabled, r.clinic_ids IS NULL AS network,
+       r.overrides_rule_id, r.protected OR coalesce(b.protected, false) AS protected,
+       r.definition::text AS definition
+FROM alert_rules r LEFT JOIN alert_rules b ON b.id = r.overrides_rule_id
+WHERE (r.clinic_ids IS NULL AND r.enabled) OR r.clinic_ids @> ARRAY[$1::bigint]
+ORDER BY r.id
+"""
+
+
+async def check_enabled_limits(conn: Conn, clinic_ids: list[int] | None) -> None:
+    """422 when a clinic has more enabled rules in force than the limits allow.
+
+    Run after a change is written, in its transaction: an error rolls it back.
+    ``clinic_ids`` None: every clinic (a network rule changed).
+    """
+    targets: list[int | None] = list(clinic_ids) if clinic_ids is not None else []
+    if clinic_ids is None:
+        targets = [r["id"] for r in await conn.fetch("SELECT id FROM clinics ORDER BY id")]
+        targets = targets or [None]
+    for clinic_id in targets:
+        rows = await conn.fetch(CANDIDATES_SQL, clinic_id)
+        rules = in_force(_light_rule(row) for row in rows)
+        patterns = sum(1 for r in rules if r.definition.pattern is not None)
+        where = await _clinic_label(conn, clinic_id)
+        if len(rules) > MAX_ENABLED_RULES_PER_CLINIC:
+            raise ValidationFailed.one(
+                "enabled",
+                "limit",
+                f"{where} would have {len(rules)} enabled rules in force; "
+                f"at most {MAX_ENABLED_RULES_PER_CLINIC}",
+            )
+        if patterns > MAX_ENABLED_PATTERN_RULES_PER_CLINIC:
+            raise ValidationFailed.one(
+                "enabled",
+                "limit",
+                f"{where} would have {patterns} enabled pattern rules in force; "
+                f"at most {MAX_ENABLED_PATTERN_RULES_PER_CLINIC}",
+            )
+
+
+def _light_rule(row: Any) -> Rule:
+    return compile_rule({**dict(row), "definition": msgspec.json.decode(row["definition"])})
+
+
+async def _clinic_label(conn: Conn, clinic_id: int | None) -> str:
+    if clinic_id is None:
+        return "every clinic"
+    code = await conn.fetchval("SELECT code FROM clinics WHERE id = $1", clinic_id)
+    return f"clinic {code}"
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRule:
+    """A rule's current row, with its scope."""
+
+    id: str
+    version: int
+    name: str
+    severity: Severity
+    description: str
+    enabled: bool
+    definition: Definition
+    updated_at: datetime
+    clinic_ids: list[int] | None
+    clinic_codes: list[str] | None
+    overrides: str | None
+    protected: bool
+
+    def input(self, **changes: Any) -> RuleInput:
+        fields = {
+            "name": self.name,
+            "severity": self.severity,
+            "description": self.description,
+            "definition": self.definition,
+            "enabled": self.enabled,
+        }
+        return RuleInput(**{**fields, **changes})
+
+    def view(self, principal: Principal | None) -> RuleView:
+        clinics = self.clinic_codes
+        if clinics is not None and principal is not None and not principal.all_clinics:
+            clinics = [c for c in clinics if c in principal.clinic_ids]
+        return RuleView(
+            id=self.id,
+            version=self.version,
+            name=self.name,
+            severity=self.severity,
+            description=self.description,
+            enabled=self.enabled,
+            definition=self.definition,
+            updated_at=self.updated_at,
+            clinics=clinics,
+            overrides=self.overrides,
+            protected=self.protected,
+        )
+
+
+# A rule is visible to a user when it is a network rule or lists one of her clinics ($1;
+# NULL for users granted every clinic). Other clinics' rules do not exist for her.
+_SELECT_RULES = """
+SELECT r.id, r.version, r.name, r.severity, r.description, r.enabled, r.definition,
+       r.updated_at, r.clinic_ids, r.overrides_rule_id,
+       r.protected OR coalesce(b.protected, false) AS protected,
+       CASE WHEN r.clinic_ids IS NOT NULL THEN
+           ARRAY(SELECT c.code FROM clinics c WHERE c.id = ANY(r.clinic_ids) ORDER BY c.code)
+       END AS clinic_codes
+FROM alert_rules r LEFT JOIN alert_rules b ON b.id = r.overrides_rule_id
+WHERE ($1::bigint[] IS NULL OR r.clinic_ids IS NULL OR r.clinic_ids && $1::bigint[])
+"""
+
+
+def _stored(row: Any) -> StoredRule:
+    return StoredRule(
+        id=row["id"],
+        version=row["version"],
+        name=row["name"],
+        severity=row["severity"],
+        description=row["description"],
+        enabled=row["enabled"],
+        definition=msgspec.convert(row["definition"], Definition),
+        updated_at=row["updated_at"],
+        clinic_ids=row["clinic_ids"],
+        clinic_codes=row["clinic_codes"],
+        overrides=row["overrides_rule_id"],
+        protected=row["protected"],
+    )
+
+
+async def list_rules(conn: Conn, principal: Principal) -> list[RuleView]:
+    rows = await conn.fetch(f"{_SELECT_RULES} ORDER BY r.id", principal.scope())
+    return [_stored(r).view(principal) for r in rows]
+
+
+async def find_rule(
+    conn: Conn, principal: Principal | None, rule_id: str, *, lock: bool = False
+) -> StoredRule:
+    """The rule if it exists and the principal (None: the system) may see it; else 404."""
+    scope = principal.scope() if principal is not None else None
     row = await conn.fetchrow(
-        f"SELECT {_RULE_COLUMNS} FROM alert_rules WHERE id = $1",  # noqa: S608
+        f"{_SELECT_RULES} AND r.id = $2{' FOR UPDATE OF r' if lock else ''}",
+        scope,
         rule_id,
     )
     if row is None:
         raise NotFound(f"no rule {rule_id}")
-    return _view(row)
+    return _stored(row)
+
+
+async def get_rule(conn: Conn, principal: Principal, rule_id: str) -> RuleView:
+    return (await find_rule(conn, principal, rule_id)).view(principal)
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a rule applies: clinic ids (None: every clinic) and what it overrides."""
+
+    clinic_ids: list[int] | None
+    overrides: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """Who proposed a change that needed a second user, and who approved it."""
+
+    change_id: int
+    proposed_by: str
+    approved_by: str
 
 
 _SAVE_VERSION = """
 INSERT INTO alert_rule_versions
-    (rule_id, version, name, severity, description, enabled, definition, changed_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    (rule_id, version, name, severity, description, enabled, definition, changed_by,
+     clinic_ids, overrides_rule_id, protected, approved_by, change_id, audited_at)
+SELECT id, version, name, severity, description, enabled, definition, $2,
+       clinic_ids, overrides_rule_id, protected, $3, $4, now()
+FROM alert_rules WHERE id = $1
 """
 
 
 async def save_rule(
-    conn: Conn, rule_id: str, rule: RuleInput, actor: audit.Actor, *, create: bool
-) -> RuleView:
-    """Create a rule (version 1) or store a new version of it; audited. Caller's transaction."""
+    conn: Conn,
+    rule_id: str,
+    rule: RuleInput,
+    actor: audit.Actor,
+    *,
+    scope: Scope,
+    create: bool,
+    approval: Approval | None = None,
+) -> StoredRule:
+    """Create a rule (version 1) or store a new version of it; audited in the chain of
+    every clinic it applies to. Authorization is the caller's; caller's transaction."""
     definition = msgspec.to_builtins(rule.definition)
     if create:
-        version = 1
         inserted = await conn.fetchval(
             "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
-            " definition) VALUES ($1, 1, $2, $3, $4, $5, $6)"
+            " definition, clinic_ids, overrides_rule_id)"
+            " VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8)"
             " ON CONFLICT (id) DO NOTHING RETURNING id",
             rule_id,
             rule.name,
@@ -178,11 +496,13 @@ async def save_rule(
             rule.description,
             rule.enabled,
             definition,
+            scope.clinic_ids,
+            scope.overrides,
         )
         if inserted is None:
             raise ValidationFailed.one("id", "unique", f"rule {rule_id} already exists")
     else:
-        version = await conn.fetchval(
+        updated = await conn.fetchval(
             "UPDATE alert_rules SET version = version + 1, name = $2, severity = $3,"
             " description = $4, enabled = $5, definition = $6, updated_at = now()"
             " WHERE id = $1 RETURNING version",
@@ -193,46 +513,55 @@ async def save_rule(
             rule.enabled,
             definition,
         )
-        if version is None:
+        if updated is None:
             raise NotFound(f"no rule {rule_id}")
+    changed_by = approval.proposed_by if approval else actor.name
     await conn.execute(
         _SAVE_VERSION,
         rule_id,
-        version,
-        rule.name,
-        rule.severity,
-        rule.description,
-        rule.enabled,
-        definition,
-        actor.name,
+        changed_by,
+        approval.approved_by if approval else None,
+        approval.change_id if approval else None,
     )
-    await audit.append(
+    saved = await find_rule(conn, None, rule_id)
+    details: dict[str, Any] = {
+        "version": saved.version,
+        "rule": msgspec.to_builtins(rule),
+        "clinics": saved.clinic_codes,
+        "overrides": saved.overrides,
+    }
+    if approval is not None:
+        details.update(
+            change_id=approval.change_id,
+            proposed_by=approval.proposed_by,
+            approved_by=approval.approved_by,
+        )
+    await audit_rule_event(
         conn,
         audit.AuditEvent(
             actor=actor,
             action="rule.created" if create else "rule.updated",
             object_type="alert_rule",
             object_id=rule_id,
-            details={"version": version, "rule": msgspec.to_builtins(rule)},
+            details=details,
         ),
+        saved.clinic_ids,
     )
-    return await get_rule(conn, rule_id)
+    return saved
 
 
-async def disable_rule(conn: Conn, rule_id: str, actor: audit.Actor) -> RuleView:
-    """A new version of the rule with enabled false; the caller owns the transaction.
+async def audit_rule_event(
+    conn: Conn, event: audit.AuditEvent, clinic_ids: list[int] | None
+) -> None:
+    """Record a rule event in the chain of every clinic the rule applies to.
 
-    The rule is locked first, so a concurrent update is kept, not overwritten.
+    A network rule (``clinic_ids`` None) affects every clinic: each clinic's chain and the
+    global chain. Caller's transaction.
     """
-    locked = await conn.fetchval("SELECT 1 FROM alert_rules WHERE id = $1 FOR UPDATE", rule_id)
-    if locked is None:
-        raise NotFound(f"no rule {rule_id}")
-    current = await get_rule(conn, rule_id)
-    disabled = RuleInput(
-        name=current.name,
-        severity=current.severity,
-        description=current.description,
-        definition=current.definition,
-        enabled=False,
-    )
-    return await save_rule(conn, rule_id, disabled, actor, create=False)
+    if clinic_ids is None:
+        codes = [r["code"] for r in await conn.fetch("SELECT code FROM clinics")]
+        targets: list[str | None] = [None, *codes]
+    else:
+        rows = await conn.fetch("SELECT code FROM clinics WHERE id = ANY($1::bigint[])", clinic_ids)
+        targets = [r["code"] for r in rows]
+    await audit.append_to_clinics(conn, event, targets)

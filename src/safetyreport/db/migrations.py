@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
+from safetyreport import audit
 from safetyreport.db.pool import Conn, connect
 from safetyreport.settings import APP_DB_ROLE
 
@@ -77,15 +78,26 @@ async def _ensure_app_role(conn: Conn, password: str | None) -> None:
 
 
 async def migrate(
-    owner_url: str, *, app_password: str | None = None, folder: Path | None = None
+    owner_url: str,
+    *,
+    app_password: str | None = None,
+    folder: Path | None = None,
+    record_rule_changes: bool = False,
 ) -> list[Migration]:
-    """Apply pending migrations; return the ones this call applied."""
+    """Apply pending migrations; return the ones this call applied.
+
+    With ``record_rule_changes`` (the migrate command), alert rule versions that arrived
+    by migration are then recorded in the audit trail, on the same connection.
+    """
     migrations = load_migrations(folder)
     conn = await connect(owner_url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
-            return await _apply_pending(conn, migrations, app_password)
+            applied = await _apply_pending(conn, migrations, app_password)
+            if record_rule_changes:
+                await audit_migrated_rule_versions(conn)
+            return applied
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     finally:
@@ -138,3 +150,59 @@ async def _apply_pending(
             )
         applied.append(migration)
     return applied
+
+
+MIGRATION_ACTOR = audit.Actor(name="system:migration")
+_UNAUDITED_VERSIONS = """
+SELECT v.rule_id, v.version, v.name, v.severity, v.description, v.enabled, v.definition,
+       v.overrides_rule_id, v.protected, v.clinic_ids,
+       CASE WHEN v.clinic_ids IS NOT NULL THEN
+           ARRAY(SELECT c.code FROM clinics c WHERE c.id = ANY(v.clinic_ids) ORDER BY c.code)
+       END AS clinics
+FROM alert_rule_versions v WHERE v.audited_at IS NULL
+ORDER BY v.changed_at, v.rule_id, v.version
+FOR UPDATE OF v
+"""
+
+
+async def audit_migrated_rule_versions(conn: Conn) -> int:
+    """Record in the audit trail each alert rule version no one has recorded yet (those
+    that arrived by migration), in the chain of every clinic it affects (a network rule:
+    every clinic's and the global chain), and mark it recorded. One transaction; returns
+    how many versions it recorded."""
+    if not await conn.fetchval("SELECT to_regclass('alert_rule_versions') IS NOT NULL"):
+        return 0
+    columns = await conn.fetchval(
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = 'alert_rule_versions' AND column_name = 'audited_at'"
+    )
+    if not columns:
+        return 0
+    async with conn.transaction():
+        rows = await conn.fetch(_UNAUDITED_VERSIONS)
+        all_clinics = [r["code"] for r in await conn.fetch("SELECT code FROM clinics")]
+        for row in rows:
+            clinics: list[str | None] = (
+                [None, *all_clinics] if row["clinics"] is None else list(row["clinics"])
+            )
+            event = audit.AuditEvent(
+                actor=MIGRATION_ACTOR,
+                action="rule.migrated",
+                object_type="alert_rule",
+                object_id=row["rule_id"],
+                details={
+                    "version": row["version"],
+                    "rule": {
+                        name: row[name]
+                        for name in ("name", "severity", "description", "enabled", "definition")
+                    },
+                    "clinics": row["clinics"],
+                    "overrides": row["overrides_rule_id"],
+                    "protected": row["protected"],
+                },
+            )
+            await audit.append_to_clinics(conn, event, clinics)
+        await conn.execute(
+            "UPDATE alert_rule_versions SET audited_at = now() WHERE audited_at IS NULL"
+        )
+    return len(rows)
