@@ -37,6 +37,8 @@ VALID_ENV = {
     "SAFETYREPORT_SIGNING_KEY": "/run/secrets/audit-signing-key.pem",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS": "120",
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS": "12",
+    "SAFETYREPORT_ALLOWED_HOSTS": "safety.clinic.example, *.clinic.example",
+    "SAFETYREPORT_API_REFERENCE": "off",
 }
 # Variables that are only valid together with another one.
 NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": "hook-secret"}}

@@ -33,12 +33,18 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_SIGNING_KEY",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS",
+    "SAFETYREPORT_ALLOWED_HOSTS",
+    "SAFETYREPORT_API_REFERENCE",
 )
 
 
 # The login role requests run as: it owns no table and is not a superuser.
 # Fixed, because the migrations grant it its privileges by name.
 APP_DB_ROLE = "safetyreport_app"
+
+# Host names the service answers to (front_door.py): local use, and the name Litestar's
+# test client sends. A deployment behind a real name sets SAFETYREPORT_ALLOWED_HOSTS.
+DEFAULT_ALLOWED_HOSTS = "localhost,127.0.0.1,[::1],testserver.local"
 
 
 class SettingsError(ValueError):
@@ -120,6 +126,10 @@ class Settings:
     trusted_proxies: frozenset[str] = frozenset()
     # A request body must arrive within this time from the request's start (else 408).
     request_body_timeout: timedelta = timedelta(seconds=30)
+    # Requests for any other Host are refused (400); "*" allows any.
+    allowed_hosts: frozenset[str] = frozenset(DEFAULT_ALLOWED_HOSTS.split(","))
+    # The API reference page at /schema (the OpenAPI document itself is always served).
+    api_reference: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -161,7 +171,26 @@ class Settings:
             request_body_timeout=timedelta(
                 seconds=_int(env, "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS", 30)
             ),
+            allowed_hosts=_host_names(env),
+            api_reference=_on_off(env, "SAFETYREPORT_API_REFERENCE", default=True),
         )
+
+
+def _host_names(env: dict[str, str]) -> frozenset[str]:
+    raw = env.get("SAFETYREPORT_ALLOWED_HOSTS") or DEFAULT_ALLOWED_HOSTS
+    names = frozenset(n.strip().lower().rstrip(".") for n in raw.split(",") if n.strip())
+    if not names:
+        raise SettingsError("SAFETYREPORT_ALLOWED_HOSTS names no host (use * to allow any)")
+    return names
+
+
+def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise SettingsError(f"{name} must be 'on' or 'off', got {raw!r}")
+    return raw == "on"
 
 
 def _alert_settings(env: dict[str, str]) -> AlertSettings:
