@@ -8,6 +8,7 @@ reference viewers Litestar offers load their JavaScript from a CDN into this ori
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +71,9 @@ def type_text(schema: dict[str, Any] | None) -> str:
             joiner = " & " if combinator == "allOf" else " | "
             return joiner.join(type_text(part) for part in schema[combinator])
     if "enum" in schema:
-        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
     if "const" in schema:
-        return repr(schema["const"])
+        return json.dumps(schema["const"])
     kind = schema.get("type", "object")
     if isinstance(kind, list):
         return " | ".join(type_text({**schema, "type": k}) for k in kind)
@@ -159,6 +160,7 @@ class ApiReferencePlugin(OpenAPIRenderPlugin):
             groups=operations_by_tag(openapi_schema),
             schemas=schema_docs(openapi_schema),
             json_url=self.get_openapi_json_route(request),
+            openapi_version=openapi_schema.get("openapi", ""),
         )
         return str(html).encode()
 
