@@ -860,3 +860,36 @@ async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
     await expect(operation.get_by_role("heading", name="Responses")).to_be_visible()
     await screenshot(page, "api-reference")
     assert elsewhere == []
+
+
+async def test_an_officer_who_lands_on_the_alerts_is_sent_to_her_waiting_reports(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    waiting = patient("OFFICER")
+    page = await sign_in(context, OFFICER)
+    await page.goto("/report")
+
+    async def server_down(route: Route) -> None:
+        await route.abort("connectionrefused")
+
+    await context.route("**/api/v1/reports", server_down)
+    await fill_blood_pressure(page, waiting, "148", "90")
+    await submit(page, "blood_pressure")
+    await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await sign_out(page)
+    await context.unroute("**/api/v1/reports", server_down)
+
+    await sign_in_on(page, OFFICER)
+    await expect(page).to_have_url(re.compile(r"/alerts$"))
+    notice = page.locator("#outbox-notice")
+    await expect(notice).to_contain_text("1 report(s) you saved on this tablet")
+    assert await count_reports(db, waiting) == 0
+    await notice.get_by_role("link", name="Open the report form").click()
+    await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(1)
+
+    async def arrived() -> bool:
+        return await count_reports(db, waiting) >= 1
+
+    await eventually(arrived, "the officer's report")
+    assert await count_reports(db, waiting) == 1

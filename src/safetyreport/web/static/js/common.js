@@ -324,6 +324,31 @@ function guardSignOut() {
   });
 }
 
+// Reports this user saved on this tablet are sent from the report page. A user who
+// lands elsewhere after signing in (a safety officer lands on the alerts) is told so.
+const WRITER_ROLES = ["nurse", "safety_officer"];
+
+async function pointToWaitingReports() {
+  const notice = document.getElementById("outbox-notice");
+  if (!notice || !currentUser || document.body.dataset.page === "report"
+      || !WRITER_ROLES.includes(document.body.dataset.role)) {
+    return;
+  }
+  try {
+    const outbox = await import("./outbox.js");
+    const waiting = (await outbox.all()).filter((e) => e.user === currentUser).length;
+    if (waiting) {
+      notice.replaceChildren(
+        `${waiting} report(s) you saved on this tablet have not been sent yet. `,
+        h("a", { href: "/report" }, "Open the report form to send them."),
+      );
+      notice.hidden = false;
+    }
+  } catch (error) {
+    console.warn("could not read the outbox:", error);
+  }
+}
+
 // --- service worker --------------------------------------------------------------
 
 async function registerServiceWorker() {
@@ -362,6 +387,7 @@ function init() {
   window.addEventListener("offline", updateNetworkBanner);
   guardSignOut();
   watchIdle();
+  pointToWaitingReports();
   registerServiceWorker();
 }
 
