@@ -231,7 +231,7 @@ def test_host_names_lose_their_port(header: str, name: str) -> None:
 
 def test_the_allow_list_takes_names_subdomains_or_anything() -> None:
     default = Settings.from_env({}).allowed_hosts
-    for name in ("localhost", "127.0.0.1", "[::1]", OUR_HOST):
+    for name in ("localhost", "127.0.0.1", "[::1]", OUR_HOST, "testserver"):
         assert host_allowed(name, default)
     assert not host_allowed("evil.example", default)
     assert not host_allowed("", default)

@@ -42,9 +42,10 @@ ENVIRONMENT_VARIABLES = (
 # Fixed, because the migrations grant it its privileges by name.
 APP_DB_ROLE = "safetyreport_app"
 
-# Host names the service answers to (front_door.py): local use, and the name Litestar's
-# test client sends. A deployment behind a real name sets SAFETYREPORT_ALLOWED_HOSTS.
-DEFAULT_ALLOWED_HOSTS = "localhost,127.0.0.1,[::1],testserver.local"
+# Host names the service answers to (front_door.py): local use, and the names test
+# clients send (Litestar's testserver.local, httpx's ASGI tests' testserver). A deployment
+# under a real name sets SAFETYREPORT_ALLOWED_HOSTS.
+DEFAULT_ALLOWED_HOSTS = "localhost,127.0.0.1,[::1],testserver.local,testserver"
 
 
 class SettingsError(ValueError):
