@@ -108,7 +108,6 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/sw.js"): "the service worker script",
     ("GET", "/static/{file_path:path}"): "static assets",
     ("GET", "/schema"): "the API description",
-    ("GET", "/schema/scalar"): "the API description",
     ("GET", "/schema/openapi.json"): "the API description",
     ("GET", "/schema/{path:str}"): "the API description",
 }

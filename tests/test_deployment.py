@@ -47,6 +47,8 @@ VALID_ENV = {
     "SAFETYREPORT_KNOWN_DEVICE_DAYS": "30",
     "SAFETYREPORT_ANONYMOUS_BURST": "20",
     "SAFETYREPORT_ANONYMOUS_PER_MINUTE": "30",
+    "SAFETYREPORT_ALLOWED_HOSTS": "safety.clinic.example, *.clinic.example",
+    "SAFETYREPORT_API_REFERENCE": "off",
 }
 # Variables that are only valid together with another one.
 NEEDS = {"SAFETYREPORT_WEBHOOK_URLS": {"SAFETYREPORT_WEBHOOK_SECRET": HOOK_SECRET}}

@@ -67,6 +67,7 @@ pytestmark = [
 ]
 
 NURSE, OFFICER, AUDITOR = "nina", "olga", "audra"
+OTHER_NURSE = "nora"
 RANK = {"critical": 3, "urgent": 2, "high": 1, "info": 0}
 TIMEZONE = "Europe/Berlin"  # UTC+01:00 in January
 
@@ -93,6 +94,17 @@ async def web_database(server_url: str, databases: Databases) -> AsyncIterator[s
                 all_clinics=False,
                 actor=SYSTEM_CLI,
             )
+        # A nurse of another clinic, for the shared-tablet test.
+        await add_clinic(conn, "C2", "Hillside Clinic", SYSTEM_CLI)
+        await add_user(
+            conn,
+            username=OTHER_NURSE,
+            password=PASSWORD,
+            role="nurse",
+            clinics=["C2"],
+            all_clinics=False,
+            actor=SYSTEM_CLI,
+        )
         await add_user(
             conn,
             username=AUDITOR,
@@ -685,3 +697,199 @@ async def sign_in_on(page: Page, username: str) -> None:
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page).to_have_url(re.compile(r"/(report|alerts|audit)$"))
+
+
+# --- a shared tablet: what stays behind when a session ends (issue 10, item 8) -----------
+
+# Every entry of every cache of the origin, with its body.
+_KEPT = """async () => {
+  const kept = [];
+  for (const name of await caches.keys()) {
+    const cache = await caches.open(name);
+    for (const request of await cache.keys()) {
+      const response = await cache.match(request);
+      kept.push({ cache: name, url: request.url, text: await response.text() });
+    }
+  }
+  return kept;
+}"""
+
+# The outbox (IndexedDB) as stored: who wrote each entry, for whom, in which state.
+_OUTBOX = """() => new Promise((resolve, reject) => {
+  const open = indexedDB.open("safetyreport");
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const request = open.result.transaction("outbox").objectStore("outbox").getAll();
+    request.onerror = () => reject(request.error);
+    request.onsuccess = () => {
+      resolve(request.result.map((e) => ({ user: e.user, patient: e.body.patient_ref })));
+      open.result.close();
+    };
+  };
+})"""
+
+
+async def kept_pages(page: Page) -> list[dict[str, str]]:
+    kept: list[dict[str, str]] = await page.evaluate(_KEPT)
+    return [entry for entry in kept if entry["cache"].startswith("sr-pages-")]
+
+
+async def kept_text(page: Page) -> str:
+    kept: list[dict[str, str]] = await page.evaluate(_KEPT)
+    return "\n".join(entry["text"] for entry in kept)
+
+
+async def sign_out(page: Page) -> None:
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(re.compile(r"/login$"))
+
+
+async def test_a_shared_tablet_keeps_nothing_of_the_last_user_but_her_unsent_reports(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    sent, waiting = patient("SHARED"), patient("SHARED")
+    page = await sign_in(context, NURSE)
+    await expect(page.locator("html")).to_have_attribute("data-offline-ready", "yes")
+    await fill_blood_pressure(page, sent, "151", "93")
+    await submit(page, "blood_pressure")
+    await expect_sent(page, "blood_pressure")
+    await expect(page.locator("#recent-list")).to_contain_text(sent)
+    # The page kept for offline use is the shell: the recent list is not in it.
+    assert [p["url"] for p in await kept_pages(page)] == [f"{page.url}"]
+    assert sent not in await kept_text(page)
+
+    # A second report cannot reach the server (it is down, say) and waits in the outbox.
+    async def server_down(route: Route) -> None:
+        await route.abort("connectionrefused")
+
+    await context.route("**/api/v1/reports", server_down)
+    await fill_blood_pressure(page, waiting, "149", "91")
+    await submit(page, "blood_pressure")
+    await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await sign_out(page)
+    await context.unroute("**/api/v1/reports", server_down)
+
+    # Signed out: no page of hers is kept; her unsent report is, for her alone.
+    assert await kept_pages(page) == []
+    assert sent not in await kept_text(page)
+    assert waiting not in await kept_text(page)
+    assert await page.evaluate(_OUTBOX) == [{"user": NURSE, "patient": waiting}]
+    await context.set_offline(True)
+    await page.goto("/report")
+    await expect(page.get_by_role("heading", name="You are offline")).to_be_visible()
+    assert NURSE not in await page.content()
+    await context.set_offline(False)
+
+    # Another nurse (another clinic) on the same tablet sees nothing of hers, sends nothing.
+    await sign_in_on(page, OTHER_NURSE)
+    await expect(page.locator("#recent-list")).to_contain_text("No reports yet.")
+    await page.evaluate("window.dispatchEvent(new Event('online'))")  # a flush, now
+    await expect(page.locator("#outbox")).to_be_hidden()
+    for text in (sent, waiting, NURSE):
+        assert text not in await page.content(), text
+    assert await count_reports(db, waiting) == 0
+    assert await page.evaluate(_OUTBOX) == [{"user": NURSE, "patient": waiting}]
+    await sign_out(page)
+    assert await count_reports(db, waiting) == 0
+
+    # She signs in again: her report is sent, once.
+    await sign_in_on(page, NURSE)
+    await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(1)
+    await expect(page.locator("body")).to_have_attribute("data-outbox", "0")
+
+    async def arrived() -> bool:
+        return await count_reports(db, waiting) >= 1
+
+    await eventually(arrived, "the report left on the tablet")
+    await page.reload()
+    await expect(page.locator("#recent-list")).to_contain_text(waiting)
+    assert await count_reports(db, waiting) == 1
+    assert await page.evaluate(_OUTBOX) == []
+
+
+async def test_a_401_forgets_the_kept_pages(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    page = await sign_in(context, NURSE)
+    await expect(page.locator("html")).to_have_attribute("data-offline-ready", "yes")
+    assert len(await kept_pages(page)) == 1
+    # The session is revoked elsewhere (an admin, a sign-out on another tab).
+    await db.execute("UPDATE sessions SET revoked_at = now() WHERE revoked_at IS NULL")
+    status = await page.evaluate(
+        "import('/static/js/common.js').then((m) => m.api('GET', '/api/v1/me'))"
+        ".then((r) => r.status)"
+    )
+    assert status == 401
+    assert await kept_pages(page) == []
+
+
+async def test_idle_expiry_forgets_the_kept_pages_and_leaves_the_page(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    page = await context.new_page()
+    await page.clock.install()
+    await sign_in_on(page, NURSE)
+    await expect(page.locator("html")).to_have_attribute("data-offline-ready", "yes")
+    assert len(await kept_pages(page)) == 1
+    # Nobody touched the tablet for longer than the server's idle timeout (30 min).
+    await db.execute("UPDATE sessions SET last_seen_at = now() - interval '2 hours'")
+    await page.clock.fast_forward("31:00")
+    await expect(page).to_have_url(re.compile(r"/login\?next=%2Freport$"))
+    assert await kept_pages(page) == []
+
+
+async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
+    context: BrowserContext, served: Served
+) -> None:
+    page = await context.new_page()
+    elsewhere: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            None if request.url.startswith(served.base_url) else elsewhere.append(request.url)
+        ),
+    )
+    response = await page.goto("/schema")
+    assert response is not None
+    assert response.status == 200
+    assert "script-src 'self'" in (await response.all_headers())["content-security-policy"]
+    await expect(page.get_by_role("heading", name=re.compile("API reference"))).to_be_visible()
+    operation = page.locator("details.api-op", has_text="/api/v1/reports").first
+    await operation.locator("summary").click()
+    await expect(operation.get_by_role("heading", name="Responses")).to_be_visible()
+    await screenshot(page, "api-reference")
+    assert elsewhere == []
+
+
+async def test_an_officer_who_lands_on_the_alerts_is_sent_to_her_waiting_reports(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    waiting = patient("OFFICER")
+    page = await sign_in(context, OFFICER)
+    await page.goto("/report")
+
+    async def server_down(route: Route) -> None:
+        await route.abort("connectionrefused")
+
+    await context.route("**/api/v1/reports", server_down)
+    await fill_blood_pressure(page, waiting, "148", "90")
+    await submit(page, "blood_pressure")
+    await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await sign_out(page)
+    await context.unroute("**/api/v1/reports", server_down)
+
+    await sign_in_on(page, OFFICER)
+    await expect(page).to_have_url(re.compile(r"/alerts$"))
+    notice = page.locator("#outbox-notice")
+    await expect(notice).to_contain_text("1 report(s) you saved on this tablet")
+    assert await count_reports(db, waiting) == 0
+    await notice.get_by_role("link", name="Open the report form").click()
+    await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(1)
+
+    async def arrived() -> bool:
+        return await count_reports(db, waiting) >= 1
+
+    await eventually(arrived, "the officer's report")
+    assert await count_reports(db, waiting) == 1

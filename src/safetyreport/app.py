@@ -15,7 +15,7 @@ import asyncpg
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from safetyreport import __version__
@@ -34,6 +34,7 @@ from safetyreport.db.embedded import app_url, owner_url
 from safetyreport.db.migrations import load_migrations
 from safetyreport.db.pool import Conn, create_pool
 from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable, document_problems
+from safetyreport.front_door import front_door
 from safetyreport.health import health
 from safetyreport.idempotency import purge_expired
 from safetyreport.input_guard import reject_unstorable_input
@@ -42,6 +43,7 @@ from safetyreport.reports.routes import ReportController
 from safetyreport.settings import Settings
 from safetyreport.state import AppState
 from safetyreport.web import WebController, WebSessionController, static_router, template_config
+from safetyreport.web.api_reference import ApiReferencePlugin, api_reference_router
 
 _log = logging.getLogger(__name__)
 PURGE_INTERVAL_SECONDS = 3600
@@ -128,6 +130,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     configure_logging(settings.log_level)
+    templates = template_config()
     app = Litestar(
         route_handlers=[
             health,
@@ -142,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             WebSessionController,
             static_router(),
         ],
-        template_config=template_config(),
+        template_config=templates,
         lifespan=[lifespan],
         middleware=[
             request_logging_middleware,
@@ -158,7 +161,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="safetyreport",
             version=__version__,
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
+            # Our own server-rendered reference (no script from a CDN), or a 404 when off.
+            render_plugins=[
+                ApiReferencePlugin(templates.engine_instance, enabled=settings.api_reference),
+                JsonRenderPlugin(),
+            ],
+            openapi_router=api_reference_router("/schema"),
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="token")
@@ -171,4 +179,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     # Every operation needs the bearer token, except those open to anyone.
     document_problems(app, security=[{"bearer": []}])
+    # Outside routing, so unknown paths and /schema get the Host check and nosniff too.
+    app.asgi_handler = front_door(app.asgi_handler, settings.allowed_hosts)
     return app

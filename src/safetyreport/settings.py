@@ -43,12 +43,19 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_KNOWN_DEVICE_DAYS",
     "SAFETYREPORT_ANONYMOUS_BURST",
     "SAFETYREPORT_ANONYMOUS_PER_MINUTE",
+    "SAFETYREPORT_ALLOWED_HOSTS",
+    "SAFETYREPORT_API_REFERENCE",
 )
 
 
 # The login role requests run as: it owns no table and is not a superuser.
 # Fixed, because the migrations grant it its privileges by name.
 APP_DB_ROLE = "safetyreport_app"
+
+# Host names the service answers to (front_door.py): local use, and the names test
+# clients send (Litestar's testserver.local, httpx's ASGI tests' testserver). A deployment
+# under a real name sets SAFETYREPORT_ALLOWED_HOSTS.
+DEFAULT_ALLOWED_HOSTS = "localhost,127.0.0.1,[::1],testserver.local,testserver"
 
 
 class SettingsError(ValueError):
@@ -148,6 +155,10 @@ class Settings:
     # A request body must arrive within this time from the request's start (else 408).
     request_body_timeout: timedelta = timedelta(seconds=30)
     server: ServerSettings = field(default_factory=ServerSettings)
+    # Requests for any other Host are refused (400); "*" allows any.
+    allowed_hosts: frozenset[str] = frozenset(DEFAULT_ALLOWED_HOSTS.split(","))
+    # The API reference page at /schema (the OpenAPI document itself is always served).
+    api_reference: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -196,7 +207,26 @@ class Settings:
                 ),
                 max_connections=_int(env, "SAFETYREPORT_MAX_CONNECTIONS", 500),
             ),
+            allowed_hosts=_host_names(env),
+            api_reference=_on_off(env, "SAFETYREPORT_API_REFERENCE", default=True),
         )
+
+
+def _host_names(env: dict[str, str]) -> frozenset[str]:
+    raw = env.get("SAFETYREPORT_ALLOWED_HOSTS") or DEFAULT_ALLOWED_HOSTS
+    names = frozenset(n.strip().lower().rstrip(".") for n in raw.split(",") if n.strip())
+    if not names:
+        raise SettingsError("SAFETYREPORT_ALLOWED_HOSTS names no host (use * to allow any)")
+    return names
+
+
+def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise SettingsError(f"{name} must be 'on' or 'off', got {raw!r}")
+    return raw == "on"
 
 
 def _alert_settings(env: dict[str, str]) -> AlertSettings:

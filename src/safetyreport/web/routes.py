@@ -109,6 +109,10 @@ def _base_context(request: Request[Any, Any, Any], principal: Principal | None) 
         "landing": LANDING[principal.role] if principal else "/login",
         "csrf_token": csrf_token_for(str(token)) if token else "",
         "current_path": request.url.path,
+        # The page forgets what it kept offline once the session has been idle this long.
+        "idle_seconds": (
+            int(app_state(request).settings.auth.session_idle.total_seconds()) if principal else 0
+        ),
     }
 
 
@@ -291,7 +295,6 @@ class WebController(Controller):
             forms=all_forms(),
             kind_labels=KIND_LABELS,
             clinics=sorted(principal.clinic_names.items()),
-            recent=await self._recent(request, principal),
         )
 
     @get("/report/recent")

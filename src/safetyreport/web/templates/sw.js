@@ -81,6 +81,15 @@ async function keepPage(path) {
   }
 }
 
+// A kept page now redirects (only to the login form: no session), or the login form
+// itself is shown (no session either; signed in, it redirects).
+function sessionEnded(path, response) {
+  if (OFFLINE_PAGES.includes(path)) {
+    return response.type === "opaqueredirect" || response.redirected;
+  }
+  return path === "/login" && response.ok;
+}
+
 function keepable(response) {
   // A redirect (to the login form) or an error page is not the page.
   return response.ok && !response.redirected && response.type === "basic";
@@ -94,7 +103,10 @@ async function cacheFirst(request) {
 async function networkFirst(request, path) {
   try {
     const response = await withTimeout(fetch(request), NETWORK_TIMEOUT_MS);
-    if (OFFLINE_PAGES.includes(path) && keepable(response)) {
+    if (sessionEnded(path, response)) {
+      // Signed out, expired or revoked: the session's pages go with it.
+      await caches.delete(PAGE_CACHE);
+    } else if (OFFLINE_PAGES.includes(path) && keepable(response)) {
       // Stored before the page is handed over, so the page's own "keep me" finds it.
       const cache = await caches.open(PAGE_CACHE);
       await cache.put(path, response.clone());
@@ -111,8 +123,9 @@ async function offlinePage(path) {
   if (kept) {
     return kept;
   }
-  if (path === "/" || path === "/login") {
-    // The start page of whoever used this device last (the login page clears them).
+  if (path === "/") {
+    // The start page of whoever is signed in on this device (pages are forgotten when a
+    // session ends). Never for /login: whoever asks for it is not that person.
     for (const page of OFFLINE_PAGES) {
       const start = await cache.match(page);
       if (start) {

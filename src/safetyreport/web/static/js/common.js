@@ -49,6 +49,11 @@ export async function api(method, url, { json, body, headers = {}, signal } = {}
     throw new NetworkError(error.message);
   }
   learnClock(response);
+  if (response.status === 401) {
+    await forgetPages();
+  } else if (currentUser) {
+    noteActivity();
+  }
   const type = response.headers.get("Content-Type") || "";
   const data = type.includes("json") ? await response.json().catch(() => null) : null;
   return { status: response.status, ok: response.ok, data, response };
@@ -206,6 +211,144 @@ function updateNetworkBanner() {
   banner.hidden = false;
 }
 
+// --- the end of a session ---------------------------------------------------------
+//
+// Pages kept for offline use belong to whoever was signed in: they are forgotten when
+// the session ends (sign-out, a 401, idle expiry), so the next person on a shared tablet
+// finds nothing of them. The outbox (outbox.js) is not a page cache: each entry stays,
+// marked with its author, until the server has answered it.
+
+const PAGE_CACHE_PREFIX = "sr-pages-";
+// Shared by this origin's tabs: the last time any of them used the session.
+const ACTIVITY_KEY = "safetyreport-last-activity";
+// The server's idle timeout (same setting); checked a little after it has passed.
+const IDLE_MS = Number(document.body.dataset.idleSeconds || 0) * 1000;
+const IDLE_MARGIN_MS = 30000;
+const IDLE_CHECK_MS = 15000;
+
+/** Delete every page the service worker kept (it keeps them in sr-pages-<version>). */
+export async function forgetPages() {
+  if (!("caches" in window)) {
+    return;
+  }
+  try {
+    const names = await caches.keys();
+    await Promise.all(names.filter((n) => n.startsWith(PAGE_CACHE_PREFIX)).map((n) => caches.delete(n)));
+  } catch (error) {
+    console.warn("could not forget the kept pages:", error);
+  }
+}
+
+let lastNoted = 0;
+
+function noteActivity() {
+  const now = Date.now();
+  if (now - lastNoted < 1000) {
+    return;
+  }
+  lastNoted = now;
+  try {
+    localStorage.setItem(ACTIVITY_KEY, String(now));
+  } catch (error) {
+    // Storage unavailable: this tab's own timer still works.
+  }
+}
+
+function lastActivity() {
+  try {
+    return Math.max(lastNoted, Number(localStorage.getItem(ACTIVITY_KEY)) || 0);
+  } catch (error) {
+    return lastNoted;
+  }
+}
+
+let idleCheckRunning = false;
+
+/** Past the idle timeout: ask the server; if the session is over (or unreachable), end here too. */
+async function checkIdle() {
+  if (idleCheckRunning || Date.now() - lastActivity() < IDLE_MS + IDLE_MARGIN_MS) {
+    return;
+  }
+  idleCheckRunning = true;
+  try {
+    let ended = true;
+    try {
+      const response = await fetch("/web/session", { credentials: "same-origin", cache: "no-store" });
+      ended = response.status === 401;
+    } catch (error) {
+      // Offline: no request reached the server for longer than its idle timeout.
+    }
+    if (!ended) {
+      noteActivity(); // another tab kept the session alive
+      return;
+    }
+    await forgetPages();
+    document.documentElement.dataset.sessionEnded = "idle";
+    location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
+  } finally {
+    idleCheckRunning = false;
+  }
+}
+
+function watchIdle() {
+  if (!currentUser || !IDLE_MS) {
+    return;
+  }
+  noteActivity();
+  for (const type of ["pointerdown", "keydown", "touchstart"]) {
+    window.addEventListener(type, noteActivity, { passive: true });
+  }
+  setInterval(checkIdle, IDLE_CHECK_MS);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") {
+      checkIdle();
+    }
+  });
+}
+
+// A page may hold sign-out back (the report page asks about reports still waiting).
+let signOutCheck = async () => true;
+
+export function beforeSignOut(check) {
+  signOutCheck = check;
+}
+
+function guardSignOut() {
+  const form = document.getElementById("logout-form");
+  form?.addEventListener("submit", async (event) => {
+    event.preventDefault(); // the checks below are async; form.submit() sends it after
+    if (await signOutCheck()) {
+      await forgetPages();
+      form.submit();
+    }
+  });
+}
+
+// Reports this user saved on this tablet are sent from the report page. A user who
+// lands elsewhere after signing in (a safety officer lands on the alerts) is told so.
+const WRITER_ROLES = ["nurse", "safety_officer"];
+
+async function pointToWaitingReports() {
+  const notice = document.getElementById("outbox-notice");
+  if (!notice || !currentUser || document.body.dataset.page === "report"
+      || !WRITER_ROLES.includes(document.body.dataset.role)) {
+    return;
+  }
+  try {
+    const outbox = await import("./outbox.js");
+    const waiting = (await outbox.all()).filter((e) => e.user === currentUser).length;
+    if (waiting) {
+      notice.replaceChildren(
+        `${waiting} report(s) you saved on this tablet have not been sent yet. `,
+        h("a", { href: "/report" }, "Open the report form to send them."),
+      );
+      notice.hidden = false;
+    }
+  } catch (error) {
+    console.warn("could not read the outbox:", error);
+  }
+}
+
 // --- service worker --------------------------------------------------------------
 
 async function registerServiceWorker() {
@@ -242,6 +385,9 @@ function init() {
   updateNetworkBanner();
   window.addEventListener("online", updateNetworkBanner);
   window.addEventListener("offline", updateNetworkBanner);
+  guardSignOut();
+  watchIdle();
+  pointToWaitingReports();
   registerServiceWorker();
 }
 

@@ -6,7 +6,7 @@
 // sent on page load, when the browser comes back online, and every RETRY_MS.
 
 import {
-  announce, api, currentUser, formatLocal, h, localizeTimes, newKey, problemMessage, setCsrfToken,
+  announce, api, beforeSignOut, currentUser, forgetPages, formatLocal, h, localizeTimes, newKey, problemMessage, setCsrfToken,
 } from "./common.js";
 import { clearErrors, fillForm, formStatus, readForm, resetForm, showErrors } from "./forms.js";
 import * as outbox from "./outbox.js";
@@ -255,21 +255,12 @@ function entryItem(entry) {
 }
 
 async function render() {
-  const entries = await outbox.all();
-  const mine = entries.filter((e) => e.user === currentUser);
-  const others = entries.filter((e) => e.user !== currentUser);
+  // Only this user's entries: another user's reports on this tablet are neither shown
+  // nor sent here; they wait for their author to sign in again.
+  const mine = (await outbox.all()).filter((e) => e.user === currentUser);
   const section = document.getElementById("outbox");
   const list = document.getElementById("outbox-list");
   const items = [...mine.map(entryItem), ...sentThisVisit.slice(0, 10).map(entryItem)];
-  for (const user of new Set(others.map((e) => e.user))) {
-    const count = others.filter((e) => e.user === user).length;
-    items.push(h(
-      "li",
-      { class: "outbox-item", "data-state": "waiting" },
-      h("span", { class: "state state-waiting" }, STATE_LABELS.waiting),
-      h("span", { class: "what" }, `${count} report(s) saved by ${user}: sent when ${user} signs in here.`),
-    ));
-  }
   list.replaceChildren(...items);
   section.hidden = items.length === 0;
   document.getElementById("outbox-summary").textContent = outboxSummary(mine);
@@ -292,17 +283,26 @@ function outboxSummary(mine) {
   return parts.join(" ") || "All reports sent.";
 }
 
+// The recent reports come from the server on every visit and are never part of the
+// page the tablet keeps offline (they name patients).
 async function refreshRecent() {
+  const list = document.getElementById("recent-list");
   try {
-    const response = await fetch("/report/recent", { credentials: "same-origin" });
+    const response = await fetch("/report/recent", { credentials: "same-origin", cache: "no-store" });
     if (response.ok && !response.redirected) {
-      const list = document.getElementById("recent-list");
       // Our own server-rendered (escaped) fragment.
       list.innerHTML = await response.text();
       localizeTimes(list);
+      return;
+    }
+    if (response.redirected) {
+      await forgetPages(); // sent to the login form: the session has ended
     }
   } catch (error) {
-    // Offline: the list stays as it was.
+    // Offline: below.
+  }
+  if (!list.querySelector(".report-list")) {
+    list.replaceChildren(h("p", { class: "empty" }, "Recent reports are shown when this tablet is online."));
   }
 }
 
@@ -324,17 +324,12 @@ function init() {
     radio.addEventListener("change", () => pickKind(radio.value));
   }
   pickKind(document.querySelector('input[name="kind-picker"]:checked')?.value || forms[0].dataset.kind);
-  document.getElementById("logout-form")?.addEventListener("submit", async (event) => {
-    // Held back until we know whether reports are still waiting (the check is async).
-    event.preventDefault();
-    const form = event.target;
+  beforeSignOut(async () => {
     const waiting = (await outbox.all()).filter((e) => e.user === currentUser).length;
     const message =
       `${waiting} report(s) are still on this tablet. They stay here and are sent ` +
       "the next time you sign in. Sign out?";
-    if (!waiting || window.confirm(message)) {
-      form.submit();
-    }
+    return !waiting || window.confirm(message);
   });
   window.addEventListener("online", () => flush());
   document.addEventListener("visibilitychange", () => {
@@ -348,6 +343,7 @@ function init() {
       flush();
     }
   }, RETRY_MS);
+  refreshRecent();
   render().then(() => flush());
 }
 
