@@ -125,6 +125,7 @@ async def _objects(world: World, nurse: str, officer: str) -> dict[str, str]:
         "alert_id": alerts.json()["items"][0]["id"],
         "notification_id": str(uuid.uuid4()),
         "rule_id": "dissociation-present",
+        "change_id": "1",
     }
 
 
