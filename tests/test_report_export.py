@@ -417,7 +417,7 @@ async def test_an_export_is_audited_when_it_starts_and_when_it_ends(
     assert ended["details"]["sha256"] == hashlib.sha256(response.content).hexdigest()
 
 
-async def test_an_export_of_every_clinic_is_audited_on_the_global_chain(
+async def test_an_export_without_a_clinic_is_audited_in_the_chains_of_its_clinics(
     world: World, nurse: dict[str, str]
 ) -> None:
     await create_report(world.client, nurse, bp_report())
@@ -427,7 +427,7 @@ async def test_an_export_of_every_clinic_is_audited_on_the_global_chain(
         for action in ("report.export_started", "report.exported")
         for e in await audit_rows(world.db, action)
     ]
-    assert chains == [("global", "fhir"), ("global", "fhir")]
+    assert chains == [("clinic:C1", "fhir"), ("clinic:C1", "fhir")]
 
 
 # --- large exports, streamed ------------------------------------------------------------

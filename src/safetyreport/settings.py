@@ -33,6 +33,11 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_SIGNING_KEY",
     "SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS",
     "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS",
+    "SAFETYREPORT_POOL_ACQUIRE_TIMEOUT_SECONDS",
+    "SAFETYREPORT_EXPORTS_PER_USER",
+    "SAFETYREPORT_EXPORTS_TOTAL",
+    "SAFETYREPORT_EXPORT_SEND_TIMEOUT_SECONDS",
+    "SAFETYREPORT_UPLOAD_VERIFICATIONS",
 )
 
 
@@ -108,6 +113,21 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CapacitySettings:
+    """What one service process takes on at once (each worker process has its own)."""
+
+    # Waiting longer than this for a pooled database connection answers 503.
+    acquire_timeout: timedelta = timedelta(seconds=5)
+    exports_per_user: int = 2
+    # Also the size of the exports' own connection pool.
+    exports_total: int = 4
+    # An export whose client takes no chunk for this long is ended (recorded incomplete).
+    export_send_timeout: timedelta = timedelta(seconds=60)
+    # Uploaded exports verified at once (POST /api/v1/audit/export/verify).
+    upload_verifications: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings
     data_dir: Path
@@ -120,6 +140,7 @@ class Settings:
     trusted_proxies: frozenset[str] = frozenset()
     # A request body must arrive within this time from the request's start (else 408).
     request_body_timeout: timedelta = timedelta(seconds=30)
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -161,6 +182,7 @@ class Settings:
             request_body_timeout=timedelta(
                 seconds=_int(env, "SAFETYREPORT_REQUEST_BODY_TIMEOUT_SECONDS", 30)
             ),
+            capacity=_capacity_settings(env),
         )
 
 
@@ -198,4 +220,18 @@ def _alert_settings(env: dict[str, str]) -> AlertSettings:
         delivery_backoff_cap=timedelta(
             seconds=_int(env, "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS", 600)
         ),
+    )
+
+
+def _capacity_settings(env: dict[str, str]) -> CapacitySettings:
+    return CapacitySettings(
+        acquire_timeout=timedelta(
+            seconds=_int(env, "SAFETYREPORT_POOL_ACQUIRE_TIMEOUT_SECONDS", 5)
+        ),
+        exports_per_user=_int(env, "SAFETYREPORT_EXPORTS_PER_USER", 2),
+        exports_total=_int(env, "SAFETYREPORT_EXPORTS_TOTAL", 4),
+        export_send_timeout=timedelta(
+            seconds=_int(env, "SAFETYREPORT_EXPORT_SEND_TIMEOUT_SECONDS", 60)
+        ),
+        upload_verifications=_int(env, "SAFETYREPORT_UPLOAD_VERIFICATIONS", 2),
     )

@@ -144,12 +144,15 @@ class AuditController(Controller):
             client_addr=client_address(request),
             signer=state.signer,
         )
+        slot = state.exports.claim(export.principal.id)  # 429 beyond the caps
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         return download(
-            stream_export(state.pool, export),
+            stream_export(state.export_pool, export),
             media_type=MEDIA_TYPES[format],
             filename=f"audit-export-{stamp}.{FILE_SUFFIX[format]}",
             export_id=export.export_id,
+            send_timeout=state.settings.capacity.export_send_timeout.total_seconds(),
+            on_close=slot.release,
         )
 
     @post("/export/verify", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
