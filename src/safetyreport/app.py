@@ -101,7 +101,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             url, max_size=settings.database.pool_max_size, acquire_timeout=acquire_timeout
         )
         export_pool = await create_pool(
-            url, min_size=0, max_size=settings.capacity.exports_total, acquire_timeout=acquire_timeout
+            url,
+            min_size=0,
+            max_size=settings.capacity.exports_total,
+            acquire_timeout=acquire_timeout,
         )
         broker = AlertBroker(url)
         try:

@@ -206,9 +206,7 @@ async def append(conn: Conn, event: AuditEvent) -> int:
     return seq
 
 
-async def append_to_clinics(
-    conn: Conn, event: AuditEvent, clinics: Iterable[str | None]
-) -> None:
+async def append_to_clinics(conn: Conn, event: AuditEvent, clinics: Iterable[str | None]) -> None:
     """Append ``event`` to the chain of each clinic in ``clinics`` (None: the global chain).
 
     For actions that touch several clinics' data (an unfiltered list, an export, a login
