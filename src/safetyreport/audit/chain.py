@@ -9,7 +9,7 @@ lock the chain's head row, so concurrent writers take turns and a chain never fo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -219,3 +219,17 @@ async def append_to_clinics(conn: Conn, event: AuditEvent, clinics: Iterable[str
     await lock_chains(conn, targets)
     for clinic in targets:
         await append(conn, msgspec.structs.replace(event, clinic=clinic))
+
+
+async def append_for_each_clinic(
+    conn: Conn, clinics: Iterable[str | None], event_for: Callable[[str | None], AuditEvent]
+) -> None:
+    """As ``append_to_clinics``, with an event of its own for each clinic.
+
+    For reads of several clinics' data (a page of a list, a search): each clinic's chain
+    records what was read of that clinic, and nothing of the others'.
+    """
+    targets: list[str | None] = sorted(set(clinics) or {None}, key=chain_for)
+    await lock_chains(conn, targets)
+    for clinic in targets:
+        await append(conn, msgspec.structs.replace(event_for(clinic), clinic=clinic))
