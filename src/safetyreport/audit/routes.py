@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
@@ -74,6 +75,25 @@ class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
 
 
+# An upload is kept in memory up to this size, and in a temporary file beyond it.
+UPLOAD_SPOOL_BYTES = 1024 * 1024
+
+
+async def _verify_upload(
+    request: Request[Any, Any, Any], public_key: Ed25519PublicKey
+) -> offline.Result:
+    """Verify the request body as it is uploaded, never holding all of it in memory.
+
+    The body is spooled to a temporary file as it arrives (a zip is read from its end, so
+    the whole of it must be at hand); the verifier then reads it line by line (or member
+    by member) in a worker thread.
+    """
+    with tempfile.SpooledTemporaryFile(max_size=UPLOAD_SPOOL_BYTES) as upload:
+        async for chunk in request.stream():
+            upload.write(chunk)
+        return await asyncio.to_thread(offline.verify_export, upload, public_key)
+
+
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
@@ -83,26 +103,31 @@ class AuditController(Controller):
 
     @get("/verify")
     async def verify(self, request: Request[Any, Any, Any]) -> audit.VerifyReport:
-        """Recompute every chain you may read; name the first broken entry of each broken one."""
+        """Recompute every chain you may read; name the first broken entry of each broken one.
+
+        One verification runs at a time per service process; another one meanwhile is
+        429 with Retry-After.
+        """
         state = app_state(request)
         principal = principal_of(request)
-        async with state.pool.acquire() as conn:
-            report = await audit.verify_chains(conn, readable_chains(principal, None))
-            async with conn.transaction():
-                await audit.append(
-                    conn,
-                    audit.AuditEvent(
-                        actor=principal.actor(),
-                        action="audit.verified",
-                        object_type="audit_trail",
-                        client_addr=client_address(request),
-                        details={
-                            "ok": report.ok,
-                            "entries": report.entries,
-                            "broken_chains": [c.chain for c in report.broken],
-                        },
-                    ),
-                )
+        with state.chain_verifications.claim():
+            async with state.pool.acquire() as conn:
+                report = await audit.verify_chains(conn, readable_chains(principal, None))
+                async with conn.transaction():
+                    await audit.append(
+                        conn,
+                        audit.AuditEvent(
+                            actor=principal.actor(),
+                            action="audit.verified",
+                            object_type="audit_trail",
+                            client_addr=client_address(request),
+                            details={
+                                "ok": report.ok,
+                                "entries": report.entries,
+                                "broken_chains": [c.chain for c in report.broken],
+                            },
+                        ),
+                    )
         return report
 
     @get("/entries")
@@ -157,11 +182,15 @@ class AuditController(Controller):
 
     @post("/export/verify", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
     async def verify_export(self, request: Request[Any, Any, Any]) -> VerifyResult:
-        """Verify an export (the raw NDJSON or zip as the body) with this service's key."""
+        """Verify an export (the raw NDJSON or zip as the body) with this service's key.
+
+        A few uploads are verified at a time per service process; more meanwhile are
+        429 with Retry-After.
+        """
         state = app_state(request)
         public_key = state.signer.private_key.public_key()
-        body = await request.body()
-        result = await asyncio.to_thread(offline.verify_export, io.BytesIO(body), public_key)
+        with state.upload_verifications.claim():
+            result = await _verify_upload(request, public_key)
         async with state.pool.acquire() as conn, conn.transaction():
             await audit.append(
                 conn,
