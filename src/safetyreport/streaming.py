@@ -38,6 +38,10 @@ async def _close(body: AsyncGenerator[bytes, None], on_close: Callable[[], None]
         on_close()
 
 
+class _ClientStalled(Exception):
+    """The client took no chunk within the send deadline."""
+
+
 class _SendWithinDeadline(ASGIStreamingResponse):
     """A streamed body whose every chunk must be taken by the client within a deadline.
 
@@ -60,12 +64,15 @@ class _SendWithinDeadline(ASGIStreamingResponse):
 
     async def _stream_or_give_up(self, send: Send, scope: anyio.CancelScope) -> None:
         async def send_in_time(message: Message) -> None:
-            with anyio.fail_after(self.send_timeout):
-                await send(message)
+            try:
+                with anyio.fail_after(self.send_timeout):
+                    await send(message)
+            except TimeoutError:
+                raise _ClientStalled from None
 
         try:
             await self._stream(send_in_time)
-        except TimeoutError:
+        except _ClientStalled:
             _log.warning("a download ended: its client took nothing for %s s", self.send_timeout)
             scope.cancel()
 
