@@ -9,7 +9,18 @@ from collections import Counter
 from collections.abc import Hashable
 from types import TracebackType
 
-from safetyreport.errors import TooManyRequests
+from litestar.openapi.datastructures import ResponseSpec
+
+from safetyreport.errors import PROBLEM_JSON, Problem, TooManyRequests
+
+# For the ``responses`` of an operation that claims a slot.
+BUSY = {
+    429: ResponseSpec(
+        Problem,
+        description="As many of these run as may at once; retry after Retry-After seconds",
+        media_type=PROBLEM_JSON,
+    )
+}
 
 
 class Slot:

@@ -29,6 +29,7 @@ from safetyreport.audit.export import (
 )
 from safetyreport.audit.search import AuditEntryPage, search_entries
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.limits import BUSY
 from safetyreport.state import app_state, client_address
 from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
@@ -101,7 +102,7 @@ class AuditController(Controller):
     opt = {ROLES_OPT: AUDITORS}
     dependencies = {"filters": Provide(audit_filters)}
 
-    @get("/verify")
+    @get("/verify", responses=BUSY)
     async def verify(self, request: Request[Any, Any, Any]) -> audit.VerifyReport:
         """Recompute every chain you may read; name the first broken entry of each broken one.
 
@@ -149,7 +150,7 @@ class AuditController(Controller):
                 client_addr=client_address(request),
             )
 
-    @get("/export", operation_class=_EXPORT_OPERATION)
+    @get("/export", operation_class=_EXPORT_OPERATION, responses=BUSY)
     async def export(
         self,
         request: Request[Any, Any, Any],
@@ -180,7 +181,12 @@ class AuditController(Controller):
             on_close=slot.release,
         )
 
-    @post("/export/verify", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
+    @post(
+        "/export/verify",
+        status_code=200,
+        request_max_body_size=MAX_UPLOAD_BYTES,
+        responses=BUSY,
+    )
     async def verify_export(self, request: Request[Any, Any, Any]) -> VerifyResult:
         """Verify an export (the raw NDJSON or zip as the body) with this service's key.
 

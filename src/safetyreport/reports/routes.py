@@ -23,6 +23,7 @@ from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
 from safetyreport.idempotency import Action, check_key, request_hash, run_once
+from safetyreport.limits import BUSY
 from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import validate_report
@@ -170,7 +171,7 @@ class ReportController(Controller):
         )
         return Response(fhir.encode(fhir.adverse_event(view)), media_type=fhir.FHIR_JSON)
 
-    @get("/export", operation_class=_EXPORT_OPERATION)
+    @get("/export", operation_class=_EXPORT_OPERATION, responses=BUSY)
     async def export_reports(
         self,
         request: Request[Any, Any, Any],
