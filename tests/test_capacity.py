@@ -305,21 +305,30 @@ async def test_uploads_are_verified_as_a_stream_a_few_at_a_time(
             assert len(export) > 20 * 1024 * 1024
 
             # One verification at a time here: while an upload is half sent, another is 429.
-            held = await asyncio.to_thread(half_sent_upload, service.port, auditor, export[:4096])
-            try:
+            held: list[socket.socket] = []
 
-                async def refused() -> bool:
-                    response = await http.post(
-                        "/api/v1/audit/export/verify", content=b"{}\n", headers=auditor
+            async def refused() -> bool:
+                if not held:
+                    upload = export[:4096]
+                    held.append(
+                        await asyncio.to_thread(half_sent_upload, service.port, auditor, upload)
                     )
-                    if response.status_code != 429:
-                        return False
+                    await asyncio.sleep(0.5)  # a head start; a lost race is retried below
+                response = await http.post(
+                    "/api/v1/audit/export/verify", content=b"{}\n", headers=auditor
+                )
+                if response.status_code == 429:
                     assert int(response.headers["retry-after"]) > 0
                     return True
+                # This one got the slot before the held upload did: hold a fresh one.
+                held.pop().close()
+                return False
 
+            try:
                 await eventually(refused, "an upload refused while another is verified")
             finally:
-                held.close()
+                for sock in held:
+                    sock.close()
 
             async def slot_free() -> bool:
                 response = await http.post(
