@@ -92,10 +92,10 @@ async def test_a_clinic_auditor_sees_unfiltered_reads_of_her_clinic(
 async def test_each_clinic_chain_names_only_its_own_reports(
     world: World, network: dict[str, dict[str, str]]
 ) -> None:
-    nico_headers = network["audrey"]
+    audrey = network["audrey"]
     await world.user("nico", "nurse", ["B"])
     b_report = await create_report(world.client, await world.login("nico"), bp_report("B"))
-    response = await world.client.get("/api/v1/reports", headers=nico_headers)
+    response = await world.client.get("/api/v1/reports", headers=audrey)
     assert response.status_code == 200
     assert len(response.json()["items"]) == 3
 
