@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from litestar.connection import Request
     from litestar.datastructures import Cookie
     from litestar.response.base import ASGIResponse
-    from litestar.types import Message, Receive, Send, TypeEncodersMap
+    from litestar.types import Message, Receive, Scope, Send, TypeEncodersMap
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ class _SendWithinDeadline(ASGIStreamingResponse):
     def __init__(self, *, send_timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.start_response(send=send)
+            await self.send_body(send=send, receive=receive)
+        finally:
+            # However it ended (sent, abandoned, stalled, failed, cancelled), close the
+            # body and run on_close: Litestar would skip them after an error.
+            with anyio.CancelScope(shield=True):
+                await self.after_response()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         async with anyio.create_task_group() as task_group:
