@@ -115,7 +115,8 @@ async def test_ndjson_export_carries_every_entry_and_verifies(world: World, setu
     manifest = last["manifest"]
     assert manifest["entries"] == len(before)
     assert manifest["export_id"] == response.headers["x-safetyreport-export-id"]
-    assert manifest["chains"]["clinic:C1"] == {"first_seq": 1, "last_seq": 8, "entries": 8}
+    # C1's entries (sign-ins are in the clinic's chain too), and the start of this export.
+    assert manifest["chains"]["clinic:C1"] == {"first_seq": 1, "last_seq": 9, "entries": 9}
     assert manifest["key_id"] == offline.key_id(setup.public_key)
     body = response.content[: response.content.rindex(b"\n", 0, -1) + 1]
     assert manifest["body_sha256"] == hashlib.sha256(body).hexdigest()
@@ -161,9 +162,10 @@ async def test_export_is_audited_before_and_after(world: World, setup: Setup) ->
 async def test_filters_select_exactly_the_matching_entries(
     world: World, setup: Setup, params: dict[str, str], expected: str
 ) -> None:
-    rows = await db_entries(world.db, expected)
-    assert rows, "the filter should match something"
+    assert await db_entries(world.db, expected), "the filter should match something"
     response = await export(world, setup.auditor, **params)
+    # What matched when the export started (its own start record included).
+    rows = await db_entries(world.db, f"{expected} AND action <> 'audit.exported'")
     *entries, last = ndjson_lines(response.content)
     assert [(e["chain"], e["seq"]) for e in entries] == [(r["chain"], r["seq"]) for r in rows]
     assert last["manifest"]["filters"] == {
@@ -364,7 +366,8 @@ def edit_manifest(data: bytes) -> bytes:
 
 
 # The export holds clinic:C1 only: entries 1-8 on lines 1-8 (sign-ins are in the
-# clinic's chain too), the manifest on line 9.
+# clinic's chain too), then its own start record (entry 9, line 9), the manifest on
+# line 10.
 TAMPERING = [
     pytest.param(flip_byte, "entry clinic:C1#3 (line 3) was altered", id="byte-flipped"),
     pytest.param(drop_line, "entry clinic:C1#3 is missing from the export", id="dropped"),
@@ -373,8 +376,8 @@ TAMPERING = [
         "entry clinic:C1#3 (line 4) is out of order: it follows entry clinic:C1#4",
         id="swapped",
     ),
-    pytest.param(append_forged, "manifest.entries says 8, the export holds 9", id="forged"),
-    pytest.param(line_after_manifest, "line 10 follows the manifest", id="after-manifest"),
+    pytest.param(append_forged, "manifest.entries says 9, the export holds 10", id="forged"),
+    pytest.param(line_after_manifest, "line 11 follows the manifest", id="after-manifest"),
     pytest.param(edit_manifest, "manifest.signature does not verify", id="manifest-edited"),
 ]
 
@@ -528,7 +531,12 @@ async def test_entries_without_stored_content_export_and_verify(world: World, se
         response = await export(world, setup.auditor, clinic="C1", format=fmt)
         result = verify(response.content, setup.public_key)
         assert result.problems == [], fmt
-        assert result.entries == 8
+        # C1's entries, those of the exports before, and this export's start.
+        assert result.entries == await world.db.fetchval(
+            "SELECT count(*) FROM audit_entries "
+            "WHERE chain = 'clinic:C1' AND NOT (action = 'audit.exported' AND object_id = $1)",
+            response.headers["x-safetyreport-export-id"],
+        )
 
 
 # --- size ---------------------------------------------------------------------------
@@ -540,7 +548,8 @@ async def test_a_large_export_streams_in_batches_and_verifies(world: World, setu
     response = await export(world, setup.auditor, clinic="C2")
     result = verify(response.content, setup.public_key)
     assert result.problems == []
-    assert result.entries == count + 6  # clinic, user, two sign-ins, two reports
+    # clinic, user, two sign-ins, two reports, this export's start
+    assert result.entries == count + 7
     assert (await verify_chains(world.db)).ok
 
 

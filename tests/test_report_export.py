@@ -4,12 +4,14 @@ that spreadsheets cannot run, and the two audit entries of every export."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +25,7 @@ from litestar.testing import AsyncTestClient
 from litestar.testing import transport as litestar_transport
 
 from safetyreport.csvsafe import neutralise
+from safetyreport.reports import export as report_export
 from safetyreport.reports.export import CHUNK_BYTES
 from tests.conftest import World, bp_report, dissociation_report, misuse_report
 from tests.report_helpers import REPORTS, amend, audit_rows, create_report, errors_of
@@ -417,7 +420,7 @@ async def test_an_export_is_audited_when_it_starts_and_when_it_ends(
     assert ended["details"]["sha256"] == hashlib.sha256(response.content).hexdigest()
 
 
-async def test_an_export_of_every_clinic_is_audited_on_the_global_chain(
+async def test_an_export_without_a_clinic_is_audited_in_the_chains_of_its_clinics(
     world: World, nurse: dict[str, str]
 ) -> None:
     await create_report(world.client, nurse, bp_report())
@@ -427,7 +430,7 @@ async def test_an_export_of_every_clinic_is_audited_on_the_global_chain(
         for action in ("report.export_started", "report.exported")
         for e in await audit_rows(world.db, action)
     ]
-    assert chains == [("global", "fhir"), ("global", "fhir")]
+    assert chains == [("clinic:C1", "fhir"), ("clinic:C1", "fhir")]
 
 
 # --- large exports, streamed ------------------------------------------------------------
@@ -595,3 +598,28 @@ async def test_a_client_that_hangs_up_ends_an_export_recorded_as_incomplete(
     # Its snapshot ended with it, and another export runs to the end.
     assert await world.db.fetchval(_OPEN_TRANSACTIONS) == 0
     assert len(await ids_exported(world.client, nurse, "ndjson")) == 3001
+
+
+async def test_an_export_that_fails_gives_its_place_back(
+    world: World, nurse: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More failed exports than a user may run at once: none of them keeps its place."""
+    await create_report(world.client, nurse, bp_report())
+
+    @contextlib.asynccontextmanager
+    async def unreachable(pool: Any) -> AsyncIterator[Any]:
+        raise OSError("the database went away")
+        yield  # an async generator, as read_snapshot is
+
+    monkeypatch.setattr(report_export, "read_snapshot", unreachable)
+    for _ in range(3):  # the cap is 2 per user
+        try:
+            response = await world.client.get(EXPORT, params={"format": "csv"}, headers=nurse)
+        except Exception:  # noqa: S112 (the test client hands on the stream's error)
+            continue
+        assert response.status_code != 429, response.text
+    monkeypatch.undo()
+
+    assert len(await ids_exported(world.client, nurse, "csv")) == 1
+    ended = await audit_rows(world.db, "report.exported")
+    assert [e["details"]["completed"] for e in ended].count(False) == 3

@@ -642,14 +642,14 @@ async def test_read_is_audited(
     assert [(e["chain"], e["actor"]) for e in entries] == [("clinic:C1", "nina")] * 2
 
 
-async def test_listing_is_audited_in_the_clinic_or_global_chain(
+async def test_listing_is_audited_in_the_chain_of_the_clinics_listed(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     view = await create_report(client, nurse, bp_report())
     await list_reports(client, nurse, clinic="C1")
     await list_reports(client, nurse)
     entries = await audit_rows(db, "report.listed")
-    assert sorted(e["chain"] for e in entries) == ["clinic:C1", "global"]
+    assert sorted(e["chain"] for e in entries) == ["clinic:C1", "clinic:C1"]
     for entry in entries:
         assert entry["actor"] == "nina"
         assert entry["details"]["report_ids"] == [view["id"]]

@@ -100,14 +100,23 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         signer = await asyncio.to_thread(load_signer, settings)
         url = app_url(settings, await asyncio.to_thread(owner_url, settings))
-        pool = await create_pool(url, max_size=settings.database.pool_max_size)
+        acquire_timeout = settings.capacity.acquire_timeout.total_seconds()
+        pool = await create_pool(
+            url, max_size=settings.database.pool_max_size, acquire_timeout=acquire_timeout
+        )
+        export_pool = await create_pool(
+            url,
+            min_size=0,
+            max_size=settings.capacity.exports_total,
+            acquire_timeout=acquire_timeout,
+        )
         broker = AlertBroker(url)
         try:
             await check_schema(pool)
             await broker.start()
             _end_streams_on_shutdown_signal(broker)
             app.state.safetyreport = AppState(
-                settings=settings, pool=pool, broker=broker, signer=signer
+                settings=settings, pool=pool, broker=broker, signer=signer, export_pool=export_pool
             )
             # Background work; each unit is claimed in the database, so several service
             # processes on one database never do it twice.
@@ -127,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await broker.stop()
+            await export_pool.close()
             await pool.close()
 
     configure_logging(settings.log_level)

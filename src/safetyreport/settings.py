@@ -45,6 +45,11 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_ANONYMOUS_PER_MINUTE",
     "SAFETYREPORT_ALLOWED_HOSTS",
     "SAFETYREPORT_API_REFERENCE",
+    "SAFETYREPORT_POOL_ACQUIRE_TIMEOUT_SECONDS",
+    "SAFETYREPORT_EXPORTS_PER_USER",
+    "SAFETYREPORT_EXPORTS_TOTAL",
+    "SAFETYREPORT_EXPORT_SEND_TIMEOUT_SECONDS",
+    "SAFETYREPORT_UPLOAD_VERIFICATIONS",
 )
 
 
@@ -142,6 +147,21 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CapacitySettings:
+    """What one service process takes on at once (each worker process has its own)."""
+
+    # Waiting longer than this for a pooled database connection answers 503.
+    acquire_timeout: timedelta = timedelta(seconds=5)
+    exports_per_user: int = 2
+    # Also the size of the exports' own connection pool.
+    exports_total: int = 4
+    # An export whose client takes no chunk for this long is ended (recorded incomplete).
+    export_send_timeout: timedelta = timedelta(seconds=60)
+    # Uploaded exports verified at once (POST /api/v1/audit/export/verify).
+    upload_verifications: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings
     data_dir: Path
@@ -159,6 +179,7 @@ class Settings:
     allowed_hosts: frozenset[str] = frozenset(DEFAULT_ALLOWED_HOSTS.split(","))
     # The API reference page at /schema (the OpenAPI document itself is always served).
     api_reference: bool = True
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -209,6 +230,7 @@ class Settings:
             ),
             allowed_hosts=_host_names(env),
             api_reference=_on_off(env, "SAFETYREPORT_API_REFERENCE", default=True),
+            capacity=_capacity_settings(env),
         )
 
 
@@ -313,3 +335,17 @@ def _sign_in_settings(env: dict[str, str]) -> dict[str, Any]:
         "anonymous_burst": _int(env, "SAFETYREPORT_ANONYMOUS_BURST", 60),
         "anonymous_per_minute": _int(env, "SAFETYREPORT_ANONYMOUS_PER_MINUTE", 60),
     }
+
+
+def _capacity_settings(env: dict[str, str]) -> CapacitySettings:
+    return CapacitySettings(
+        acquire_timeout=timedelta(
+            seconds=_int(env, "SAFETYREPORT_POOL_ACQUIRE_TIMEOUT_SECONDS", 5)
+        ),
+        exports_per_user=_int(env, "SAFETYREPORT_EXPORTS_PER_USER", 2),
+        exports_total=_int(env, "SAFETYREPORT_EXPORTS_TOTAL", 4),
+        export_send_timeout=timedelta(
+            seconds=_int(env, "SAFETYREPORT_EXPORT_SEND_TIMEOUT_SECONDS", 60)
+        ),
+        upload_verifications=_int(env, "SAFETYREPORT_UPLOAD_VERIFICATIONS", 2),
+    )

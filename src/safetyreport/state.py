@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from litestar.connection import ASGIConnection
 
+from safetyreport.limits import Slots
 from safetyreport.settings import Settings
 
 if TYPE_CHECKING:  # the stream's routes import this module
@@ -21,6 +22,24 @@ class AppState:
     pool: asyncpg.Pool
     broker: AlertBroker
     signer: Signer
+    # Exports stream on connections of their own (as many as exports may run at once),
+    # so stalled downloads can never take the connections requests need.
+    export_pool: asyncpg.Pool
+    # Caps per process (see CapacitySettings): beyond them, 429.
+    exports: Slots = field(init=False)
+    upload_verifications: Slots = field(init=False)
+    chain_verifications: Slots = field(init=False)
+
+    def __post_init__(self) -> None:
+        capacity = self.settings.capacity
+        self.exports = Slots(
+            "exports", total=capacity.exports_total, per_key=capacity.exports_per_user
+        )
+        self.upload_verifications = Slots(
+            "verifications of uploaded exports", total=capacity.upload_verifications
+        )
+        # Hashing whole chains is CPU work: one at a time per process.
+        self.chain_verifications = Slots("verifications of the audit trail", total=1)
 
 
 def app_state(connection: ASGIConnection[Any, Any, Any, Any]) -> AppState:

@@ -199,16 +199,29 @@ async def list_alerts(
             last = items[-1]
             rank = rows[filters.limit - 1]["severity_rank"]
             next_cursor = encode_cursor(rank, last.first_seen_at, last.id)
-        await _audit_read(
-            conn,
-            principal,
-            "alert.listed",
-            filters.clinic,
-            addr,
-            filters=msgspec.to_builtins(filters),
-            count=len(items),
-        )
+        await _audit_page(conn, principal, filters, items, addr)
     return AlertPage(items=items, next_cursor=next_cursor)
+
+
+async def _audit_page(
+    conn: Conn, principal: Principal, filters: AlertFilters, items: list[AlertView], addr: str
+) -> None:
+    """Record the page in the chain of each clinic on it (empty: where the filter points)."""
+
+    def listed(clinic: str | None) -> audit.AuditEvent:
+        return audit.AuditEvent(
+            actor=principal.actor(),
+            action="alert.listed",
+            object_type="alert",
+            client_addr=addr,
+            details={
+                "filters": msgspec.to_builtins(filters),
+                "count": sum(1 for i in items if i.clinic == clinic),
+            },
+        )
+
+    clinics: set[str | None] = {i.clinic for i in items} or {filters.clinic}
+    await audit.append_for_each_clinic(conn, clinics, listed)
 
 
 # --- transitions --------------------------------------------------------------

@@ -9,7 +9,7 @@ lock the chain's head row, so concurrent writers take turns and a chain never fo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -206,7 +206,7 @@ async def append(conn: Conn, event: AuditEvent) -> int:
     return seq
 
 
-async def append_to_clinics(conn: Conn, event: AuditEvent, clinics: list[str | None]) -> None:
+async def append_to_clinics(conn: Conn, event: AuditEvent, clinics: Iterable[str | None]) -> None:
     """Append ``event`` to the chain of each clinic in ``clinics`` (None: the global chain).
 
     For actions that touch several clinics' data (an unfiltered list, an export, a login
@@ -215,7 +215,21 @@ async def append_to_clinics(conn: Conn, event: AuditEvent, clinics: list[str | N
     transactions never wait on each other in a cycle. An empty list means the global
     chain. Caller's transaction.
     """
-    targets = sorted(set(clinics) or {None}, key=chain_for)
+    targets: list[str | None] = sorted(set(clinics) or {None}, key=chain_for)
     await lock_chains(conn, targets)
     for clinic in targets:
         await append(conn, msgspec.structs.replace(event, clinic=clinic))
+
+
+async def append_for_each_clinic(
+    conn: Conn, clinics: Iterable[str | None], event_for: Callable[[str | None], AuditEvent]
+) -> None:
+    """As ``append_to_clinics``, with an event of its own for each clinic.
+
+    For reads of several clinics' data (a page of a list, a search): each clinic's chain
+    records what was read of that clinic, and nothing of the others'.
+    """
+    targets: list[str | None] = sorted(set(clinics) or {None}, key=chain_for)
+    await lock_chains(conn, targets)
+    for clinic in targets:
+        await append(conn, msgspec.structs.replace(event_for(clinic), clinic=clinic))

@@ -5,8 +5,9 @@ server-side cursor, a batch of rows at a time, so memory stays flat however many
 entries it holds. NDJSON lines are built by PostgreSQL from the stored canonical
 content; Python only joins them, hashes the body and signs the manifest at the end.
 
-Every export is audited twice: before the first byte leaves (who, which filters), and
-when it ends (how many entries, the body digest, whether it completed).
+Every export is audited twice: before the first byte leaves (who, which filters), in
+the chain of every clinic it may return, and when it ends (how many entries, the body
+digest, whether it completed), in the chain of every clinic whose entries it sent.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from typing import Any, Literal
 import anyio
 import asyncpg
 
-from safetyreport.audit.chain import AuditEvent, append, chain_for, content_of_row, format_time
+from safetyreport.audit.chain import (
+    GLOBAL_CHAIN,
+    AuditEvent,
+    append_to_clinics,
+    chain_for,
+    content_of_row,
+    format_time,
+)
 from safetyreport.audit.offline import CSV_COLUMNS, CSV_MEMBER, EXPORT_FORMAT, MANIFEST_MEMBER
 from safetyreport.audit.signing import Signer
 from safetyreport.auth.users import Principal
@@ -98,6 +106,19 @@ def readable_chains(principal: Principal, clinic: str | None) -> list[str] | Non
     if principal.all_clinics:
         return None
     return sorted(chain_for(code) for code in principal.clinic_ids)
+
+
+def clinic_of_chain(chain: str) -> str | None:
+    """The clinic whose chain this is; None for the global chain."""
+    return None if chain == GLOBAL_CHAIN else chain.removeprefix("clinic:")
+
+
+def clinics_in_scope(principal: Principal, clinic: str | None) -> list[str | None]:
+    """The clinics (None: the global chain) whose chains a read may return."""
+    chains = readable_chains(principal, clinic)
+    if chains is None:  # every chain
+        return [None, *sorted(principal.clinic_ids)]
+    return [clinic_of_chain(chain) for chain in chains]
 
 
 def where_clause(principal: Principal, filters: AuditFilters) -> Where:
@@ -209,7 +230,11 @@ class AuditExport:
 async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncGenerator[bytes, None]:
     """The export's bytes; audited before the first byte and again at the end."""
     async with pool.acquire() as conn, conn.transaction():
-        await append(conn, export.event("audit.export_started"))
+        await append_to_clinics(
+            conn,
+            export.event("audit.export_started"),
+            clinics_in_scope(export.principal, export.filters.clinic),
+        )
     body = _ndjson_body if export.format == "ndjson" else _csv_zip_body
     completed = False
     try:
@@ -221,8 +246,9 @@ async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncGenerat
     finally:
         # Also when the client went away: shield the record from the cancellation.
         with anyio.CancelScope(shield=True):
+            sent = [clinic_of_chain(chain) for chain in export.summary.chains]
             async with pool.acquire() as conn, conn.transaction():
-                await append(
+                await append_to_clinics(
                     conn,
                     export.event(
                         "audit.exported",
@@ -230,6 +256,7 @@ async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncGenerat
                         body_sha256=export.summary.digest.hexdigest(),
                         completed=completed,
                     ),
+                    sent or clinics_in_scope(export.principal, export.filters.clinic),
                 )
 
 

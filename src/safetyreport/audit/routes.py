@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
@@ -28,6 +29,7 @@ from safetyreport.audit.export import (
 )
 from safetyreport.audit.search import AuditEntryPage, search_entries
 from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.limits import BUSY
 from safetyreport.state import app_state, client_address
 from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
@@ -74,6 +76,25 @@ class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
 
 
+# An upload is kept in memory up to this size, and in a temporary file beyond it.
+UPLOAD_SPOOL_BYTES = 1024 * 1024
+
+
+async def _verify_upload(
+    request: Request[Any, Any, Any], public_key: Ed25519PublicKey
+) -> offline.Result:
+    """Verify the request body as it is uploaded, never holding all of it in memory.
+
+    The body is spooled to a temporary file as it arrives (a zip is read from its end, so
+    the whole of it must be at hand); the verifier then reads it line by line (or member
+    by member) in a worker thread.
+    """
+    with tempfile.SpooledTemporaryFile(max_size=UPLOAD_SPOOL_BYTES) as upload:
+        async for chunk in request.stream():
+            upload.write(chunk)
+        return await asyncio.to_thread(offline.verify_export, upload, public_key)
+
+
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
@@ -81,28 +102,33 @@ class AuditController(Controller):
     opt = {ROLES_OPT: AUDITORS}
     dependencies = {"filters": Provide(audit_filters)}
 
-    @get("/verify")
+    @get("/verify", responses=BUSY)
     async def verify(self, request: Request[Any, Any, Any]) -> audit.VerifyReport:
-        """Recompute every chain you may read; name the first broken entry of each broken one."""
+        """Recompute every chain you may read; name the first broken entry of each broken one.
+
+        One verification runs at a time per service process; another one meanwhile is
+        429 with Retry-After.
+        """
         state = app_state(request)
         principal = principal_of(request)
-        async with state.pool.acquire() as conn:
-            report = await audit.verify_chains(conn, readable_chains(principal, None))
-            async with conn.transaction():
-                await audit.append(
-                    conn,
-                    audit.AuditEvent(
-                        actor=principal.actor(),
-                        action="audit.verified",
-                        object_type="audit_trail",
-                        client_addr=client_address(request),
-                        details={
-                            "ok": report.ok,
-                            "entries": report.entries,
-                            "broken_chains": [c.chain for c in report.broken],
-                        },
-                    ),
-                )
+        with state.chain_verifications.claim():
+            async with state.pool.acquire() as conn:
+                report = await audit.verify_chains(conn, readable_chains(principal, None))
+                async with conn.transaction():
+                    await audit.append(
+                        conn,
+                        audit.AuditEvent(
+                            actor=principal.actor(),
+                            action="audit.verified",
+                            object_type="audit_trail",
+                            client_addr=client_address(request),
+                            details={
+                                "ok": report.ok,
+                                "entries": report.entries,
+                                "broken_chains": [c.chain for c in report.broken],
+                            },
+                        ),
+                    )
         return report
 
     @get("/entries")
@@ -124,7 +150,7 @@ class AuditController(Controller):
                 client_addr=client_address(request),
             )
 
-    @get("/export", operation_class=_EXPORT_OPERATION)
+    @get("/export", operation_class=_EXPORT_OPERATION, responses=BUSY)
     async def export(
         self,
         request: Request[Any, Any, Any],
@@ -144,21 +170,33 @@ class AuditController(Controller):
             client_addr=client_address(request),
             signer=state.signer,
         )
+        slot = state.exports.claim(export.principal.id)  # 429 beyond the caps
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         return download(
-            stream_export(state.pool, export),
+            stream_export(state.export_pool, export),
             media_type=MEDIA_TYPES[format],
             filename=f"audit-export-{stamp}.{FILE_SUFFIX[format]}",
             export_id=export.export_id,
+            send_timeout=state.settings.capacity.export_send_timeout.total_seconds(),
+            on_close=slot.release,
         )
 
-    @post("/export/verify", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
+    @post(
+        "/export/verify",
+        status_code=200,
+        request_max_body_size=MAX_UPLOAD_BYTES,
+        responses=BUSY,
+    )
     async def verify_export(self, request: Request[Any, Any, Any]) -> VerifyResult:
-        """Verify an export (the raw NDJSON or zip as the body) with this service's key."""
+        """Verify an export (the raw NDJSON or zip as the body) with this service's key.
+
+        A few uploads are verified at a time per service process; more meanwhile are
+        429 with Retry-After.
+        """
         state = app_state(request)
         public_key = state.signer.private_key.public_key()
-        body = await request.body()
-        result = await asyncio.to_thread(offline.verify_export, io.BytesIO(body), public_key)
+        with state.upload_verifications.claim():
+            result = await _verify_upload(request, public_key)
         async with state.pool.acquire() as conn, conn.transaction():
             await audit.append(
                 conn,

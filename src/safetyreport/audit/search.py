@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from safetyreport.audit.chain import AuditEvent, append
-from safetyreport.audit.export import AuditFilters, where_clause
+from safetyreport.audit.chain import AuditEvent, append_for_each_clinic, chain_for
+from safetyreport.audit.export import AuditFilters, clinic_of_chain, where_clause
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.pagination import decode_cursor, encode_cursor
@@ -64,17 +64,38 @@ async def search_entries(
     sql = f"{_SELECT}{where.sql()}{order} LIMIT {int(limit) + 1}"
     async with conn.transaction():
         rows = await conn.fetch(sql, *where.args)
-        await append(
-            conn,
-            AuditEvent(
-                actor=principal.actor(),
-                action="audit.searched",
-                object_type="audit_trail",
-                client_addr=client_addr,
-                details={"filters": filters.as_dict(), "returned": min(len(rows), limit)},
-            ),
-        )
-    items = [AuditEntryView(**dict(r.items())) for r in rows[:limit]]
+        items = [AuditEntryView(**dict(r.items())) for r in rows[:limit]]
+        await _audit_search(conn, principal, filters, items, client_addr)
     last = items[-1] if len(rows) > limit else None
     next_cursor = None if last is None else encode_cursor(last.recorded_at, last.chain, last.seq)
     return AuditEntryPage(items=items, next_cursor=next_cursor)
+
+
+async def _audit_search(
+    conn: Conn,
+    principal: Principal,
+    filters: AuditFilters,
+    items: list[AuditEntryView],
+    client_addr: str,
+) -> None:
+    """Record the search in the chain of each clinic whose entries it returned.
+
+    A search that returned nothing is recorded where the filter points (no clinic: the
+    global chain).
+    """
+
+    def searched(clinic: str | None) -> AuditEvent:
+        chain = chain_for(clinic)
+        return AuditEvent(
+            actor=principal.actor(),
+            action="audit.searched",
+            object_type="audit_trail",
+            client_addr=client_addr,
+            details={
+                "filters": filters.as_dict(),
+                "returned": sum(1 for i in items if i.chain == chain),
+            },
+        )
+
+    clinics = {clinic_of_chain(i.chain) for i in items} or {filters.clinic}
+    await append_for_each_clinic(conn, clinics, searched)

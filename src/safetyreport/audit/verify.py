@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import msgspec
 
@@ -60,21 +62,45 @@ def _check_entry(row: asyncpg.Record, expected_seq: int, prev_hash: bytes) -> st
     return None
 
 
+# Entries read per round trip and hashed per turn of a worker thread.
+BATCH_ROWS = 1000
+
+
+class _ChainCheck:
+    """Walks one chain's entries in order; the hashing runs off the event loop."""
+
+    def __init__(self, chain: str, head_seq: int) -> None:
+        self.chain, self.head_seq = chain, head_seq
+        self.expected_seq, self.prev_hash, self.count = 1, GENESIS_HASH, 0
+
+    def check(self, rows: list[asyncpg.Record]) -> ChainReport | None:
+        """Check the next ``rows``; the report of the first broken one, if any. CPU only."""
+        for row in rows:
+            problem = _check_entry(row, self.expected_seq, self.prev_hash)
+            if problem is not None:
+                broken = row["seq"] if row["seq"] == self.expected_seq else self.expected_seq
+                return ChainReport(
+                    chain=self.chain,
+                    ok=False,
+                    entries=self.count,
+                    head_seq=self.head_seq,
+                    broken_seq=broken,
+                    problem=problem,
+                )
+            self.count += 1
+            self.expected_seq, self.prev_hash = row["seq"] + 1, row["hash"]
+        return None
+
+
 async def _verify_chain(conn: Conn, chain: str, head_seq: int, head_hash: bytes) -> ChainReport:
-    expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
-    async for row in conn.cursor(_ENTRIES, chain, prefetch=1000):
-        problem = _check_entry(row, expected_seq, prev_hash)
-        if problem is not None:
-            return ChainReport(
-                chain=chain,
-                ok=False,
-                entries=count,
-                head_seq=head_seq,
-                broken_seq=row["seq"] if row["seq"] == expected_seq else expected_seq,
-                problem=problem,
-            )
-        count += 1
-        expected_seq, prev_hash = row["seq"] + 1, row["hash"]
+    walk = _ChainCheck(chain, head_seq)
+    cursor = await conn.cursor(_ENTRIES, chain)
+    while rows := await cursor.fetch(BATCH_ROWS):
+        # A worker thread hashes; the event loop serves other requests meanwhile.
+        broken = await asyncio.to_thread(walk.check, rows)
+        if broken is not None:
+            return broken
+    expected_seq, prev_hash, count = walk.expected_seq, walk.prev_hash, walk.count
     if expected_seq - 1 != head_seq or prev_hash != head_hash:
         return ChainReport(
             chain=chain,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 # A connection of our own or one lent by a pool: feature code accepts both.
 # (asyncpg's classes are generic only in its stubs, hence the string form.)
@@ -50,17 +50,53 @@ async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
     """
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
+class TimedPool(asyncpg.Pool):
+    """A pool whose connections are given within a deadline, or not at all.
+
+    Every path to a pooled connection (``acquire``, and ``fetch``/``execute``/... which
+    acquire through it) waits at most ``acquire_timeout`` seconds, then raises
+    ``TimeoutError``, which the error handler answers as 503 with Retry-After: a request
+    that cannot get a connection fails fast instead of hanging.
+    """
+
+    __slots__ = ("acquire_timeout",)
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+# Without a setting (the CLI, tools): wait up to this long for a pooled connection.
+DEFAULT_ACQUIRE_TIMEOUT = 5.0
+
+
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
+) -> asyncpg.Pool:
+    # As asyncpg.create_pool does, with our pool class.
+    pool = TimedPool(
         url,
+        acquire_timeout=acquire_timeout,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         init=init_connection,
         reset=_no_session_state,
         server_settings=SERVER_SETTINGS,
         command_timeout=60,
     )
-    assert pool is not None
+    await pool
     return pool
 
 

@@ -9,7 +9,9 @@ Every export is audited twice, each time in a transaction of its own:
 ``report.export_started`` before the first byte leaves (who, filters, format), and
 ``report.exported`` when the stream ends, however it ends (reports sent, bytes and
 their SHA-256, whether it completed), so an auditor can tell a downloaded file apart
-from an edited one.
+from an edited one. The start is recorded in the chain of every clinic the export may
+return, the end in the chain of every clinic whose reports it sent (if it sent none,
+where the start is), so each clinic's own auditor sees who exported its patients.
 """
 
 from __future__ import annotations
@@ -108,6 +110,18 @@ class ReportExport:
     sent_reports: int = 0
     sent_bytes: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
+    # Codes of the clinics whose reports have been handed on.
+    sent_clinics: set[str] = field(default_factory=set)
+
+    def clinics_in_scope(self) -> list[str]:
+        """The clinics this export may return (the chains its start is recorded in)."""
+        if self.filters.clinic is not None:
+            return [self.filters.clinic]
+        return sorted(self.principal.clinic_ids)
+
+    def clinics_sent(self) -> list[str]:
+        """The clinics whose reports it sent, or those in scope when it sent none."""
+        return sorted(self.sent_clinics) if self.sent_clinics else self.clinics_in_scope()
 
     @property
     def media_type(self) -> str:
@@ -118,8 +132,9 @@ class ReportExport:
         stamp = self.started_at.strftime("%Y%m%dT%H%M%SZ")
         return f"reports-{stamp}.{ENCODINGS[self.format].suffix}"
 
-    def sent(self, chunk: bytes, reports: int) -> bytes:
-        """Count ``chunk`` (holding ``reports`` reports) as handed on; return it."""
+    def sent(self, chunk: bytes, reports: int, clinics: set[str]) -> bytes:
+        """Count ``chunk`` (``reports`` reports of ``clinics``) as handed on; return it."""
+        self.sent_clinics |= clinics
         self.sent_reports += reports
         self.sent_bytes += len(chunk)
         self.digest.update(chunk)
@@ -283,7 +298,9 @@ async def start_export(
         where=service.selection_where(principal, filters),
     )
     async with pool.acquire() as conn, conn.transaction():
-        await audit.append(conn, export.event("report.export_started"))
+        await audit.append_to_clinics(
+            conn, export.event("report.export_started"), export.clinics_in_scope()
+        )
     return export
 
 
@@ -293,15 +310,19 @@ class _Chunk:
     def __init__(self) -> None:
         self.data = bytearray()
         self.reports = 0
+        self.clinics: set[str] = set()
 
-    def add(self, data: bytes, reports: int = 0) -> None:
+    def add(self, data: bytes, report: ReportView | None = None) -> None:
         self.data += data
-        self.reports += reports
+        if report is not None:
+            self.reports += 1
+            self.clinics.add(report.clinic)
 
-    def take(self) -> tuple[bytes, int]:
-        taken = (bytes(self.data), self.reports)
+    def take(self) -> tuple[bytes, int, set[str]]:
+        taken = (bytes(self.data), self.reports, self.clinics)
         self.data.clear()
         self.reports = 0
+        self.clinics = set()
         return taken
 
 
@@ -321,7 +342,8 @@ async def stream_export(pool: asyncpg.Pool, export: ReportExport) -> AsyncGenera
         async with read_snapshot(pool) as conn:
             async for rows in batches(conn, sql, export.where.args, PREFETCH_ROWS):
                 for row in rows:
-                    chunk.add(encoding.item(service.view_of_row(row), index), reports=1)
+                    report = service.view_of_row(row)
+                    chunk.add(encoding.item(report, index), report)
                     index += 1
                     if len(chunk.data) >= CHUNK_BYTES:
                         yield export.sent(*chunk.take())
@@ -336,7 +358,7 @@ async def stream_export(pool: asyncpg.Pool, export: ReportExport) -> AsyncGenera
 
 async def _record_end(pool: asyncpg.Pool, export: ReportExport, completed: bool) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await audit.append(
+        await audit.append_to_clinics(
             conn,
             export.event(
                 "report.exported",
@@ -345,4 +367,5 @@ async def _record_end(pool: asyncpg.Pool, export: ReportExport, completed: bool)
                 sha256=export.digest.hexdigest(),
                 completed=completed,
             ),
+            export.clinics_sent(),
         )

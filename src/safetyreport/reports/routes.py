@@ -23,6 +23,7 @@ from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
 from safetyreport.idempotency import Action, check_key, request_hash, run_once
+from safetyreport.limits import BUSY
 from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import validate_report
@@ -170,7 +171,7 @@ class ReportController(Controller):
         )
         return Response(fhir.encode(fhir.adverse_event(view)), media_type=fhir.FHIR_JSON)
 
-    @get("/export", operation_class=_EXPORT_OPERATION)
+    @get("/export", operation_class=_EXPORT_OPERATION, responses=BUSY)
     async def export_reports(
         self,
         request: Request[Any, Any, Any],
@@ -187,7 +188,8 @@ class ReportController(Controller):
         ``format``: ``csv`` (a header row, then one row per report; text that a
         spreadsheet would run as a formula starts with ``'``), ``ndjson`` (one report per
         line, as the list shows it) or ``fhir`` (a FHIR R5 Bundle of AdverseEvents).
-        Audited when it starts and when it ends.
+        Audited when it starts and when it ends. At most a few exports run at once per
+        user and per service process (429 with Retry-After beyond them).
         """
         state = app_state(request)
         filters = export.ExportFilters(
@@ -197,15 +199,22 @@ class ReportController(Controller):
             since=None if since is None else require_utc("since", since),
             until=None if until is None else require_utc("until", until),
         )
-        started = await export.start_export(
-            state.pool, principal_of(request), filters, format, client_address(request)
-        )
-        body = export.stream_export(state.pool, started)
+        principal = principal_of(request)
+        slot = state.exports.claim(principal.id)  # 429 beyond the caps
+        try:
+            started = await export.start_export(
+                state.export_pool, principal, filters, format, client_address(request)
+            )
+        except BaseException:
+            slot.release()
+            raise
         return download(
-            body,
+            export.stream_export(state.export_pool, started),
             media_type=started.media_type,
             filename=started.filename,
             export_id=str(started.export_id),
+            send_timeout=state.settings.capacity.export_send_timeout.total_seconds(),
+            on_close=slot.release,
         )
 
     @post(

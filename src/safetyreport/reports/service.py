@@ -419,19 +419,35 @@ async def list_reports(
         if len(rows) > filters.limit:
             last = items[-1]
             next_cursor = encode_cursor(last.occurred_at, last.id)
-        await audit.append(
-            conn,
-            audit.AuditEvent(
-                actor=principal.actor(),
-                action="report.listed",
-                object_type="report",
-                clinic=filters.clinic,
-                client_addr=client_addr,
-                details={
-                    "filters": msgspec.to_builtins(filters),
-                    "count": len(items),
-                    "report_ids": [str(i.id) for i in items],
-                },
-            ),
-        )
+        await _audit_page(conn, principal, filters, items, client_addr)
     return ReportPage(items=items, next_cursor=next_cursor)
+
+
+async def _audit_page(
+    conn: Conn,
+    principal: Principal,
+    filters: ReportFilters,
+    items: list[ReportView],
+    client_addr: str,
+) -> None:
+    """Record the page in the chain of each clinic on it, naming that clinic's reports.
+
+    An empty page is recorded where the filter points (no clinic: the global chain).
+    """
+
+    def listed(clinic: str | None) -> audit.AuditEvent:
+        ids = [str(i.id) for i in items if i.clinic == clinic]
+        return audit.AuditEvent(
+            actor=principal.actor(),
+            action="report.listed",
+            object_type="report",
+            client_addr=client_addr,
+            details={
+                "filters": msgspec.to_builtins(filters),
+                "count": len(ids),
+                "report_ids": ids,
+            },
+        )
+
+    clinics: set[str | None] = {i.clinic for i in items} or {filters.clinic}
+    await audit.append_for_each_clinic(conn, clinics, listed)

@@ -1,0 +1,40 @@
+"""The pool gives a connection within its deadline or raises, on every path (issue 10, item 1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from safetyreport.db.pool import create_pool
+
+BOUND = 10.0  # seconds: proves nothing hangs; not a measurement
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        pytest.param(lambda pool: pool.fetchval("SELECT 1"), id="fetchval"),
+        pytest.param(lambda pool: pool.fetchrow("SELECT 1"), id="fetchrow"),
+        pytest.param(lambda pool: pool.execute("SELECT 1"), id="execute"),
+        pytest.param(lambda pool: pool.acquire(), id="acquire"),
+    ],
+)
+async def test_a_busy_pool_raises_timeout_instead_of_waiting(
+    database_url: str, use: Callable[[asyncpg.Pool], Awaitable[Any]]
+) -> None:
+    pool = await create_pool(database_url, max_size=1, acquire_timeout=0.2)
+    try:
+        async with pool.acquire():
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(use(pool), BOUND)
+        # Free again: the same call gets its connection.
+        async with asyncio.timeout(BOUND):
+            result = await use(pool)
+            if isinstance(result, asyncpg.pool.PoolConnectionProxy):
+                await pool.release(result)
+    finally:
+        await pool.close()
