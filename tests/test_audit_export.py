@@ -452,6 +452,18 @@ async def test_untouched_export_passes_cli_script_and_upload(
     assert [r["details"]["ok"] for r in verified] == [True, False]
 
 
+async def test_an_uploaded_csv_zip_is_verified(world: World, setup: Setup) -> None:
+    """The zip is read from its end: the spooled upload must be read from its start."""
+    data = (await export(world, setup.auditor, format="csv")).content
+    assert data[:4] == b"PK\x03\x04"
+    upload = await world.client.post(
+        "/api/v1/audit/export/verify", content=data, headers=setup.auditor
+    )
+    assert upload.status_code == 200, upload.text
+    assert upload.json()["ok"] is True, upload.json()
+    assert upload.json()["entries"] > 0
+
+
 async def test_another_key_does_not_verify(world: World, setup: Setup) -> None:
     data = (await export(world, setup.auditor)).content
     result = verify(data, Ed25519PrivateKey.generate().public_key())

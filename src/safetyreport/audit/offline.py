@@ -465,6 +465,7 @@ def verify_export(
 ) -> Result:
     """Verify an export (NDJSON, or the CSV zip) from a seekable binary file object."""
     verifier = _Verifier(public_key, list(checkpoints))
+    export.seek(0)  # a file just written (a spooled upload) stands at its end
     is_zip = export.read(4) == b"PK\x03\x04"
     export.seek(0)
     if is_zip:
