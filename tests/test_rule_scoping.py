@@ -10,26 +10,23 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from safetyreport.alerts import limits
-from safetyreport.auth.users import Role
 from safetyreport.db.migrations import audit_migrated_rule_versions
 from tests.conftest import World, bp_report, dissociation_report
 from tests.report_helpers import create_report
+from tests.rule_helpers import RULES, RulesAs, Users
 from tests.test_cli import cli_env, run_cli
 
-RULES = "/api/v1/rules"
 CRISIS = "bp-hypertensive-crisis"
 RESP = "respiratory-depression"
 MARKED = "bp-markedly-abnormal"
 ATTACKER_TEXT = "ATTACKER-TEXT: call 555-0100 now"
 
 # name -> (role, clinics, all_clinics)
-USERS: dict[str, tuple[Role, list[str], bool]] = {
+USERS: Users = {
     "dora": ("safety_officer", ["DEMO"], False),  # the attacker of the review
     "dave": ("safety_officer", ["DEMO"], False),  # her colleague at DEMO
     "oona": ("safety_officer", ["OTHER"], False),
@@ -41,35 +38,7 @@ USERS: dict[str, tuple[Role, list[str], bool]] = {
 }
 
 
-class Scoped:
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.tokens: dict[str, dict[str, str]] = {}
-
-    @property
-    def client(self) -> AsyncTestClient[Any]:
-        return self.world.client
-
-    @property
-    def db(self) -> asyncpg.Connection[Any]:
-        return self.world.db
-
-    async def as_(self, name: str) -> dict[str, str]:
-        if name not in self.tokens:
-            role, clinics, all_clinics = USERS[name]
-            await self.world.user(name, role, clinics, all_clinics=all_clinics)
-            self.tokens[name] = await self.world.login(name)
-        return self.tokens[name]
-
-    async def create(self, who: str, body: Any) -> httpx.Response:
-        return await self.client.post(RULES, json=body, headers=await self.as_(who))
-
-    async def update(self, who: str, rule_id: str, body: Any) -> httpx.Response:
-        return await self.client.put(f"{RULES}/{rule_id}", json=body, headers=await self.as_(who))
-
-    async def disable(self, who: str, rule_id: str) -> httpx.Response:
-        return await self.client.post(f"{RULES}/{rule_id}/disable", headers=await self.as_(who))
-
+class Scoped(RulesAs):
     async def decide(self, who: str, change_id: int, decision: str) -> httpx.Response:
         return await self.client.post(
             f"{RULES}/changes/{change_id}/{decision}", headers=await self.as_(who)
@@ -122,7 +91,7 @@ class Scoped:
 async def s(world: World) -> Scoped:
     await world.clinic("DEMO")
     await world.clinic("OTHER")
-    return Scoped(world)
+    return Scoped(world, USERS)
 
 
 def crisis_reading(clinic: str, patient: str = "PT-1") -> dict[str, Any]:

@@ -7,20 +7,16 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from safetyreport.auth.users import Role
 from safetyreport.db.pool import connect
 from tests.conftest import World, bp_report
 from tests.report_helpers import audit_rows, create_report, send_concurrently
-
-RULES = "/api/v1/rules"
+from tests.rule_helpers import RULES, RulesAs, Users
 
 DEFAULT_RULES = {
     "bp-pre-dose-hold",
@@ -69,7 +65,7 @@ SOURCES = (
 )
 
 # name -> (role, clinics, all_clinics)
-USERS: dict[str, tuple[Role, list[str], bool]] = {
+USERS: Users = {
     "nina": ("nurse", ["C1"], False),
     "olga": ("safety_officer", ["C1"], False),
     "aude": ("auditor", ["C1"], False),
@@ -98,35 +94,7 @@ def without_id(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "id"}
 
 
-@dataclass
-class Rules:
-    world: World
-    tokens: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    @property
-    def client(self) -> AsyncTestClient[Any]:
-        return self.world.client
-
-    @property
-    def db(self) -> asyncpg.Connection[Any]:
-        return self.world.db
-
-    async def as_(self, name: str) -> dict[str, str]:
-        if name not in self.tokens:
-            role, clinics, all_clinics = USERS[name]
-            await self.world.user(name, role, clinics, all_clinics=all_clinics)
-            self.tokens[name] = await self.world.login(name)
-        return self.tokens[name]
-
-    async def create(self, who: str, body: Any) -> httpx.Response:
-        return await self.client.post(RULES, json=body, headers=await self.as_(who))
-
-    async def update(self, who: str, rule_id: str, body: Any) -> httpx.Response:
-        return await self.client.put(f"{RULES}/{rule_id}", json=body, headers=await self.as_(who))
-
-    async def disable(self, who: str, rule_id: str) -> httpx.Response:
-        return await self.client.post(f"{RULES}/{rule_id}/disable", headers=await self.as_(who))
-
+class Rules(RulesAs):
     async def get(self, who: str, rule_id: str) -> dict[str, Any]:
         response = await self.client.get(f"{RULES}/{rule_id}", headers=await self.as_(who))
         assert response.status_code == 200, response.text
@@ -166,7 +134,7 @@ class Rules:
 @pytest.fixture
 async def r(world: World) -> Rules:
     await world.clinic("C1")
-    return Rules(world)
+    return Rules(world, USERS)
 
 
 @pytest.fixture
