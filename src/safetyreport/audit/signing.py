@@ -9,9 +9,6 @@ instances must share one key file to sign with one key.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from safetyreport.audit.offline import canonical_json, key_id
+from safetyreport.keyfiles import create_key_file
 from safetyreport.settings import Settings
 
 DEFAULT_KEY_FILE = "audit-signing-key.pem"
@@ -62,7 +60,10 @@ def load_signer(settings: Settings) -> Signer:
     """The service's signer: the configured key file, or the data folder's (made if new)."""
     path = key_file(settings)
     if settings.audit.signing_key_file is None and not path.exists():
-        _create_key_file(path)
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+        )
+        create_key_file(path, pem)
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
@@ -74,22 +75,3 @@ def load_signer(settings: Settings) -> Signer:
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"the audit signing key {path} is not an Ed25519 key")
     return Signer(key)
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new key readable by its owner only; keep the first if several race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
-    )
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".signing-key-")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
-        # link() fails if the file exists: a worker that lost the race reads the winner's.
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)

@@ -9,12 +9,9 @@ random strings, so their SHA-256 is enough to store; each is marked used when us
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from safetyreport import audit
 from safetyreport.auth.users import audit_clinics, principal_by_username
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ServiceUnavailable, ValidationFailed
+from safetyreport.keyfiles import create_key_file
 from safetyreport.settings import Settings
 
 DEFAULT_KEY_FILE = "totp-secrets.key"
@@ -61,26 +59,11 @@ def load_key(settings: Settings) -> bytes:
     """The 32-byte secrets key: the configured file, or the data folder's (made if new)."""
     path = key_file(settings)
     if settings.auth.totp_key_file is None and not path.exists():
-        _create_key_file(path)
+        create_key_file(path, AESGCM.generate_key(bit_length=256))
     key = path.read_bytes()
     if len(key) != 32:
         raise ValueError(f"the TOTP secrets key {path} is not 32 bytes")
     return key
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new key readable by its owner only; keep the first if several race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".totp-key-")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(AESGCM.generate_key(bit_length=256))
-            file.flush()
-            os.fsync(file.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
 
 
 def _seal(key: bytes, user_id: int, secret: str) -> bytes:
