@@ -150,11 +150,18 @@ def cmd_clinic_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
+def _password_from_stdin(args: argparse.Namespace) -> str | None:
+    """The password on standard input; None (after saying why) without --password-stdin."""
     if not args.password_stdin:
         print("error: give the password on standard input with --password-stdin", file=sys.stderr)
+        return None
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    password = _password_from_stdin(args)
+    if password is None:
         return 2
-    password = sys.stdin.readline().rstrip("\r\n")
 
     async def run(conn: Any) -> int:
         result: int = await add_user(
@@ -183,10 +190,9 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_user_set_password(args: argparse.Namespace) -> int:
-    if not args.password_stdin:
-        print("error: give the password on standard input with --password-stdin", file=sys.stderr)
+    password = _password_from_stdin(args)
+    if password is None:
         return 2
-    password = sys.stdin.readline().rstrip("\r\n")
 
     async def run(conn: Any) -> None:
         await set_password(conn, args.username, password, SYSTEM_CLI)
