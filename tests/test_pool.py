@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from safetyreport.db.pool import create_pool
+from safetyreport.errors import NotAuthenticated, status_of
 
 BOUND = 10.0  # seconds: proves nothing hangs; not a measurement
 
@@ -38,3 +39,17 @@ async def test_a_busy_pool_raises_timeout_instead_of_waiting(
                 await pool.release(result)
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        pytest.param(TimeoutError(), 503, id="pool-timeout"),
+        pytest.param(ConnectionRefusedError(), 503, id="database-down"),
+        pytest.param(NotAuthenticated("no token"), 401, id="not-authenticated"),
+        pytest.param(ValueError("bug"), 500, id="unexpected"),
+    ],
+)
+def test_the_request_log_names_the_status_the_client_gets(exc: Exception, status: int) -> None:
+    """A pool timeout in the authentication middleware is a 503 to the client and in the log."""
+    assert status_of(exc) == status

@@ -203,6 +203,15 @@ def _from_litestar_validation(exc: ValidationException) -> list[FieldError]:
     return errors or [FieldError("request", "invalid", exc.detail)]
 
 
+def status_of(exc: Exception) -> int:
+    """The status ``exception_to_response`` answers an exception raised outside a handler
+    with, for the request log (authentication middleware errors)."""
+    if isinstance(exc, _DATABASE_DOWN) and not isinstance(exc, HTTPException | AppError):
+        return 503
+    status: int = getattr(exc, "status_code", 500)
+    return status
+
+
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """The one place where exceptions become HTTP responses."""
     if isinstance(exc, ValidationFailed):
@@ -237,7 +246,7 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         _log.warning("refused a request nested too deeply on %s", request.url.path)
         return _problem(400, ClientError.title, "the request is nested too deeply")
     if isinstance(exc, _DATABASE_DOWN):
-        _log.warning("database unavailable: %s", exc)
+        _log.warning("database unavailable: %s", str(exc) or type(exc).__name__)
         return _problem(
             503,
             ServiceUnavailable.title,

@@ -12,6 +12,8 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
+from safetyreport.errors import status_of
+
 _encoder = msgspec.json.Encoder()
 # Attributes every record has; anything else was passed with ``extra=`` and is logged.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
@@ -75,7 +77,7 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
         except Exception as exc:
             # Raised by a middleware inside this one (authentication): Litestar turns it into
             # a response outside of it, so log the status that response will carry.
-            status = getattr(exc, "status_code", 500)
+            status = status_of(exc)
             raise
         finally:
             user = scope.get("user")
