@@ -680,6 +680,8 @@ async def test_keyboard_sign_in_and_screenshots_of_every_page(
         await expect(page.get_by_role("heading", name="History")).to_be_visible()
         await check_and_capture(page, "officer-alert-detail")
         await page.get_by_role("button", name="Sign out").click()
+        # Signing out deletes the kept pages first, then posts the form: wait for it.
+        await expect(page).to_have_url(re.compile(r"/login$"))
 
         await sign_in_on(page, AUDITOR)
         await expect(page.locator("#results tr").first).to_be_visible()
