@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,31 @@ async def test_lock_out_patterns_raise_alerts_for_the_admins_of_the_clinic(
     assert [lock["scope"] for lock in locked] == ["account"]
     nurse = bearer(await login(http, "olga", address="198.51.100.22"))
     assert (await http.get(LOCKOUTS, headers=nurse)).status_code == 403
+
+
+async def test_lockouts_since_filters_validates_and_the_read_is_audited(
+    http: AsyncTestClient[Any], people: World, db: asyncpg.Connection[Any]
+) -> None:
+    for i in range(20):
+        await login(http, "nina", WRONG, address=f"203.0.113.{i}")
+    clinic_admin = bearer(await login(http, "adam", address="198.51.100.20"))
+    raised = await db.fetchval("SELECT max(raised_at) FROM lockout_alerts")
+    before = {"since": raised.isoformat()}
+    after = {"since": (raised + timedelta(seconds=1)).isoformat()}
+    seen = await http.get(LOCKOUTS, params=before, headers=clinic_admin)
+    assert [a["key"] for a in seen.json()] == ["nina"], seen.text
+    assert (await http.get(LOCKOUTS, params=after, headers=clinic_admin)).json() == []
+    for bad in ("yesterday", "2026-01-01T00:00:00"):  # not a time; no time zone
+        response = await http.get(LOCKOUTS, params={"since": bad}, headers=clinic_admin)
+        assert response.status_code == 422, response.text
+    listed = await db.fetch(
+        "SELECT chain, details FROM audit_entries WHERE action = 'auth.lockouts_listed'"
+    )
+    # What was shown, in the chain of the clinic it belongs to; an empty list: global.
+    assert sorted((r["chain"], r["details"]["count"]) for r in listed) == [
+        ("clinic:C1", 1),
+        ("global", 0),
+    ]
 
 
 # --- item 4: flooding the audit trail --------------------------------------------------

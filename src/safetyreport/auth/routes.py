@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import JSONBody
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
+from safetyreport import audit
 from safetyreport.auth import devices, lockouts, service
 from safetyreport.auth.http import PUBLIC, ROLES_OPT, principal_of, require_roles
 from safetyreport.auth.users import UserView
 from safetyreport.state import app_state, client_address
+from safetyreport.times import require_utc
 from safetyreport.web.session import device_cookie
 
 
@@ -68,10 +71,47 @@ class AuthController(Controller):
         return principal_of(request).view()
 
     @get("/auth/lockouts", guards=[require_roles], opt={ROLES_OPT: ("admin",)})
-    async def lockout_alerts(self, request: Request[Any, Any, Any]) -> list[lockouts.LockoutAlert]:
+    async def lockout_alerts(
+        self,
+        request: Request[Any, Any, Any],
+        since: Annotated[
+            datetime | None,
+            QueryParameter(description="only alerts raised at or after this time (UTC)"),
+        ] = None,
+    ) -> list[lockouts.LockoutAlert]:
         """Admins: the newest lock-out patterns (an account attacked from many addresses,
-        an address guessing many accounts) touching their clinics."""
+        an address guessing many accounts) touching their clinics.
+
+        A read of user data: audited in the chain of each clinic listed (address-wide
+        alerts, and an empty list, in the global chain).
+        """
         principal = principal_of(request)
+        after = None if since is None else require_utc("since", since)
         clinics = None if principal.all_clinics else sorted(principal.clinic_ids)
-        async with app_state(request).pool.acquire() as conn:
-            return await lockouts.recent(conn, clinics)
+        async with app_state(request).pool.acquire() as conn, conn.transaction():
+            items = await lockouts.recent(conn, clinics, after)
+
+            def of(clinic: str | None) -> list[lockouts.LockoutAlert]:
+                return [a for a in items if (clinic in a.clinics if clinic else not a.clinics)]
+
+            def listed(clinic: str | None) -> audit.AuditEvent:
+                shown = of(clinic)
+                return audit.AuditEvent(
+                    actor=principal.actor(),
+                    action="auth.lockouts_listed",
+                    object_type="lockout_alert",
+                    client_addr=client_address(request),
+                    details={
+                        "since": None if after is None else after.isoformat(),
+                        "count": len(shown),
+                        "alert_ids": [a.id for a in shown],
+                    },
+                )
+
+            targets: set[str | None] = set()
+            for alert in items:
+                if not alert.clinics:
+                    targets.add(None)
+                targets.update(c for c in alert.clinics if clinics is None or c in clinics)
+            await audit.append_for_each_clinic(conn, targets, listed)
+        return items
