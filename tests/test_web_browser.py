@@ -124,7 +124,11 @@ async def web_database(server_url: str, databases: Databases) -> AsyncIterator[s
 async def served(
     web_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Served]:
-    async with serving(web_database, tmp_path_factory.mktemp("web"), "web", demo=False) as s:
+    # The lock-out test signs in "from" many addresses: the test is the trusted proxy.
+    proxy = {"SAFETYREPORT_TRUSTED_PROXIES": "127.0.0.1"}
+    async with serving(
+        web_database, tmp_path_factory.mktemp("web"), "web", demo=False, env=proxy
+    ) as s:
         yield s
 
 
@@ -895,3 +899,49 @@ async def test_an_officer_who_lands_on_the_alerts_is_sent_to_her_waiting_reports
 
     await eventually(arrived, "the officer's report")
     assert await count_reports(db, waiting) == 1
+
+
+async def test_an_admin_sees_the_sign_in_lock_outs_on_her_alerts_page_an_officer_does_not(
+    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+) -> None:
+    admin, victim = "alma", "vick"
+    people: tuple[tuple[str, Role], ...] = ((admin, "admin"), (victim, "nurse"))
+    for username, role in people:
+        await add_user(
+            db,
+            username=username,
+            password=PASSWORD,
+            role=role,
+            clinics=["C1"],
+            all_clinics=False,
+            actor=SYSTEM_CLI,
+        )
+    # Failed sign-ins from many addresses lock the account: an attack, raising an alert.
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+        for i in range(20):
+            response = await http.post(
+                "/api/v1/auth/login",
+                json={"username": victim, "password": "wrong-password-123"},
+                headers={"X-Forwarded-For": f"203.0.113.{i + 1}"},
+            )
+            assert response.status_code == 401, response.text
+
+    page = await sign_in(context, admin)
+    await expect(page).to_have_url(re.compile(r"/alerts$"))
+    panel = page.get_by_role("region", name="Sign-in lock-outs")
+    await expect(panel).to_be_visible()
+    await expect(panel.get_by_role("alert")).to_contain_text("1 lock-out in the last 24 hours")
+    entry = panel.locator('li.lockout[data-scope="account"]')
+    await expect(entry).to_have_count(1)
+    await expect(entry).to_contain_text(f"Account {victim}: attacked from many addresses")
+    await expect(entry).to_contain_text("20 failed sign-ins")
+    await expect(entry).to_contain_text(re.compile(r"(locked until|lock ended) \d{4}-"))
+    await expect(page.locator("#queue-summary")).not_to_have_text("Loading alerts…")
+    await check_and_capture(page, "admin-alert-queue-lockouts")
+    await sign_out(page)
+
+    page = await sign_in(context, OFFICER)
+    await expect(page).to_have_url(re.compile(r"/alerts$"))
+    await expect(page.locator("#queue-summary")).not_to_have_text("Loading alerts…")
+    assert await page.locator("#lockouts").count() == 0
+    await expect(page.get_by_text("Sign-in lock-outs")).to_have_count(0)
