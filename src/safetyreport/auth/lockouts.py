@@ -49,11 +49,11 @@ async def recent(
     conn: Conn, clinics: list[str] | None, since: datetime | None = None
 ) -> list[LockoutAlert]:
     """The newest alerts; ``clinics`` None: all, else those touching one of them;
-    ``since``: only those raised at or after it."""
+    ``since``: only those raised after it."""
     rows = await conn.fetch(
         "SELECT id, raised_at, scope, key, failures, locked_until, clinics FROM lockout_alerts "
         "WHERE ($1::text[] IS NULL OR clinics && $1::text[]) "
-        "AND ($3::timestamptz IS NULL OR raised_at >= $3) "
+        "AND ($3::timestamptz IS NULL OR raised_at > $3) "
         "ORDER BY raised_at DESC, id DESC LIMIT $2",
         clinics,
         LIST_LIMIT,

@@ -76,20 +76,23 @@ class AuthController(Controller):
         request: Request[Any, Any, Any],
         since: Annotated[
             datetime | None,
-            QueryParameter(description="only alerts raised at or after this time (UTC)"),
+            QueryParameter(description="only alerts raised after this time (UTC)"),
         ] = None,
     ) -> list[lockouts.LockoutAlert]:
         """Admins: the newest lock-out patterns (an account attacked from many addresses,
         an address guessing many accounts) touching their clinics.
 
         A read of user data: audited in the chain of each clinic listed (address-wide
-        alerts, and an empty list, in the global chain).
+        alerts in the global chain). An empty list shows nothing and is not recorded, so
+        the page's polling for new alerts (``since`` its newest) adds no entries.
         """
         principal = principal_of(request)
         after = None if since is None else require_utc("since", since)
         clinics = None if principal.all_clinics else sorted(principal.clinic_ids)
         async with app_state(request).pool.acquire() as conn, conn.transaction():
             items = await lockouts.recent(conn, clinics, after)
+            if not items:
+                return items
 
             def of(clinic: str | None) -> list[lockouts.LockoutAlert]:
                 return [a for a in items if (clinic in a.clinics if clinic else not a.clinics)]

@@ -60,15 +60,22 @@ function show(alerts) {
   }
 }
 
+// What the panel shows: the window's alerts, newest first. The first load asks for the
+// whole window; later ones only for alerts raised after the newest shown (an empty
+// answer is not audited, so polling adds no audit entries while nothing happens).
+let shown = [];
+
 async function load() {
-  const since = new Date(serverNow() - WINDOW_MS).toISOString();
+  const windowStart = serverNow() - WINDOW_MS;
+  const since = shown.length ? shown[0].raised_at : new Date(windowStart).toISOString();
   try {
     const result = await api("GET", `/api/v1/auth/lockouts?${new URLSearchParams({ since })}`);
     if (!result.ok) {
       throw new Error(problemMessage(result));
     }
     errorEl.hidden = true;
-    show(result.data);
+    shown = [...result.data, ...shown].filter((a) => new Date(a.raised_at).getTime() >= windowStart);
+    show(shown);
   } catch (error) {
     errorEl.textContent = `Could not load the sign-in lock-outs: ${error.message}`;
     errorEl.hidden = false;
@@ -76,6 +83,6 @@ async function load() {
 }
 
 load();
-// Each listing is audited: a tab in the background does not ask; it asks when shown again.
+// A tab in the background does not ask; it asks when shown again.
 setInterval(() => { if (!document.hidden) { load(); } }, REFRESH_MS);
 document.addEventListener("visibilitychange", () => { if (!document.hidden) { load(); } });
