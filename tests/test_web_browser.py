@@ -864,34 +864,62 @@ async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
     assert elsewhere == []
 
 
-async def test_an_officer_who_lands_on_the_alerts_is_sent_to_her_waiting_reports(
+async def test_an_officer_who_lands_on_the_alerts_has_her_waiting_reports_sent_there(
     context: BrowserContext, db: asyncpg.Connection[Any]
 ) -> None:
-    waiting = patient("OFFICER")
-    page = await sign_in(context, OFFICER)
-    await page.goto("/report")
+    waiting, others = patient("OFFICER"), patient("OTHER")
 
     async def server_down(route: Route) -> None:
         await route.abort("connectionrefused")
 
-    await context.route("**/api/v1/reports", server_down)
-    await fill_blood_pressure(page, waiting, "148", "90")
-    await submit(page, "blood_pressure")
-    await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
-    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-    await sign_out(page)
-    await context.unroute("**/api/v1/reports", server_down)
+    async def queue_and_sign_out(page: Page, username: str, patient_ref: str) -> None:
+        await sign_in_on(page, username)
+        await page.goto("/report")
+        await context.route("**/api/v1/reports", server_down)
+        await fill_blood_pressure(page, patient_ref, "148", "90")
+        await submit(page, "blood_pressure")
+        await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
+        page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await sign_out(page)
+        await context.unroute("**/api/v1/reports", server_down)
 
+    # Another nurse, then the officer, leave a report each on the same tablet.
+    page = await context.new_page()
+    await queue_and_sign_out(page, OTHER_NURSE, others)
+    await queue_and_sign_out(page, OFFICER, waiting)
+    assert await count_reports(db, waiting, others) == 0
+    assert sorted(await page.evaluate(_OUTBOX), key=lambda e: e["user"]) == [
+        {"user": OTHER_NURSE, "patient": others},
+        {"user": OFFICER, "patient": waiting},
+    ]
+
+    # She signs in again and lands on the alerts: her report is sent from there, once.
+    posts: list[str] = []
+    page.on(
+        "request",
+        lambda request: posts.append(request.headers.get("idempotency-key", ""))
+        if request.method == "POST" and request.url.endswith("/api/v1/reports")
+        else None,
+    )
     await sign_in_on(page, OFFICER)
     await expect(page).to_have_url(re.compile(r"/alerts$"))
     notice = page.locator("#outbox-notice")
-    await expect(notice).to_contain_text("1 report(s) you saved on this tablet")
-    assert await count_reports(db, waiting) == 0
-    await notice.get_by_role("link", name="Open the report form").click()
-    await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(1)
+    await expect(notice).to_contain_text("1 report(s) you saved on this tablet have been sent.")
 
     async def arrived() -> bool:
         return await count_reports(db, waiting) >= 1
 
     await eventually(arrived, "the officer's report")
+    await screenshot(page, "alerts-outbox-sent")
+    assert await page.evaluate(_OUTBOX) == [{"user": OTHER_NURSE, "patient": others}]
+
+    # Another visit to a page (another send round) sends nothing more, nor the nurse's.
+    await page.reload()
+    await expect(page).to_have_url(re.compile(r"/alerts$"))
+    await page.evaluate("window.dispatchEvent(new Event('online'))")  # a send round, now
+    await page.wait_for_timeout(1000)  # time for a POST, if one were (wrongly) made
+    await expect(notice).to_be_hidden()
+    assert len(posts) == 1, posts
     assert await count_reports(db, waiting) == 1
+    assert await count_reports(db, others) == 0
+    assert await page.evaluate(_OUTBOX) == [{"user": OTHER_NURSE, "patient": others}]
