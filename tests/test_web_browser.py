@@ -864,6 +864,24 @@ async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
     assert elsewhere == []
 
 
+# A refused entry, as the report page leaves it after a 422.
+_PUT_FAILED = """({user, patient}) => new Promise((resolve, reject) => {
+  const open = indexedDB.open("safetyreport");
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const tx = open.result.transaction("outbox", "readwrite");
+    tx.objectStore("outbox").put({
+      key: crypto.randomUUID(), user, kind: "blood_pressure",
+      body: { kind: "blood_pressure", patient_ref: patient },
+      state: "failed", error: { message: "refused", errors: [{ field: "$", message: "refused" }] },
+      createdAt: new Date().toISOString(), attempts: 1,
+    });
+    tx.oncomplete = () => { open.result.close(); resolve(null); };
+    tx.onerror = () => reject(tx.error);
+  };
+})"""
+
+
 async def test_an_officer_who_lands_on_the_alerts_has_her_waiting_reports_sent_there(
     context: BrowserContext, db: asyncpg.Connection[Any]
 ) -> None:
@@ -893,33 +911,40 @@ async def test_an_officer_who_lands_on_the_alerts_has_her_waiting_reports_sent_t
         {"user": OFFICER, "patient": waiting},
     ]
 
+    # And one of hers the server refused earlier (a 422): it waits for correction.
+    refused = patient("REFUSED")
+    await page.evaluate(_PUT_FAILED, {"user": OFFICER, "patient": refused})
+
     # She signs in again and lands on the alerts: her report is sent from there, once.
     posts: list[str] = []
-    page.on(
-        "request",
-        lambda request: posts.append(request.headers.get("idempotency-key", ""))
-        if request.method == "POST" and request.url.endswith("/api/v1/reports")
-        else None,
-    )
+
+    def note_post(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/api/v1/reports"):
+            posts.append(request.headers.get("idempotency-key", ""))
+
+    page.on("request", note_post)
     await sign_in_on(page, OFFICER)
     await expect(page).to_have_url(re.compile(r"/alerts$"))
     notice = page.locator("#outbox-notice")
     await expect(notice).to_contain_text("1 report(s) you saved on this tablet have been sent.")
+    await expect(notice).to_contain_text("1 report(s) were refused by the server")
+    await expect(notice.get_by_role("link", name="Open the report form")).to_be_visible()
 
     async def arrived() -> bool:
         return await count_reports(db, waiting) >= 1
 
     await eventually(arrived, "the officer's report")
     await screenshot(page, "alerts-outbox-sent")
-    assert await page.evaluate(_OUTBOX) == [{"user": OTHER_NURSE, "patient": others}]
+    left = [{"user": OTHER_NURSE, "patient": others}, {"user": OFFICER, "patient": refused}]
+    assert sorted(await page.evaluate(_OUTBOX), key=lambda e: e["user"]) == left
 
     # Another visit to a page (another send round) sends nothing more, nor the nurse's.
     await page.reload()
     await expect(page).to_have_url(re.compile(r"/alerts$"))
     await page.evaluate("window.dispatchEvent(new Event('online'))")  # a send round, now
     await page.wait_for_timeout(1000)  # time for a POST, if one were (wrongly) made
-    await expect(notice).to_be_hidden()
+    await expect(notice).to_contain_text("1 report(s) were refused by the server")
     assert len(posts) == 1, posts
     assert await count_reports(db, waiting) == 1
-    assert await count_reports(db, others) == 0
-    assert await page.evaluate(_OUTBOX) == [{"user": OTHER_NURSE, "patient": others}]
+    assert await count_reports(db, others, refused) == 0
+    assert sorted(await page.evaluate(_OUTBOX), key=lambda e: e["user"]) == left
