@@ -868,37 +868,90 @@ async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
     assert elsewhere == []
 
 
-async def test_an_officer_who_lands_on_the_alerts_is_sent_to_her_waiting_reports(
+# A refused entry, as the report page leaves it after a 422.
+_PUT_FAILED = """({user, patient}) => new Promise((resolve, reject) => {
+  const open = indexedDB.open("safetyreport");
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const tx = open.result.transaction("outbox", "readwrite");
+    tx.objectStore("outbox").put({
+      key: crypto.randomUUID(), user, kind: "blood_pressure",
+      body: { kind: "blood_pressure", patient_ref: patient },
+      state: "failed", error: { message: "refused", errors: [{ field: "$", message: "refused" }] },
+      createdAt: new Date().toISOString(), attempts: 1,
+    });
+    tx.oncomplete = () => { open.result.close(); resolve(null); };
+    tx.onerror = () => reject(tx.error);
+  };
+})"""
+
+
+async def test_an_officer_who_lands_on_the_alerts_has_her_waiting_reports_sent_there(
     context: BrowserContext, db: asyncpg.Connection[Any]
 ) -> None:
-    waiting = patient("OFFICER")
-    page = await sign_in(context, OFFICER)
-    await page.goto("/report")
+    waiting, others = patient("OFFICER"), patient("OTHER")
 
     async def server_down(route: Route) -> None:
         await route.abort("connectionrefused")
 
-    await context.route("**/api/v1/reports", server_down)
-    await fill_blood_pressure(page, waiting, "148", "90")
-    await submit(page, "blood_pressure")
-    await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
-    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-    await sign_out(page)
-    await context.unroute("**/api/v1/reports", server_down)
+    async def queue_and_sign_out(page: Page, username: str, patient_ref: str) -> None:
+        await sign_in_on(page, username)
+        await page.goto("/report")
+        await context.route("**/api/v1/reports", server_down)
+        await fill_blood_pressure(page, patient_ref, "148", "90")
+        await submit(page, "blood_pressure")
+        await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(1)
+        page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await sign_out(page)
+        await context.unroute("**/api/v1/reports", server_down)
 
+    # Another nurse, then the officer, leave a report each on the same tablet.
+    page = await context.new_page()
+    await queue_and_sign_out(page, OTHER_NURSE, others)
+    await queue_and_sign_out(page, OFFICER, waiting)
+    assert await count_reports(db, waiting, others) == 0
+    assert sorted(await page.evaluate(_OUTBOX), key=lambda e: e["user"]) == [
+        {"user": OTHER_NURSE, "patient": others},
+        {"user": OFFICER, "patient": waiting},
+    ]
+
+    # And one of hers the server refused earlier (a 422): it waits for correction.
+    refused = patient("REFUSED")
+    await page.evaluate(_PUT_FAILED, {"user": OFFICER, "patient": refused})
+
+    # She signs in again and lands on the alerts: her report is sent from there, once.
+    posts: list[str] = []
+
+    def note_post(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/api/v1/reports"):
+            posts.append(request.headers.get("idempotency-key", ""))
+
+    page.on("request", note_post)
     await sign_in_on(page, OFFICER)
     await expect(page).to_have_url(re.compile(r"/alerts$"))
     notice = page.locator("#outbox-notice")
-    await expect(notice).to_contain_text("1 report(s) you saved on this tablet")
-    assert await count_reports(db, waiting) == 0
-    await notice.get_by_role("link", name="Open the report form").click()
-    await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(1)
+    await expect(notice).to_contain_text("1 report(s) you saved on this tablet have been sent.")
+    await expect(notice).to_contain_text("1 report(s) were refused by the server")
+    await expect(notice.get_by_role("link", name="Open the report form")).to_be_visible()
 
     async def arrived() -> bool:
         return await count_reports(db, waiting) >= 1
 
     await eventually(arrived, "the officer's report")
+    await screenshot(page, "alerts-outbox-sent")
+    left = [{"user": OTHER_NURSE, "patient": others}, {"user": OFFICER, "patient": refused}]
+    assert sorted(await page.evaluate(_OUTBOX), key=lambda e: e["user"]) == left
+
+    # Another visit to a page (another send round) sends nothing more, nor the nurse's.
+    await page.reload()
+    await expect(page).to_have_url(re.compile(r"/alerts$"))
+    await page.evaluate("window.dispatchEvent(new Event('online'))")  # a send round, now
+    await page.wait_for_timeout(1000)  # time for a POST, if one were (wrongly) made
+    await expect(notice).to_contain_text("1 report(s) were refused by the server")
+    assert len(posts) == 1, posts
     assert await count_reports(db, waiting) == 1
+    assert await count_reports(db, others, refused) == 0
+    assert sorted(await page.evaluate(_OUTBOX), key=lambda e: e["user"]) == left
 
 
 async def test_an_admin_sees_the_sign_in_lock_outs_on_her_alerts_page_an_officer_does_not(

@@ -324,29 +324,83 @@ function guardSignOut() {
   });
 }
 
-// Reports this user saved on this tablet are sent from the report page. A user who
-// lands elsewhere after signing in (a safety officer lands on the alerts) is told so.
+// Reports this user saved on this tablet are sent from whatever page she lands on after
+// signing in again (a safety officer lands on the alerts), by the outbox's one sender.
+// The report page sends and shows its outbox itself. What stays unsent (refused by the
+// server, or no network) is pointed out, with a link to the report form.
 const WRITER_ROLES = ["nurse", "safety_officer"];
+const SEND_RETRY_MS = 20000;
 
-async function pointToWaitingReports() {
+async function sendWaitingReports() {
   const notice = document.getElementById("outbox-notice");
   if (!notice || !currentUser || document.body.dataset.page === "report"
       || !WRITER_ROLES.includes(document.body.dataset.role)) {
     return;
   }
+  let outbox;
   try {
-    const outbox = await import("./outbox.js");
-    const waiting = (await outbox.all()).filter((e) => e.user === currentUser).length;
-    if (waiting) {
-      notice.replaceChildren(
-        `${waiting} report(s) you saved on this tablet have not been sent yet. `,
-        h("a", { href: "/report" }, "Open the report form to send them."),
-      );
-      notice.hidden = false;
-    }
+    outbox = await import("./outbox.js");
   } catch (error) {
     console.warn("could not read the outbox:", error);
+    return;
   }
+  let sent = 0;
+  let signedOut = false;
+  const hooks = {
+    sent: () => { sent += 1; },
+    session: (state) => { signedOut = state === "signed-out"; },
+  };
+  const mine = async () => (await outbox.all()).filter((e) => e.user === currentUser);
+
+  const showNotice = async () => {
+    const left = await mine();
+    const failed = left.filter((e) => e.state === "failed").length;
+    const waiting = left.length - failed;
+    if (!left.length) {
+      if (sent) {
+        notice.className = "net-status online";
+        notice.replaceChildren(`${sent} report(s) you saved on this tablet have been sent.`);
+        notice.hidden = false;
+      } else {
+        notice.hidden = true;
+      }
+      return;
+    }
+    const parts = [];
+    if (sent) {
+      parts.push(`${sent} report(s) you saved on this tablet have been sent.`);
+    }
+    if (waiting) {
+      const why = signedOut ? "Your session has ended." : navigator.onLine ? "They will be sent shortly." : "They will be sent when the network is back.";
+      parts.push(`${waiting} report(s) you saved on this tablet have not been sent yet. ${why}`);
+    }
+    if (failed) {
+      parts.push(`${failed} report(s) were refused by the server and need correcting.`);
+    }
+    notice.className = "net-status";
+    notice.replaceChildren(`${parts.join(" ")} `, h("a", { href: "/report" }, "Open the report form."));
+    notice.hidden = false;
+  };
+
+  const send = async () => {
+    try {
+      await outbox.sendQueued(currentUser, hooks);
+      await showNotice();
+    } catch (error) {
+      console.warn("could not send the outbox:", error);
+    }
+  };
+  window.addEventListener("online", send);
+  setInterval(async () => {
+    try {
+      if ((await mine()).some((e) => e.state !== "failed")) {
+        send();
+      }
+    } catch (error) {
+      // Storage trouble: tried again at the next interval.
+    }
+  }, SEND_RETRY_MS);
+  await send();
 }
 
 // --- service worker --------------------------------------------------------------
@@ -387,7 +441,7 @@ function init() {
   window.addEventListener("offline", updateNetworkBanner);
   guardSignOut();
   watchIdle();
-  pointToWaitingReports();
+  sendWaitingReports();
   registerServiceWorker();
 }
 

@@ -6,6 +6,12 @@
 // it as "failed" with the server's reasons until the nurse corrects or discards it.
 // States: queued (waiting), sending (a request is out; after a crash it is sent again),
 // failed (the server refused it).
+//
+// ``sendQueued`` is the one sender: the report page calls it (and draws the outbox from
+// its hooks), and every other signed-in page of a reporting user calls it on load, so a
+// user's reports leave the tablet when she signs in again, wherever she lands.
+
+import { api, problemMessage, setCsrfToken } from "./common.js";
 
 const DB_NAME = "safetyreport";
 const DB_VERSION = 1;
@@ -79,4 +85,127 @@ export async function update(key, changes) {
       }
     };
   });
+}
+
+// --- sending ---------------------------------------------------------------------
+
+// A request on bad Wi-Fi that has not answered by then is abandoned and retried later
+// with the same key (if the server did store it, the retry replays its answer).
+const SEND_TIMEOUT_MS = 20000;
+
+/** Ask the server whether ``user`` is still signed in here, and for a fresh CSRF token. */
+async function refreshSession(user) {
+  try {
+    const result = await api("GET", "/web/session");
+    if (result.status === 401 || (result.ok && result.data?.username !== user)) {
+      return "signed-out";
+    }
+    if (result.ok) {
+      setCsrfToken(result.data.csrf_token);
+      return "ok";
+    }
+    return "unavailable";
+  } catch (error) {
+    return "unavailable";
+  }
+}
+
+async function sendOne(entry, hooks) {
+  await update(entry.key, { state: "sending", attempts: (entry.attempts || 0) + 1 });
+  await hooks.changed?.();
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), SEND_TIMEOUT_MS);
+  let result;
+  try {
+    result = await api("POST", "/api/v1/reports", {
+      json: entry.body,
+      headers: { "Idempotency-Key": entry.key },
+      signal: controller.signal,
+    });
+  } catch (error) {
+    await update(entry.key, { state: "queued" });
+    return { state: "queued" };
+  } finally {
+    clearTimeout(timer);
+  }
+  if (result.ok) {
+    await remove(entry.key);
+    hooks.sent?.({ ...entry, state: "sent" });
+    return { state: "sent" };
+  }
+  if (result.status === 401) {
+    hooks.session?.("signed-out");
+    await update(entry.key, { state: "queued" });
+    return { state: "queued" };
+  }
+  if (result.status === 409 || result.status === 429 || result.status >= 500) {
+    // Busy or briefly down: the same key is sent again later.
+    await update(entry.key, { state: "queued" });
+    return { state: "queued" };
+  }
+  const errors = result.data?.errors || [{ field: "$", message: problemMessage(result) }];
+  await update(entry.key, { state: "failed", error: { message: problemMessage(result), errors } });
+  return { state: "failed", errors };
+}
+
+async function sendRound(user, hooks) {
+  const outcomes = new Map();
+  const run = async () => {
+    // Only this user's entries: another user's reports on this tablet are never sent
+    // in her session; they wait for their author to sign in again.
+    const mine = (await all()).filter((e) => e.user === user && e.state !== "failed");
+    if (!mine.length || !navigator.onLine) {
+      return;
+    }
+    const session = await refreshSession(user);
+    hooks.session?.(session);
+    if (session !== "ok") {
+      return;
+    }
+    for (const entry of mine) {
+      const outcome = await sendOne(entry, hooks);
+      outcomes.set(entry.key, outcome);
+      if (outcome.state === "queued") {
+        break; // no network or a busy server: the rest wait for the next try
+      }
+    }
+  };
+  try {
+    // One tab sends at a time; the others wait, then find what is left (an entry sent
+    // by another tab is gone when this one reads the outbox).
+    await (navigator.locks ? navigator.locks.request("safetyreport-outbox", run) : run());
+  } catch (error) {
+    // Storage trouble: nothing was lost (entries leave only after a 2xx); try again later.
+    console.warn("could not send the outbox:", error);
+  }
+  await hooks.changed?.();
+  return outcomes;
+}
+
+// Rounds run one after another; a call while one runs waits for the next round.
+let running = null;
+let next = null;
+
+/**
+ * Send ``user``'s queued entries, oldest first; resolves to a Map key -> {state, errors?}
+ * of the entries this round tried. Hooks (all optional): ``changed()`` after the outbox
+ * changed, ``sent(entry)`` for each entry the server took, ``session(state)`` with
+ * "ok", "signed-out" or "unavailable".
+ */
+export function sendQueued(user, hooks = {}) {
+  if (!user) {
+    return Promise.resolve(new Map());
+  }
+  if (next) {
+    return next;
+  }
+  if (!running) {
+    running = sendRound(user, hooks).finally(() => { running = null; });
+    return running;
+  }
+  next = running.catch(() => null).then(() => {
+    next = null;
+    return sendQueued(user, hooks);
+  });
+  return next;
 }

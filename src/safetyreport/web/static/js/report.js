@@ -6,15 +6,12 @@
 // sent on page load, when the browser comes back online, and every RETRY_MS.
 
 import {
-  announce, api, beforeSignOut, currentUser, forgetPages, formatLocal, h, localizeTimes, newKey, problemMessage, setCsrfToken,
+  announce, beforeSignOut, currentUser, forgetPages, formatLocal, h, localizeTimes, newKey,
 } from "./common.js";
 import { clearErrors, fillForm, formStatus, readForm, resetForm, showErrors } from "./forms.js";
 import * as outbox from "./outbox.js";
 
 const RETRY_MS = 20000;
-// A request on bad Wi-Fi that has not answered by then is abandoned and retried later
-// with the same key (if the server did store it, the retry replays its answer).
-const SEND_TIMEOUT_MS = 20000;
 const KIND_LABELS = {
   blood_pressure: "Blood pressure",
   dissociation: "Dissociation",
@@ -118,114 +115,20 @@ function correct(entry) {
   form.scrollIntoView({ block: "start" });
 }
 
-// --- sending ---------------------------------------------------------------------
+// --- sending (outbox.sendQueued, shared with the other pages) ---------------------
 
-/** Ask the server whether this page's user is still signed in, and for a fresh CSRF token. */
-async function refreshSession() {
-  try {
-    const result = await api("GET", "/web/session");
-    if (result.status === 401 || (result.ok && result.data?.username !== currentUser)) {
-      return "signed-out";
-    }
-    if (result.ok) {
-      setCsrfToken(result.data.csrf_token);
-      return "ok";
-    }
-    return "unavailable";
-  } catch (error) {
-    return "unavailable";
-  }
-}
+const sendHooks = {
+  changed: () => render(),
+  sent: (entry) => { sentThisVisit.unshift(entry); },
+  session: (state) => { signedOut = state === "signed-out"; },
+};
 
-async function sendOne(entry) {
-  await outbox.update(entry.key, { state: "sending", attempts: (entry.attempts || 0) + 1 });
-  await render();
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), SEND_TIMEOUT_MS);
-  let result;
-  try {
-    result = await api("POST", "/api/v1/reports", {
-      json: entry.body,
-      headers: { "Idempotency-Key": entry.key },
-      signal: controller.signal,
-    });
-  } catch (error) {
-    await outbox.update(entry.key, { state: "queued" });
-    return { state: "queued" };
-  } finally {
-    clearTimeout(timer);
-  }
-  if (result.ok) {
-    await outbox.remove(entry.key);
-    sentThisVisit.unshift({ ...entry, state: "sent" });
-    return { state: "sent" };
-  }
-  if (result.status === 401) {
-    signedOut = true;
-    await outbox.update(entry.key, { state: "queued" });
-    return { state: "queued" };
-  }
-  if (result.status === 409 || result.status === 429 || result.status >= 500) {
-    // Busy or briefly down: the same key is sent again later.
-    await outbox.update(entry.key, { state: "queued" });
-    return { state: "queued" };
-  }
-  const errors = result.data?.errors || [{ field: "$", message: problemMessage(result) }];
-  await outbox.update(entry.key, { state: "failed", error: { message: problemMessage(result), errors } });
-  return { state: "failed", errors };
-}
-
-async function sendAll() {
-  const outcomes = new Map();
-  const run = async () => {
-    const mine = (await outbox.all()).filter((e) => e.user === currentUser && e.state !== "failed");
-    if (!mine.length || !navigator.onLine) {
-      return;
-    }
-    const session = await refreshSession();
-    signedOut = session === "signed-out";
-    if (session !== "ok") {
-      return;
-    }
-    for (const entry of mine) {
-      const outcome = await sendOne(entry);
-      outcomes.set(entry.key, outcome);
-      if (outcome.state === "queued") {
-        break; // no network or a busy server: the rest wait for the next try
-      }
-    }
-  };
-  try {
-    // One tab sends at a time; the others wait, then find what is left.
-    await (navigator.locks ? navigator.locks.request("safetyreport-outbox", run) : run());
-  } catch (error) {
-    // Storage trouble: nothing was lost (entries leave only after a 2xx); try again later.
-    console.warn("could not send the outbox:", error);
-  }
-  await render();
+async function flush() {
+  const outcomes = await outbox.sendQueued(currentUser, sendHooks);
   if ([...outcomes.values()].some((o) => o.state === "sent")) {
     refreshRecent();
   }
   return outcomes;
-}
-
-// Flushes run one after another; a call while one runs waits for the next round.
-let running = null;
-let next = null;
-
-function flush() {
-  if (next) {
-    return next;
-  }
-  if (!running) {
-    running = sendAll().finally(() => { running = null; });
-    return running;
-  }
-  next = running.catch(() => null).then(() => {
-    next = null;
-    return flush();
-  });
-  return next;
 }
 
 // --- showing the outbox ------------------------------------------------------------
@@ -256,7 +159,7 @@ function entryItem(entry) {
 
 async function render() {
   // Only this user's entries: another user's reports on this tablet are neither shown
-  // nor sent here; they wait for their author to sign in again.
+  // nor sent (see outbox.sendQueued); they wait for their author to sign in again.
   const mine = (await outbox.all()).filter((e) => e.user === currentUser);
   const section = document.getElementById("outbox");
   const list = document.getElementById("outbox-list");
