@@ -152,7 +152,12 @@ def watch(ctx: BrowserContext) -> list[str]:
             problems.append(message.text)
 
     ctx.on("console", on_console)
-    ctx.on("weberror", lambda error: problems.append(str(error.error)))
+    def on_error(error: Any) -> None:
+        # The message first (what tests compare), then where it came from.
+        stack = getattr(error.error, "stack", None)
+        problems.append(f"{error.error}" + (f" at {stack}" if stack else ""))
+
+    ctx.on("weberror", on_error)
     ctx.set_default_timeout(WAIT_MS)
     return problems
 
