@@ -215,10 +215,7 @@ async def append_to_clinics(conn: Conn, event: AuditEvent, clinics: Iterable[str
     transactions never wait on each other in a cycle. An empty list means the global
     chain. Caller's transaction.
     """
-    targets: list[str | None] = sorted(set(clinics) or {None}, key=chain_for)
-    await lock_chains(conn, targets)
-    for clinic in targets:
-        await append(conn, msgspec.structs.replace(event, clinic=clinic))
+    await append_for_each_clinic(conn, clinics, lambda _clinic: event)
 
 
 async def append_for_each_clinic(
