@@ -28,6 +28,8 @@ from safetyreport.errors import ClientError, FieldError, ValidationFailed
 # Far more than any request of this API needs (a rule's conditions are the deepest).
 MAX_JSON_DEPTH = 64
 NUL = "\x00"
+# The only way a NUL reaches a decoded JSON string (raw control characters are invalid).
+_JSON_NUL = b"\\u0000"
 
 # A JSON string (skipped whole, escapes included) or a bracket.
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
@@ -90,6 +92,8 @@ async def _body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
         body = await request.body()
         if json_depth_exceeds(body):
             raise NestedTooDeeply(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+        if _JSON_NUL not in body:
+            return []  # JSON can carry a NUL only escaped: no need to decode the body here
         try:
             decoded = await request.json()
         except SerializationException:
