@@ -207,9 +207,7 @@ WHERE ($1::bigint[] IS NULL OR ch.clinic_ids IS NULL OR ch.clinic_ids && $1::big
 
 
 def _change_view(row: Any, principal: Principal) -> ChangeView:
-    clinics: list[str] | None = row["clinic_codes"]
-    if clinics is not None and not principal.all_clinics:
-        clinics = [c for c in clinics if c in principal.clinic_ids]
+    clinics = rules.visible_clinics(row["clinic_codes"], principal)
     return ChangeView(
         id=row["id"],
         rule_id=row["rule_id"],

@@ -340,6 +340,13 @@ async def _clinic_label(conn: Conn, clinic_id: int | None) -> str:
 # --- reading -------------------------------------------------------------------------
 
 
+def visible_clinics(codes: list[str] | None, principal: Principal) -> list[str] | None:
+    """The clinics of a rule's scope the user may know of (None: every clinic)."""
+    if codes is None or principal.all_clinics:
+        return codes
+    return [c for c in codes if c in principal.clinic_ids]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredRule:
     """A rule's current row, with its scope."""
@@ -368,9 +375,11 @@ class StoredRule:
         return RuleInput(**{**fields, **changes})
 
     def view(self, principal: Principal | None) -> RuleView:
-        clinics = self.clinic_codes
-        if clinics is not None and principal is not None and not principal.all_clinics:
-            clinics = [c for c in clinics if c in principal.clinic_ids]
+        clinics = (
+            self.clinic_codes
+            if principal is None
+            else visible_clinics(self.clinic_codes, principal)
+        )
         return RuleView(
             id=self.id,
             version=self.version,
