@@ -75,6 +75,20 @@ TIMEZONE = "Europe/Berlin"  # UTC+01:00 in January
 # --- fixtures: one server and one browser for the module -----------------------------------
 
 
+async def add_staff(conn: Any, clinic: str, *people: tuple[str, Role]) -> None:
+    """Users of ``clinic`` (username, role), all with the test password."""
+    for username, role in people:
+        await add_user(
+            conn,
+            username=username,
+            password=PASSWORD,
+            role=role,
+            clinics=[clinic],
+            all_clinics=False,
+            actor=SYSTEM_CLI,
+        )
+
+
 @pytest.fixture(scope="module")
 async def web_database(server_url: str, databases: Databases) -> AsyncIterator[str]:
     """A migrated database with clinic C1, a nurse, a safety officer and an auditor."""
@@ -83,28 +97,10 @@ async def web_database(server_url: str, databases: Databases) -> AsyncIterator[s
     conn = await connect(url)
     try:
         await add_clinic(conn, "C1", "Riverside Clinic", SYSTEM_CLI)
-        staff: tuple[tuple[str, Role], ...] = ((NURSE, "nurse"), (OFFICER, "safety_officer"))
-        for username, role in staff:
-            await add_user(
-                conn,
-                username=username,
-                password=PASSWORD,
-                role=role,
-                clinics=["C1"],
-                all_clinics=False,
-                actor=SYSTEM_CLI,
-            )
+        await add_staff(conn, "C1", (NURSE, "nurse"), (OFFICER, "safety_officer"))
         # A nurse of another clinic, for the shared-tablet test.
         await add_clinic(conn, "C2", "Hillside Clinic", SYSTEM_CLI)
-        await add_user(
-            conn,
-            username=OTHER_NURSE,
-            password=PASSWORD,
-            role="nurse",
-            clinics=["C2"],
-            all_clinics=False,
-            actor=SYSTEM_CLI,
-        )
+        await add_staff(conn, "C2", (OTHER_NURSE, "nurse"))
         await add_user(
             conn,
             username=AUDITOR,
@@ -963,17 +959,7 @@ async def test_an_admin_sees_the_sign_in_lock_outs_on_her_alerts_page_an_officer
     context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
 ) -> None:
     admin, victim = "alma", "vick"
-    people: tuple[tuple[str, Role], ...] = ((admin, "admin"), (victim, "nurse"))
-    for username, role in people:
-        await add_user(
-            db,
-            username=username,
-            password=PASSWORD,
-            role=role,
-            clinics=["C1"],
-            all_clinics=False,
-            actor=SYSTEM_CLI,
-        )
+    await add_staff(db, "C1", (admin, "admin"), (victim, "nurse"))
     # Failed sign-ins from many addresses lock the account: an attack, raising an alert.
     async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
         for i in range(20):
