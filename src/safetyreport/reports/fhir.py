@@ -1,4 +1,4 @@
-"""A report's current version as an HL7 FHIR R5 AdverseEvent (see ../shared/docs/domain.md).
+"""A report's current version as an HL7 FHIR R5 AdverseEvent (see docs/clinical-rules.md).
 
 The event is named by its MedDRA preferred term, as ``code.text`` only: MedDRA codes
 are licensed, so a licensed site adds them. Seriousness and outcome use the HL7
@@ -21,7 +21,7 @@ from safetyreport.reports.types import BloodPressure, Dissociation, MisuseConcer
 FHIR_JSON = "application/fhir+json"
 SERIOUSNESS_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
 # R5 binds outcome to an example value set of SNOMED CT codes (licensed); this HL7 code
-# system holds the six outcomes of domain.md and an example binding allows it.
+# system holds the six outcomes of docs/clinical-rules.md and an example binding allows it.
 OUTCOME_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
 UCUM = "http://unitsofmeasure.org"
 REPORT_SYSTEM = "urn:safetyreport:report"
@@ -73,7 +73,7 @@ CONCERN_TERMS = {
     "patient_behaviour": "Drug abuse",
     "device_tampered": "Intentional product misuse",
 }
-# Thresholds from domain.md: ACC/AHA 2017 crisis above 180/120; respiratory depression
+# Thresholds from docs/clinical-rules.md: ACC/AHA 2017 crisis above 180/120; respiratory depression
 # below 90 % SpO2 (a convention); MOAA/S 3 or less is sedation beyond lethargy.
 CRISIS_SYSTOLIC = 180
 CRISIS_DIASTOLIC = 120
@@ -254,7 +254,7 @@ def adverse_event(report: ReportView) -> dict[str, Any]:
         "note": notes(body, report.ctcae_grade),
     }
     if isinstance(body, BloodPressure) and body.age_band == "65_and_over":
-        # Markedly raised pressure: 11 % of elderly patients against 2-5 % (domain.md).
+        # Markedly raised pressure: 11 % of elderly patients against 2-5 % (docs/clinical-rules.md).
         factor = {"itemCodeableConcept": {"text": "Age 65 or over"}}
         resource["contributingFactor"] = [factor]
     return resource

@@ -1,4 +1,4 @@
-"""Report bodies, tagged by ``kind``. Ranges come from ../shared/docs/domain.md."""
+"""Report bodies, tagged by ``kind``. Ranges: docs/clinical-rules.md."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ Seriousness = Literal[
 ]
 Outcome = Literal["resolved", "recovering", "ongoing", "resolved_with_sequelae", "fatal", "unknown"]
 Phase = Literal["pre_dose", "post_dose", "discharge"]
-# Crisis symptoms (domain.md): any of them raises a reading to critical.
+# Crisis symptoms (docs/clinical-rules.md): any of them raises a reading to critical.
 Symptom = Literal[
     "severe_headache",
     "chest_pain",
