@@ -40,8 +40,9 @@ from safetyreport import audit
 from safetyreport.alerts.events import CHANNEL
 from safetyreport.alerts.queue import AlertView
 from safetyreport.auth.http import principal_of
+from safetyreport.auth.permissions import ALERT_STREAM
 from safetyreport.auth.service import hash_token
-from safetyreport.auth.users import Principal, Role
+from safetyreport.auth.users import Principal
 from safetyreport.db.pool import SERVER_SETTINGS, Conn, init_connection
 from safetyreport.errors import Forbidden
 from safetyreport.pagination import BIGINT_MAX
@@ -51,7 +52,6 @@ _log = logging.getLogger(__name__)
 
 # How operators find the listener in pg_stat_activity (and tests terminate it).
 LISTENER_NAME = "safetyreport-listener"
-STREAM_ROLES: tuple[Role, ...] = ("safety_officer", "admin")
 
 # Events a subscriber may fall behind by before it is dropped; it then reconnects with
 # Last-Event-ID and catches up from the table, so one slow client never blocks the rest.
@@ -411,7 +411,7 @@ async def require_stream_role(
 ) -> None:
     """Guard: safety officers and admins only."""
     role = _request_context(connection)[0].role
-    if role not in STREAM_ROLES:
+    if role not in ALERT_STREAM:
         raise Forbidden(f"the {role} role may not follow the alert stream")
 
 
