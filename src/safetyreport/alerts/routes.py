@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 from msgspec import Meta
 
 from safetyreport.alerts import queue, rule_changes, rules
+from safetyreport.alerts.view import Status
 from safetyreport.auth.http import principal_of, require_roles
 from safetyreport.auth.permissions import ALERT_READERS, ALERT_WORKERS, allow
 from safetyreport.auth.users import Principal
@@ -82,7 +83,7 @@ class AlertController(Controller):
     async def list(
         self,
         request: Request[Any, Any, Any],
-        status: FromQuery[queue.Status | None] = None,
+        status: FromQuery[Status | None] = None,
         severity: FromQuery[rules.Severity | None] = None,
         clinic: FromQuery[str | None] = None,
         rule: FromQuery[str | None] = None,
