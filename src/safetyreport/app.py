@@ -40,6 +40,7 @@ from safetyreport.idempotency import purge_expired
 from safetyreport.input_guard import reject_unstorable_input
 from safetyreport.logs import configure_logging, request_logging_middleware
 from safetyreport.reports.routes import ReportController
+from safetyreport.request_context import DEPENDENCIES
 from safetyreport.settings import Settings
 from safetyreport.state import AppState
 from safetyreport.web import WebController, WebSessionController, static_router, template_config
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             static_router(),
         ],
         template_config=templates,
+        dependencies=DEPENDENCIES,
         lifespan=[lifespan],
         middleware=[
             request_logging_middleware,

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from safetyreport.audit.chain import SYSTEM_CLI
-from safetyreport.auth.users import Role, add_clinic, add_user, principal_by_username
+from safetyreport.auth.permissions import Role
+from safetyreport.auth.users import add_clinic, add_user, principal_by_username
 from safetyreport.db.pool import Conn
 from safetyreport.reports.service import insert_report
 from safetyreport.reports.validation import validate_report

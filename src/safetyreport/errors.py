@@ -36,6 +36,8 @@ from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from safetyreport.auth.permissions import PUBLIC_OPT
+
 _log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
@@ -294,13 +296,13 @@ def document_problems(app: Litestar, security: list[SecurityRequirement]) -> Non
     """Document the problems every operation may answer, and which ones need a token.
 
     Call once the app is built, before its schema is first generated. Operations open to
-    anyone (``exclude_from_auth``) get no ``security``; every other one gets ``security``.
+    anyone (``auth.permissions.PUBLIC``) get no ``security``; every other one gets ``security``.
     """
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
         for handler in route.route_handlers:
-            public = bool(handler.opt.get("exclude_from_auth"))
+            public = bool(handler.opt.get(PUBLIC_OPT))
             handler.responses = {**_problems_of(handler, public), **(handler.responses or {})}
             if not public:
                 handler.security = [*(handler.security or ()), *security]

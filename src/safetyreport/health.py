@@ -9,6 +9,7 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 
+from safetyreport.auth.permissions import PUBLIC
 from safetyreport.state import app_state
 
 
@@ -19,7 +20,7 @@ class Health(msgspec.Struct, frozen=True):
 
 @get(
     "/health",
-    opt={"exclude_from_auth": True},
+    opt=PUBLIC,
     tags=["health"],
     responses={503: ResponseSpec(Health, description="The database does not answer")},
 )

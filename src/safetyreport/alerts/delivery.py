@@ -34,7 +34,8 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath, QueryParameter
 
 from safetyreport import __version__, audit
-from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.auth.http import principal_of, require_roles
+from safetyreport.auth.permissions import ADMINS, allow
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound
 from safetyreport.pagination import decode_cursor, encode_cursor
@@ -425,7 +426,7 @@ class DeliveryController(Controller):
     path = "/api/v1/notifications"
     tags = ["notifications"]
     guards = [require_roles]
-    opt = {ROLES_OPT: ("admin",)}
+    opt = allow(ADMINS)
 
     @get("/")
     async def list_notifications(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from safetyreport import audit
+from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS
 from safetyreport.db.pool import Conn
 from safetyreport.settings import AlertSettings
 
@@ -18,14 +19,9 @@ NOTIFYING_EVENTS = frozenset({"opened", "escalated"})
 
 # The alert as the notification payload shows it, the event inserted, and its NOTIFY, in
 # one statement (an alert that does not exist gives no row and inserts nothing).
-_RECORD = """
+_RECORD = f"""
 WITH alert AS (
-    SELECT a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
-           a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
-           a.first_seen_at, a.last_seen_at, a.ack_deadline, a.dea_notice_due,
-           a.dea_form106_due, a.clinic_id
-    FROM alerts a JOIN alert_rules r ON r.id = a.rule_id JOIN clinics c ON c.id = a.clinic_id
-    WHERE a.id = $1
+    SELECT {ALERT_COLUMNS} FROM alerts a {ALERT_JOINS} WHERE a.id = $1
 ), event AS (
     INSERT INTO alert_events (alert_id, clinic_id, actor, action, details)
     SELECT $1, alert.clinic_id, $2::text, $3::text, $4::jsonb FROM alert
@@ -34,7 +30,7 @@ WITH alert AS (
     SELECT pg_notify($5::text, event.id::text) FROM event
 )
 SELECT alert.*, event.id AS event_id FROM alert, event, notified
-"""
+"""  # noqa: S608 (constant SQL fragments, no input)
 
 
 def _iso(value: Any) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -14,6 +14,7 @@ import msgspec
 from safetyreport import audit
 from safetyreport.alerts import events
 from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL
+from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, Status
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
@@ -21,34 +22,6 @@ from safetyreport.errors import Conflict, NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.settings import AlertSettings
 from safetyreport.times import require_utc
-
-Status = Literal["open", "acknowledged", "resolved"]
-
-
-class AlertView(msgspec.Struct, frozen=True, kw_only=True):
-    id: uuid.UUID
-    rule_id: str
-    rule_version: int
-    rule_name: str
-    severity: str
-    status: Status
-    escalation_level: int
-    clinic: str
-    group_by: str
-    group_key: str
-    report_count: int
-    first_seen_at: datetime
-    last_seen_at: datetime
-    ack_deadline: datetime | None
-    acknowledged_at: datetime | None
-    acknowledged_by: str | None
-    assigned_to: str | None
-    resolved_at: datetime | None
-    resolved_by: str | None
-    resolution_reason: str | None
-    dea_notice_due: datetime | None
-    dea_form106_due: datetime | None
-    revision: int
 
 
 class AlertReportView(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,18 +62,8 @@ class AlertFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 
 
 _SELECT = f"""
-SELECT a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
-       a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
-       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
-       ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
-       res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
-       a.dea_form106_due, a.revision, a.clinic_id, {SEVERITY_RANK_SQL} AS severity_rank
-FROM alerts a
-JOIN alert_rules r ON r.id = a.rule_id
-JOIN clinics c ON c.id = a.clinic_id
-LEFT JOIN users ack ON ack.id = a.acknowledged_by
-LEFT JOIN users asg ON asg.id = a.assigned_to
-LEFT JOIN users res ON res.id = a.resolved_by
+SELECT {ALERT_COLUMNS}, {SEVERITY_RANK_SQL} AS severity_rank
+FROM alerts a {ALERT_JOINS}
 """  # noqa: S608 (constant SQL fragments, no input)
 _REPORTS = """
 SELECT r.id, ar.report_version AS version, r.kind, r.patient_ref, r.occurred_at, ar.added_at

@@ -14,13 +14,13 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 from msgspec import Meta
 
 from safetyreport.alerts import queue, rule_changes, rules
-from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.alerts.view import Status
+from safetyreport.auth.http import principal_of, require_roles
+from safetyreport.auth.permissions import ALERT_READERS, ALERT_WORKERS, allow
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
 from safetyreport.state import app_state, client_address
 
-ACTORS = ("safety_officer", "admin")
-READERS = ("safety_officer", "admin", "auditor")
 Reason = Annotated[str, Meta(min_length=1, max_length=2000)]
 
 
@@ -77,13 +77,13 @@ class AlertController(Controller):
     path = "/api/v1/alerts"
     tags = ["alerts"]
     guards = [require_roles]
-    opt = {ROLES_OPT: READERS}
+    opt = allow(ALERT_READERS)
 
     @get("/")
     async def list(
         self,
         request: Request[Any, Any, Any],
-        status: FromQuery[queue.Status | None] = None,
+        status: FromQuery[Status | None] = None,
         severity: FromQuery[rules.Severity | None] = None,
         clinic: FromQuery[str | None] = None,
         rule: FromQuery[str | None] = None,
@@ -115,7 +115,7 @@ class AlertController(Controller):
             app_state(request).pool, principal_of(request), alert_id, client_address(request)
         )
 
-    @post("/{alert_id:uuid}/acknowledge", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    @post("/{alert_id:uuid}/acknowledge", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))
     async def acknowledge(
         self,
         request: Request[Any, Any, Any],
@@ -125,7 +125,7 @@ class AlertController(Controller):
         """Acknowledge an open alert: it stops escalating."""
         return await _act(request, alert_id, "acknowledged", revision=data.revision)
 
-    @post("/{alert_id:uuid}/assign", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    @post("/{alert_id:uuid}/assign", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))
     async def assign(
         self, request: Request[Any, Any, Any], alert_id: FromPath[uuid.UUID], data: JSONBody[Assign]
     ) -> queue.AlertDetail:
@@ -139,7 +139,7 @@ class AlertController(Controller):
             assignee=data.user,
         )
 
-    @post("/{alert_id:uuid}/resolve", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    @post("/{alert_id:uuid}/resolve", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))
     async def resolve(
         self,
         request: Request[Any, Any, Any],
@@ -156,7 +156,7 @@ class AlertController(Controller):
             details={"reason": data.reason},
         )
 
-    @post("/{alert_id:uuid}/reopen", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    @post("/{alert_id:uuid}/reopen", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))
     async def reopen(
         self,
         request: Request[Any, Any, Any],
@@ -168,7 +168,7 @@ class AlertController(Controller):
             request, alert_id, "reopened", revision=data.revision, details={"reason": data.reason}
         )
 
-    @post("/{alert_id:uuid}/notes", status_code=HTTP_201_CREATED, opt={ROLES_OPT: ACTORS})
+    @post("/{alert_id:uuid}/notes", status_code=HTTP_201_CREATED, opt=allow(ALERT_WORKERS))
     async def note(
         self, request: Request[Any, Any, Any], alert_id: FromPath[uuid.UUID], data: JSONBody[Note]
     ) -> queue.AlertDetail:
@@ -188,7 +188,7 @@ class RuleController(Controller):
     path = "/api/v1/rules"
     tags = ["rules"]
     guards = [require_roles]
-    opt = {ROLES_OPT: READERS}
+    opt = allow(ALERT_READERS)
 
     @get("/")
     async def list(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -215,7 +215,7 @@ class RuleController(Controller):
         async with app_state(request).pool.acquire() as conn:
             return await rule_changes.get_change(conn, principal_of(request), change_id)
 
-    @post("/changes/{change_id:int}/approve", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    @post("/changes/{change_id:int}/approve", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))
     async def approve(
         self, request: Request[Any, Any, Any], change_id: FromPath[int]
     ) -> rules.RuleView:
@@ -225,7 +225,7 @@ class RuleController(Controller):
             saved = await rule_changes.approve(conn, principal, change_id)
         return saved.view(principal)
 
-    @post("/changes/{change_id:int}/reject", status_code=HTTP_200_OK, opt={ROLES_OPT: ACTORS})
+    @post("/changes/{change_id:int}/reject", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))
     async def reject(
         self, request: Request[Any, Any, Any], change_id: FromPath[int]
     ) -> rule_changes.ChangeView:
@@ -238,7 +238,7 @@ class RuleController(Controller):
         async with app_state(request).pool.acquire() as conn:
             return await rules.get_rule(conn, principal_of(request), rule_id)
 
-    @post("/", opt={ROLES_OPT: ACTORS}, responses=PENDING)
+    @post("/", opt=allow(ALERT_WORKERS), responses=PENDING)
     async def create(
         self, request: Request[Any, Any, Any], data: SkipValidation[JSONBody[rules.RuleCreate]]
     ) -> Response[rules.RuleView | rule_changes.ChangeView]:
@@ -252,7 +252,7 @@ class RuleController(Controller):
         assert isinstance(rule, rules.RuleCreate)
         return await _write(request, lambda conn, who: rule_changes.create(conn, who, rule), 201)
 
-    @put("/{rule_id:str}", opt={ROLES_OPT: ACTORS}, responses=PENDING)
+    @put("/{rule_id:str}", opt=allow(ALERT_WORKERS), responses=PENDING)
     async def update(
         self,
         request: Request[Any, Any, Any],
@@ -271,7 +271,7 @@ class RuleController(Controller):
     @post(
         "/{rule_id:str}/disable",
         status_code=HTTP_200_OK,
-        opt={ROLES_OPT: ACTORS},
+        opt=allow(ALERT_WORKERS),
         responses=PENDING,
     )
     async def disable(

@@ -38,10 +38,11 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from safetyreport import audit
 from safetyreport.alerts.events import CHANNEL
-from safetyreport.alerts.queue import AlertView
+from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView
 from safetyreport.auth.http import principal_of
+from safetyreport.auth.permissions import ALERT_STREAM
 from safetyreport.auth.service import hash_token
-from safetyreport.auth.users import Principal, Role
+from safetyreport.auth.users import Principal
 from safetyreport.db.pool import SERVER_SETTINGS, Conn, init_connection
 from safetyreport.errors import Forbidden
 from safetyreport.pagination import BIGINT_MAX
@@ -51,7 +52,6 @@ _log = logging.getLogger(__name__)
 
 # How operators find the listener in pg_stat_activity (and tests terminate it).
 LISTENER_NAME = "safetyreport-listener"
-STREAM_ROLES: tuple[Role, ...] = ("safety_officer", "admin")
 
 # Events a subscriber may fall behind by before it is dropped; it then reconnects with
 # Last-Event-ID and catches up from the table, so one slow client never blocks the rest.
@@ -82,23 +82,12 @@ _DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.Interf
 
 # The alert is shown as it is now, not as it was at the event: a client showing a
 # dashboard wants the latest state, and the event's own ``details`` say what changed.
-# Its columns are those of the queue API's AlertView, so both share one alert shape.
-_EVENT_SELECT = """
-SELECT e.id AS event_id, e.clinic_id, e.action, e.at, e.actor, e.details,
-       a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
-       a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
-       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
-       ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
-       res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
-       a.dea_form106_due, a.revision
+# An event's clinic is its alert's (``a.clinic_id``).
+_EVENT_SELECT = f"""
+SELECT e.id AS event_id, e.action, e.at, e.actor, e.details, {ALERT_COLUMNS}
 FROM alert_events e
-JOIN alerts a ON a.id = e.alert_id
-JOIN alert_rules r ON r.id = a.rule_id
-JOIN clinics c ON c.id = a.clinic_id
-LEFT JOIN users ack ON ack.id = a.acknowledged_by
-LEFT JOIN users asg ON asg.id = a.assigned_to
-LEFT JOIN users res ON res.id = a.resolved_by
-"""
+JOIN alerts a ON a.id = e.alert_id {ALERT_JOINS}
+"""  # noqa: S608 (constant SQL fragments, no input)
 EVENTS_BY_ID = _EVENT_SELECT + "WHERE e.id = ANY($1::bigint[]) ORDER BY e.id"
 # $2 NULL: every clinic (admins, and the broker itself).
 EVENTS_AFTER = (
@@ -411,7 +400,7 @@ async def require_stream_role(
 ) -> None:
     """Guard: safety officers and admins only."""
     role = _request_context(connection)[0].role
-    if role not in STREAM_ROLES:
+    if role not in ALERT_STREAM:
         raise Forbidden(f"the {role} role may not follow the alert stream")
 
 

@@ -28,14 +28,13 @@ from safetyreport.audit.export import (
     stream_export,
 )
 from safetyreport.audit.search import AuditEntryPage, search_entries
-from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.auth.http import principal_of, require_roles
+from safetyreport.auth.permissions import AUDIT_READERS, EVERYONE, allow
 from safetyreport.limits import BUSY
 from safetyreport.state import app_state, client_address
 from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
 
-AUDITORS = ("auditor", "admin")
-EVERYONE = ("nurse", "safety_officer", "auditor", "admin")
 # Larger exports are for the offline verifier; this is for checking a download quickly.
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 VERIFIER_SCRIPT = Path(offline.__file__).read_bytes()
@@ -99,7 +98,7 @@ class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
     guards = [require_roles]
-    opt = {ROLES_OPT: AUDITORS}
+    opt = allow(AUDIT_READERS)
     dependencies = {"filters": Provide(audit_filters)}
 
     @get("/verify", responses=BUSY)
@@ -216,7 +215,7 @@ class AuditController(Controller):
             key_id=state.signer.key_id,
         )
 
-    @get("/public-key", opt={ROLES_OPT: EVERYONE}, media_type="application/x-pem-file")
+    @get("/public-key", opt=allow(EVERYONE), media_type="application/x-pem-file")
     async def public_key(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """The Ed25519 public key (PEM) that verifies exports and checkpoints."""
         signer = app_state(request).signer
@@ -228,7 +227,7 @@ class AuditController(Controller):
             },
         )
 
-    @get("/verifier.py", opt={ROLES_OPT: EVERYONE}, media_type="text/x-python")
+    @get("/verifier.py", opt=allow(EVERYONE), media_type="text/x-python")
     async def verifier_script(self) -> Response[bytes]:
         """The offline verifier: a single script that needs only the cryptography package."""
         return Response(

@@ -19,19 +19,14 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from safetyreport.auth.permissions import PAGE_OPT, ROLES_OPT, Role
 from safetyreport.auth.service import resolve_token
-from safetyreport.auth.users import Principal, Role
+from safetyreport.auth.users import Principal
+from safetyreport.db import pool
 from safetyreport.errors import Forbidden, NotAuthenticated
 from safetyreport.state import app_state
 
-# Routes opt out of authentication with opt={PUBLIC: True}.
-PUBLIC = "public"
-ROLES_OPT = "roles"
-# Web pages: authenticated by the cookie when it is valid, anonymous (user None) when not,
-# so the page can send the browser to the login form. Page handlers that accept a POST
-# check the CSRF token of their form themselves (a form cannot send a header).
-PAGE_OPT = "page"
-
+# Which routes are public, pages or role-guarded: see auth.permissions.
 SESSION_COOKIE = "sr_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -79,7 +74,8 @@ class TokenAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         try:
             token, from_cookie = request_token(connection)
             state = app_state(connection)
-            principal = await resolve_token(state.pool, token, state.settings.auth)
+            async with pool.connection(state.pool) as conn:
+                principal = await resolve_token(conn, token, state.settings.auth)
         except NotAuthenticated:
             if page:
                 return AuthenticationResult(user=None, auth=None)

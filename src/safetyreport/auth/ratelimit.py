@@ -19,7 +19,8 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from safetyreport.auth.http import PAGE_OPT, SAFE_METHODS
+from safetyreport.auth.http import SAFE_METHODS
+from safetyreport.auth.permissions import PAGE_OPT, PUBLIC_OPT
 from safetyreport.auth.users import Principal
 from safetyreport.errors import TooManyRequests
 from safetyreport.settings import AuthSettings
@@ -58,7 +59,7 @@ class TokenBuckets:
 def _needs_no_sign_in(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> bool:
-    if handler.opt.get("exclude_from_auth"):
+    if handler.opt.get(PUBLIC_OPT):
         return True
     # Pages reach their handler signed out too (the login and logout forms).
     return bool(handler.opt.get(PAGE_OPT)) and not isinstance(

@@ -12,7 +12,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from safetyreport import audit
 from safetyreport.auth import devices, lockouts, service
-from safetyreport.auth.http import PUBLIC, ROLES_OPT, principal_of, require_roles
+from safetyreport.auth.http import principal_of, require_roles
+from safetyreport.auth.permissions import ADMINS, PUBLIC, allow
 from safetyreport.auth.users import UserView
 from safetyreport.state import app_state, client_address
 from safetyreport.times import require_utc
@@ -31,7 +32,7 @@ class AuthController(Controller):
     path = "/api/v1"
     tags = ["auth"]
 
-    @post("/auth/login", status_code=HTTP_200_OK, opt={PUBLIC: True, "exclude_from_auth": True})
+    @post("/auth/login", status_code=HTTP_200_OK, opt=PUBLIC)
     async def login(
         self, request: Request[Any, Any, Any], data: JSONBody[LoginRequest]
     ) -> Response[service.LoginResult]:
@@ -70,7 +71,7 @@ class AuthController(Controller):
         """The user behind the token, with role and clinics."""
         return principal_of(request).view()
 
-    @get("/auth/lockouts", guards=[require_roles], opt={ROLES_OPT: ("admin",)})
+    @get("/auth/lockouts", guards=[require_roles], opt=allow(ADMINS))
     async def lockout_alerts(
         self,
         request: Request[Any, Any, Any],

@@ -229,9 +229,9 @@ WHERE u.disabled_at IS NULL
 """  # noqa: S608 (constant SQL fragments, no input)
 
 
-async def resolve_token(pool: asyncpg.Pool, token: str, settings: AuthSettings) -> Principal:
+async def resolve_token(conn: Conn, token: str, settings: AuthSettings) -> Principal:
     """The principal a live token belongs to; touching it resets the idle timeout."""
-    row = await pool.fetchrow(_RESOLVE, hash_token(token), settings.session_idle, TOUCH_INTERVAL)
+    row = await conn.fetchrow(_RESOLVE, hash_token(token), settings.session_idle, TOUCH_INTERVAL)
     if row is None:
         raise NotAuthenticated("the token is missing, expired or revoked")
     return principal_from_row(row)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import msgspec
 
 from safetyreport import audit
 from safetyreport.auth.passwords import check_policy, hash_password
+from safetyreport.auth.permissions import ROLES as ROLES  # re-exported for callers that know users
+from safetyreport.auth.permissions import Role as Role
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound, ValidationFailed
-
-Role = Literal["nurse", "safety_officer", "auditor", "admin"]
-ROLES: tuple[Role, ...] = ("nurse", "safety_officer", "auditor", "admin")
 
 
 class ClinicView(msgspec.Struct, frozen=True):

@@ -107,6 +107,26 @@ async def connect(url: str) -> asyncpg.Connection[Any]:
 
 
 @contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection without a transaction, for one statement that commits by itself
+    (resolving a session token on every request: a BEGIN and COMMIT would double its
+    round trips)."""
+    async with pool.acquire() as conn:
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection inside a transaction: committed when the block ends, rolled back
+    when it raises. Requests get theirs from the request context (``db``); background
+    tasks get theirs here too. With ``connection`` and ``read_snapshot``, the only code
+    that acquires from a pool.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+@contextlib.asynccontextmanager
 async def read_snapshot(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     """A connection of its own in a read-only repeatable-read transaction (exports).
 

@@ -19,7 +19,8 @@ from litestar.params import (
 )
 from litestar.response import Stream
 
-from safetyreport.auth.http import ROLES_OPT, principal_of, require_roles
+from safetyreport.auth.http import principal_of, require_roles
+from safetyreport.auth.permissions import REPORT_READERS, REPORT_WRITERS, allow
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
 from safetyreport.idempotency import Action, check_key, request_hash, run_once
@@ -27,12 +28,11 @@ from safetyreport.limits import BUSY
 from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import validate_report
+from safetyreport.request_context import CallerDep, DbDep
 from safetyreport.state import app_state, client_address
 from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
 
-WRITERS = ("nurse", "safety_officer")
-READERS = ("nurse", "safety_officer", "auditor", "admin")
 MAX_REPORT_BYTES = 64 * 1024
 _JSON = "application/json"
 
@@ -84,11 +84,11 @@ class ReportController(Controller):
     path = "/api/v1/reports"
     tags = ["reports"]
     guards = [require_roles]
-    opt = {ROLES_OPT: READERS}
+    opt = allow(REPORT_READERS)
 
     @post(
         "/",
-        opt={ROLES_OPT: WRITERS},
+        opt=allow(REPORT_WRITERS),
         request_max_body_size=MAX_REPORT_BYTES,
         responses={201: ResponseSpec(service.ReportView, description="The stored report")},
     )
@@ -116,7 +116,8 @@ class ReportController(Controller):
     @get("/")
     async def list(
         self,
-        request: Request[Any, Any, Any],
+        db: DbDep,
+        caller: CallerDep,
         kind: FromQuery[ReportKind | None] = None,
         clinic: FromQuery[str | None] = None,
         patient_ref: PatientRefFilter = None,
@@ -126,7 +127,6 @@ class ReportController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> service.ReportPage:
         """Reports of your clinics, newest first, a page at a time."""
-        state = app_state(request)
         filters = service.ReportFilters(
             kind=kind,
             clinic=clinic,
@@ -136,19 +136,14 @@ class ReportController(Controller):
             cursor=cursor,
             limit=limit,
         )
-        return await service.list_reports(
-            state.pool, principal_of(request), filters, client_address(request)
-        )
+        return await service.list_reports(db, caller, filters)
 
     @get("/{report_id:uuid}")
     async def read(
-        self, request: Request[Any, Any, Any], report_id: FromPath[uuid.UUID]
+        self, db: DbDep, caller: CallerDep, report_id: FromPath[uuid.UUID]
     ) -> service.ReportView:
         """One report: its current version and every earlier one."""
-        state = app_state(request)
-        return await service.read_report(
-            state.pool, principal_of(request), report_id, client_address(request)
-        )
+        return await service.read_report(db, caller, report_id)
 
     @get(
         "/{report_id:uuid}/fhir",
@@ -162,13 +157,10 @@ class ReportController(Controller):
         },
     )
     async def read_fhir(
-        self, request: Request[Any, Any, Any], report_id: FromPath[uuid.UUID]
+        self, db: DbDep, caller: CallerDep, report_id: FromPath[uuid.UUID]
     ) -> Response[bytes]:
         """One report's current version as an HL7 FHIR R5 AdverseEvent; audited as a read."""
-        state = app_state(request)
-        view = await service.read_report(
-            state.pool, principal_of(request), report_id, client_address(request)
-        )
+        view = await service.read_report(db, caller, report_id)
         return Response(fhir.encode(fhir.adverse_event(view)), media_type=fhir.FHIR_JSON)
 
     @get("/export", operation_class=_EXPORT_OPERATION, responses=BUSY)
@@ -219,7 +211,7 @@ class ReportController(Controller):
 
     @post(
         "/{report_id:uuid}/amendments",
-        opt={ROLES_OPT: WRITERS},
+        opt=allow(REPORT_WRITERS),
         request_max_body_size=MAX_REPORT_BYTES,
         responses={201: ResponseSpec(service.ReportView, description="The amended report")},
     )

@@ -13,6 +13,7 @@ import msgspec
 from safetyreport import audit
 from safetyreport.alerts.evaluate import StoredReport, evaluate_report
 from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import NotFound, ValidationFailed
@@ -375,23 +376,12 @@ async def amend_report(
     return await _detail(conn, report_id)
 
 
-async def read_report(
-    pool: asyncpg.Pool, principal: Principal, report_id: uuid.UUID, client_addr: str
-) -> ReportView:
-    async with pool.acquire() as conn, conn.transaction():
-        row = await _load(conn, principal, report_id)
-        await audit.append(
-            conn,
-            audit.AuditEvent(
-                actor=principal.actor(),
-                action="report.read",
-                object_type="report",
-                object_id=str(report_id),
-                clinic=row["clinic"],
-                client_addr=client_addr,
-            ),
-        )
-        return view_of_row(row, await conn.fetch(_SELECT_HISTORY, report_id))
+async def read_report(conn: Conn, caller: Caller, report_id: uuid.UUID) -> ReportView:
+    row = await _load(conn, caller.principal, report_id)
+    await caller.audit(
+        conn, "report.read", object_type="report", object_id=str(report_id), clinic=row["clinic"]
+    )
+    return view_of_row(row, await conn.fetch(_SELECT_HISTORY, report_id))
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -399,11 +389,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return require_utc("cursor", after), report_id
 
 
-async def list_reports(
-    pool: asyncpg.Pool, principal: Principal, filters: ReportFilters, client_addr: str
-) -> ReportPage:
-    """The newest reports first, among the clinics the principal may see."""
-    where = selection_where(principal, filters)
+async def list_reports(conn: Conn, caller: Caller, filters: ReportFilters) -> ReportPage:
+    """The newest reports first, among the clinics the caller may see."""
+    where = selection_where(caller.principal, filters)
     if filters.cursor is not None:
         after_time, after_id = _decode_cursor(filters.cursor)
         where.add(f"(r.occurred_at, r.id) < ({where.param(after_time)}, {where.param(after_id)})")
@@ -412,42 +400,29 @@ async def list_reports(
         + where.sql()
         + f" ORDER BY r.occurred_at DESC, r.id DESC LIMIT {where.param(filters.limit + 1)}"
     )
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(sql, *where.args)
-        items = [view_of_row(r) for r in rows[: filters.limit]]
-        next_cursor = None
-        if len(rows) > filters.limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.occurred_at, last.id)
-        await _audit_page(conn, principal, filters, items, client_addr)
+    rows = await conn.fetch(sql, *where.args)
+    items = [view_of_row(r) for r in rows[: filters.limit]]
+    next_cursor = None
+    if len(rows) > filters.limit:
+        last = items[-1]
+        next_cursor = encode_cursor(last.occurred_at, last.id)
+    await _audit_page(conn, caller, filters, items)
     return ReportPage(items=items, next_cursor=next_cursor)
 
 
 async def _audit_page(
-    conn: Conn,
-    principal: Principal,
-    filters: ReportFilters,
-    items: list[ReportView],
-    client_addr: str,
+    conn: Conn, caller: Caller, filters: ReportFilters, items: list[ReportView]
 ) -> None:
     """Record the page in the chain of each clinic on it, naming that clinic's reports.
 
     An empty page is recorded where the filter points (no clinic: the global chain).
     """
 
-    def listed(clinic: str | None) -> audit.AuditEvent:
+    def listed(clinic: str | None) -> dict[str, Any]:
         ids = [str(i.id) for i in items if i.clinic == clinic]
-        return audit.AuditEvent(
-            actor=principal.actor(),
-            action="report.listed",
-            object_type="report",
-            client_addr=client_addr,
-            details={
-                "filters": msgspec.to_builtins(filters),
-                "count": len(ids),
-                "report_ids": ids,
-            },
-        )
+        return {"filters": msgspec.to_builtins(filters), "count": len(ids), "report_ids": ids}
 
     clinics: set[str | None] = {i.clinic for i in items} or {filters.clinic}
-    await audit.append_for_each_clinic(conn, clinics, listed)
+    await caller.audit_each_clinic(
+        conn, clinics, "report.listed", object_type="report", details_for=listed
+    )

@@ -6,6 +6,7 @@ from litestar import Router
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
+from safetyreport.auth.permissions import PUBLIC
 from safetyreport.web.assets import STATIC_DIR, STATIC_PATH
 from safetyreport.web.routes import WebController, WebSessionController
 from safetyreport.web.templating import template_config
@@ -20,7 +21,7 @@ def static_router() -> Router:
     return create_static_files_router(
         path=STATIC_PATH,
         directories=[STATIC_DIR],
-        opt={"exclude_from_auth": True},
+        opt=PUBLIC,
         cache_control=CacheControlHeader(no_cache=True),
         include_in_schema=False,
     )

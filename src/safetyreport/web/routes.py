@@ -21,8 +21,19 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from safetyreport.alerts import queue
 from safetyreport.auth import devices, service
-from safetyreport.auth.http import PAGE_OPT, csrf_matches, csrf_token_for
-from safetyreport.auth.users import Principal, Role
+from safetyreport.auth.http import csrf_matches, csrf_token_for
+from safetyreport.auth.permissions import (
+    ALERT_WORKERS,
+    AUDIT_READERS,
+    PAGE_OPT,
+    PUBLIC,
+    REPORT_READERS,
+    REPORT_WRITERS,
+    Role,
+)
+from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
+from safetyreport.db.pool import transaction
 from safetyreport.errors import Forbidden, NotAuthenticated, TooManyRequests
 from safetyreport.errors import exception_to_response as api_exception_to_response
 from safetyreport.reports import service as reports
@@ -39,10 +50,6 @@ LANDING: dict[Role, str] = {
     "admin": "/alerts",
     "auditor": "/audit",
 }
-WRITERS: tuple[Role, ...] = ("nurse", "safety_officer")
-READERS: tuple[Role, ...] = ("nurse", "safety_officer", "auditor", "admin")
-ALERT_WORKERS: tuple[Role, ...] = ("safety_officer", "admin")
-AUDITORS: tuple[Role, ...] = ("auditor", "admin")
 
 # Navigation per role: (path, label).
 _NAV: dict[Role, tuple[tuple[str, str], ...]] = {
@@ -287,7 +294,7 @@ class WebController(Controller):
 
     @get("/report")
     async def report_page(self, request: Request[Any, Any, Any]) -> Template:
-        principal = _require(request, WRITERS)
+        principal = _require(request, REPORT_WRITERS)
         return _page(
             request,
             "report.html",
@@ -300,7 +307,7 @@ class WebController(Controller):
     @get("/report/recent")
     async def recent_reports(self, request: Request[Any, Any, Any]) -> Template:
         """The recent-reports list alone, for the report page to refresh after sending."""
-        principal = _require(request, READERS)
+        principal = _require(request, REPORT_READERS)
         return _page(
             request,
             "_recent.html",
@@ -312,22 +319,23 @@ class WebController(Controller):
     async def _recent(
         self, request: Request[Any, Any, Any], principal: Principal
     ) -> list[reports.ReportView]:
-        page = await reports.list_reports(
-            app_state(request).pool,
-            principal,
-            reports.ReportFilters(limit=RECENT_REPORTS),
-            client_address(request),
-        )
+        async with transaction(app_state(request).pool) as conn:
+            page = await reports.list_reports(
+                conn,
+                Caller(principal, client_address(request)),
+                reports.ReportFilters(limit=RECENT_REPORTS),
+            )
         return page.items
 
     @get("/reports/{report_id:uuid}")
     async def report_detail(
         self, request: Request[Any, Any, Any], report_id: FromPath[uuid.UUID]
     ) -> Template:
-        principal = _require(request, READERS)
-        report = await reports.read_report(
-            app_state(request).pool, principal, report_id, client_address(request)
-        )
+        principal = _require(request, REPORT_READERS)
+        async with transaction(app_state(request).pool) as conn:
+            report = await reports.read_report(
+                conn, Caller(principal, client_address(request)), report_id
+            )
         return _page(
             request,
             "report_detail.html",
@@ -336,7 +344,7 @@ class WebController(Controller):
             fields=report_form(report.kind),
             kind_labels=KIND_LABELS,
             options=OPTIONS,
-            can_amend=principal.role in WRITERS,
+            can_amend=principal.role in REPORT_WRITERS,
         )
 
     @get("/alerts")
@@ -361,7 +369,7 @@ class WebController(Controller):
 
     @get("/audit")
     async def audit_page(self, request: Request[Any, Any, Any]) -> Template:
-        principal = _require(request, AUDITORS)
+        principal = _require(request, AUDIT_READERS)
         return _page(
             request,
             "audit.html",
@@ -369,12 +377,12 @@ class WebController(Controller):
             clinics=sorted(principal.clinic_names.items()),
         )
 
-    @get("/offline", opt={"exclude_from_auth": True})
+    @get("/offline", opt=PUBLIC)
     async def offline(self, request: Request[Any, Any, Any]) -> Template:
         """What the service worker shows for a page it has no copy of while offline."""
         return _page(request, "offline.html", None)
 
-    @get("/sw.js", opt={"exclude_from_auth": True})
+    @get("/sw.js", opt=PUBLIC)
     async def service_worker(self, request: Request[Any, Any, Any]) -> Template:
         return Template(
             template_name="sw.js",

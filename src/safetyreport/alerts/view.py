@@ -1,0 +1,60 @@
+"""The alert as every reader sees it: the queue API, the live stream and notifications.
+
+One shape (``AlertView``) and the one SQL fragment that selects it, so that an alert
+looks the same wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+Status = Literal["open", "acknowledged", "resolved"]
+
+
+class AlertView(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    rule_id: str
+    rule_version: int
+    rule_name: str
+    severity: str
+    status: Status
+    escalation_level: int
+    clinic: str
+    group_by: str
+    group_key: str
+    report_count: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    ack_deadline: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    assigned_to: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution_reason: str | None
+    dea_notice_due: datetime | None
+    dea_form106_due: datetime | None
+    revision: int
+
+
+# The columns of AlertView, plus the alert's clinic_id (for scoping), from ``alerts a``
+# joined as ALERT_JOINS joins it.
+ALERT_COLUMNS = """
+       a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
+       a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
+       a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
+       ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
+       res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
+       a.dea_form106_due, a.revision, a.clinic_id
+"""
+ALERT_JOINS = """
+JOIN alert_rules r ON r.id = a.rule_id
+JOIN clinics c ON c.id = a.clinic_id
+LEFT JOIN users ack ON ack.id = a.acknowledged_by
+LEFT JOIN users asg ON asg.id = a.assigned_to
+LEFT JOIN users res ON res.id = a.resolved_by
+"""

@@ -1,0 +1,51 @@
+"""The request context: what a route handler may ask for by naming a parameter.
+
+Registered once on the app (``DEPENDENCIES``), so handlers never dig in the request:
+
+- ``app_state``: the app's ``AppState`` (settings, pools, broker, signer, caps);
+- ``caller``: the signed-in user and the client's address (a ``Caller``);
+- ``db``: a pooled connection already inside a transaction. Litestar commits it after the
+  handler returns and before the response is sent (a response the client sees is
+  stored), and rolls it back when the handler raises; everything the handler's service
+  writes, audit entries included, goes in that one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency, Provide
+from litestar.params import SkipValidation
+
+from safetyreport.auth.http import principal_of
+from safetyreport.caller import Caller
+from safetyreport.db.pool import Conn, transaction
+from safetyreport.state import AppState, app_state, client_address
+
+# Handlers annotate the parameters with these, under the names ``db``, ``caller`` and
+# ``app_state`` (Litestar injects by name; the marker says it is a dependency).
+DbDep: TypeAlias = NamedDependency[SkipValidation[Conn]]
+CallerDep: TypeAlias = NamedDependency[SkipValidation[Caller]]
+StateDep: TypeAlias = NamedDependency[SkipValidation[AppState]]
+
+
+def provide_app_state(request: ASGIConnection[Any, Any, Any, Any]) -> AppState:
+    return app_state(request)
+
+
+def provide_caller(request: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    return Caller(principal_of(request), client_address(request))
+
+
+async def provide_db(app_state: StateDep) -> AsyncIterator[Conn]:
+    async with transaction(app_state.pool) as conn:
+        yield conn
+
+
+DEPENDENCIES: dict[str, Provide] = {
+    "app_state": Provide(provide_app_state, sync_to_thread=False),
+    "caller": Provide(provide_caller, sync_to_thread=False),
+    "db": Provide(provide_db),
+}
