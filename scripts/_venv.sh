@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced (not run) by scripts/demo, scripts/test and .ci/run.
+# Sourced (not run) by scripts/demo, scripts/test, scripts/bench and .ci/run.
 #
 # Leaves the caller in the repository root with a ready .venv:
 #   - finds a Python >= 3.11 (python3, then python3.11 .. python3.13);
