@@ -1,3 +1,20 @@
+# Build stage: the project's wheel, built with the locked build backend. The wheel carries
+# the migrations (pyproject.toml maps the top-level sql/ to safetyreport/sql).
+FROM python:3.12-slim AS wheel
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /build
+COPY requirements/build.txt requirements/build.txt
+RUN pip install --no-cache-dir --require-hashes --requirement requirements/build.txt
+COPY pyproject.toml README.md ./
+COPY src/ src/
+COPY sql/ sql/
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
+
+# The service: the locked runtime dependencies, then the wheel. No source tree, no
+# development tools and no embedded PostgreSQL (the `embedded` extra): the image always
+# has DATABASE_URL.
 FROM python:3.12-slim
 
 # SAFETYREPORT_DATA_DIR: the default (.safetyreport under the working directory) would
@@ -14,13 +31,14 @@ RUN groupadd --system --gid 10001 safetyreport \
     && mkdir /data \
     && chown safetyreport:safetyreport /data
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY src/ src/
-COPY sql/ sql/
-# A regular install; the service finds its migrations in /app/sql (the working directory).
-RUN pip install --no-cache-dir .
+COPY requirements/runtime.txt /tmp/runtime.txt
+RUN pip install --no-cache-dir --require-hashes --requirement /tmp/runtime.txt \
+    && rm /tmp/runtime.txt
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels
 
+WORKDIR /data
 USER safetyreport
 VOLUME ["/data"]
 EXPOSE 8000

@@ -1,16 +1,19 @@
 # shellcheck shell=bash
-# Sourced (not run) by scripts/demo, scripts/test and .ci/run.
+# Sourced (not run) by scripts/demo, scripts/test, scripts/bench and .ci/run.
 #
 # Leaves the caller in the repository root with a ready .venv:
 #   - finds a Python >= 3.11 (python3, then python3.11 .. python3.13);
 #   - creates .venv when it is missing or its interpreter is unusable;
-#   - runs `pip install -e '.[dev]'` when .venv is new or pyproject.toml is newer
-#     than .venv/.installed-stamp. pip's output is shown only when it fails.
+#   - when .venv is new, or pyproject.toml or the lock file requirements/dev.txt is newer
+#     than .venv/.installed-stamp: installs the locked versions (every package pinned
+#     with its hashes: the dependencies, the `embedded` extra and all dependency groups;
+#     scripts/lock refreshes them), then the project itself, editable, resolving nothing
+#     more. pip's output is shown only when it fails.
 # Safe under `set -euo pipefail`; returns non-zero (so the caller exits) on failure.
 
 _safetyreport_venv() {
-    local root candidate python="" fresh=0 log
-    local stamp=.venv/.installed-stamp
+    local root candidate python="" fresh=0
+    local stamp=.venv/.installed-stamp lock=requirements/dev.txt
     local version_check='import sys; sys.exit(sys.version_info < (3, 11))'
 
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" || return 1
@@ -37,20 +40,28 @@ _safetyreport_venv() {
         fresh=1
     fi
 
-    if (( fresh )) || [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
-        echo "Installing safetyreport and its dev dependencies into .venv ..." >&2
-        log="$(mktemp)" || return 1
-        if ! .venv/bin/python -m pip install --disable-pip-version-check -e '.[dev]' \
-            >"$log" 2>&1; then
-            cat "$log" >&2
-            rm -f "$log"
-            echo "error: pip install -e '.[dev]' failed (output above)" >&2
-            return 1
-        fi
-        rm -f "$log"
+    if (( fresh )) || [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || "$lock" -nt "$stamp" ]]
+    then
+        echo "Installing safetyreport and its locked dependencies into .venv ..." >&2
+        _safetyreport_pip --require-hashes --requirement "$lock" || return 1
+        # Everything, the build backend included, came from the lock: nothing to resolve.
+        _safetyreport_pip --no-deps --no-build-isolation --editable . || return 1
         touch "$stamp"
     fi
 }
 
+# _safetyreport_pip ARGS...: `pip install ARGS` into .venv, its output shown only on failure.
+_safetyreport_pip() {
+    local log
+    log="$(mktemp)" || return 1
+    if ! .venv/bin/python -m pip install --disable-pip-version-check "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "error: pip install $* failed (output above)" >&2
+        return 1
+    fi
+    rm -f "$log"
+}
+
 _safetyreport_venv || return 1
-unset -f _safetyreport_venv
+unset -f _safetyreport_venv _safetyreport_pip

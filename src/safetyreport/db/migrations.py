@@ -1,6 +1,8 @@
 """A small migration runner: numbered SQL files, checksums, one advisory lock.
 
-Files are ``sql/migrations/NNNN_name.sql``. Each is applied in its own transaction
+Files are ``sql/migrations/NNNN_name.sql``, shipped inside the package
+(``safetyreport/sql``: the wheel carries a copy of the repository's top-level ``sql/``, a
+checkout links to it) and read as package resources. Each is applied in its own transaction
 and recorded in ``schema_migrations`` with its SHA-256. A file edited after it was
 applied is refused. A session advisory lock makes concurrent runners (two servers
 starting at once) take turns, so each file is applied exactly once.
@@ -12,7 +14,8 @@ import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
@@ -40,23 +43,23 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def migrations_dir() -> Path:
-    """``sql/migrations`` of the source checkout, or of the working directory (the image)."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[3] / "sql" / "migrations", Path.cwd() / "sql" / "migrations"):
-        if candidate.is_dir():
-            return candidate
-    raise MigrationError("cannot find the sql/migrations folder")
+def migrations_dir() -> Traversable:
+    """The migration files shipped with the package."""
+    return files("safetyreport") / "sql" / "migrations"
 
 
-def load_migrations(folder: Path | None = None) -> list[Migration]:
+def load_migrations(folder: Traversable | None = None) -> list[Migration]:
     folder = folder or migrations_dir()
+    if not folder.is_dir():
+        raise MigrationError(f"cannot find the migrations folder {folder}")
     found: list[Migration] = []
-    for path in sorted(folder.glob("*.sql")):
-        match = _FILE_PATTERN.match(path.name)
+    for entry in sorted(folder.iterdir(), key=lambda entry: entry.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _FILE_PATTERN.match(entry.name)
         if not match:
-            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
-        found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+            raise MigrationError(f"{entry.name}: migration files are named NNNN_name.sql")
+        found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a number")
@@ -81,7 +84,7 @@ async def migrate(
     owner_url: str,
     *,
     app_password: str | None = None,
-    folder: Path | None = None,
+    folder: Traversable | None = None,
     record_rule_changes: bool = False,
 ) -> list[Migration]:
     """Apply pending migrations; return the ones this call applied.
