@@ -91,7 +91,7 @@ _CLINIC = "('C' || :ci::int)"
 _CHAIN = "('clinic:' || 'C' || :ci::int)"
 _PATIENT = "('PT-' || lpad(:patient::text, 5, '0'))"
 
-# idempotency.run_once, then reports.service.insert_report (the service makes the report
+# idempotency.write_once, then reports.service.insert_report (the service makes the report
 # id and the occurrence time in Python; here a CTE does).
 _BEGIN = rf"""
 BEGIN;

@@ -65,15 +65,19 @@ class Caller:
         action: str,
         *,
         object_type: str | None = None,
+        object_id: str | None = None,
         details_for: Callable[[str | None], dict[str, Any]],
     ) -> None:
-        """Record ``action`` once in the chain of each clinic it touched (lists, searches).
+        """Record ``action`` once in the chain of each clinic it touched (lists, searches,
+        exports).
 
         ``details_for(clinic)`` gives the details of that clinic's entry (e.g. how many of
         the listed items were that clinic's).
         """
 
         def event_for(clinic: str | None) -> audit.AuditEvent:
-            return self.event(action, object_type=object_type, details=details_for(clinic))
+            return self.event(
+                action, object_type=object_type, object_id=object_id, details=details_for(clinic)
+            )
 
         await audit.append_for_each_clinic(conn, clinics, event_for)

@@ -8,6 +8,7 @@ from typing import Any
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.permissions import Role
 from safetyreport.auth.users import add_clinic, add_user, principal_by_username
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.reports.service import insert_report
 from safetyreport.reports.validation import validate_report
@@ -95,5 +96,5 @@ async def seed(conn: Conn, alert_settings: AlertSettings) -> bool:
     for raw in _demo_reports(datetime.now(UTC)):
         body = validate_report(raw, skew=timedelta(0))
         async with conn.transaction():
-            await insert_report(conn, nurse, body, "demo-seed", alert_settings)
+            await insert_report(conn, Caller(nurse, "demo-seed"), body, alert_settings)
     return True

@@ -1,10 +1,11 @@
 """Running a write once per Idempotency-Key, because tablets retry.
 
-Within one transaction: take a transaction-scoped advisory lock on (user, key)
-without waiting (taken: another request with this key is still running, 409);
-replay a stored response for the same request, or refuse a different request with
-the same key (422); otherwise run the write and store its response. The lock is
-released at commit, when the stored response becomes visible to the next retry.
+In the caller's transaction (the request's ``db``): take a transaction-scoped advisory
+lock on (user, key) without waiting (taken: another request with this key is still
+running, 409); replay a stored response for the same request, or refuse a different
+request with the same key (422); otherwise run the write and store its response. The
+lock is released when that transaction ends, at the commit that makes the stored
+response visible to the next retry (or at the rollback that forgets it all).
 """
 
 from __future__ import annotations
@@ -62,32 +63,48 @@ VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
 """
 
 
-async def run_once(
+async def write_once(
     conn: Conn,
+    action: Action,
     *,
     user_id: int,
-    key: str,
+    key: str | None,
     fingerprint: bytes,
     ttl: timedelta,
-    action: Action,
 ) -> StoredResponse:
-    async with conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_key(user_id, key)):
-            raise Conflict(
-                "a request with this Idempotency-Key is still being processed; retry shortly"
-            )
-        stored = await conn.fetchrow(_FIND, user_id, key)
-        if stored is not None:
-            if stored["request_hash"] != fingerprint:
-                raise ValidationFailed.one(
-                    "Idempotency-Key",
-                    "reused",
-                    "this key was already used for a different request; use a new key",
-                )
-            return StoredResponse(stored["response_status"], stored["response_body"], True)
+    """Run the write ``action`` in the caller's transaction on ``conn``, once per key.
+
+    Without a key it simply runs. With one, a retry of the same request (same
+    ``fingerprint``) while the key lives (``ttl``) gets the first response again.
+    """
+    if not key:
         status, body = await action(conn)
-        await conn.execute(_STORE, user_id, key, fingerprint, status, body, ttl)
-        return StoredResponse(status, body, False)
+        return StoredResponse(status, body, replayed=False)
+    return await _run_once(conn, action, user_id, check_key(key), fingerprint, ttl)
+
+
+async def _run_once(
+    conn: Conn, action: Action, user_id: int, key: str, fingerprint: bytes, ttl: timedelta
+) -> StoredResponse:
+    # The lock and the stored response need the caller's transaction: outside one, the
+    # lock would be gone before the action runs.
+    assert conn.is_in_transaction(), "write_once runs in the caller's transaction"
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_key(user_id, key)):
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed; retry shortly"
+        )
+    stored = await conn.fetchrow(_FIND, user_id, key)
+    if stored is not None:
+        if stored["request_hash"] != fingerprint:
+            raise ValidationFailed.one(
+                "Idempotency-Key",
+                "reused",
+                "this key was already used for a different request; use a new key",
+            )
+        return StoredResponse(stored["response_status"], stored["response_body"], True)
+    status, body = await action(conn)
+    await conn.execute(_STORE, user_id, key, fingerprint, status, body, ttl)
+    return StoredResponse(status, body, False)
 
 
 async def purge_expired(pool: asyncpg.Pool) -> int:

@@ -7,7 +7,9 @@ Registered once on the app (``DEPENDENCIES``), so handlers never dig in the requ
 - ``db``: a pooled connection already inside a transaction. Litestar commits it after the
   handler returns and before the response is sent (a response the client sees is
   stored), and rolls it back when the handler raises; everything the handler's service
-  writes, audit entries included, goes in that one transaction.
+  writes, audit entries included, goes in that one transaction;
+- ``snapshot``: another pooled connection, in a read-only repeatable-read transaction,
+  for reads that must see one instant however long they take (verifying the trail).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from litestar.params import SkipValidation
 
 from safetyreport.auth.http import principal_of
 from safetyreport.caller import Caller
-from safetyreport.db.pool import Conn, transaction
+from safetyreport.db.pool import Conn, read_snapshot, transaction
 from safetyreport.state import AppState, app_state, client_address
 
-# Handlers annotate the parameters with these, under the names ``db``, ``caller`` and
-# ``app_state`` (Litestar injects by name; the marker says it is a dependency).
+# Handlers annotate the parameters with these, under the names ``db``, ``snapshot``,
+# ``caller`` and ``app_state`` (Litestar injects by name; the marker says it is a dependency).
 DbDep: TypeAlias = NamedDependency[SkipValidation[Conn]]
+SnapshotDep: TypeAlias = NamedDependency[SkipValidation[Conn]]
 CallerDep: TypeAlias = NamedDependency[SkipValidation[Caller]]
 StateDep: TypeAlias = NamedDependency[SkipValidation[AppState]]
 
@@ -44,8 +47,14 @@ async def provide_db(app_state: StateDep) -> AsyncIterator[Conn]:
         yield conn
 
 
+async def provide_snapshot(app_state: StateDep) -> AsyncIterator[Conn]:
+    async with read_snapshot(app_state.pool) as conn:
+        yield conn
+
+
 DEPENDENCIES: dict[str, Provide] = {
     "app_state": Provide(provide_app_state, sync_to_thread=False),
     "caller": Provide(provide_caller, sync_to_thread=False),
     "db": Provide(provide_db),
+    "snapshot": Provide(provide_snapshot),
 }

@@ -28,19 +28,13 @@ from typing import Any, Literal
 import anyio
 import asyncpg
 
-from safetyreport.audit.chain import (
-    GLOBAL_CHAIN,
-    AuditEvent,
-    append_to_clinics,
-    chain_for,
-    content_of_row,
-    format_time,
-)
+from safetyreport.audit.chain import GLOBAL_CHAIN, chain_for, content_of_row, format_time
 from safetyreport.audit.offline import CSV_COLUMNS, CSV_MEMBER, EXPORT_FORMAT, MANIFEST_MEMBER
 from safetyreport.audit.signing import Signer
 from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
 from safetyreport.csvsafe import neutralise
-from safetyreport.db.pool import Conn, batches, read_snapshot
+from safetyreport.db.pool import Conn, batches, read_snapshot, transaction
 from safetyreport.db.query import Where
 from safetyreport.errors import ValidationFailed
 
@@ -184,10 +178,9 @@ class _Summary:
 class AuditExport:
     """One export being streamed: who asked, for what, and what has gone out so far."""
 
-    principal: Principal
+    caller: Caller
     filters: AuditFilters
     format: ExportFormat
-    client_addr: str
     signer: Signer
     # Built (and so validated) before the response starts: a bad filter is a plain 422.
     where: Where = field(init=False)
@@ -195,7 +188,7 @@ class AuditExport:
     summary: _Summary = field(default_factory=_Summary)
 
     def __post_init__(self) -> None:
-        self.where = where_clause(self.principal, self.filters)
+        self.where = where_clause(self.caller.principal, self.filters)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -203,7 +196,10 @@ class AuditExport:
             "export_id": self.export_id,
             "content": self.format,
             "generated_at": format_time(datetime.now(UTC)),
-            "generated_by": {"actor": self.principal.username, "role": self.principal.role},
+            "generated_by": {
+                "actor": self.caller.principal.username,
+                "role": self.caller.principal.role,
+            },
             "filters": self.filters.as_dict(),
             "entries": self.summary.entries,
             "chains": self.summary.chains,
@@ -216,25 +212,33 @@ class AuditExport:
         signed = {"manifest": manifest, "signature": self.signer.sign(manifest)}
         return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
-    def event(self, action: str, **details: Any) -> AuditEvent:
-        return AuditEvent(
-            actor=self.principal.actor(),
-            action=action,
+    def clinics_in_scope(self) -> list[str | None]:
+        """The clinics (None: the global chain) whose entries this export may return."""
+        return clinics_in_scope(self.caller.principal, self.filters.clinic)
+
+    async def record(
+        self, conn: Conn, action: str, clinics: list[str | None], **details: Any
+    ) -> None:
+        """Audit ``action`` of this export in the chain of each of ``clinics``."""
+        described = {"format": self.format, "filters": self.filters.as_dict(), **details}
+        await self.caller.audit_each_clinic(
+            conn,
+            clinics,
+            action,
             object_type="audit_export",
             object_id=self.export_id,
-            client_addr=self.client_addr,
-            details={"format": self.format, "filters": self.filters.as_dict(), **details},
+            details_for=lambda _clinic: described,
         )
 
 
 async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncGenerator[bytes, None]:
-    """The export's bytes; audited before the first byte and again at the end."""
-    async with pool.acquire() as conn, conn.transaction():
-        await append_to_clinics(
-            conn,
-            export.event("audit.export_started"),
-            clinics_in_scope(export.principal, export.filters.clinic),
-        )
+    """The export's bytes; audited before the first byte and again at the end.
+
+    ``pool``: the exports' own (``AppState.export_pool``); the stream takes its
+    connections when the body is sent.
+    """
+    async with transaction(pool) as conn:
+        await export.record(conn, "audit.export_started", export.clinics_in_scope())
     body = _ndjson_body if export.format == "ndjson" else _csv_zip_body
     completed = False
     try:
@@ -247,16 +251,14 @@ async def stream_export(pool: asyncpg.Pool, export: AuditExport) -> AsyncGenerat
         # Also when the client went away: shield the record from the cancellation.
         with anyio.CancelScope(shield=True):
             sent = [clinic_of_chain(chain) for chain in export.summary.chains]
-            async with pool.acquire() as conn, conn.transaction():
-                await append_to_clinics(
+            async with transaction(pool) as conn:
+                await export.record(
                     conn,
-                    export.event(
-                        "audit.exported",
-                        entries=export.summary.entries,
-                        body_sha256=export.summary.digest.hexdigest(),
-                        completed=completed,
-                    ),
-                    sent or clinics_in_scope(export.principal, export.filters.clinic),
+                    "audit.exported",
+                    sent or export.clinics_in_scope(),
+                    entries=export.summary.entries,
+                    body_sha256=export.summary.digest.hexdigest(),
+                    completed=completed,
                 )
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
-from safetyreport.audit.chain import AuditEvent, append_for_each_clinic, chain_for
+from safetyreport.audit.chain import chain_for
 from safetyreport.audit.export import AuditFilters, clinic_of_chain, where_clause
-from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.pagination import decode_cursor, encode_cursor
 
@@ -44,16 +44,10 @@ class AuditEntryPage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def search_entries(
-    conn: Conn,
-    principal: Principal,
-    filters: AuditFilters,
-    *,
-    cursor: str | None,
-    limit: int,
-    client_addr: str,
+    conn: Conn, caller: Caller, filters: AuditFilters, *, cursor: str | None, limit: int
 ) -> AuditEntryPage:
     """One page of matching entries; the search itself is audited."""
-    where = where_clause(principal, filters)
+    where = where_clause(caller.principal, filters)
     if cursor is not None:
         at, chain, seq = decode_cursor(cursor, tuple[datetime, str, int])
         where.add(
@@ -62,21 +56,16 @@ async def search_entries(
         )
     order = " ORDER BY recorded_at DESC, chain DESC, seq DESC"
     sql = f"{_SELECT}{where.sql()}{order} LIMIT {int(limit) + 1}"
-    async with conn.transaction():
-        rows = await conn.fetch(sql, *where.args)
-        items = [AuditEntryView(**dict(r.items())) for r in rows[:limit]]
-        await _audit_search(conn, principal, filters, items, client_addr)
+    rows = await conn.fetch(sql, *where.args)
+    items = [AuditEntryView(**dict(r.items())) for r in rows[:limit]]
+    await _audit_search(conn, caller, filters, items)
     last = items[-1] if len(rows) > limit else None
     next_cursor = None if last is None else encode_cursor(last.recorded_at, last.chain, last.seq)
     return AuditEntryPage(items=items, next_cursor=next_cursor)
 
 
 async def _audit_search(
-    conn: Conn,
-    principal: Principal,
-    filters: AuditFilters,
-    items: list[AuditEntryView],
-    client_addr: str,
+    conn: Conn, caller: Caller, filters: AuditFilters, items: list[AuditEntryView]
 ) -> None:
     """Record the search in the chain of each clinic whose entries it returned.
 
@@ -84,18 +73,14 @@ async def _audit_search(
     global chain).
     """
 
-    def searched(clinic: str | None) -> AuditEvent:
+    def searched(clinic: str | None) -> dict[str, Any]:
         chain = chain_for(clinic)
-        return AuditEvent(
-            actor=principal.actor(),
-            action="audit.searched",
-            object_type="audit_trail",
-            client_addr=client_addr,
-            details={
-                "filters": filters.as_dict(),
-                "returned": sum(1 for i in items if i.chain == chain),
-            },
-        )
+        return {
+            "filters": filters.as_dict(),
+            "returned": sum(1 for i in items if i.chain == chain),
+        }
 
     clinics = {clinic_of_chain(i.chain) for i in items} or {filters.clinic}
-    await append_for_each_clinic(conn, clinics, searched)
+    await caller.audit_each_clinic(
+        conn, clinics, "audit.searched", object_type="audit_trail", details_for=searched
+    )

@@ -29,10 +29,9 @@ import anyio
 import asyncpg
 import msgspec
 
-from safetyreport import audit
-from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
 from safetyreport.csvsafe import neutralise
-from safetyreport.db.pool import batches, read_snapshot
+from safetyreport.db.pool import Conn, batches, read_snapshot, transaction
 from safetyreport.db.query import Where
 from safetyreport.reports import fhir, service
 from safetyreport.reports.service import ReportView
@@ -100,10 +99,9 @@ ExportFilters = service.ReportSelection
 class ReportExport:
     """One export: who asked for what, and what has been handed on so far."""
 
-    principal: Principal
+    caller: Caller
     filters: ExportFilters
     format: ExportFormat
-    client_addr: str
     where: Where
     export_id: uuid.UUID = field(default_factory=uuid.uuid4)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -117,7 +115,7 @@ class ReportExport:
         """The clinics this export may return (the chains its start is recorded in)."""
         if self.filters.clinic is not None:
             return [self.filters.clinic]
-        return sorted(self.principal.clinic_ids)
+        return sorted(self.caller.principal.clinic_ids)
 
     def clinics_sent(self) -> list[str]:
         """The clinics whose reports it sent, or those in scope when it sent none."""
@@ -140,19 +138,16 @@ class ReportExport:
         self.digest.update(chunk)
         return chunk
 
-    def event(self, action: str, **details: Any) -> audit.AuditEvent:
-        return audit.AuditEvent(
-            actor=self.principal.actor(),
-            action=action,
+    async def record(self, conn: Conn, action: str, clinics: list[str], **details: Any) -> None:
+        """Audit ``action`` of this export in the chain of each of ``clinics``."""
+        described = {"format": self.format, "filters": msgspec.to_builtins(self.filters), **details}
+        await self.caller.audit_each_clinic(
+            conn,
+            clinics,
+            action,
             object_type="report_export",
             object_id=str(self.export_id),
-            clinic=self.filters.clinic,
-            client_addr=self.client_addr,
-            details={
-                "format": self.format,
-                "filters": msgspec.to_builtins(self.filters),
-                **details,
-            },
+            details_for=lambda _clinic: described,
         )
 
 
@@ -283,24 +278,20 @@ ENCODINGS: dict[ExportFormat, Encoding] = {
 
 
 async def start_export(
-    pool: asyncpg.Pool,
-    principal: Principal,
-    filters: ExportFilters,
-    export_format: ExportFormat,
-    client_addr: str,
+    pool: asyncpg.Pool, caller: Caller, filters: ExportFilters, export_format: ExportFormat
 ) -> ReportExport:
-    """Check the filters and record the start, committed, before any byte is sent."""
+    """Check the filters and record the start, committed, before any byte is sent.
+
+    ``pool``: the exports' own (``AppState.export_pool``), as for ``stream_export``.
+    """
     export = ReportExport(
-        principal=principal,
+        caller=caller,
         filters=filters,
         format=export_format,
-        client_addr=client_addr,
-        where=service.selection_where(principal, filters),
+        where=service.selection_where(caller.principal, filters),
     )
-    async with pool.acquire() as conn, conn.transaction():
-        await audit.append_to_clinics(
-            conn, export.event("report.export_started"), export.clinics_in_scope()
-        )
+    async with transaction(pool) as conn:
+        await export.record(conn, "report.export_started", export.clinics_in_scope())
     return export
 
 
@@ -357,15 +348,13 @@ async def stream_export(pool: asyncpg.Pool, export: ReportExport) -> AsyncGenera
 
 
 async def _record_end(pool: asyncpg.Pool, export: ReportExport, completed: bool) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await audit.append_to_clinics(
+    async with transaction(pool) as conn:
+        await export.record(
             conn,
-            export.event(
-                "report.exported",
-                count=export.sent_reports,
-                bytes=export.sent_bytes,
-                sha256=export.digest.hexdigest(),
-                completed=completed,
-            ),
+            "report.exported",
             export.clinics_sent(),
+            count=export.sent_reports,
+            bytes=export.sent_bytes,
+            sha256=export.digest.hexdigest(),
+            completed=completed,
         )

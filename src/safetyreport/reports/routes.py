@@ -19,17 +19,16 @@ from litestar.params import (
 )
 from litestar.response import Stream
 
-from safetyreport.auth.http import principal_of, require_roles
+from safetyreport.auth.http import require_roles
 from safetyreport.auth.permissions import REPORT_READERS, REPORT_WRITERS, allow
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
-from safetyreport.idempotency import Action, check_key, request_hash, run_once
+from safetyreport.idempotency import StoredResponse, request_hash, write_once
 from safetyreport.limits import BUSY
 from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
 from safetyreport.reports.validation import validate_report
-from safetyreport.request_context import CallerDep, DbDep
-from safetyreport.state import app_state, client_address
+from safetyreport.request_context import CallerDep, DbDep, StateDep
 from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
 
@@ -37,9 +36,14 @@ MAX_REPORT_BYTES = 64 * 1024
 _JSON = "application/json"
 
 
-def _json_response(status: int, body: bytes, replayed: bool) -> Response[bytes]:
-    headers = {"Idempotency-Replayed": "true"} if replayed else {}
-    return Response(body, status_code=status, media_type=_JSON, headers=headers)
+def _json_response(stored: StoredResponse) -> Response[bytes]:
+    headers = {"Idempotency-Replayed": "true"} if stored.replayed else {}
+    return Response(stored.body, status_code=stored.status, media_type=_JSON, headers=headers)
+
+
+def _fingerprint(request: Request[Any, Any, Any], canonical_body: bytes) -> bytes:
+    """What makes a retry the same request: its method, its path and its body."""
+    return request_hash(request.method, request.url.path, canonical_body)
 
 
 ReportKind = Literal["blood_pressure", "dissociation", "misuse_concern"]
@@ -47,27 +51,6 @@ PatientRefFilter = Annotated[str | None, QueryParameter(pattern=PATIENT_REF_PATT
 
 
 IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)]
-
-
-async def _write_once(
-    request: Request[Any, Any, Any], key: str | None, canonical_body: bytes, action: Action
-) -> Response[bytes]:
-    """Run ``action`` in one transaction; with a key, at most once per key (see idempotency)."""
-    state = app_state(request)
-    async with state.pool.acquire() as conn:
-        if not key:
-            async with conn.transaction():
-                status, body = await action(conn)
-            return _json_response(status, body, replayed=False)
-        stored = await run_once(
-            conn,
-            user_id=principal_of(request).id,
-            key=check_key(key),
-            fingerprint=request_hash(request.method, request.url.path, canonical_body),
-            ttl=state.settings.reports.idempotency_ttl,
-            action=action,
-        )
-    return _json_response(stored.status, stored.body, replayed=stored.replayed)
 
 
 _EXPORT_OPERATION = download_operation(
@@ -95,23 +78,33 @@ class ReportController(Controller):
     async def create(
         self,
         request: Request[Any, Any, Any],
+        db: DbDep,
+        caller: CallerDep,
+        app_state: StateDep,
         data: SkipValidation[JSONBody[ReportBody]],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[bytes]:
         """Submit a report (body tagged by ``kind``). Needs an ``Idempotency-Key`` header."""
         if not idempotency_key:
             raise ClientError("send an Idempotency-Key header (one new key per report)")
-        principal = principal_of(request)
         # The schema documents ReportBody; validate_report names every broken rule.
-        settings = app_state(request).settings
+        settings = app_state.settings
         body = validate_report(data, skew=settings.reports.clock_skew)
-        addr = client_address(request)
+        canonical_body = service.canonical_json(body)
 
         async def action(conn: Conn) -> tuple[int, bytes]:
-            view = await service.insert_report(conn, principal, body, addr, settings.alerts)
+            view = await service.insert_report(conn, caller, body, settings.alerts)
             return 201, service.encode(view)
 
-        return await _write_once(request, idempotency_key, service.canonical_json(body), action)
+        stored = await write_once(
+            db,
+            action,
+            user_id=caller.principal.id,
+            key=idempotency_key,
+            fingerprint=_fingerprint(request, canonical_body),
+            ttl=settings.reports.idempotency_ttl,
+        )
+        return _json_response(stored)
 
     @get("/")
     async def list(
@@ -166,7 +159,8 @@ class ReportController(Controller):
     @get("/export", operation_class=_EXPORT_OPERATION, responses=BUSY)
     async def export_reports(
         self,
-        request: Request[Any, Any, Any],
+        caller: CallerDep,
+        app_state: StateDep,
         # Named as sent, so that an error names the parameter the client knows.
         format: Annotated[export.ExportFormat, QueryParameter(description="csv, ndjson or fhir")],
         kind: FromQuery[ReportKind | None] = None,
@@ -183,7 +177,6 @@ class ReportController(Controller):
         Audited when it starts and when it ends. At most a few exports run at once per
         user and per service process (429 with Retry-After beyond them).
         """
-        state = app_state(request)
         filters = export.ExportFilters(
             kind=kind,
             clinic=clinic,
@@ -191,21 +184,20 @@ class ReportController(Controller):
             since=None if since is None else require_utc("since", since),
             until=None if until is None else require_utc("until", until),
         )
-        principal = principal_of(request)
-        slot = state.exports.claim(principal.id)  # 429 beyond the caps
+        # The export streams on connections of its own, from the exports' pool, taken
+        # when the body is sent (a request's ``db`` would be gone by then).
+        slot = app_state.exports.claim(caller.principal.id)  # 429 beyond the caps
         try:
-            started = await export.start_export(
-                state.export_pool, principal, filters, format, client_address(request)
-            )
+            started = await export.start_export(app_state.export_pool, caller, filters, format)
         except BaseException:
             slot.release()
             raise
         return download(
-            export.stream_export(state.export_pool, started),
+            export.stream_export(app_state.export_pool, started),
             media_type=started.media_type,
             filename=started.filename,
             export_id=str(started.export_id),
-            send_timeout=state.settings.capacity.export_send_timeout.total_seconds(),
+            send_timeout=app_state.settings.capacity.export_send_timeout.total_seconds(),
             on_close=slot.release,
         )
 
@@ -218,6 +210,9 @@ class ReportController(Controller):
     async def amend(
         self,
         request: Request[Any, Any, Any],
+        db: DbDep,
+        caller: CallerDep,
+        app_state: StateDep,
         report_id: FromPath[uuid.UUID],
         data: SkipValidation[JSONBody[dict[str, Any]]],
         idempotency_key: IdempotencyKey = None,
@@ -226,14 +221,20 @@ class ReportController(Controller):
 
         An ``Idempotency-Key`` is optional here; with one, a retry is applied once.
         """
-        principal = principal_of(request)
-        settings = app_state(request).settings
-        addr = client_address(request)
+        settings = app_state.settings
 
         async def action(conn: Conn) -> tuple[int, bytes]:
             view = await service.amend_report(
-                conn, principal, report_id, data, addr, settings.reports, settings.alerts
+                conn, caller, report_id, data, settings.reports, settings.alerts
             )
             return 201, service.encode(view)
 
-        return await _write_once(request, idempotency_key, service.canonical_json(data), action)
+        stored = await write_once(
+            db,
+            action,
+            user_id=caller.principal.id,
+            key=idempotency_key,
+            fingerprint=_fingerprint(request, service.canonical_json(data)),
+            ttl=settings.reports.idempotency_ttl,
+        )
+        return _json_response(stored)

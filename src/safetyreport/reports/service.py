@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from safetyreport import audit
 from safetyreport.alerts.evaluate import StoredReport, evaluate_report
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
@@ -168,12 +167,11 @@ async def _detail(conn: Conn, report_id: uuid.UUID) -> ReportView:
 
 async def _run_rules(
     conn: Conn,
-    principal: Principal,
+    caller: Caller,
     report_id: uuid.UUID,
     version: int,
     clinic_id: int,
     body: ReportBody,
-    client_addr: str,
     alert_settings: AlertSettings,
 ) -> None:
     stored = msgspec.to_builtins(body)
@@ -189,8 +187,8 @@ async def _run_rules(
             body=stored,
             ctcae_grade=_grade(body),
         ),
-        actor=principal.actor(),
-        client_addr=client_addr,
+        actor=caller.principal.actor(),
+        client_addr=caller.address,
         settings=alert_settings,
     )
 
@@ -221,11 +219,7 @@ def _as_read_back(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def insert_report(
-    conn: Conn,
-    principal: Principal,
-    body: ReportBody,
-    client_addr: str,
-    alert_settings: AlertSettings,
+    conn: Conn, caller: Caller, body: ReportBody, alert_settings: AlertSettings
 ) -> ReportView:
     """Store version 1 of a validated report, audit it and run the alert rules.
 
@@ -233,6 +227,7 @@ async def insert_report(
     commit together or not at all. The returned view is what reading the report back
     would give; it is built from what was written rather than read again.
     """
+    principal = caller.principal
     clinic_id = _clinic_id(principal, body.clinic)
     report_id = uuid.uuid4()
     stored = msgspec.to_builtins(body)
@@ -249,23 +244,19 @@ async def insert_report(
         grade,
     )
     assert row is not None
-    await audit.append(
+    await caller.audit(
         conn,
-        audit.AuditEvent(
-            actor=principal.actor(),
-            action="report.created",
-            object_type="report",
-            object_id=str(report_id),
-            clinic=body.clinic,
-            client_addr=client_addr,
-            details={
-                "kind": stored["kind"],
-                "version": 1,
-                "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
-            },
-        ),
+        "report.created",
+        object_type="report",
+        object_id=str(report_id),
+        clinic=body.clinic,
+        details={
+            "kind": stored["kind"],
+            "version": 1,
+            "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
+        },
     )
-    await _run_rules(conn, principal, report_id, 1, clinic_id, body, client_addr, alert_settings)
+    await _run_rules(conn, caller, report_id, 1, clinic_id, body, alert_settings)
     read_back = _as_read_back(stored)
     return ReportView(
         id=report_id,
@@ -318,16 +309,15 @@ def _amendment_changes(raw: Any) -> tuple[str, dict[str, Any]]:
 
 async def amend_report(
     conn: Conn,
-    principal: Principal,
+    caller: Caller,
     report_id: uuid.UUID,
     raw: Any,
-    client_addr: str,
     settings: ReportSettings,
     alert_settings: AlertSettings,
 ) -> ReportView:
     """Add a version with the changed fields, validated like a new report; rules run on it."""
     reason, changes = _amendment_changes(raw)
-    row = await _load(conn, principal, report_id, lock=True)
+    row = await _load(conn, caller.principal, report_id, lock=True)
     current: dict[str, Any] = row["body"]
     merged = {k: v for k, v in {**current, **changes}.items() if v is not None}
     body = validate_report(merged, skew=settings.clock_skew)
@@ -343,7 +333,7 @@ async def amend_report(
         stored,
         _grade(body),
         reason,
-        principal.id,
+        caller.principal.id,
     )
     await conn.execute(
         "UPDATE reports SET current_version = $2, patient_ref = $3, occurred_at = $4,"
@@ -358,21 +348,15 @@ async def amend_report(
         for k in sorted(current.keys() | stored.keys())
         if current.get(k) != stored.get(k)
     }
-    await audit.append(
+    await caller.audit(
         conn,
-        audit.AuditEvent(
-            actor=principal.actor(),
-            action="report.amended",
-            object_type="report",
-            object_id=str(report_id),
-            clinic=row["clinic"],
-            client_addr=client_addr,
-            details={"version": version, "reason": reason, "changes": changed},
-        ),
+        "report.amended",
+        object_type="report",
+        object_id=str(report_id),
+        clinic=row["clinic"],
+        details={"version": version, "reason": reason, "changes": changed},
     )
-    await _run_rules(
-        conn, principal, report_id, version, row["clinic_id"], body, client_addr, alert_settings
-    )
+    await _run_rules(conn, caller, report_id, version, row["clinic_id"], body, alert_settings)
     return await _detail(conn, report_id)
 
 
