@@ -21,7 +21,7 @@ import pytest
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.pool import connect
-from tests.conftest import PASSWORD
+from tests.helpers.world import PASSWORD
 from tests.test_cli import cli_args, cli_env, free_port
 
 # Bounds on waiting for the service: generous, because the machine may be busy.

@@ -21,7 +21,8 @@ from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect
 from safetyreport.settings import APP_DB_ROLE, Settings
-from tests.conftest import PASSWORD, World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD, World
 from tests.test_cli import cli_env, run_cli
 
 Headers = dict[str, str]

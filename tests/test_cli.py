@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import World
+from tests.helpers.world import World
 
 NORA_PASSWORD = "she-has-a-long-passphrase"
 SUBPROCESS_TIMEOUT = 45.0

@@ -34,7 +34,8 @@ from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import create_pool
 from safetyreport.settings import APP_DB_ROLE, Settings
-from tests.conftest import PASSWORD, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD
 
 SECRET = "delivery-test-secret-of-32-bytes+"
 # Each wait for the sender is bounded by this; none should come close.

@@ -45,7 +45,8 @@ from safetyreport.db.embedded import app_url, pgbin
 from safetyreport.db.migrations import migrate
 from safetyreport.db.pool import connect
 from safetyreport.settings import Settings
-from tests.conftest import bp_report, with_database
+from tests.helpers.postgres import with_database
+from tests.helpers.reports import bp_report
 from tests.service_helpers import ServeProcess, UserSpec, login, seed, serving
 
 # Slow, whole-process tests: CI runs them once (see pyproject.toml and .ci/run).

@@ -12,7 +12,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from safetyreport.idempotency import _lock_key
-from tests.conftest import World, bp_report, dissociation_report
+from tests.helpers.reports import bp_report, dissociation_report
+from tests.helpers.world import World
 from tests.report_helpers import (
     NOTHING,
     REPORTS,

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import World
 from tests.report_helpers import (
     REPORTS,
     Stored,

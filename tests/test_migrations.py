@@ -20,7 +20,7 @@ from safetyreport.db.migrations import MigrationError, load_migrations, migrate,
 from safetyreport.db.pool import connect
 from safetyreport.errors import ServiceUnavailable
 from safetyreport.settings import DatabaseSettings, Settings
-from tests.conftest import with_database
+from tests.helpers.postgres import with_database
 from tests.test_cli import CliResult, cli_env, run_cli
 
 

@@ -27,7 +27,8 @@ from litestar.testing import transport as litestar_transport
 from safetyreport.csvsafe import neutralise
 from safetyreport.reports import export as report_export
 from safetyreport.reports.export import CHUNK_BYTES
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
+from tests.helpers.reports import bp_report, dissociation_report, misuse_report
+from tests.helpers.world import World
 from tests.report_helpers import REPORTS, amend, audit_rows, create_report, errors_of
 
 EXPORT = f"{REPORTS}/export"

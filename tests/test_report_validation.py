@@ -16,7 +16,8 @@ from litestar.testing import AsyncTestClient
 from safetyreport.errors import ValidationFailed
 from safetyreport.reports.types import BloodPressure, Dissociation, MisuseConcern
 from safetyreport.reports.validation import validate_report
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
+from tests.helpers.reports import bp_report, dissociation_report, misuse_report
+from tests.helpers.world import World
 from tests.report_helpers import (
     NOTHING,
     REPORTS,

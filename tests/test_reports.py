@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
+from tests.helpers.reports import bp_report, dissociation_report, misuse_report
+from tests.helpers.world import World
 from tests.report_helpers import (
     REPORTS,
     Stored,

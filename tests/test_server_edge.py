@@ -21,7 +21,8 @@ import pytest
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect
 from safetyreport.settings import APP_DB_ROLE, Settings
-from tests.conftest import PASSWORD, with_database
+from tests.helpers.postgres import with_database
+from tests.helpers.world import PASSWORD
 from tests.service_helpers import ServeProcess, UserSpec, seed, serving
 from tests.test_cli import cli_env, free_port, run_cli
 

@@ -27,7 +27,7 @@ from safetyreport.auth.ratelimit import TokenBuckets
 from safetyreport.auth.users import add_user
 from safetyreport.errors import ValidationFailed
 from safetyreport.settings import Settings
-from tests.conftest import PASSWORD, World
+from tests.helpers.world import PASSWORD, World
 from tests.test_cli import cli_env, run_cli
 
 LOGIN = "/api/v1/auth/login"

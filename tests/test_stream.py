@@ -34,7 +34,8 @@ from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.settings import Settings
-from tests.conftest import PASSWORD, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD
 
 STREAM = "/api/v1/alerts/stream"
 WAIT = 5.0  # seconds: "within a second" in production, generous here

@@ -39,7 +39,9 @@ from playwright.async_api import (
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.pool import connect
-from tests.conftest import PASSWORD, Databases, bp_report, with_database
+from tests.helpers.postgres import Databases, with_database
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD
 from tests.test_cli import Served, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -148,6 +150,7 @@ def watch(ctx: BrowserContext) -> list[str]:
             problems.append(message.text)
 
     ctx.on("console", on_console)
+
     def on_error(error: Any) -> None:
         # The message first (what tests compare), then where it came from.
         stack = getattr(error.error, "stack", None)

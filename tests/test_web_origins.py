@@ -24,7 +24,8 @@ from safetyreport.app import create_app
 from safetyreport.front_door import host_allowed, host_name
 from safetyreport.settings import Settings, SettingsError
 from safetyreport.web.assets import CONTENT_SECURITY_POLICY, STATIC_DIR
-from tests.conftest import PASSWORD, World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD, World
 from tests.test_web_security import form_login
 
 OUR_HOST = "testserver.local"

@@ -28,7 +28,8 @@ from safetyreport.settings import Settings
 from safetyreport.web import forms
 from safetyreport.web.assets import CONTENT_SECURITY_POLICY, STATIC_DIR, TEMPLATE_DIR
 from safetyreport.web.session import LOGIN_CSRF_COOKIE
-from tests.conftest import PASSWORD, World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD, World
 
 PEER = "testclient"
 _CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
