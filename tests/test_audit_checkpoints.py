@@ -21,9 +21,8 @@ from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.signing import DEFAULT_KEY_FILE, SigningKeyError, load_signer
 from safetyreport.db.pool import connect
 from safetyreport.settings import AuditSettings, Settings
-from tests.helpers.reports import bp_report
+from tests.helpers.reports import bp_report, post_report
 from tests.helpers.world import World
-from tests.report_helpers import post_report
 from tests.test_cli import CliResult, cli_env, run_cli
 from tests.test_escalation import eventually
 

@@ -24,9 +24,8 @@ from safetyreport.audit import offline, verify_chains
 from safetyreport.audit.routes import VERIFIER_SCRIPT
 from safetyreport.csvsafe import neutralise
 from safetyreport.settings import Settings
-from tests.helpers.reports import bp_report
+from tests.helpers.reports import bp_report, post_report
 from tests.helpers.world import PASSWORD, World
-from tests.report_helpers import post_report
 from tests.test_cli import cli_env, run_cli, serving
 from tests.test_escalation import eventually
 

@@ -27,9 +27,8 @@ from safetyreport.audit import verify_chains
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect, create_pool
 from safetyreport.settings import AlertSettings, Settings
-from tests.helpers.reports import bp_report, dissociation_report
+from tests.helpers.reports import bp_report, create_report, dissociation_report
 from tests.helpers.world import World
-from tests.report_helpers import create_report
 from tests.test_cli import Served
 from tests.test_cli import serving as cli_serving
 

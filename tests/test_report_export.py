@@ -27,9 +27,17 @@ from litestar.testing import transport as litestar_transport
 from safetyreport.csvsafe import neutralise
 from safetyreport.reports import export as report_export
 from safetyreport.reports.export import CHUNK_BYTES
-from tests.helpers.reports import bp_report, dissociation_report, misuse_report
+from tests.helpers.reports import (
+    REPORTS,
+    amend,
+    audit_rows,
+    bp_report,
+    create_report,
+    dissociation_report,
+    errors_of,
+    misuse_report,
+)
 from tests.helpers.world import World
-from tests.report_helpers import REPORTS, amend, audit_rows, create_report, errors_of
 
 EXPORT = f"{REPORTS}/export"
 FORMATS = ("csv", "ndjson", "fhir")

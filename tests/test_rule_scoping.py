@@ -15,9 +15,8 @@ import pytest
 
 from safetyreport.alerts import limits
 from safetyreport.db.migrations import audit_migrated_rule_versions
-from tests.helpers.reports import bp_report, dissociation_report
+from tests.helpers.reports import bp_report, create_report, dissociation_report
 from tests.helpers.world import World
-from tests.report_helpers import create_report
 from tests.rule_helpers import RULES, RulesAs, Users
 from tests.test_cli import cli_env, run_cli
 

@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from safetyreport.db.pool import connect
-from tests.helpers.reports import bp_report
+from tests.helpers.reports import audit_rows, bp_report, create_report, send_concurrently
 from tests.helpers.world import World
-from tests.report_helpers import audit_rows, create_report, send_concurrently
 from tests.rule_helpers import RULES, RulesAs, Users
 
 DEFAULT_RULES = {

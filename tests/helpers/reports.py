@@ -2,7 +2,119 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+import asyncpg
+import httpx
+from litestar.testing import AsyncTestClient
+from litestar.testing import transport as litestar_transport
+
+REPORTS = "/api/v1/reports"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Rows that a created report leaves behind."""
+
+    reports: int
+    versions: int
+    created_audits: int
+
+
+async def stored(db: asyncpg.Connection[Any]) -> Stored:
+    row = await db.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM reports) AS reports,
+               (SELECT count(*) FROM report_versions) AS versions,
+               (SELECT count(*) FROM audit_entries WHERE action = 'report.created') AS created
+        """
+    )
+    assert row is not None
+    return Stored(row["reports"], row["versions"], row["created"])
+
+
+NOTHING = Stored(0, 0, 0)
+
+
+def new_key() -> str:
+    return f"key-{uuid.uuid4()}"
+
+
+async def post_report(
+    client: AsyncTestClient[Any],
+    headers: dict[str, str],
+    body: Any,
+    *,
+    key: str | None = None,
+) -> httpx.Response:
+    """POST a report (any JSON value) with a fresh Idempotency-Key unless one is given."""
+    return await client.post(
+        REPORTS, json=body, headers={**headers, "Idempotency-Key": key or new_key()}
+    )
+
+
+async def create_report(
+    client: AsyncTestClient[Any], headers: dict[str, str], body: dict[str, Any]
+) -> dict[str, Any]:
+    """POST a report that must be accepted; its JSON view."""
+    response = await post_report(client, headers, body)
+    assert response.status_code == 201, response.text
+    view: dict[str, Any] = response.json()
+    return view
+
+
+async def amend(
+    client: AsyncTestClient[Any],
+    headers: dict[str, str],
+    report_id: str,
+    body: Any,
+) -> httpx.Response:
+    return await client.post(f"{REPORTS}/{report_id}/amendments", json=body, headers=headers)
+
+
+def errors_of(response: httpx.Response) -> list[tuple[str, str]]:
+    """(field, rule) of each error in a 422 body, in order."""
+    assert response.status_code == 422, response.text
+    errors: list[dict[str, str]] = response.json()["errors"]
+    for error in errors:
+        assert set(error) == {"field", "rule", "message"}, error
+        assert error["message"], error
+    return [(e["field"], e["rule"]) for e in errors]
+
+
+async def audit_rows(
+    db: asyncpg.Connection[Any], action: str, object_id: str | None = None
+) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT * FROM audit_entries WHERE action = $1"
+        " AND ($2::text IS NULL OR object_id = $2) ORDER BY chain, seq",
+        action,
+        object_id,
+    )
+
+
+def _send_blocking(client: AsyncTestClient[Any], request: httpx.Request) -> httpx.Response:
+    response = litestar_transport.TestClientTransport(client=client).handle_request(request)
+    response.read()
+    return response
+
+
+async def send_concurrently(
+    client: AsyncTestClient[Any], requests: list[httpx.Request]
+) -> list[httpx.Response]:
+    """Send ``requests`` at once, each from its own thread; their responses in order.
+
+    AsyncTestClient hands a request to the app and blocks until it is answered, so
+    asyncio.gather over it sends one request at a time; from threads they overlap.
+    """
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        futures = [loop.run_in_executor(pool, _send_blocking, client, r) for r in requests]
+        return list(await asyncio.gather(*futures))
 
 
 def bp_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
