@@ -16,8 +16,8 @@ import pytest
 from safetyreport.alerts import limits
 from safetyreport.db.migrations import audit_migrated_rule_versions
 from tests.helpers.reports import bp_report, create_report, dissociation_report
+from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
-from tests.rule_helpers import RULES, RulesAs, Users
 from tests.test_cli import cli_env, run_cli
 
 CRISIS = "bp-hypertensive-crisis"

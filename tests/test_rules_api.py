@@ -15,8 +15,8 @@ import pytest
 
 from safetyreport.db.pool import connect
 from tests.helpers.reports import audit_rows, bp_report, create_report, send_concurrently
+from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
-from tests.rule_helpers import RULES, RulesAs, Users
 
 DEFAULT_RULES = {
     "bp-pre-dose-hold",
