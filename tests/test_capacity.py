@@ -21,10 +21,9 @@ import pytest
 
 from bench.fill_audit import append_entries
 from safetyreport.db.pool import connect
-from tests.helpers.reports import bp_report
+from tests.helpers.reports import bp_report, seed_copies
 from tests.service_helpers import ServeProcess, UserSpec, login, seed, serving
 from tests.test_escalation import eventually
-from tests.test_report_export import seed_copies
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.timeout(240)]
 

@@ -167,3 +167,29 @@ def misuse_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+_CLONE_REPORT = """
+WITH template AS (
+    SELECT r.clinic_id, r.kind, r.patient_ref, r.occurred_at, r.created_by, v.body, v.ctcae_grade
+    FROM reports r JOIN report_versions v ON v.report_id = r.id AND v.version = 1
+    WHERE r.id = $1
+), copies AS (
+    INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version, created_by)
+    SELECT gen_random_uuid(), t.clinic_id, t.kind, t.patient_ref,
+           t.occurred_at + i * interval '1 minute', 1, t.created_by
+    FROM template t, generate_series(1, $2) AS i
+    RETURNING id, occurred_at
+)
+INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)
+SELECT c.id, 1,
+       jsonb_set(t.body, '{occurred_at}',
+                 to_jsonb(to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))),
+       t.ctcae_grade, t.created_by
+FROM copies c CROSS JOIN template t
+"""
+
+
+async def seed_copies(db: asyncpg.Connection[Any], report_id: str, copies: int) -> None:
+    """``copies`` more reports like ``report_id``, a minute apart after it, in one statement."""
+    await db.execute(_CLONE_REPORT, uuid.UUID(report_id), copies)
