@@ -25,8 +25,8 @@ from safetyreport.front_door import host_allowed, host_name
 from safetyreport.settings import Settings, SettingsError
 from safetyreport.web.assets import CONTENT_SECURITY_POLICY, STATIC_DIR
 from tests.helpers.reports import bp_report
+from tests.helpers.web import form_login
 from tests.helpers.world import PASSWORD, World
-from tests.test_web_security import form_login
 
 OUR_HOST = "testserver.local"
 # Endless (the event stream): never answers HTML and would not end.
