@@ -21,9 +21,9 @@ from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect
 from safetyreport.settings import APP_DB_ROLE, Settings
+from tests.helpers.processes import cli_env, run_cli
 from tests.helpers.reports import bp_report
 from tests.helpers.world import PASSWORD, World
-from tests.test_cli import cli_env, run_cli
 
 Headers = dict[str, str]
 

@@ -21,9 +21,9 @@ from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.signing import DEFAULT_KEY_FILE, SigningKeyError, load_signer
 from safetyreport.db.pool import connect
 from safetyreport.settings import AuditSettings, Settings
+from tests.helpers.processes import CliResult, cli_env, run_cli
 from tests.helpers.reports import bp_report, post_report
 from tests.helpers.world import World
-from tests.test_cli import CliResult, cli_env, run_cli
 from tests.test_escalation import eventually
 
 CHECKPOINTS = "/api/v1/audit/checkpoints"

@@ -24,9 +24,9 @@ from safetyreport.audit import offline, verify_chains
 from safetyreport.audit.routes import VERIFIER_SCRIPT
 from safetyreport.csvsafe import neutralise
 from safetyreport.settings import Settings
+from tests.helpers.processes import cli_env, run_cli, serving
 from tests.helpers.reports import bp_report, post_report
 from tests.helpers.world import PASSWORD, World
-from tests.test_cli import cli_env, run_cli, serving
 from tests.test_escalation import eventually
 
 EXPORT = "/api/v1/audit/export"
@@ -577,7 +577,7 @@ async def test_an_abandoned_export_is_recorded_as_incomplete(
     await world.user("audrey", "auditor", all_clinics=True)
     await append_entries(world.db, "clinic:C1", 60_000)
     async with (
-        serving(database_url, tmp_path, demo=False) as served,
+        serving(database_url, tmp_path, data_dir=tmp_path / "data") as served,
         httpx.AsyncClient(base_url=served.base_url, timeout=30) as http,
     ):
         login = await http.post(

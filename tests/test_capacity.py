@@ -21,8 +21,9 @@ import pytest
 
 from bench.fill_audit import append_entries
 from safetyreport.db.pool import connect
+from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report, seed_copies
-from tests.service_helpers import ServeProcess, UserSpec, login, seed, serving
+from tests.helpers.service import UserSpec, login, seed
 from tests.test_escalation import eventually
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.timeout(240)]

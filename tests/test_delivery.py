@@ -149,7 +149,7 @@ def without_sender(settings: Settings) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan (and so its sender) on this test's event loop."""
     app = create_app(settings)
     transport = httpx.ASGITransport(app=cast("Any", app))
@@ -270,7 +270,7 @@ async def test_delivers_one_signed_post_with_the_alert_payload(
     db: asyncpg.Connection[Any], settings: Settings, receiver: Receiver
 ) -> None:
     await seed(db)
-    async with serving(with_webhooks(settings, receiver.url + "/hook")) as http:
+    async with running_app(with_webhooks(settings, receiver.url + "/hook")) as http:
         alert_id = await raise_alert(http, db)
         await eventually(all_in(db, "delivered"))
 
@@ -307,7 +307,7 @@ async def test_a_server_error_is_retried_and_delivered_once(
 ) -> None:
     receiver.statuses = [500]
     await seed(db)
-    async with serving(with_webhooks(settings, receiver.url)) as http:
+    async with running_app(with_webhooks(settings, receiver.url)) as http:
         await raise_alert(http, db)
         await eventually(all_in(db, "delivered"))
 
@@ -323,7 +323,7 @@ async def test_an_unreachable_receiver_fails_after_the_last_attempt(
     db: asyncpg.Connection[Any], settings: Settings
 ) -> None:
     await seed(db)
-    async with serving(with_webhooks(settings, closed_port_url(), max_attempts=3)) as http:
+    async with running_app(with_webhooks(settings, closed_port_url(), max_attempts=3)) as http:
         await raise_alert(http, db)
         await eventually(all_in(db, "failed"))
 
@@ -345,7 +345,7 @@ async def test_a_sender_started_later_delivers_what_was_committed_once(
 ) -> None:
     await seed(db)
     configured = with_webhooks(settings, receiver.url)
-    async with serving(without_sender(configured)) as http:
+    async with running_app(without_sender(configured)) as http:
         await raise_alert(http, db, "PT-001")
         [pending] = await notifications(db)
         assert (pending["status"], pending["attempts"]) == ("pending", 0)
@@ -374,7 +374,7 @@ async def test_a_claim_whose_sender_died_is_sent_after_the_lease(
 ) -> None:
     await seed(db)
     configured = with_webhooks(settings, receiver.url)
-    async with serving(without_sender(configured)) as http:
+    async with running_app(without_sender(configured)) as http:
         await raise_alert(http, db)
     # A sender claims the row, then dies before posting it.
     pool = await create_pool(app_url(settings, database_url), max_size=1)
@@ -406,7 +406,7 @@ async def test_two_senders_deliver_each_notification_exactly_once(
     await seed(db)
     # 13 crises (and a cluster alert) to two webhooks: more rows than a round claims.
     configured = with_webhooks(settings, receiver.url + "/a", receiver.url + "/b")
-    async with serving(without_sender(configured)) as http:
+    async with running_app(without_sender(configured)) as http:
         await raise_alerts(http, db, *(f"PT-{i:03d}" for i in range(13)))
     rows = await notifications(db)
     assert len(rows) > BATCH_SIZE
@@ -439,7 +439,7 @@ async def test_the_sender_survives_database_errors(
     log = logging.getLogger("safetyreport.alerts.delivery")
     log.addHandler(handler)
     try:
-        async with serving(without_sender(configured)) as http:
+        async with running_app(without_sender(configured)) as http:
             await raise_alert(http, db)
         # Claims now fail in the database, every round.
         await db.execute(f"REVOKE UPDATE ON notifications FROM {APP_DB_ROLE}")
@@ -480,7 +480,7 @@ async def test_admins_read_the_ledger_and_reading_is_audited(
     receiver.statuses = [503]
     await seed(db)
     configured = with_webhooks(settings, receiver.url + "/a", receiver.url + "/b")
-    async with serving(configured) as http:
+    async with running_app(configured) as http:
         alert_id = await raise_alert(http, db)
         await eventually(all_in(db, "delivered", count=2))
         admin = await login(http, "adam")
@@ -560,7 +560,7 @@ async def test_credentials_in_webhook_urls_are_masked_in_the_ledger(
     dead_port = closed_port_url().replace("://", "://deaduser:deadpass@") + "?key=k3y"
     configured = with_webhooks(settings, secret_url, dead_port, max_attempts=1)
     await seed(db)
-    async with serving(configured) as http:
+    async with running_app(configured) as http:
         await raise_alert(http, db)
         await eventually(all_in_any_final(db, count=2))
         admin = await login(http, "adam")

@@ -27,10 +27,9 @@ from safetyreport.audit import verify_chains
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect, create_pool
 from safetyreport.settings import AlertSettings, Settings
+from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report, create_report, dissociation_report
 from tests.helpers.world import World
-from tests.test_cli import Served
-from tests.test_cli import serving as cli_serving
 
 Headers = dict[str, str]
 CRISIS = "bp-hypertensive-crisis"
@@ -469,12 +468,12 @@ async def test_run_escalation_keeps_going_after_a_database_error(
 # --- two service processes -------------------------------------------------------------
 
 
-def serving(
+def escalating_service(
     database_url: str, tmp_path: Path, name: str
-) -> contextlib.AbstractAsyncContextManager[Served]:
+) -> contextlib.AbstractAsyncContextManager[ServeProcess]:
     """``safetyreport serve`` (no demo data) escalating every second."""
     every_second = {"SAFETYREPORT_ESCALATION_INTERVAL_SECONDS": "1"}
-    return cli_serving(database_url, tmp_path, name, demo=False, env=every_second)
+    return serving(database_url, tmp_path, name, env=every_second, data_dir=tmp_path / "data")
 
 
 @pytest.mark.timeout(90)
@@ -488,8 +487,8 @@ async def test_two_service_processes_escalate_each_alert_exactly_once(
     for i in range(8):
         await raise_alert(client, db, nurse, crisis(f"PT-{i:03d}", clinic=f"C{1 + i % 2}"))
     async with (
-        serving(database_url, tmp_path, "first") as first,
-        serving(database_url, tmp_path, "second") as second,
+        escalating_service(database_url, tmp_path, "first") as first,
+        escalating_service(database_url, tmp_path, "second") as second,
     ):
         await db.execute("UPDATE alerts SET ack_deadline = now() - interval '1 minute'")
 

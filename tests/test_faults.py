@@ -46,8 +46,9 @@ from safetyreport.db.migrations import migrate
 from safetyreport.db.pool import connect
 from safetyreport.settings import Settings
 from tests.helpers.postgres import with_database
+from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report
-from tests.service_helpers import ServeProcess, UserSpec, login, seed, serving
+from tests.helpers.service import UserSpec, login, seed
 
 # Slow, whole-process tests: CI runs them once (see pyproject.toml and .ci/run).
 pytestmark = pytest.mark.end_to_end

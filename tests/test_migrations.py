@@ -21,7 +21,7 @@ from safetyreport.db.pool import connect
 from safetyreport.errors import ServiceUnavailable
 from safetyreport.settings import DatabaseSettings, Settings
 from tests.helpers.postgres import with_database
-from tests.test_cli import CliResult, cli_env, run_cli
+from tests.helpers.processes import CliResult, cli_env, run_cli
 
 
 @pytest.fixture

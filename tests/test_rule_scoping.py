@@ -15,10 +15,10 @@ import pytest
 
 from safetyreport.alerts import limits
 from safetyreport.db.migrations import audit_migrated_rule_versions
+from tests.helpers.processes import cli_env, run_cli
 from tests.helpers.reports import bp_report, create_report, dissociation_report
 from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
-from tests.test_cli import cli_env, run_cli
 
 CRISIS = "bp-hypertensive-crisis"
 RESP = "respiratory-depression"

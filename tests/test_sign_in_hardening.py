@@ -27,8 +27,8 @@ from safetyreport.auth.ratelimit import TokenBuckets
 from safetyreport.auth.users import add_user
 from safetyreport.errors import ValidationFailed
 from safetyreport.settings import Settings
+from tests.helpers.processes import cli_env, run_cli
 from tests.helpers.world import PASSWORD, World
-from tests.test_cli import cli_env, run_cli
 
 LOGIN = "/api/v1/auth/login"
 LOCKOUTS = "/api/v1/auth/lockouts"

@@ -40,9 +40,9 @@ from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.pool import connect
 from tests.helpers.postgres import Databases, with_database
+from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report
 from tests.helpers.world import PASSWORD
-from tests.test_cli import Served, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -121,12 +121,10 @@ async def web_database(server_url: str, databases: Databases) -> AsyncIterator[s
 @pytest.fixture(scope="module")
 async def served(
     web_database: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Served]:
+) -> AsyncIterator[ServeProcess]:
     # The lock-out test signs in "from" many addresses: the test is the trusted proxy.
     proxy = {"SAFETYREPORT_TRUSTED_PROXIES": "127.0.0.1"}
-    async with serving(
-        web_database, tmp_path_factory.mktemp("web"), "web", demo=False, env=proxy
-    ) as s:
+    async with serving(web_database, tmp_path_factory.mktemp("web"), "web", env=proxy) as s:
         yield s
 
 
@@ -162,7 +160,7 @@ def watch(ctx: BrowserContext) -> list[str]:
 
 
 @pytest.fixture
-async def context(browser: Browser, served: Served) -> AsyncIterator[BrowserContext]:
+async def context(browser: Browser, served: ServeProcess) -> AsyncIterator[BrowserContext]:
     """A fresh browser profile; fails the test on any script error or CSP violation."""
     ctx = await browser.new_context(
         base_url=served.base_url,
@@ -221,7 +219,7 @@ async def count_reports(db: asyncpg.Connection[Any], *patients: str) -> int:
     return count
 
 
-async def api_token(served: Served, username: str) -> str:
+async def api_token(served: ServeProcess, username: str) -> str:
     async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
         response = await http.post(
             "/api/v1/auth/login", json={"username": username, "password": PASSWORD}
@@ -231,7 +229,7 @@ async def api_token(served: Served, username: str) -> str:
         return token
 
 
-async def api_report(served: Served, body: dict[str, Any]) -> dict[str, Any]:
+async def api_report(served: ServeProcess, body: dict[str, Any]) -> dict[str, Any]:
     """Submit a report through the API, as another tablet would."""
     token = await api_token(served, NURSE)
     async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
@@ -420,7 +418,7 @@ async def test_reports_made_offline_arrive_exactly_once_when_back_online(
 
 
 async def test_a_lost_answer_is_retried_with_the_same_key_and_stores_one_report(
-    browser: Browser, served: Served, db: asyncpg.Connection[Any]
+    browser: Browser, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     """The server stores the report but the tablet never hears back; its retry (same
     Idempotency-Key) gets the stored answer replayed, and no second report exists."""
@@ -460,7 +458,7 @@ async def test_a_lost_answer_is_retried_with_the_same_key_and_stores_one_report(
 
 
 async def test_nurse_amends_a_report_with_a_reason(
-    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     ref = patient("AM")
     created = await api_report(served, bp_report("C1", patient_ref=ref, systolic=150))
@@ -488,7 +486,7 @@ async def test_nurse_amends_a_report_with_a_reason(
 
 
 async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
-    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     page = await sign_in(context, OFFICER)
     await expect(page.locator("#stream-status")).to_have_attribute("data-state", "live")
@@ -630,7 +628,7 @@ async def check_and_capture(page: Page, name: str) -> None:
 
 
 async def test_keyboard_sign_in_and_screenshots_of_every_page(
-    browser: Browser, served: Served
+    browser: Browser, served: ServeProcess
 ) -> None:
     ref = patient("SHOT")
     report = await api_report(served, bp_report("C1", patient_ref=ref, systolic=186))
@@ -850,7 +848,7 @@ async def test_idle_expiry_forgets_the_kept_pages_and_leaves_the_page(
 
 
 async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
-    context: BrowserContext, served: Served
+    context: BrowserContext, served: ServeProcess
 ) -> None:
     page = await context.new_page()
     elsewhere: list[str] = []
@@ -959,7 +957,7 @@ async def test_an_officer_who_lands_on_the_alerts_has_her_waiting_reports_sent_t
 
 
 async def test_an_admin_sees_the_sign_in_lock_outs_on_her_alerts_page_an_officer_does_not(
-    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     admin, victim = "alma", "vick"
     await add_staff(db, "C1", (admin, "admin"), (victim, "nurse"))
