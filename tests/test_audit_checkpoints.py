@@ -23,8 +23,8 @@ from safetyreport.db.pool import connect
 from safetyreport.settings import AuditSettings, Settings
 from tests.helpers.processes import CliResult, cli_env, run_cli
 from tests.helpers.reports import bp_report, post_report
+from tests.helpers.waiting import eventually
 from tests.helpers.world import World
-from tests.test_escalation import eventually
 
 CHECKPOINTS = "/api/v1/audit/checkpoints"
 Headers = dict[str, str]

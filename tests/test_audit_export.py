@@ -26,8 +26,8 @@ from safetyreport.csvsafe import neutralise
 from safetyreport.settings import Settings
 from tests.helpers.processes import cli_env, run_cli, serving
 from tests.helpers.reports import bp_report, post_report
+from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD, World
-from tests.test_escalation import eventually
 
 EXPORT = "/api/v1/audit/export"
 Headers = dict[str, str]

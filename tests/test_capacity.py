@@ -24,7 +24,7 @@ from safetyreport.db.pool import connect
 from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report, seed_copies
 from tests.helpers.service import UserSpec, login, seed
-from tests.test_escalation import eventually
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.timeout(240)]
 

@@ -35,6 +35,7 @@ from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import create_pool
 from safetyreport.settings import APP_DB_ROLE, Settings
 from tests.helpers.reports import bp_report
+from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
 SECRET = "delivery-test-secret-of-32-bytes+"
@@ -232,16 +233,6 @@ async def raise_alert(
 # --- waiting and reading the ledger ----------------------------------------------------
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    async def poll() -> None:
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), WAIT_SECONDS)
-
-
 async def notifications(db: asyncpg.Connection[Any]) -> list[asyncpg.Record]:
     return await db.fetch("SELECT * FROM notifications ORDER BY created_at, id")
 
@@ -272,7 +263,7 @@ async def test_delivers_one_signed_post_with_the_alert_payload(
     await seed(db)
     async with running_app(with_webhooks(settings, receiver.url + "/hook")) as http:
         alert_id = await raise_alert(http, db)
-        await eventually(all_in(db, "delivered"))
+        await eventually(all_in(db, "delivered"), "the notification to be delivered")
 
     [row] = await notifications(db)
     assert (row["alert_id"], row["event"], row["channel"]) == (alert_id, "opened", "webhook")
@@ -309,7 +300,7 @@ async def test_a_server_error_is_retried_and_delivered_once(
     await seed(db)
     async with running_app(with_webhooks(settings, receiver.url)) as http:
         await raise_alert(http, db)
-        await eventually(all_in(db, "delivered"))
+        await eventually(all_in(db, "delivered"), "the notification to be delivered")
 
     [row] = await notifications(db)
     assert row["attempts"] == 2
@@ -325,7 +316,7 @@ async def test_an_unreachable_receiver_fails_after_the_last_attempt(
     await seed(db)
     async with running_app(with_webhooks(settings, closed_port_url(), max_attempts=3)) as http:
         await raise_alert(http, db)
-        await eventually(all_in(db, "failed"))
+        await eventually(all_in(db, "failed"), "the notification to fail")
 
     [row] = await notifications(db)
     assert row["attempts"] == 3
@@ -352,14 +343,14 @@ async def test_a_sender_started_later_delivers_what_was_committed_once(
         assert receiver.requests() == []
 
         async with sender(configured, database_url):
-            await eventually(all_in(db, "delivered"))
+            await eventually(all_in(db, "delivered"), "the notification to be delivered")
         assert [r.notification_id for r in receiver.requests()] == [str(pending["id"])]
 
         # Another sender starts: it delivers the new alert's notification and never
         # the one already acknowledged.
         async with sender(configured, database_url):
             await raise_alert(http, db, "PT-002")
-            await eventually(all_in(db, "delivered", count=2))
+            await eventually(all_in(db, "delivered", count=2), "both notifications to be delivered")
 
     ids = [r.notification_id for r in receiver.requests()]
     assert len(ids) == 2
@@ -394,7 +385,7 @@ async def test_a_claim_whose_sender_died_is_sent_after_the_lease(
     await db.execute("UPDATE notifications SET next_attempt_at = now()")
 
     async with sender(configured, database_url):
-        await eventually(all_in(db, "delivered"))
+        await eventually(all_in(db, "delivered"), "the notification to be delivered")
 
     assert [r.notification_id for r in receiver.requests()] == [str(claimed.id)]
     assert [a["status_code"] for a in await attempts_of(db, claimed.id)] == [200]
@@ -412,7 +403,9 @@ async def test_two_senders_deliver_each_notification_exactly_once(
     assert len(rows) > BATCH_SIZE
 
     async with sender(configured, database_url), sender(configured, database_url):
-        await eventually(all_in(db, "delivered", count=len(rows)))
+        await eventually(
+            all_in(db, "delivered", count=len(rows)), "every notification to be delivered"
+        )
 
     received = Counter((r.path, r.notification_id) for r in receiver.requests())
     assert received == Counter({(f"/{r['target'][-1]}", str(r["id"])): 1 for r in rows})
@@ -448,9 +441,9 @@ async def test_the_sender_survives_database_errors(
             async def warned() -> bool:
                 return any("permission denied" in r.getMessage() for r in handler.records)
 
-            await eventually(warned)
+            await eventually(warned, "the warning about the missing privilege")
             await db.execute(f"GRANT UPDATE ON notifications TO {APP_DB_ROLE}")
-            await eventually(all_in(db, "delivered"))
+            await eventually(all_in(db, "delivered"), "the notification to be delivered")
     finally:
         log.removeHandler(handler)
     assert len(receiver.requests()) == 1
@@ -482,7 +475,7 @@ async def test_admins_read_the_ledger_and_reading_is_audited(
     configured = with_webhooks(settings, receiver.url + "/a", receiver.url + "/b")
     async with running_app(configured) as http:
         alert_id = await raise_alert(http, db)
-        await eventually(all_in(db, "delivered", count=2))
+        await eventually(all_in(db, "delivered", count=2), "both notifications to be delivered")
         admin = await login(http, "adam")
         nurse = await login(http, "nina")
 
@@ -562,7 +555,7 @@ async def test_credentials_in_webhook_urls_are_masked_in_the_ledger(
     await seed(db)
     async with running_app(configured) as http:
         await raise_alert(http, db)
-        await eventually(all_in_any_final(db, count=2))
+        await eventually(all_in_any_final(db, count=2), "both notifications to be settled")
         admin = await login(http, "adam")
         listed = await http.get("/api/v1/notifications", headers=admin)
         details = [

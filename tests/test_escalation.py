@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,13 +29,12 @@ from safetyreport.db.pool import connect, create_pool
 from safetyreport.settings import AlertSettings, Settings
 from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report, create_report, dissociation_report
+from tests.helpers.waiting import WAIT_SECONDS, eventually
 from tests.helpers.world import World
 
 Headers = dict[str, str]
 CRISIS = "bp-hypertensive-crisis"
 WEBHOOK = "http://127.0.0.1:9/hook"
-# Bound on every wait for something the service does by itself.
-WAIT_SECONDS = 30.0
 
 
 @pytest.fixture
@@ -113,17 +112,6 @@ async def escalations(db: asyncpg.Connection[Any], alert_id: uuid.UUID) -> list[
 async def db_now(db: asyncpg.Connection[Any]) -> datetime:
     now: datetime = await db.fetchval("SELECT now()")
     return now
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until it holds; fail after WAIT_SECONDS."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
-    while loop.time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 async def escalation_counts(db: asyncpg.Connection[Any]) -> dict[uuid.UUID, tuple[int, int]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from safetyreport.db.pool import connect
 from tests.helpers.postgres import Databases, with_database
 from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report
+from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,9 +58,8 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 VIEWPORTS = {"1024x768": (1024, 768), "768x1024": (768, 1024)}
-# Bounds for waiting on the page and on the database; never a fixed sleep.
+# Bound for waiting on the page (on the database: helpers.waiting); never a fixed sleep.
 WAIT_MS = 15_000
-DB_WAIT_SECONDS = 15.0
 
 pytestmark = [
     pytest.mark.end_to_end,
@@ -200,16 +200,6 @@ async def sign_in(context: BrowserContext, username: str) -> Page:
     await page.get_by_role("button", name="Sign in").click()
     await expect(page).to_have_url(re.compile(r"/(report|alerts|audit)$"))
     return page
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait (bounded) until ``check`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DB_WAIT_SECONDS
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def count_reports(db: asyncpg.Connection[Any], *patients: str) -> int:
