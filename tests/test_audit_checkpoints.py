@@ -249,6 +249,7 @@ async def test_latest_checkpoints_are_scoped_to_the_users_clinics(
     assert (await world.client.get(CHECKPOINTS, headers=trail.nurse)).status_code == 403
 
 
+@pytest.mark.end_to_end
 async def test_an_export_proves_the_chain_only_grew_since_a_checkpoint(
     world: World, trail: Trail, tmp_path: Path
 ) -> None:
@@ -346,6 +347,7 @@ async def rewrite_chain_from(db: asyncpg.Connection[Any], chain: str, seq: int) 
         await db.execute("RESET session_replication_role")
 
 
+@pytest.mark.end_to_end
 async def test_a_consistently_rewritten_chain_is_caught_by_an_older_checkpoint(
     world: World, trail: Trail, tmp_path: Path
 ) -> None:
@@ -376,6 +378,7 @@ async def test_a_consistently_rewritten_chain_is_caught_by_an_older_checkpoint(
     )
 
 
+@pytest.mark.end_to_end
 async def test_live_verification_with_a_checkpoint_passes_when_untouched(
     world: World, trail: Trail, tmp_path: Path
 ) -> None:

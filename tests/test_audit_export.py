@@ -394,6 +394,7 @@ async def save_for_offline(
     return export_file, key_file
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize(("tamper", "problem"), TAMPERING)
 async def test_tampered_exports_fail_naming_what_broke(
     world: World, setup: Setup, tmp_path: Path, tamper: Callable[[bytes], bytes], problem: str
@@ -422,6 +423,7 @@ async def test_tampered_exports_fail_naming_what_broke(
     assert problem in script.stdout
 
 
+@pytest.mark.end_to_end
 async def test_untouched_export_passes_cli_script_and_upload(
     world: World, setup: Setup, tmp_path: Path
 ) -> None:
@@ -568,6 +570,7 @@ async def test_a_large_export_streams_in_batches_and_verifies(world: World, setu
 # --- a client that goes away ------------------------------------------------------------
 
 
+@pytest.mark.end_to_end
 @pytest.mark.timeout(90)
 async def test_an_abandoned_export_is_recorded_as_incomplete(
     database_url: str, tmp_path: Path, world: World

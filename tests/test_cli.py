@@ -19,6 +19,8 @@ import pytest
 from tests.helpers.processes import SUBPROCESS_SECONDS, cli_args, cli_env, run_cli, serving
 from tests.helpers.world import World
 
+pytestmark = pytest.mark.end_to_end
+
 NORA_PASSWORD = "she-has-a-long-passphrase"
 
 

@@ -464,6 +464,7 @@ def escalating_service(
     return serving(database_url, tmp_path, name, env=every_second, data_dir=tmp_path / "data")
 
 
+@pytest.mark.end_to_end
 @pytest.mark.timeout(90)
 async def test_two_service_processes_escalate_each_alert_exactly_once(
     client: AsyncTestClient[Any],

@@ -121,6 +121,7 @@ async def test_failed_migration_leaves_nothing_behind(empty_url: str, tmp_path: 
         await conn.close()
 
 
+@pytest.mark.end_to_end
 async def test_concurrent_cli_migrations_apply_each_file_once(
     empty_url: str, tmp_path: Path
 ) -> None:

@@ -448,6 +448,7 @@ async def test_enabled_rules_per_clinic_are_limited(s: Scoped) -> None:
 # --- rule changes that arrive by migration ---------------------------------------------
 
 
+@pytest.mark.end_to_end
 async def test_the_migrate_command_records_rule_versions_from_migrations_once(
     s: Scoped, database_url: str, tmp_path: Any
 ) -> None:

@@ -611,6 +611,7 @@ async def test_no_token_gets_401(live: Live) -> None:
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize(
     "first", ["safetyreport.state", "safetyreport.auth.http", "safetyreport.alerts.stream"]
 )
