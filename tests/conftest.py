@@ -1,9 +1,9 @@
 """Test fixtures: a real PostgreSQL for every test, a fresh database per test.
 
 With DATABASE_URL set, databases are created on that server; otherwise an embedded
-PostgreSQL runs in a temporary folder for the session. Migrations run once into a
-template database; each test gets its own copy, so tests never see each other's rows
-(the audit trail cannot be truncated, by design).
+PostgreSQL runs in a temporary folder for the session (each xdist worker its own).
+Migrations run once into a template database; each test gets its own copy, so tests
+never see each other's rows (the audit trail cannot be truncated, by design).
 
 The app under test builds its own pool in its lifespan (AsyncTestClient may run it on
 another event loop); tests use their own owner connection (``db``) to seed and assert.
@@ -24,22 +24,35 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from safetyreport.app import create_app
-from safetyreport.db.embedded import embedded_owner_url
 from safetyreport.db.migrations import migrate
 from safetyreport.db.pool import connect
 from safetyreport.settings import DatabaseSettings, Settings
-from tests.helpers.postgres import Databases, admin, with_database
+from tests.helpers.postgres import (
+    Databases,
+    admin,
+    embedded_server,
+    folder_outside_pytest_temp,
+    with_database,
+)
 from tests.helpers.world import World
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Owner URL of the PostgreSQL server the whole session uses."""
+def server_url() -> Iterator[str]:
+    """Owner URL of the PostgreSQL server the whole session (each xdist worker) uses."""
     external = os.environ.get("DATABASE_URL")
     if external:
         yield external
         return
-    yield embedded_owner_url(tmp_path_factory.mktemp("embedded-pg"))
+    with embedded_server() as url:
+        yield url
+
+
+@pytest.fixture
+def embedded_data_dir() -> Iterator[Path]:
+    """A data folder for an embedded PostgreSQL the test starts (not under tmp_path)."""
+    with folder_outside_pytest_temp() as folder:
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -189,12 +189,14 @@ async def test_serve_exits_with_zero_on_sigterm(database_url: str, tmp_path: Pat
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("workers", ["1", "2"])
-async def test_sigterm_stops_the_embedded_postgres_too(tmp_path: Path, workers: str) -> None:
+async def test_sigterm_stops_the_embedded_postgres_too(
+    tmp_path: Path, embedded_data_dir: Path, workers: str
+) -> None:
     """SIGTERM ends serve normally, so the embedded server it started is stopped too."""
     async with serving(
-        None, tmp_path, "embedded", "--demo", workers=int(workers), data_dir=tmp_path / "data"
+        None, tmp_path, "embedded", "--demo", workers=int(workers), data_dir=embedded_data_dir
     ) as served:
-        postmaster_pid = tmp_path / "data" / "pgdata" / "postmaster.pid"
+        postmaster_pid = embedded_data_dir / "pgdata" / "postmaster.pid"
         assert postmaster_pid.exists()
         assert await served.terminate() == 0, served.stderr()
     assert not postmaster_pid.exists(), "the embedded PostgreSQL is still running"
@@ -244,8 +246,10 @@ async def test_serve_demo_twice_keeps_one_copy_of_the_demo_data(
 
 
 @pytest.mark.timeout(60)
-async def test_migrate_on_embedded_postgres_creates_then_reuses_data(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_migrate_on_embedded_postgres_creates_then_reuses_data(
+    embedded_data_dir: Path,
+) -> None:
+    data_dir = embedded_data_dir
     env = cli_env(None, data_dir)
 
     first = await run_cli("migrate", env=env)

@@ -478,8 +478,10 @@ async def assert_unavailable(base_url: str, headers: dict[str, str]) -> None:
 
 
 @pytest.mark.timeout(150)
-async def test_database_killed_mid_load_service_answers_503_and_recovers(tmp_path: Path) -> None:
-    async with private_postgres(tmp_path / "postgres") as postgres:
+async def test_database_killed_mid_load_service_answers_503_and_recovers(
+    tmp_path: Path, embedded_data_dir: Path
+) -> None:
+    async with private_postgres(embedded_data_dir) as postgres:
         url = with_database(postgres.url, "safetyreport")
         admin = await connect(postgres.url)
         try:

