@@ -22,8 +22,16 @@ from litestar.testing import AsyncTestClient
 
 from safetyreport.auth.users import Role
 from safetyreport.db.pool import connect
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
-from tests.report_helpers import audit_rows, create_report, errors_of, send_concurrently
+from tests.helpers.reports import (
+    audit_rows,
+    bp_report,
+    create_report,
+    dissociation_report,
+    errors_of,
+    misuse_report,
+    send_concurrently,
+)
+from tests.helpers.world import World
 
 ALERTS = "/api/v1/alerts"
 CRISIS = "bp-hypertensive-crisis"

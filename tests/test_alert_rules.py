@@ -14,17 +14,20 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
-from tests.report_helpers import (
+from tests.helpers.reports import (
     NOTHING,
     Stored,
     amend,
     audit_rows,
+    bp_report,
     create_report,
+    dissociation_report,
+    misuse_report,
     new_key,
     post_report,
     stored,
 )
+from tests.helpers.world import World
 
 # Severity of each default rule, as the rules table in domain.md gives it.
 SEVERITY = {

@@ -21,8 +21,9 @@ from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect
 from safetyreport.settings import APP_DB_ROLE, Settings
-from tests.conftest import PASSWORD, World, bp_report
-from tests.test_cli import cli_env, run_cli
+from tests.helpers.processes import cli_env, run_cli
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD, World
 
 Headers = dict[str, str]
 
@@ -357,6 +358,7 @@ def broken_chain(chains: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(c for c in chains if c["chain"] == name)
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize(("tamper", "seq", "problem"), TAMPERING)
 async def test_tampering_is_detected_and_the_entry_named(
     world: World, trail: Trail, tamper: Tamper, seq: int, problem: str
@@ -391,6 +393,7 @@ async def test_tampering_is_detected_and_the_entry_named(
     assert "FAILED" in result.stdout
 
 
+@pytest.mark.end_to_end
 async def test_untouched_trail_verifies_everywhere(world: World, trail: Trail) -> None:
     assert (await verify_chains(world.db)).ok
     response = await world.client.get("/api/v1/audit/verify", headers=trail.auditor)
@@ -408,6 +411,7 @@ async def test_untouched_trail_verifies_everywhere(world: World, trail: Trail) -
     assert json.loads(as_json.stdout)["ok"] is True
 
 
+@pytest.mark.end_to_end
 async def test_cli_verify_json_reports_the_break(world: World, trail: Trail) -> None:
     await alter_details(world.db)
     result = await run_cli("audit", "verify", "--json", env=trail.env)

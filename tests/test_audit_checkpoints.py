@@ -21,10 +21,10 @@ from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.signing import DEFAULT_KEY_FILE, SigningKeyError, load_signer
 from safetyreport.db.pool import connect
 from safetyreport.settings import AuditSettings, Settings
-from tests.conftest import World, bp_report
-from tests.report_helpers import post_report
-from tests.test_cli import CliResult, cli_env, run_cli
-from tests.test_escalation import eventually
+from tests.helpers.processes import CliResult, cli_env, run_cli
+from tests.helpers.reports import bp_report, post_report
+from tests.helpers.waiting import eventually
+from tests.helpers.world import World
 
 CHECKPOINTS = "/api/v1/audit/checkpoints"
 Headers = dict[str, str]
@@ -249,6 +249,7 @@ async def test_latest_checkpoints_are_scoped_to_the_users_clinics(
     assert (await world.client.get(CHECKPOINTS, headers=trail.nurse)).status_code == 403
 
 
+@pytest.mark.end_to_end
 async def test_an_export_proves_the_chain_only_grew_since_a_checkpoint(
     world: World, trail: Trail, tmp_path: Path
 ) -> None:
@@ -346,6 +347,7 @@ async def rewrite_chain_from(db: asyncpg.Connection[Any], chain: str, seq: int) 
         await db.execute("RESET session_replication_role")
 
 
+@pytest.mark.end_to_end
 async def test_a_consistently_rewritten_chain_is_caught_by_an_older_checkpoint(
     world: World, trail: Trail, tmp_path: Path
 ) -> None:
@@ -376,6 +378,7 @@ async def test_a_consistently_rewritten_chain_is_caught_by_an_older_checkpoint(
     )
 
 
+@pytest.mark.end_to_end
 async def test_live_verification_with_a_checkpoint_passes_when_untouched(
     world: World, trail: Trail, tmp_path: Path
 ) -> None:

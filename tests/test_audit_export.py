@@ -24,10 +24,10 @@ from safetyreport.audit import offline, verify_chains
 from safetyreport.audit.routes import VERIFIER_SCRIPT
 from safetyreport.csvsafe import neutralise
 from safetyreport.settings import Settings
-from tests.conftest import PASSWORD, World, bp_report
-from tests.report_helpers import post_report
-from tests.test_cli import cli_env, run_cli, serving
-from tests.test_escalation import eventually
+from tests.helpers.processes import cli_env, run_cli, serving
+from tests.helpers.reports import bp_report, post_report
+from tests.helpers.waiting import eventually
+from tests.helpers.world import PASSWORD, World
 
 EXPORT = "/api/v1/audit/export"
 Headers = dict[str, str]
@@ -394,6 +394,7 @@ async def save_for_offline(
     return export_file, key_file
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize(("tamper", "problem"), TAMPERING)
 async def test_tampered_exports_fail_naming_what_broke(
     world: World, setup: Setup, tmp_path: Path, tamper: Callable[[bytes], bytes], problem: str
@@ -422,6 +423,7 @@ async def test_tampered_exports_fail_naming_what_broke(
     assert problem in script.stdout
 
 
+@pytest.mark.end_to_end
 async def test_untouched_export_passes_cli_script_and_upload(
     world: World, setup: Setup, tmp_path: Path
 ) -> None:
@@ -568,6 +570,7 @@ async def test_a_large_export_streams_in_batches_and_verifies(world: World, setu
 # --- a client that goes away ------------------------------------------------------------
 
 
+@pytest.mark.end_to_end
 @pytest.mark.timeout(90)
 async def test_an_abandoned_export_is_recorded_as_incomplete(
     database_url: str, tmp_path: Path, world: World
@@ -577,7 +580,7 @@ async def test_an_abandoned_export_is_recorded_as_incomplete(
     await world.user("audrey", "auditor", all_clinics=True)
     await append_entries(world.db, "clinic:C1", 60_000)
     async with (
-        serving(database_url, tmp_path, demo=False) as served,
+        serving(database_url, tmp_path, data_dir=tmp_path / "data") as served,
         httpx.AsyncClient(base_url=served.base_url, timeout=30) as http,
     ):
         login = await http.post(

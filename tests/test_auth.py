@@ -22,7 +22,8 @@ from safetyreport.auth import passwords, throttle
 from safetyreport.auth.users import add_user
 from safetyreport.errors import ValidationFailed
 from safetyreport.settings import Settings
-from tests.conftest import PASSWORD, World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD, World
 
 T = TypeVar("T")
 

@@ -40,8 +40,9 @@ from litestar.routes import HTTPRoute
 from safetyreport.app import create_app
 from safetyreport.auth.users import Role
 from safetyreport.settings import Settings
-from tests.conftest import bp_report, misuse_report
-from tests.service_helpers import UserSpec, login, seed, serving
+from tests.helpers.processes import serving
+from tests.helpers.reports import bp_report, misuse_report
+from tests.helpers.service import UserSpec, login, seed
 
 OWN, FOREIGN = "OWN", "ZZFOREIGN"
 FOREIGN_NAME = "Foreign Secret Clinic"

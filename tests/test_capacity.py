@@ -21,10 +21,10 @@ import pytest
 
 from bench.fill_audit import append_entries
 from safetyreport.db.pool import connect
-from tests.conftest import bp_report
-from tests.service_helpers import ServeProcess, UserSpec, login, seed, serving
-from tests.test_escalation import eventually
-from tests.test_report_export import seed_copies
+from tests.helpers.processes import ServeProcess, serving
+from tests.helpers.reports import bp_report, seed_copies
+from tests.helpers.service import UserSpec, login, seed
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.timeout(240)]
 

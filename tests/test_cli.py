@@ -7,14 +7,8 @@ each: a server start, an initdb); each carries a 60 s timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import socket
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,57 +16,12 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import World
+from tests.helpers.processes import SUBPROCESS_SECONDS, cli_args, cli_env, run_cli, serving
+from tests.helpers.world import World
+
+pytestmark = pytest.mark.end_to_end
 
 NORA_PASSWORD = "she-has-a-long-passphrase"
-SUBPROCESS_TIMEOUT = 45.0
-STARTUP_TIMEOUT = 30.0
-SHUTDOWN_TIMEOUT = 20.0
-
-
-@dataclass(frozen=True, slots=True)
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def cli_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
-    """The test process's environment without any service setting, plus ours."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k != "DATABASE_URL" and not k.startswith("SAFETYREPORT_")
-    }
-    env["SAFETYREPORT_DATA_DIR"] = str(data_dir)
-    if database_url is not None:
-        env["DATABASE_URL"] = database_url
-    return env
-
-
-def cli_args(*args: str) -> list[str]:
-    return [sys.executable, "-m", "safetyreport.cli", *args]
-
-
-async def run_cli(*args: str, env: dict[str, str], stdin: str | None = None) -> CliResult:
-    """Run ``safetyreport ARGS`` to completion (killed after SUBPROCESS_TIMEOUT seconds)."""
-    proc = await asyncio.create_subprocess_exec(
-        *cli_args(*args),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(None if stdin is None else stdin.encode()), SUBPROCESS_TIMEOUT
-        )
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return CliResult(proc.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture
@@ -163,85 +112,13 @@ async def test_console_script_is_installed(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         str(script), "--help", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), SUBPROCESS_TIMEOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), SUBPROCESS_SECONDS)
     assert proc.returncode == 0
     for command in (b"serve", b"migrate", b"clinic", b"user", b"audit"):
         assert command in out
 
 
 # --- serve --demo ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass(slots=True)
-class Served:
-    proc: asyncio.subprocess.Process
-    base_url: str
-    stdout_path: Path
-    stderr_path: Path
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    async def terminate(self) -> int:
-        """SIGTERM, then wait (bounded) for the process to exit; its exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), SHUTDOWN_TIMEOUT)
-
-
-async def _wait_healthy(served: Served) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_TIMEOUT
-    async with httpx.AsyncClient(base_url=served.base_url, timeout=3) as http:
-        while loop.time() < deadline:
-            if served.proc.returncode is not None:
-                pytest.fail(f"serve exited with {served.proc.returncode}:\n{served.stderr()}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/health")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    pytest.fail(f"serve did not become healthy in {STARTUP_TIMEOUT} s:\n{served.stderr()}")
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    database_url: str | None,
-    tmp_path: Path,
-    name: str = "serve",
-    *extra: str,
-    demo: bool = True,
-    env: dict[str, str] | None = None,
-) -> AsyncIterator[Served]:
-    """``safetyreport serve [--demo]`` on a free port; killed on the way out if still running."""
-    port = free_port()
-    if demo:
-        extra = ("--demo", *extra)
-    stdout_path, stderr_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *cli_args("serve", "--port", str(port), *extra),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=cli_env(database_url, tmp_path / "data") | (env or {}),
-        )
-    served = Served(proc, f"http://127.0.0.1:{port}", stdout_path, stderr_path)
-    try:
-        await _wait_healthy(served)
-        yield served
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def request_log(stderr: str) -> list[dict[str, Any]]:
@@ -252,7 +129,9 @@ def request_log(stderr: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(60)
 async def test_serve_demo_end_to_end(database_url: str, tmp_path: Path) -> None:
-    async with serving(database_url, tmp_path) as served:
+    async with serving(
+        database_url, tmp_path, "serve", "--demo", data_dir=tmp_path / "data"
+    ) as served:
         stdout = served.stdout()
         assert f"serving on {served.base_url}" in stdout
         assert "demo data created" in stdout
@@ -302,16 +181,22 @@ async def test_serve_demo_end_to_end(database_url: str, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 async def test_serve_exits_with_zero_on_sigterm(database_url: str, tmp_path: Path) -> None:
-    async with serving(database_url, tmp_path) as served:
+    async with serving(
+        database_url, tmp_path, "serve", "--demo", data_dir=tmp_path / "data"
+    ) as served:
         assert await served.terminate() == 0, served.stderr()
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("workers", ["1", "2"])
-async def test_sigterm_stops_the_embedded_postgres_too(tmp_path: Path, workers: str) -> None:
+async def test_sigterm_stops_the_embedded_postgres_too(
+    tmp_path: Path, embedded_data_dir: Path, workers: str
+) -> None:
     """SIGTERM ends serve normally, so the embedded server it started is stopped too."""
-    async with serving(None, tmp_path, "embedded", "--workers", workers) as served:
-        postmaster_pid = tmp_path / "data" / "pgdata" / "postmaster.pid"
+    async with serving(
+        None, tmp_path, "embedded", "--demo", workers=int(workers), data_dir=embedded_data_dir
+    ) as served:
+        postmaster_pid = embedded_data_dir / "pgdata" / "postmaster.pid"
         assert postmaster_pid.exists()
         assert await served.terminate() == 0, served.stderr()
     assert not postmaster_pid.exists(), "the embedded PostgreSQL is still running"
@@ -321,7 +206,9 @@ async def test_sigterm_stops_the_embedded_postgres_too(tmp_path: Path, workers: 
 async def test_sigterm_ends_open_alert_streams_at_once(database_url: str, tmp_path: Path) -> None:
     """An open event stream does not hold the server until its graceful timeout."""
     async with (
-        serving(database_url, tmp_path, "streaming") as served,
+        serving(
+            database_url, tmp_path, "streaming", "--demo", data_dir=tmp_path / "data"
+        ) as served,
         httpx.AsyncClient(base_url=served.base_url, timeout=30) as http,
     ):
         login = await http.post(
@@ -346,7 +233,9 @@ async def test_serve_demo_twice_keeps_one_copy_of_the_demo_data(
     database_url: str, tmp_path: Path, db: asyncpg.Connection[Any]
 ) -> None:
     for run in ("first", "second"):
-        async with serving(database_url, tmp_path, run) as served:
+        async with serving(
+            database_url, tmp_path, run, "--demo", data_dir=tmp_path / "data"
+        ) as served:
             await served.terminate()
     assert "demo data already present" in served.stdout()
     assert await db.fetchval("SELECT count(*) FROM clinics") == 1
@@ -357,8 +246,10 @@ async def test_serve_demo_twice_keeps_one_copy_of_the_demo_data(
 
 
 @pytest.mark.timeout(60)
-async def test_migrate_on_embedded_postgres_creates_then_reuses_data(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_migrate_on_embedded_postgres_creates_then_reuses_data(
+    embedded_data_dir: Path,
+) -> None:
+    data_dir = embedded_data_dir
     env = cli_env(None, data_dir)
 
     first = await run_cli("migrate", env=env)

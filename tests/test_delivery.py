@@ -34,7 +34,9 @@ from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import create_pool
 from safetyreport.settings import APP_DB_ROLE, Settings
-from tests.conftest import PASSWORD, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.waiting import eventually
+from tests.helpers.world import PASSWORD
 
 SECRET = "delivery-test-secret-of-32-bytes+"
 # Each wait for the sender is bounded by this; none should come close.
@@ -148,7 +150,7 @@ def without_sender(settings: Settings) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan (and so its sender) on this test's event loop."""
     app = create_app(settings)
     transport = httpx.ASGITransport(app=cast("Any", app))
@@ -231,16 +233,6 @@ async def raise_alert(
 # --- waiting and reading the ledger ----------------------------------------------------
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    async def poll() -> None:
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), WAIT_SECONDS)
-
-
 async def notifications(db: asyncpg.Connection[Any]) -> list[asyncpg.Record]:
     return await db.fetch("SELECT * FROM notifications ORDER BY created_at, id")
 
@@ -269,9 +261,9 @@ async def test_delivers_one_signed_post_with_the_alert_payload(
     db: asyncpg.Connection[Any], settings: Settings, receiver: Receiver
 ) -> None:
     await seed(db)
-    async with serving(with_webhooks(settings, receiver.url + "/hook")) as http:
+    async with running_app(with_webhooks(settings, receiver.url + "/hook")) as http:
         alert_id = await raise_alert(http, db)
-        await eventually(all_in(db, "delivered"))
+        await eventually(all_in(db, "delivered"), "the notification to be delivered")
 
     [row] = await notifications(db)
     assert (row["alert_id"], row["event"], row["channel"]) == (alert_id, "opened", "webhook")
@@ -306,9 +298,9 @@ async def test_a_server_error_is_retried_and_delivered_once(
 ) -> None:
     receiver.statuses = [500]
     await seed(db)
-    async with serving(with_webhooks(settings, receiver.url)) as http:
+    async with running_app(with_webhooks(settings, receiver.url)) as http:
         await raise_alert(http, db)
-        await eventually(all_in(db, "delivered"))
+        await eventually(all_in(db, "delivered"), "the notification to be delivered")
 
     [row] = await notifications(db)
     assert row["attempts"] == 2
@@ -322,9 +314,9 @@ async def test_an_unreachable_receiver_fails_after_the_last_attempt(
     db: asyncpg.Connection[Any], settings: Settings
 ) -> None:
     await seed(db)
-    async with serving(with_webhooks(settings, closed_port_url(), max_attempts=3)) as http:
+    async with running_app(with_webhooks(settings, closed_port_url(), max_attempts=3)) as http:
         await raise_alert(http, db)
-        await eventually(all_in(db, "failed"))
+        await eventually(all_in(db, "failed"), "the notification to fail")
 
     [row] = await notifications(db)
     assert row["attempts"] == 3
@@ -344,21 +336,21 @@ async def test_a_sender_started_later_delivers_what_was_committed_once(
 ) -> None:
     await seed(db)
     configured = with_webhooks(settings, receiver.url)
-    async with serving(without_sender(configured)) as http:
+    async with running_app(without_sender(configured)) as http:
         await raise_alert(http, db, "PT-001")
         [pending] = await notifications(db)
         assert (pending["status"], pending["attempts"]) == ("pending", 0)
         assert receiver.requests() == []
 
         async with sender(configured, database_url):
-            await eventually(all_in(db, "delivered"))
+            await eventually(all_in(db, "delivered"), "the notification to be delivered")
         assert [r.notification_id for r in receiver.requests()] == [str(pending["id"])]
 
         # Another sender starts: it delivers the new alert's notification and never
         # the one already acknowledged.
         async with sender(configured, database_url):
             await raise_alert(http, db, "PT-002")
-            await eventually(all_in(db, "delivered", count=2))
+            await eventually(all_in(db, "delivered", count=2), "both notifications to be delivered")
 
     ids = [r.notification_id for r in receiver.requests()]
     assert len(ids) == 2
@@ -373,7 +365,7 @@ async def test_a_claim_whose_sender_died_is_sent_after_the_lease(
 ) -> None:
     await seed(db)
     configured = with_webhooks(settings, receiver.url)
-    async with serving(without_sender(configured)) as http:
+    async with running_app(without_sender(configured)) as http:
         await raise_alert(http, db)
     # A sender claims the row, then dies before posting it.
     pool = await create_pool(app_url(settings, database_url), max_size=1)
@@ -393,7 +385,7 @@ async def test_a_claim_whose_sender_died_is_sent_after_the_lease(
     await db.execute("UPDATE notifications SET next_attempt_at = now()")
 
     async with sender(configured, database_url):
-        await eventually(all_in(db, "delivered"))
+        await eventually(all_in(db, "delivered"), "the notification to be delivered")
 
     assert [r.notification_id for r in receiver.requests()] == [str(claimed.id)]
     assert [a["status_code"] for a in await attempts_of(db, claimed.id)] == [200]
@@ -405,13 +397,15 @@ async def test_two_senders_deliver_each_notification_exactly_once(
     await seed(db)
     # 13 crises (and a cluster alert) to two webhooks: more rows than a round claims.
     configured = with_webhooks(settings, receiver.url + "/a", receiver.url + "/b")
-    async with serving(without_sender(configured)) as http:
+    async with running_app(without_sender(configured)) as http:
         await raise_alerts(http, db, *(f"PT-{i:03d}" for i in range(13)))
     rows = await notifications(db)
     assert len(rows) > BATCH_SIZE
 
     async with sender(configured, database_url), sender(configured, database_url):
-        await eventually(all_in(db, "delivered", count=len(rows)))
+        await eventually(
+            all_in(db, "delivered", count=len(rows)), "every notification to be delivered"
+        )
 
     received = Counter((r.path, r.notification_id) for r in receiver.requests())
     assert received == Counter({(f"/{r['target'][-1]}", str(r["id"])): 1 for r in rows})
@@ -438,7 +432,7 @@ async def test_the_sender_survives_database_errors(
     log = logging.getLogger("safetyreport.alerts.delivery")
     log.addHandler(handler)
     try:
-        async with serving(without_sender(configured)) as http:
+        async with running_app(without_sender(configured)) as http:
             await raise_alert(http, db)
         # Claims now fail in the database, every round.
         await db.execute(f"REVOKE UPDATE ON notifications FROM {APP_DB_ROLE}")
@@ -447,9 +441,9 @@ async def test_the_sender_survives_database_errors(
             async def warned() -> bool:
                 return any("permission denied" in r.getMessage() for r in handler.records)
 
-            await eventually(warned)
+            await eventually(warned, "the warning about the missing privilege")
             await db.execute(f"GRANT UPDATE ON notifications TO {APP_DB_ROLE}")
-            await eventually(all_in(db, "delivered"))
+            await eventually(all_in(db, "delivered"), "the notification to be delivered")
     finally:
         log.removeHandler(handler)
     assert len(receiver.requests()) == 1
@@ -479,9 +473,9 @@ async def test_admins_read_the_ledger_and_reading_is_audited(
     receiver.statuses = [503]
     await seed(db)
     configured = with_webhooks(settings, receiver.url + "/a", receiver.url + "/b")
-    async with serving(configured) as http:
+    async with running_app(configured) as http:
         alert_id = await raise_alert(http, db)
-        await eventually(all_in(db, "delivered", count=2))
+        await eventually(all_in(db, "delivered", count=2), "both notifications to be delivered")
         admin = await login(http, "adam")
         nurse = await login(http, "nina")
 
@@ -559,9 +553,9 @@ async def test_credentials_in_webhook_urls_are_masked_in_the_ledger(
     dead_port = closed_port_url().replace("://", "://deaduser:deadpass@") + "?key=k3y"
     configured = with_webhooks(settings, secret_url, dead_port, max_attempts=1)
     await seed(db)
-    async with serving(configured) as http:
+    async with running_app(configured) as http:
         await raise_alert(http, db)
-        await eventually(all_in_any_final(db, count=2))
+        await eventually(all_in_any_final(db, count=2), "both notifications to be settled")
         admin = await login(http, "adam")
         listed = await http.get("/api/v1/notifications", headers=admin)
         details = [

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,16 +27,14 @@ from safetyreport.audit import verify_chains
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect, create_pool
 from safetyreport.settings import AlertSettings, Settings
-from tests.conftest import World, bp_report, dissociation_report
-from tests.report_helpers import create_report
-from tests.test_cli import Served
-from tests.test_cli import serving as cli_serving
+from tests.helpers.processes import ServeProcess, serving
+from tests.helpers.reports import bp_report, create_report, dissociation_report
+from tests.helpers.waiting import WAIT_SECONDS, eventually
+from tests.helpers.world import World
 
 Headers = dict[str, str]
 CRISIS = "bp-hypertensive-crisis"
 WEBHOOK = "http://127.0.0.1:9/hook"
-# Bound on every wait for something the service does by itself.
-WAIT_SECONDS = 30.0
 
 
 @pytest.fixture
@@ -114,17 +112,6 @@ async def escalations(db: asyncpg.Connection[Any], alert_id: uuid.UUID) -> list[
 async def db_now(db: asyncpg.Connection[Any]) -> datetime:
     now: datetime = await db.fetchval("SELECT now()")
     return now
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until it holds; fail after WAIT_SECONDS."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
-    while loop.time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 async def escalation_counts(db: asyncpg.Connection[Any]) -> dict[uuid.UUID, tuple[int, int]]:
@@ -469,14 +456,15 @@ async def test_run_escalation_keeps_going_after_a_database_error(
 # --- two service processes -------------------------------------------------------------
 
 
-def serving(
+def escalating_service(
     database_url: str, tmp_path: Path, name: str
-) -> contextlib.AbstractAsyncContextManager[Served]:
+) -> contextlib.AbstractAsyncContextManager[ServeProcess]:
     """``safetyreport serve`` (no demo data) escalating every second."""
     every_second = {"SAFETYREPORT_ESCALATION_INTERVAL_SECONDS": "1"}
-    return cli_serving(database_url, tmp_path, name, demo=False, env=every_second)
+    return serving(database_url, tmp_path, name, env=every_second, data_dir=tmp_path / "data")
 
 
+@pytest.mark.end_to_end
 @pytest.mark.timeout(90)
 async def test_two_service_processes_escalate_each_alert_exactly_once(
     client: AsyncTestClient[Any],
@@ -488,8 +476,8 @@ async def test_two_service_processes_escalate_each_alert_exactly_once(
     for i in range(8):
         await raise_alert(client, db, nurse, crisis(f"PT-{i:03d}", clinic=f"C{1 + i % 2}"))
     async with (
-        serving(database_url, tmp_path, "first") as first,
-        serving(database_url, tmp_path, "second") as second,
+        escalating_service(database_url, tmp_path, "first") as first,
+        escalating_service(database_url, tmp_path, "second") as second,
     ):
         await db.execute("UPDATE alerts SET ack_deadline = now() - interval '1 minute'")
 

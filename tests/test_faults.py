@@ -45,8 +45,10 @@ from safetyreport.db.embedded import app_url, pgbin
 from safetyreport.db.migrations import migrate
 from safetyreport.db.pool import connect
 from safetyreport.settings import Settings
-from tests.conftest import bp_report, with_database
-from tests.service_helpers import ServeProcess, UserSpec, login, seed, serving
+from tests.helpers.postgres import with_database
+from tests.helpers.processes import ServeProcess, serving
+from tests.helpers.reports import bp_report
+from tests.helpers.service import UserSpec, login, seed
 
 # Slow, whole-process tests: CI runs them once (see pyproject.toml and .ci/run).
 pytestmark = pytest.mark.end_to_end
@@ -476,8 +478,10 @@ async def assert_unavailable(base_url: str, headers: dict[str, str]) -> None:
 
 
 @pytest.mark.timeout(150)
-async def test_database_killed_mid_load_service_answers_503_and_recovers(tmp_path: Path) -> None:
-    async with private_postgres(tmp_path / "postgres") as postgres:
+async def test_database_killed_mid_load_service_answers_503_and_recovers(
+    tmp_path: Path, embedded_data_dir: Path
+) -> None:
+    async with private_postgres(embedded_data_dir) as postgres:
         url = with_database(postgres.url, "safetyreport")
         admin = await connect(postgres.url)
         try:

@@ -12,8 +12,16 @@ from fhir.resources.adverseevent import AdverseEvent
 from fhir.resources.bundle import Bundle
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
-from tests.report_helpers import REPORTS, amend, audit_rows, create_report
+from tests.helpers.reports import (
+    REPORTS,
+    amend,
+    audit_rows,
+    bp_report,
+    create_report,
+    dissociation_report,
+    misuse_report,
+)
+from tests.helpers.world import World
 
 SERIOUSNESS = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
 OUTCOME = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"

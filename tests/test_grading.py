@@ -9,8 +9,14 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from safetyreport.reports.grading import ctcae_hypertension_grade
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
-from tests.report_helpers import REPORTS, create_report
+from tests.helpers.reports import (
+    REPORTS,
+    bp_report,
+    create_report,
+    dissociation_report,
+    misuse_report,
+)
+from tests.helpers.world import World
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,20 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from safetyreport.idempotency import _lock_key
-from tests.conftest import World, bp_report, dissociation_report
-from tests.report_helpers import (
+from tests.helpers.reports import (
     NOTHING,
     REPORTS,
     Stored,
     amend,
+    bp_report,
     create_report,
+    dissociation_report,
     errors_of,
     post_report,
     send_concurrently,
     stored,
 )
+from tests.helpers.world import World
 
 REPLAYED = "Idempotency-Replayed"
 

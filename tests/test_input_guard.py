@@ -23,7 +23,8 @@ from litestar.testing import AsyncTestClient
 from safetyreport.errors import ValidationFailed, exception_to_response
 from safetyreport.input_guard import MAX_JSON_DEPTH, json_depth_exceeds
 from safetyreport.pagination import decode_cursor, encode_cursor
-from tests.conftest import PASSWORD, World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import PASSWORD, World
 
 NUL = "\u0000"
 DEEP = 20_000

@@ -15,17 +15,18 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import World, bp_report
-from tests.report_helpers import (
+from tests.helpers.reports import (
     REPORTS,
     Stored,
     amend,
     audit_rows,
+    bp_report,
     create_report,
     errors_of,
     post_report,
     stored,
 )
+from tests.helpers.world import World
 
 
 @dataclass(frozen=True)

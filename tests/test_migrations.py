@@ -19,8 +19,8 @@ from safetyreport.db.migrations import MigrationError, load_migrations, migrate,
 from safetyreport.db.pool import connect
 from safetyreport.errors import ServiceUnavailable
 from safetyreport.settings import DatabaseSettings, Settings
-from tests.conftest import with_database
-from tests.test_cli import CliResult, cli_env, run_cli
+from tests.helpers.postgres import with_database
+from tests.helpers.processes import CliResult, cli_env, run_cli
 
 
 @pytest.fixture
@@ -124,6 +124,7 @@ async def test_failed_migration_leaves_nothing_behind(empty_url: str, tmp_path: 
         await conn.close()
 
 
+@pytest.mark.end_to_end
 async def test_concurrent_cli_migrations_apply_each_file_once(
     empty_url: str, tmp_path: Path
 ) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import World, bp_report
-from tests.report_helpers import create_report
+from tests.helpers.reports import bp_report, create_report
+from tests.helpers.world import World
 
 ENTRIES = "/api/v1/audit/entries"
 # What the network auditor does, unfiltered, and the action each is recorded as.

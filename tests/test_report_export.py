@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import threading
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,8 +26,18 @@ from litestar.testing import transport as litestar_transport
 from safetyreport.csvsafe import neutralise
 from safetyreport.reports import export as report_export
 from safetyreport.reports.export import CHUNK_BYTES
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
-from tests.report_helpers import REPORTS, amend, audit_rows, create_report, errors_of
+from tests.helpers.reports import (
+    REPORTS,
+    amend,
+    audit_rows,
+    bp_report,
+    create_report,
+    dissociation_report,
+    errors_of,
+    misuse_report,
+    seed_copies,
+)
+from tests.helpers.world import World
 
 EXPORT = f"{REPORTS}/export"
 FORMATS = ("csv", "ndjson", "fhir")
@@ -434,31 +443,6 @@ async def test_an_export_without_a_clinic_is_audited_in_the_chains_of_its_clinic
 
 
 # --- large exports, streamed ------------------------------------------------------------
-
-_CLONE_REPORT = """
-WITH template AS (
-    SELECT r.clinic_id, r.kind, r.patient_ref, r.occurred_at, r.created_by, v.body, v.ctcae_grade
-    FROM reports r JOIN report_versions v ON v.report_id = r.id AND v.version = 1
-    WHERE r.id = $1
-), copies AS (
-    INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version, created_by)
-    SELECT gen_random_uuid(), t.clinic_id, t.kind, t.patient_ref,
-           t.occurred_at + i * interval '1 minute', 1, t.created_by
-    FROM template t, generate_series(1, $2) AS i
-    RETURNING id, occurred_at
-)
-INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)
-SELECT c.id, 1,
-       jsonb_set(t.body, '{occurred_at}',
-                 to_jsonb(to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))),
-       t.ctcae_grade, t.created_by
-FROM copies c CROSS JOIN template t
-"""
-
-
-async def seed_copies(db: asyncpg.Connection[Any], report_id: str, copies: int) -> None:
-    """``copies`` more reports like ``report_id``, a minute apart after it, in one statement."""
-    await db.execute(_CLONE_REPORT, uuid.UUID(report_id), copies)
 
 
 @dataclass

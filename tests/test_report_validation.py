@@ -16,16 +16,19 @@ from litestar.testing import AsyncTestClient
 from safetyreport.errors import ValidationFailed
 from safetyreport.reports.types import BloodPressure, Dissociation, MisuseConcern
 from safetyreport.reports.validation import validate_report
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
-from tests.report_helpers import (
+from tests.helpers.reports import (
     NOTHING,
     REPORTS,
     Stored,
+    bp_report,
+    dissociation_report,
     errors_of,
+    misuse_report,
     new_key,
     post_report,
     stored,
 )
+from tests.helpers.world import World
 
 Builder = Callable[..., dict[str, Any]]
 SKEW = timedelta(minutes=5)

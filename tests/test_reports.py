@@ -13,18 +13,21 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import World, bp_report, dissociation_report, misuse_report
-from tests.report_helpers import (
+from tests.helpers.reports import (
     REPORTS,
     Stored,
     amend,
     audit_rows,
+    bp_report,
     create_report,
+    dissociation_report,
     errors_of,
+    misuse_report,
     post_report,
     send_concurrently,
     stored,
 )
+from tests.helpers.world import World
 
 UTC_SUFFIX = re.compile(r"(Z|\+00:00)$")
 

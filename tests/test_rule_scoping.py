@@ -15,10 +15,10 @@ import pytest
 
 from safetyreport.alerts import limits
 from safetyreport.db.migrations import audit_migrated_rule_versions
-from tests.conftest import World, bp_report, dissociation_report
-from tests.report_helpers import create_report
-from tests.rule_helpers import RULES, RulesAs, Users
-from tests.test_cli import cli_env, run_cli
+from tests.helpers.processes import cli_env, run_cli
+from tests.helpers.reports import bp_report, create_report, dissociation_report
+from tests.helpers.rules import RULES, RulesAs, Users
+from tests.helpers.world import World
 
 CRISIS = "bp-hypertensive-crisis"
 RESP = "respiratory-depression"
@@ -448,6 +448,7 @@ async def test_enabled_rules_per_clinic_are_limited(s: Scoped) -> None:
 # --- rule changes that arrive by migration ---------------------------------------------
 
 
+@pytest.mark.end_to_end
 async def test_the_migrate_command_records_rule_versions_from_migrations_once(
     s: Scoped, database_url: str, tmp_path: Any
 ) -> None:

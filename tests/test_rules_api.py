@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from safetyreport.db.pool import connect
-from tests.conftest import World, bp_report
-from tests.report_helpers import audit_rows, create_report, send_concurrently
-from tests.rule_helpers import RULES, RulesAs, Users
+from tests.helpers.reports import audit_rows, bp_report, create_report, send_concurrently
+from tests.helpers.rules import RULES, RulesAs, Users
+from tests.helpers.world import World
 
 DEFAULT_RULES = {
     "bp-pre-dose-hold",

@@ -51,8 +51,11 @@ from schemathesis.specs.openapi.checks import (
 from safetyreport.app import create_app
 from safetyreport.auth.users import Role
 from safetyreport.settings import Settings
-from tests.conftest import PASSWORD, Databases, bp_report, with_database
-from tests.service_helpers import ServeProcess, UserSpec, login, seed
+from tests.helpers.postgres import Databases, with_database
+from tests.helpers.processes import ServeProcess
+from tests.helpers.reports import bp_report
+from tests.helpers.service import UserSpec, login, seed
+from tests.helpers.world import PASSWORD
 
 # Slow, whole-process tests: CI runs them once (see pyproject.toml and .ci/run).
 pytestmark = pytest.mark.end_to_end

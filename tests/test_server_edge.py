@@ -21,9 +21,10 @@ import pytest
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import connect
 from safetyreport.settings import APP_DB_ROLE, Settings
-from tests.conftest import PASSWORD, with_database
-from tests.service_helpers import ServeProcess, UserSpec, seed, serving
-from tests.test_cli import cli_env, free_port, run_cli
+from tests.helpers.postgres import with_database
+from tests.helpers.processes import ServeProcess, cli_env, free_port, run_cli, serving
+from tests.helpers.service import UserSpec, seed
+from tests.helpers.world import PASSWORD
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.timeout(180)]
 

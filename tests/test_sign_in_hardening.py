@@ -27,8 +27,8 @@ from safetyreport.auth.ratelimit import TokenBuckets
 from safetyreport.auth.users import add_user
 from safetyreport.errors import ValidationFailed
 from safetyreport.settings import Settings
-from tests.conftest import PASSWORD, World
-from tests.test_cli import cli_env, run_cli
+from tests.helpers.processes import cli_env, run_cli
+from tests.helpers.world import PASSWORD, World
 
 LOGIN = "/api/v1/auth/login"
 LOCKOUTS = "/api/v1/auth/lockouts"
@@ -334,6 +334,7 @@ async def test_weak_passwords_are_refused(
     assert [(e.field, e.rule) for e in caught.value.errors] == [("password", "policy")]
 
 
+@pytest.mark.end_to_end
 async def test_disable_ends_the_sessions_at_once_and_is_audited(
     world: World, env: dict[str, str], db: asyncpg.Connection[Any]
 ) -> None:
@@ -358,6 +359,7 @@ async def test_disable_ends_the_sessions_at_once_and_is_audited(
     assert "no user nobody" in unknown.stderr
 
 
+@pytest.mark.end_to_end
 async def test_set_password_from_stdin_checks_the_policy_and_ends_sessions(
     world: World, env: dict[str, str], db: asyncpg.Connection[Any]
 ) -> None:
@@ -385,6 +387,7 @@ async def test_set_password_from_stdin_checks_the_policy_and_ends_sessions(
     assert refused.code == 2
 
 
+@pytest.mark.end_to_end
 async def test_revoke_sessions_ends_every_session_of_the_user_only(
     world: World, env: dict[str, str], db: asyncpg.Connection[Any]
 ) -> None:
@@ -426,6 +429,7 @@ async def officer(people: World, env: dict[str, str]) -> tuple[str, list[str]]:
     return secret, codes
 
 
+@pytest.mark.end_to_end
 async def test_enrolment_keeps_the_secret_out_of_the_database(
     officer: tuple[str, list[str]], db: asyncpg.Connection[Any], env: dict[str, str]
 ) -> None:
@@ -446,6 +450,7 @@ async def test_enrolment_keeps_the_secret_out_of_the_database(
     )
 
 
+@pytest.mark.end_to_end
 async def test_sign_in_needs_the_code_and_a_code_works_once(
     http: AsyncTestClient[Any], officer: tuple[str, list[str]], db: asyncpg.Connection[Any]
 ) -> None:
@@ -464,6 +469,7 @@ async def test_sign_in_needs_the_code_and_a_code_works_once(
     assert [r["reason"] for r in reasons] == ["second_factor_missing", "bad_otp"]
 
 
+@pytest.mark.end_to_end
 async def test_wrong_codes_count_as_failures_in_the_throttle(
     http: AsyncTestClient[Any], officer: tuple[str, list[str]]
 ) -> None:
@@ -475,6 +481,7 @@ async def test_wrong_codes_count_as_failures_in_the_throttle(
     assert (await login(http, "sam", otp=right)).status_code == 429
 
 
+@pytest.mark.end_to_end
 async def test_a_recovery_code_works_once(
     http: AsyncTestClient[Any], officer: tuple[str, list[str]]
 ) -> None:
@@ -484,6 +491,7 @@ async def test_a_recovery_code_works_once(
     bearer(await login(http, "sam", recovery_code=codes[1].upper()))
 
 
+@pytest.mark.end_to_end
 async def test_the_web_form_takes_the_code(
     http: AsyncTestClient[Any], officer: tuple[str, list[str]]
 ) -> None:
@@ -505,6 +513,7 @@ async def test_the_web_form_takes_the_code(
     assert http.cookies.get(devices.DEVICE_COOKIE)
 
 
+@pytest.mark.end_to_end
 async def test_reset_removes_the_second_factor(
     http: AsyncTestClient[Any], officer: tuple[str, list[str]], env: dict[str, str]
 ) -> None:

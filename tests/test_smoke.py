@@ -4,7 +4,8 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.world import World
 
 
 async def test_health(client: AsyncTestClient[Any]) -> None:

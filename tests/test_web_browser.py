@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,11 @@ from playwright.async_api import (
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.pool import connect
-from tests.conftest import PASSWORD, Databases, bp_report, with_database
-from tests.test_cli import Served, serving
+from tests.helpers.postgres import Databases, with_database
+from tests.helpers.processes import ServeProcess, serving
+from tests.helpers.reports import bp_report
+from tests.helpers.waiting import eventually
+from tests.helpers.world import PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -55,9 +58,8 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 VIEWPORTS = {"1024x768": (1024, 768), "768x1024": (768, 1024)}
-# Bounds for waiting on the page and on the database; never a fixed sleep.
+# Bound for waiting on the page (on the database: helpers.waiting); never a fixed sleep.
 WAIT_MS = 15_000
-DB_WAIT_SECONDS = 15.0
 
 pytestmark = [
     pytest.mark.end_to_end,
@@ -119,12 +121,10 @@ async def web_database(server_url: str, databases: Databases) -> AsyncIterator[s
 @pytest.fixture(scope="module")
 async def served(
     web_database: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Served]:
+) -> AsyncIterator[ServeProcess]:
     # The lock-out test signs in "from" many addresses: the test is the trusted proxy.
     proxy = {"SAFETYREPORT_TRUSTED_PROXIES": "127.0.0.1"}
-    async with serving(
-        web_database, tmp_path_factory.mktemp("web"), "web", demo=False, env=proxy
-    ) as s:
+    async with serving(web_database, tmp_path_factory.mktemp("web"), "web", env=proxy) as s:
         yield s
 
 
@@ -148,6 +148,7 @@ def watch(ctx: BrowserContext) -> list[str]:
             problems.append(message.text)
 
     ctx.on("console", on_console)
+
     def on_error(error: Any) -> None:
         # The message first (what tests compare), then where it came from.
         stack = getattr(error.error, "stack", None)
@@ -159,7 +160,7 @@ def watch(ctx: BrowserContext) -> list[str]:
 
 
 @pytest.fixture
-async def context(browser: Browser, served: Served) -> AsyncIterator[BrowserContext]:
+async def context(browser: Browser, served: ServeProcess) -> AsyncIterator[BrowserContext]:
     """A fresh browser profile; fails the test on any script error or CSP violation."""
     ctx = await browser.new_context(
         base_url=served.base_url,
@@ -201,16 +202,6 @@ async def sign_in(context: BrowserContext, username: str) -> Page:
     return page
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait (bounded) until ``check`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DB_WAIT_SECONDS
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def count_reports(db: asyncpg.Connection[Any], *patients: str) -> int:
     count: int = await db.fetchval(
         "SELECT count(*) FROM reports WHERE patient_ref = ANY($1)", list(patients)
@@ -218,7 +209,7 @@ async def count_reports(db: asyncpg.Connection[Any], *patients: str) -> int:
     return count
 
 
-async def api_token(served: Served, username: str) -> str:
+async def api_token(served: ServeProcess, username: str) -> str:
     async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
         response = await http.post(
             "/api/v1/auth/login", json={"username": username, "password": PASSWORD}
@@ -228,7 +219,7 @@ async def api_token(served: Served, username: str) -> str:
         return token
 
 
-async def api_report(served: Served, body: dict[str, Any]) -> dict[str, Any]:
+async def api_report(served: ServeProcess, body: dict[str, Any]) -> dict[str, Any]:
     """Submit a report through the API, as another tablet would."""
     token = await api_token(served, NURSE)
     async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
@@ -417,7 +408,7 @@ async def test_reports_made_offline_arrive_exactly_once_when_back_online(
 
 
 async def test_a_lost_answer_is_retried_with_the_same_key_and_stores_one_report(
-    browser: Browser, served: Served, db: asyncpg.Connection[Any]
+    browser: Browser, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     """The server stores the report but the tablet never hears back; its retry (same
     Idempotency-Key) gets the stored answer replayed, and no second report exists."""
@@ -457,7 +448,7 @@ async def test_a_lost_answer_is_retried_with_the_same_key_and_stores_one_report(
 
 
 async def test_nurse_amends_a_report_with_a_reason(
-    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     ref = patient("AM")
     created = await api_report(served, bp_report("C1", patient_ref=ref, systolic=150))
@@ -485,7 +476,7 @@ async def test_nurse_amends_a_report_with_a_reason(
 
 
 async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
-    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     page = await sign_in(context, OFFICER)
     await expect(page.locator("#stream-status")).to_have_attribute("data-state", "live")
@@ -627,7 +618,7 @@ async def check_and_capture(page: Page, name: str) -> None:
 
 
 async def test_keyboard_sign_in_and_screenshots_of_every_page(
-    browser: Browser, served: Served
+    browser: Browser, served: ServeProcess
 ) -> None:
     ref = patient("SHOT")
     report = await api_report(served, bp_report("C1", patient_ref=ref, systolic=186))
@@ -847,7 +838,7 @@ async def test_idle_expiry_forgets_the_kept_pages_and_leaves_the_page(
 
 
 async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
-    context: BrowserContext, served: Served
+    context: BrowserContext, served: ServeProcess
 ) -> None:
     page = await context.new_page()
     elsewhere: list[str] = []
@@ -956,7 +947,7 @@ async def test_an_officer_who_lands_on_the_alerts_has_her_waiting_reports_sent_t
 
 
 async def test_an_admin_sees_the_sign_in_lock_outs_on_her_alerts_page_an_officer_does_not(
-    context: BrowserContext, served: Served, db: asyncpg.Connection[Any]
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:
     admin, victim = "alma", "vick"
     await add_staff(db, "C1", (admin, "admin"), (victim, "nurse"))

@@ -24,8 +24,9 @@ from safetyreport.app import create_app
 from safetyreport.front_door import host_allowed, host_name
 from safetyreport.settings import Settings, SettingsError
 from safetyreport.web.assets import CONTENT_SECURITY_POLICY, STATIC_DIR
-from tests.conftest import PASSWORD, World, bp_report
-from tests.test_web_security import form_login
+from tests.helpers.reports import bp_report
+from tests.helpers.web import form_login
+from tests.helpers.world import PASSWORD, World
 
 OUR_HOST = "testserver.local"
 # Endless (the event stream): never answers HTML and would not end.

@@ -28,10 +28,11 @@ from safetyreport.settings import Settings
 from safetyreport.web import forms
 from safetyreport.web.assets import CONTENT_SECURITY_POLICY, STATIC_DIR, TEMPLATE_DIR
 from safetyreport.web.session import LOGIN_CSRF_COOKIE
-from tests.conftest import PASSWORD, World, bp_report
+from tests.helpers.reports import bp_report
+from tests.helpers.web import CSRF_FIELD, form_login
+from tests.helpers.world import PASSWORD, World
 
 PEER = "testclient"
-_CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 _CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
 
 
@@ -44,18 +45,6 @@ async def people(world: World) -> dict[str, str]:
         "auditor": await world.user("audra", "auditor", all_clinics=True),
         "admin": await world.user("adam", "admin", all_clinics=True),
     }
-
-
-async def form_login(
-    client: AsyncTestClient[Any], username: str, password: str = PASSWORD, next: str = ""
-) -> httpx.Response:
-    """Sign in through the login form, as a browser does: GET the form, POST it back."""
-    page = await client.get("/login")
-    assert page.status_code == 200, page.text
-    match = _CSRF_FIELD.search(page.text)
-    assert match is not None
-    data = {"username": username, "password": password, "csrf": match[1], "next": next}
-    return await client.post("/login", data=data, follow_redirects=False)
 
 
 def set_cookie_header(response: httpx.Response, name: str) -> str:
@@ -155,7 +144,7 @@ async def test_login_form_needs_its_csrf_cookie(
 ) -> None:
     """Another site cannot post our login form (login CSRF): it lacks the cookie."""
     page = await client.get("/login")
-    match = _CSRF_FIELD.search(page.text)
+    match = CSRF_FIELD.search(page.text)
     assert match is not None
     client.cookies.delete(LOGIN_CSRF_COOKIE)
     data = {"username": people["nurse"], "password": PASSWORD, "csrf": match[1]}
@@ -293,7 +282,7 @@ async def test_a_trusted_proxy_can_say_the_browser_used_https(
     proxied_client: AsyncTestClient[Any], client: AsyncTestClient[Any], people: dict[str, str]
 ) -> None:
     page = await proxied_client.get("/login")
-    match = _CSRF_FIELD.search(page.text)
+    match = CSRF_FIELD.search(page.text)
     assert match is not None
     data = {"username": people["nurse"], "password": PASSWORD, "csrf": match[1]}
     headers = {"X-Forwarded-Proto": "https"}
@@ -303,7 +292,7 @@ async def test_a_trusted_proxy_can_say_the_browser_used_https(
     assert "secure" in set_cookie_header(response, SESSION_COOKIE).lower()
     # An untrusted peer cannot claim it.
     page = await client.get("/login")
-    match = _CSRF_FIELD.search(page.text)
+    match = CSRF_FIELD.search(page.text)
     assert match is not None
     data["csrf"] = match[1]
     response = await client.post("/login", data=data, headers=headers, follow_redirects=False)

@@ -9,7 +9,7 @@ import httpx
 from litestar.testing import AsyncTestClient
 
 from safetyreport.auth.users import Role
-from tests.conftest import World
+from tests.helpers.world import World
 
 RULES = "/api/v1/rules"
 

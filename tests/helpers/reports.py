@@ -1,4 +1,4 @@
-"""Helpers shared by the report tests: posting reports and counting what was stored."""
+"""Report bodies, posting reports and counting what was stored."""
 
 from __future__ import annotations
 
@@ -115,3 +115,81 @@ async def send_concurrently(
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:
         futures = [loop.run_in_executor(pool, _send_blocking, client, r) for r in requests]
         return list(await asyncio.gather(*futures))
+
+
+def bp_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
+    """A valid blood-pressure report body; override any field."""
+    body: dict[str, Any] = {
+        "kind": "blood_pressure",
+        "clinic": clinic,
+        "patient_ref": "PT-001",
+        "occurred_at": "2026-01-15T10:30:00+01:00",
+        "drug": "esketamine_nasal",
+        "outcome": "resolved",
+        "phase": "post_dose",
+        "systolic": 150,
+        "diastolic": 92,
+    }
+    body.update(overrides)
+    return body
+
+
+def dissociation_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "dissociation",
+        "clinic": clinic,
+        "patient_ref": "PT-002",
+        "occurred_at": "2026-01-15T11:00:00Z",
+        "drug": "ketamine_iv",
+        "outcome": "resolved",
+        "moaa_s": 4,
+        "severity": "mild",
+        "resolved": True,
+        "respiratory_depression": False,
+    }
+    body.update(overrides)
+    return body
+
+
+def misuse_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "misuse_concern",
+        "clinic": clinic,
+        "patient_ref": "PT-003",
+        "occurred_at": "2026-01-15T12:00:00+00:00",
+        "drug": "ketamine_im",
+        "outcome": "unknown",
+        "concern_type": "theft",
+        "description": "Two vials missing from the locked cabinet.",
+        "expected_quantity": 10,
+        "actual_quantity": 8,
+        "unit": "ml",
+    }
+    body.update(overrides)
+    return body
+
+
+_CLONE_REPORT = """
+WITH template AS (
+    SELECT r.clinic_id, r.kind, r.patient_ref, r.occurred_at, r.created_by, v.body, v.ctcae_grade
+    FROM reports r JOIN report_versions v ON v.report_id = r.id AND v.version = 1
+    WHERE r.id = $1
+), copies AS (
+    INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version, created_by)
+    SELECT gen_random_uuid(), t.clinic_id, t.kind, t.patient_ref,
+           t.occurred_at + i * interval '1 minute', 1, t.created_by
+    FROM template t, generate_series(1, $2) AS i
+    RETURNING id, occurred_at
+)
+INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)
+SELECT c.id, 1,
+       jsonb_set(t.body, '{occurred_at}',
+                 to_jsonb(to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))),
+       t.ctcae_grade, t.created_by
+FROM copies c CROSS JOIN template t
+"""
+
+
+async def seed_copies(db: asyncpg.Connection[Any], report_id: str, copies: int) -> None:
+    """``copies`` more reports like ``report_id``, a minute apart after it, in one statement."""
+    await db.execute(_CLONE_REPORT, uuid.UUID(report_id), copies)
