@@ -108,3 +108,16 @@ async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
 @pytest.fixture
 def world(db: asyncpg.Connection[Any], client: AsyncTestClient[Any]) -> World:
     return World(db, client)
+
+
+@pytest.fixture
+async def empty_url(server_url: str) -> AsyncIterator[str]:
+    """Owner URL of a new, empty database (no schema at all), dropped afterwards."""
+    name = f"sr_empty_{uuid.uuid4().hex[:12]}"
+    admin = await connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,21 +17,7 @@ from safetyreport.db.migrations import MigrationError, load_migrations, migrate,
 from safetyreport.db.pool import connect
 from safetyreport.errors import ServiceUnavailable
 from safetyreport.settings import DatabaseSettings, Settings
-from tests.helpers.postgres import with_database
 from tests.helpers.processes import CliResult, cli_env, run_cli
-
-
-@pytest.fixture
-async def empty_url(server_url: str) -> AsyncIterator[str]:
-    """Owner URL of a new, empty database (no schema at all), dropped afterwards."""
-    name = f"sr_empty_{uuid.uuid4().hex[:12]}"
-    admin = await connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(server_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def copy_of_migrations(folder: Path) -> Path:

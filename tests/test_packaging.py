@@ -22,14 +22,11 @@ from packaging.utils import canonicalize_name
 from safetyreport import cli
 from safetyreport.db.migrations import migrations_dir
 from safetyreport.db.pool import connect
-from tests.test_migrations import empty_url
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 TOP_LEVEL_MIGRATIONS = ROOT / "sql" / "migrations"
 SUBPROCESS_TIMEOUT = 90
-
-__all__ = ["empty_url"]  # a fixture
 
 
 def locked(name: str) -> dict[str, Requirement]:
