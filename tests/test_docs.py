@@ -50,6 +50,7 @@ def _text(name: str) -> str | None:
         return None  # binary, or deleted but not yet staged
 
 
+@pytest.mark.end_to_end  # lists the tracked files with git
 def test_no_file_refers_outside_the_repository() -> None:
     mentioning = [
         name
@@ -109,6 +110,7 @@ def markdown_files() -> list[str]:
     return [name for name in tracked_files() if name.endswith(".md")]
 
 
+@pytest.mark.end_to_end  # lists the tracked files with git
 def test_every_link_resolves() -> None:
     tracked = set(tracked_files())
     names = markdown_files()

@@ -208,6 +208,7 @@ def clean_env(database_url: str, data_dir: Path) -> dict[str, str]:
     return {**env, "DATABASE_URL": database_url, "SAFETYREPORT_DATA_DIR": str(data_dir)}
 
 
+@pytest.mark.end_to_end
 def test_wheel_carries_the_migrations_and_leaves_the_embedded_server_optional(
     tmp_path: Path,
 ) -> None:
