@@ -177,6 +177,7 @@ class BackgroundRunner:
     pool: asyncpg.Pool | None
     backoff: Backoff = field(default_factory=Backoff)
     _tasks: dict[str, _Supervised] = field(default_factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False)
 
     def add(self, task: Task) -> None:
         if task.name in self._tasks:
@@ -199,6 +200,7 @@ class BackgroundRunner:
 
     async def stop(self) -> dict[str, BaseException]:
         """Cancel every task and wait for it; log (and return) the errors they ended with."""
+        self._stopping = True
         running = [s.asyncio_task for s in self._tasks.values() if s.asyncio_task is not None]
         for task in running:
             task.cancel()
@@ -223,6 +225,8 @@ class BackgroundRunner:
             try:
                 pause = await self._run_once(task, supervised.succeeded)
             except Exception as exc:  # the task outlives any one run's failure
+                if self._stopping:
+                    raise  # raised while cancelled (cleaning up): stop() reports it
                 supervised.failed(exc)
                 pause = self.backoff.delay(supervised.failures)
                 if is_retryable(exc):
