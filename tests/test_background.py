@@ -285,6 +285,28 @@ async def test_shutdown_waits_for_the_tasks_and_reports_their_errors(
     assert report.exc_info[1] is errors["untidy"]
 
 
+async def test_a_task_ended_from_elsewhere_is_reported_at_once(
+    logged: pytest.LogCaptureFixture,
+) -> None:
+    async def forever(heartbeat: Heartbeat) -> None:
+        heartbeat()
+        await asyncio.Event().wait()
+
+    runner = BackgroundRunner(None, backoff=FAST)
+    runner.add(LongLived("listener", forever))
+    runner.start()
+    await eventually(lambda: runner.status()["listener"].last_success is not None, "started")
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == "listener"]
+    task.cancel()
+
+    def reported() -> bool:
+        return any("was cancelled" in r.getMessage() for r in records(logged, logging.ERROR))
+
+    await eventually(reported, "the end reported")
+    assert runner.status()["listener"].running is False
+    assert await runner.stop() == {}
+
+
 async def test_stopping_a_runner_that_never_started_does_nothing() -> None:
     runner = BackgroundRunner(None)
     assert await runner.stop() == {}

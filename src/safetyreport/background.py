@@ -215,9 +215,14 @@ class BackgroundRunner:
         return errors
 
     def _report_end(self, task: asyncio.Task[None]) -> None:
-        """A task ends only when cancelled; anything else (a BaseException) is told."""
-        if not task.cancelled() and (error := task.exception()) is not None:
-            _log.error("background task %s stopped", task.get_name(), exc_info=error)
+        """Tell at once of a task that ended other than through ``stop()`` (which reports
+        its own): cancelled from elsewhere, or a BaseException the supervisor let through."""
+        if self._stopping:
+            return
+        if task.cancelled():
+            _log.error("background task %s was cancelled; it no longer runs", task.get_name())
+        else:
+            _log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
 
     async def _supervise(self, supervised: _Supervised) -> None:
         task = supervised.task
