@@ -148,7 +148,6 @@ def watch(ctx: BrowserContext) -> list[str]:
             problems.append(message.text)
 
     ctx.on("console", on_console)
-
     def on_error(error: Any) -> None:
         # The message first (what tests compare), then where it came from.
         stack = getattr(error.error, "stack", None)
