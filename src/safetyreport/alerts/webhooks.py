@@ -13,6 +13,9 @@ whose 2xx has been recorded is never sent again.
 
 Receivers verify ``X-Safetyreport-Signature`` (``sha256=`` + hex HMAC-SHA256 with the
 shared secret over ``"{X-Safetyreport-Timestamp}.{body}"``) and reject old timestamps.
+
+The sender is a background task (``delivering``); admins read the ledger through
+``alerts.notifications``.
 """
 
 from __future__ import annotations
