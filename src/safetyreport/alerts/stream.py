@@ -109,22 +109,24 @@ async def alert_messages(
 async def _record(
     pool: asyncpg.Pool, caller: Caller, after: int | None, replayed: int, *, complete: bool
 ) -> None:
-    async with transaction(pool) as conn:
-        await record_subscription(conn, caller, after, replayed, complete=complete)
+    """Record the subscription in a transaction of its own.
+
+    Shielded: a client that leaves meanwhile must not cut it short, nor cancel it between
+    its commit and the caller noting it done (it would then be recorded twice).
+    """
+    with anyio.CancelScope(shield=True):
+        async with transaction(pool) as conn:
+            await record_subscription(conn, caller, after, replayed, complete=complete)
 
 
 async def _record_interrupted(
     pool: asyncpg.Pool, caller: Caller, after: int | None, replayed: int, complete: bool
 ) -> None:
-    """Record a stream that ended before its subscription was: what it got was read.
-
-    Shielded, because the stream's task is being cancelled.
-    """
-    with anyio.CancelScope(shield=True):
-        try:
-            await _record(pool, caller, after, replayed, complete=complete)
-        except _DATABASE_ERRORS as exc:
-            _log.error("could not audit an interrupted stream subscription: %s", exc)
+    """Record a stream that ended before its subscription was: what it got was read."""
+    try:
+        await _record(pool, caller, after, replayed, complete=complete)
+    except _DATABASE_ERRORS as exc:
+        _log.error("could not audit an interrupted stream subscription: %s", exc)
 
 
 async def _replay(
