@@ -27,12 +27,13 @@ import asyncpg
 import httpx
 import pytest
 
-from safetyreport.alerts.delivery import BATCH_SIZE, claim_due, run_delivery
+from safetyreport.alerts.webhooks import BATCH_SIZE, DELIVERY_TASK, claim_due, delivering
 from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.background import BackgroundRunner, Backoff
 from safetyreport.db.embedded import app_url
-from safetyreport.db.pool import create_pool
+from safetyreport.db.pool import create_pool, transaction
 from safetyreport.settings import APP_DB_ROLE, Settings
 from tests.helpers.reports import bp_report
 from tests.helpers.waiting import eventually
@@ -163,16 +164,20 @@ async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @contextlib.asynccontextmanager
 async def sender(settings: Settings, database_url: str) -> AsyncIterator[None]:
-    """A sender as another service process would run it: its own pool, its own task."""
+    """A sender as another service process would run it: its own pool, its own runner."""
     pool = await create_pool(app_url(settings, database_url), max_size=4)
-    task = asyncio.create_task(run_delivery(pool, settings.alerts, poll_interval=0.05))
+    runner = BackgroundRunner(pool, backoff=Backoff(base=0.05, cap=0.5))
     try:
-        yield
+        async with delivering(settings.alerts, poll_interval=timedelta(seconds=0.05)) as task:
+            assert task is not None
+            runner.add(task)
+            runner.start()
+            try:
+                yield
+            finally:
+                assert runner.status()[DELIVERY_TASK].running  # a sender never dies
+                assert await runner.stop() == {}
     finally:
-        if task.done():
-            task.result()  # a sender that died has a bug to show
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await pool.close()
 
 
@@ -370,7 +375,8 @@ async def test_a_claim_whose_sender_died_is_sent_after_the_lease(
     # A sender claims the row, then dies before posting it.
     pool = await create_pool(app_url(settings, database_url), max_size=1)
     try:
-        [claimed] = await claim_due(pool)
+        async with transaction(pool) as conn:
+            [claimed] = await claim_due(conn)
     finally:
         await pool.close()
     row = await db.fetchrow("SELECT *, next_attempt_at > now() AS leased FROM notifications")
@@ -429,7 +435,9 @@ async def test_the_sender_survives_database_errors(
     await seed(db)
     configured = with_webhooks(settings, receiver.url)
     handler = Collecting(logging.WARNING)
-    log = logging.getLogger("safetyreport.alerts.delivery")
+    # The runner logs a task's failures (the app's logging setup replaces the root's
+    # handlers, so on the logger itself).
+    log = logging.getLogger("safetyreport.background")
     log.addHandler(handler)
     try:
         async with running_app(without_sender(configured)) as http:
@@ -449,19 +457,18 @@ async def test_the_sender_survives_database_errors(
     assert len(receiver.requests()) == 1
 
 
-async def test_without_webhooks_the_sender_idles_until_cancelled(
-    settings: Settings, database_url: str
-) -> None:
-    pool = await create_pool(app_url(settings, database_url), max_size=1)
-    try:
-        task = asyncio.create_task(run_delivery(pool, settings.alerts))
-        await asyncio.sleep(0.05)
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, WAIT_SECONDS)
-    finally:
-        await pool.close()
+async def test_without_webhooks_there_is_no_sender(settings: Settings) -> None:
+    async with delivering(settings.alerts) as task:
+        assert task is None
+    # Nor with URLs but no secret (settings from the environment refuse that).
+    no_secret = without_sender(with_webhooks(settings, "http://127.0.0.1:9"))
+    async with delivering(no_secret.alerts) as task:
+        assert task is None
+    app = create_app(settings)
+    async with app.lifespan():
+        tasks = app.state.safetyreport.background.status()
+        assert DELIVERY_TASK not in tasks
+        assert tasks  # the other background tasks run
 
 
 # --- the ledger API --------------------------------------------------------------------

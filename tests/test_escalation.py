@@ -22,10 +22,11 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from safetyreport.alerts.escalation import escalate_due, run_escalation
+from safetyreport.alerts.escalation import BATCH_SIZE, escalate_due, escalation_task
 from safetyreport.audit import verify_chains
+from safetyreport.background import BackgroundRunner
 from safetyreport.db.embedded import app_url
-from safetyreport.db.pool import connect, create_pool
+from safetyreport.db.pool import Conn, connect, create_pool, transaction
 from safetyreport.settings import AlertSettings, Settings
 from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report, create_report, dissociation_report
@@ -48,6 +49,17 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def alert_settings(settings: Settings) -> AlertSettings:
     return settings.alerts
+
+
+async def escalate(pool: asyncpg.Pool, settings: AlertSettings, *, limit: int = BATCH_SIZE) -> int:
+    """One batch in a transaction of its own, as the background task runs it."""
+    async with transaction(pool) as conn:
+        return await escalate_due(conn, settings, limit=limit)
+
+
+async def escalate_on(conn: Conn, settings: AlertSettings) -> int:
+    async with conn.transaction():
+        return await escalate_due(conn, settings)
 
 
 @pytest.fixture
@@ -143,7 +155,7 @@ async def test_an_overdue_critical_alert_escalates_once(
     )
 
     start = await db_now(db)
-    assert await escalate_due(app_pool, with_webhook) == 1
+    assert await escalate(app_pool, with_webhook) == 1
     end = await db_now(db)
 
     after = await alert(db, alert_id)
@@ -172,7 +184,7 @@ async def test_an_overdue_critical_alert_escalates_once(
     assert note["payload"]["alert"]["escalation_level"] == 1
 
     # The new deadline has not passed: nothing more to do.
-    assert await escalate_due(app_pool, with_webhook) == 0
+    assert await escalate(app_pool, with_webhook) == 0
     assert len(await escalations(db, alert_id)) == 1
     assert (await alert(db, alert_id))["escalation_level"] == 1
 
@@ -187,7 +199,7 @@ async def test_each_missed_deadline_escalates_one_level_further(
     alert_id = await raise_alert(client, db, nurse, crisis())
     for level in (1, 2, 3):
         await make_overdue(db, alert_id)
-        assert await escalate_due(app_pool, alert_settings) == 1
+        assert await escalate(app_pool, alert_settings) == 1
         assert (await alert(db, alert_id))["escalation_level"] == level
     assert [e["details"]["level"] for e in await escalations(db, alert_id)] == [1, 2, 3]
 
@@ -214,7 +226,7 @@ async def test_acknowledged_and_resolved_alerts_never_escalate(
         resolved,
     )
 
-    assert await escalate_due(app_pool, alert_settings) == 0
+    assert await escalate(app_pool, alert_settings) == 0
     for alert_id in (acknowledged, resolved):
         assert await escalations(db, alert_id) == []
         assert (await alert(db, alert_id))["escalation_level"] == 0
@@ -232,7 +244,7 @@ async def test_info_alerts_never_escalate(
     info = await alert(db, alert_id)
     assert (info["severity"], info["status"], info["ack_deadline"]) == ("info", "open", None)
 
-    assert await escalate_due(app_pool, alert_settings) == 0
+    assert await escalate(app_pool, alert_settings) == 0
     assert await escalations(db, alert_id) == []
 
 
@@ -264,7 +276,7 @@ async def test_the_new_deadline_follows_the_severity(
     )
 
     start = await db_now(db)
-    assert await escalate_due(app_pool, configured) == 1
+    assert await escalate(app_pool, configured) == 1
     end = await db_now(db)
 
     after = await alert(db, alert_id)
@@ -285,8 +297,8 @@ async def test_a_severity_without_a_deadline_escalates_once_and_then_waits(
     deadlines = {k: v for k, v in alert_settings.ack_deadlines.items() if k != "critical"}
     configured = replace(alert_settings, ack_deadlines=deadlines)
 
-    assert await escalate_due(app_pool, configured) == 1
-    assert await escalate_due(app_pool, configured) == 0
+    assert await escalate(app_pool, configured) == 1
+    assert await escalate(app_pool, configured) == 0
     after = await alert(db, alert_id)
     assert (after["escalation_level"], after["ack_deadline"]) == (1, None)
     [event] = await escalations(db, alert_id)
@@ -314,7 +326,7 @@ async def test_concurrent_batches_escalate_each_alert_exactly_once(
     async def drain(pool: asyncpg.Pool) -> int:
         # Small batches, so batches from different pools overlap and compete.
         escalated = 0
-        while count := await escalate_due(pool, alert_settings, limit=3):
+        while count := await escalate(pool, alert_settings, limit=3):
             escalated += count
         return escalated
 
@@ -353,7 +365,7 @@ async def test_escalation_waits_for_a_report_submission_instead_of_deadlocking(
         async with db.transaction():
             # Where a submission stands after writing its audit entry...
             await db.execute("SELECT 1 FROM audit_chains WHERE chain = 'clinic:C1' FOR UPDATE")
-            escalation = asyncio.create_task(escalate_due(escalator, alert_settings))
+            escalation = asyncio.create_task(escalate_on(escalator, alert_settings))
             pid = escalator.get_server_pid()
 
             async def escalator_blocked() -> bool:
@@ -376,19 +388,18 @@ async def test_escalation_waits_for_a_report_submission_instead_of_deadlocking(
 
 @contextlib.asynccontextmanager
 async def escalating(pool: asyncpg.Pool, settings: AlertSettings) -> AsyncIterator[None]:
-    """``run_escalation`` as a background task, cancelled (and awaited) on the way out."""
-    task = asyncio.create_task(run_escalation(pool, settings))
+    """The escalation task under a background runner, stopped (and awaited) on the way out."""
+    runner = BackgroundRunner(pool)
+    runner.add(escalation_task(settings))
+    runner.start()
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
-        assert task.cancelled()
+        assert await asyncio.wait_for(runner.stop(), 5) == {}
 
 
 @pytest.mark.timeout(60)
-async def test_run_escalation_escalates_overdue_alerts_by_itself(
+async def test_the_escalation_task_escalates_overdue_alerts_by_itself(
     client: AsyncTestClient[Any],
     db: asyncpg.Connection[Any],
     nurse: Headers,
@@ -418,7 +429,7 @@ class _Records(logging.Handler):
 
 
 @pytest.mark.timeout(60)
-async def test_run_escalation_keeps_going_after_a_database_error(
+async def test_the_escalation_task_keeps_going_after_a_database_error(
     client: AsyncTestClient[Any],
     db: asyncpg.Connection[Any],
     nurse: Headers,
@@ -429,9 +440,9 @@ async def test_run_escalation_keeps_going_after_a_database_error(
     await make_overdue(db, alert_id)
     # Fails the claim (it needs UPDATE on alerts) until granted back; this database only.
     await db.execute("REVOKE UPDATE ON alerts FROM safetyreport_app")
-    # On the module's logger itself: the app's logging setup replaces the root's handlers.
+    # On the runner's logger itself: the app's logging setup replaces the root's handlers.
     records = _Records()
-    logger = logging.getLogger("safetyreport.alerts.escalation")
+    logger = logging.getLogger("safetyreport.background")
     logger.addHandler(records)
     every_second = replace(alert_settings, escalation_interval=timedelta(seconds=1))
     try:

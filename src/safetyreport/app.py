@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -19,20 +20,23 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from safetyreport import __version__
-from safetyreport.alerts.delivery import DeliveryController, run_delivery
-from safetyreport.alerts.escalation import run_escalation
+from safetyreport.alerts.broker import LISTENER_TASK, AlertBroker
+from safetyreport.alerts.escalation import escalation_task
+from safetyreport.alerts.notification_routes import NotificationController
 from safetyreport.alerts.routes import AlertController, RuleController
-from safetyreport.alerts.stream import AlertBroker, AlertStreamController
-from safetyreport.audit.checkpoints import run_checkpoints
+from safetyreport.alerts.stream_routes import AlertStreamController
+from safetyreport.alerts.webhooks import delivering
+from safetyreport.audit.checkpoints import checkpoint_task
 from safetyreport.audit.routes import AuditController
-from safetyreport.audit.signing import load_signer
+from safetyreport.audit.signing import Signer, load_signer
 from safetyreport.auth.http import TokenAuthenticationMiddleware
 from safetyreport.auth.ratelimit import anonymous_rate_limit
 from safetyreport.auth.routes import AuthController
+from safetyreport.background import BackgroundRunner, LongLived, Periodic, Task
 from safetyreport.body_deadline import body_deadline_middleware
 from safetyreport.db.embedded import app_url, owner_url
 from safetyreport.db.migrations import load_migrations
-from safetyreport.db.pool import Conn, create_pool
+from safetyreport.db.pool import Conn, connection, create_pool
 from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable, document_problems
 from safetyreport.front_door import front_door
 from safetyreport.health import health
@@ -47,14 +51,15 @@ from safetyreport.web import WebController, WebSessionController, static_router,
 from safetyreport.web.api_reference import ApiReferencePlugin, api_reference_router
 
 _log = logging.getLogger(__name__)
-PURGE_INTERVAL_SECONDS = 3600
+PURGE_TASK = "idempotency purge"
+PURGE_INTERVAL = timedelta(hours=1)
 
 
-async def check_schema(pool: asyncpg.Pool | Conn) -> None:
+async def check_schema(conn: Conn) -> None:
     """Refuse to serve on a database the migrations have not reached (run migrate first)."""
     latest = max(m.version for m in load_migrations())
     try:
-        current = await pool.fetchval("SELECT max(version) FROM schema_migrations")
+        current = await conn.fetchval("SELECT max(version) FROM schema_migrations")
     except asyncpg.UndefinedTableError:
         current = None
     if current != latest:
@@ -64,13 +69,19 @@ async def check_schema(pool: asyncpg.Pool | Conn) -> None:
         )
 
 
-async def _purge_idempotency_keys(pool: asyncpg.Pool) -> None:
-    while True:
-        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
-        try:
-            await purge_expired(pool)
-        except (OSError, asyncpg.PostgresError) as exc:
-            _log.warning("could not purge expired idempotency keys: %s", exc)
+def background_tasks(settings: Settings, signer: Signer, broker: AlertBroker) -> list[Task]:
+    """What every service process does in the background (webhook delivery aside, see
+    ``webhooks.delivering``).
+
+    Each unit is claimed in the database, so several service processes on one database
+    never do it twice.
+    """
+    return [
+        Periodic(PURGE_TASK, PURGE_INTERVAL, purge_expired),
+        escalation_task(settings.alerts),
+        checkpoint_task(signer, settings.audit.checkpoint_interval),
+        LongLived(LISTENER_TASK, broker.listen),
+    ]
 
 
 def _end_streams_on_shutdown_signal(broker: AlertBroker) -> None:
@@ -102,43 +113,43 @@ def create_app(settings: Settings | None = None) -> Litestar:
         signer = await asyncio.to_thread(load_signer, settings)
         url = app_url(settings, await asyncio.to_thread(owner_url, settings))
         acquire_timeout = settings.capacity.acquire_timeout.total_seconds()
-        pool = await create_pool(
-            url, max_size=settings.database.pool_max_size, acquire_timeout=acquire_timeout
-        )
-        export_pool = await create_pool(
-            url,
-            min_size=0,
-            max_size=settings.capacity.exports_total,
-            acquire_timeout=acquire_timeout,
-        )
-        broker = AlertBroker(url)
-        try:
-            await check_schema(pool)
-            await broker.start()
+        # Closed in reverse order: the background tasks stop before what they use.
+        async with contextlib.AsyncExitStack() as resources:
+            pool = await create_pool(
+                url, max_size=settings.database.pool_max_size, acquire_timeout=acquire_timeout
+            )
+            resources.push_async_callback(pool.close)
+            export_pool = await create_pool(
+                url,
+                min_size=0,
+                max_size=settings.capacity.exports_total,
+                acquire_timeout=acquire_timeout,
+            )
+            resources.push_async_callback(export_pool.close)
+            async with connection(pool) as conn:
+                await check_schema(conn)
+            broker = AlertBroker(url)
+            resources.callback(broker.close_subscriptions)
+            runner = BackgroundRunner(pool)
+            for task in background_tasks(settings, signer, broker):
+                runner.add(task)
+            delivery = await resources.enter_async_context(delivering(settings.alerts))
+            if delivery is not None:
+                runner.add(delivery)
+            resources.push_async_callback(runner.stop)
+            runner.start()
+            if not await broker.wait_listening():
+                _log.warning("serving without the alert listener for now; it keeps retrying")
             _end_streams_on_shutdown_signal(broker)
             app.state.safetyreport = AppState(
-                settings=settings, pool=pool, broker=broker, signer=signer, export_pool=export_pool
+                settings=settings,
+                pool=pool,
+                broker=broker,
+                signer=signer,
+                export_pool=export_pool,
+                background=runner,
             )
-            # Background work; each unit is claimed in the database, so several service
-            # processes on one database never do it twice.
-            tasks = [
-                asyncio.create_task(_purge_idempotency_keys(pool)),
-                asyncio.create_task(run_escalation(pool, settings.alerts)),
-                asyncio.create_task(run_delivery(pool, settings.alerts)),
-                asyncio.create_task(
-                    run_checkpoints(pool, signer, settings.audit.checkpoint_interval)
-                ),
-            ]
-            try:
-                yield
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            await broker.stop()
-            await export_pool.close()
-            await pool.close()
+            yield
 
     configure_logging(settings.log_level)
     templates = template_config()
@@ -151,7 +162,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AlertStreamController,
             AlertController,
             RuleController,
-            DeliveryController,
+            NotificationController,
             WebController,
             WebSessionController,
             static_router(),

@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import asyncpg
 import msgspec
 
 from safetyreport.db.pool import Conn
@@ -107,6 +106,7 @@ async def _run_once(
     return StoredResponse(status, body, False)
 
 
-async def purge_expired(pool: asyncpg.Pool) -> int:
-    result: str = await pool.execute("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+async def purge_expired(conn: Conn) -> int:
+    """Forget the keys whose time is up; how many (a background task)."""
+    result: str = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= now()")
     return int(result.split()[-1])

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from litestar.connection import ASGIConnection
 
+from safetyreport.alerts.broker import AlertBroker
+from safetyreport.audit.signing import Signer
+from safetyreport.background import BackgroundRunner
 from safetyreport.limits import Slots
 from safetyreport.settings import Settings
-
-if TYPE_CHECKING:  # the stream's routes import this module
-    from safetyreport.alerts.stream import AlertBroker
-    from safetyreport.audit.signing import Signer
 
 
 @dataclass(slots=True)
@@ -25,6 +24,8 @@ class AppState:
     # Exports stream on connections of their own (as many as exports may run at once),
     # so stalled downloads can never take the connections requests need.
     export_pool: asyncpg.Pool
+    # The background tasks (their state shows in /health).
+    background: BackgroundRunner
     # Caps per process (see CapacitySettings): beyond them, 429.
     exports: Slots = field(init=False)
     upload_verifications: Slots = field(init=False)

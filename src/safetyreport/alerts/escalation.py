@@ -2,16 +2,16 @@
 
 An alert still open at its ``ack_deadline`` escalates: its level rises by one, the
 escalation is recorded (event, audit entry, outbox notifications) and a new deadline
-starts. Every service process runs the loop; alerts are claimed with ``FOR UPDATE SKIP
-LOCKED`` in the transaction that escalates them, and a claimed alert no longer matches
-once that commits, so each alert escalates exactly once per deadline.
+starts. Every service process runs the background task (``escalation_task``); alerts
+are claimed with ``FOR UPDATE SKIP LOCKED`` in the transaction that escalates them, and
+a claimed alert no longer matches once that commits, so each alert escalates exactly
+once per deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ import asyncpg
 from safetyreport import audit
 from safetyreport.alerts import events
 from safetyreport.audit.chain import format_time
+from safetyreport.background import Periodic
 from safetyreport.db.pool import Conn
 from safetyreport.settings import AlertSettings
 
@@ -26,10 +27,8 @@ _log = logging.getLogger(__name__)
 
 SYSTEM_ESCALATION = audit.Actor(name="system:escalation")
 BATCH_SIZE = 100
-# Longest pause after repeated database errors (or the interval, if that is longer).
-BACKOFF_CAP = timedelta(minutes=1)
-# What a database outage or restart raises (TimeoutError is an OSError).
-_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Its name among the background tasks (/health).
+ESCALATION_TASK = "escalation"
 
 # The clinics of the next batch of due alerts, so their audit chains can be locked first.
 _DUE_CLINICS = """
@@ -105,52 +104,28 @@ async def _record(conn: Conn, row: asyncpg.Record, settings: AlertSettings) -> N
     )
 
 
-async def escalate_due(
-    pool_or_conn: asyncpg.Pool | Conn, settings: AlertSettings, *, limit: int = BATCH_SIZE
-) -> int:
-    """Escalate up to ``limit`` overdue alerts in one transaction; how many escalated."""
+async def escalate_due(conn: Conn, settings: AlertSettings, *, limit: int = BATCH_SIZE) -> int:
+    """Escalate up to ``limit`` overdue alerts in the caller's transaction; how many.
+
+    An interrupted batch rolls back with the transaction, to be escalated by another pass.
+    """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    if isinstance(pool_or_conn, asyncpg.Pool):
-        async with pool_or_conn.acquire() as conn, conn.transaction():
-            return await _escalate_batch(conn, settings, limit)
-    async with pool_or_conn.transaction():
-        return await _escalate_batch(pool_or_conn, settings, limit)
+    count = await _escalate_batch(conn, settings, limit)
+    if count:
+        _log.info("escalated %d alerts", count, extra={"escalated": count})
+    return count
 
 
-def _backoff(settings: AlertSettings, failures: int) -> float:
-    """Doubling pauses after consecutive failures, so an outage is not hammered."""
-    interval = settings.escalation_interval
-    # The exponent is bounded too: a day-long outage must not overflow the arithmetic.
-    delay: timedelta = interval * 2 ** min(failures, 16)
-    return min(delay, max(BACKOFF_CAP, interval)).total_seconds()
+def escalation_task(settings: AlertSettings) -> Periodic:
+    """Escalate overdue alerts every ``escalation_interval``, a batch per transaction.
 
-
-async def run_escalation(pool: asyncpg.Pool, settings: AlertSettings) -> None:
-    """Escalate overdue alerts until cancelled.
-
-    Errors are logged and retried with backoff: this loop must outlive a database
-    restart, or overdue alerts would silently stop escalating. Cancellation (shutdown)
-    is not caught, and an interrupted batch rolls back, to be escalated by another pass.
+    It must outlive a database restart, or overdue alerts would silently stop
+    escalating: the background runner retries it with backoff.
     """
-    failures = 0
-    while True:
-        try:
-            count = await escalate_due(pool, settings)
-        except Exception as exc:
-            failures += 1
-            delay = _backoff(settings, failures)
-            # A traceback only for what is not an outage: that would be a bug.
-            _log.warning(
-                "escalation failed, retrying in %.0f s: %s",
-                delay,
-                exc,
-                exc_info=not isinstance(exc, _DATABASE_ERRORS),
-            )
-        else:
-            failures = 0
-            if count:
-                _log.info("escalated %d alerts", count, extra={"escalated": count})
-            # A full batch means more may be due: go again at once.
-            delay = 0 if count >= BATCH_SIZE else settings.escalation_interval.total_seconds()
-        await asyncio.sleep(delay)
+
+    async def escalate(conn: Conn) -> int:
+        return await escalate_due(conn, settings)
+
+    # A full batch means more may be due: the runner goes again at once.
+    return Periodic(ESCALATION_TASK, settings.escalation_interval, escalate, batch=BATCH_SIZE)

@@ -7,7 +7,6 @@ Several service processes may sign at once: a head is stored once per key.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from datetime import datetime, timedelta
@@ -19,10 +18,14 @@ import msgspec
 from safetyreport.audit.chain import GENESIS_HASH, format_time
 from safetyreport.audit.offline import CHECKPOINT_FORMAT, Checkpoint
 from safetyreport.audit.signing import Signer
+from safetyreport.background import Periodic
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 
 _log = logging.getLogger(__name__)
+
+# Its name among the background tasks (/health).
+CHECKPOINT_TASK = "audit checkpoints"
 
 _UNSIGNED_HEADS = """
 SELECT c.chain, c.last_seq, c.last_hash, clock_timestamp() AS now
@@ -161,14 +164,18 @@ async def check_against_database(conn: Conn, checkpoints: list[Checkpoint]) -> l
     return problems
 
 
-async def run_checkpoints(pool: asyncpg.Pool, signer: Signer, interval: timedelta) -> None:
-    """Sign new chain heads every ``interval`` until cancelled."""
-    while True:
-        try:
-            async with pool.acquire() as conn:
-                signed = await sign_heads(conn, signer)
-            if signed:
-                _log.info("signed %d audit chain heads", signed)
-        except (OSError, asyncpg.PostgresError) as exc:
-            _log.warning("could not sign audit chain heads: %s", exc)
-        await asyncio.sleep(interval.total_seconds())
+async def write_due_checkpoints(conn: Conn, signer: Signer) -> int:
+    """The background task's unit: sign the heads signed by nobody yet; how many."""
+    signed = await sign_heads(conn, signer)
+    if signed:
+        _log.info("signed %d audit chain heads", signed)
+    return signed
+
+
+def checkpoint_task(signer: Signer, interval: timedelta) -> Periodic:
+    """Sign new chain heads every ``interval``."""
+
+    async def write(conn: Conn) -> int:
+        return await write_due_checkpoints(conn, signer)
+
+    return Periodic(CHECKPOINT_TASK, interval, write)

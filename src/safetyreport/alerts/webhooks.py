@@ -1,4 +1,4 @@
-"""Delivering outbox notifications to webhooks, and the delivery ledger for admins.
+"""Delivering outbox notifications to webhooks.
 
 Outbox rows (``notifications``) are written in the transaction that opens or escalates
 an alert (see ``events.enqueue``). A sender claims due rows with a lease in a short
@@ -13,35 +13,33 @@ whose 2xx has been recorded is never sent again.
 
 Receivers verify ``X-Safetyreport-Signature`` (``sha256=`` + hex HMAC-SHA256 with the
 shared secret over ``"{X-Safetyreport-Timestamp}.{body}"``) and reject old timestamps.
+
+The sender is a background task (``delivering``); admins read the ledger through
+``alerts.notifications``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import msgspec
-from litestar import Controller, Request, get
-from litestar.params import FromPath, QueryParameter
 
-from safetyreport import __version__, audit
-from safetyreport.auth.http import principal_of, require_roles
-from safetyreport.auth.permissions import ADMINS, allow
-from safetyreport.db.pool import Conn
-from safetyreport.errors import NotFound
-from safetyreport.pagination import decode_cursor, encode_cursor
+from safetyreport import __version__
+from safetyreport.background import PeriodicOnPool
+from safetyreport.db.pool import Conn, transaction
 from safetyreport.settings import AlertSettings
-from safetyreport.state import app_state, client_address
-from safetyreport.times import require_utc
 
 _log = logging.getLogger(__name__)
 
@@ -51,17 +49,14 @@ BATCH_SIZE = 20
 # recording), or a slow round's rows get posted twice.
 LEASE = timedelta(seconds=60)
 SEND_TIMEOUT_SECONDS = 10.0
-POLL_SECONDS = 1.0
-# Ceiling of the pause after database errors (it doubles from the poll interval).
-ERROR_BACKOFF_CAP_SECONDS = 30.0
+POLL_INTERVAL = timedelta(seconds=1)
 MAX_ERROR_CHARS = 500
+# Its name among the background tasks (/health).
+DELIVERY_TASK = "notification delivery"
 
 TIMESTAMP_HEADER = "X-Safetyreport-Timestamp"
 SIGNATURE_HEADER = "X-Safetyreport-Signature"
 NOTIFICATION_ID_HEADER = "X-Safetyreport-Notification-Id"
-
-# Errors of the database or of reaching it: the sender waits and tries again.
-_DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _json = msgspec.json.Encoder()
 
@@ -138,10 +133,9 @@ def retry_delay(attempts: int, settings: AlertSettings) -> timedelta:
     return timedelta(seconds=min(seconds, settings.delivery_backoff_cap.total_seconds()))
 
 
-async def claim_due(pool: asyncpg.Pool, limit: int = BATCH_SIZE) -> list[Claimed]:
-    """Take the lease on up to ``limit`` due notifications (committed before returning)."""
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(_CLAIM, limit, LEASE)
+async def claim_due(conn: Conn, limit: int = BATCH_SIZE) -> list[Claimed]:
+    """Take the lease on up to ``limit`` due notifications (when the caller commits)."""
+    rows = await conn.fetch(_CLAIM, limit, LEASE)
     return [Claimed(r["id"], r["target"], r["payload"], r["attempts"]) for r in rows]
 
 
@@ -256,7 +250,7 @@ async def _deliver_one(
     settings: AlertSettings,
 ) -> None:
     outcome = await send(http, secret, note)
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(pool) as conn:
         await _record(conn, note, outcome, settings)
 
 
@@ -265,9 +259,12 @@ async def deliver_due(
 ) -> int:
     """One round: claim due notifications, post them concurrently, record each outcome.
 
-    Returns how many were claimed; after the round, raises the first recording error.
+    Each step has a transaction of its own: the claim commits before the posts (made
+    outside any transaction), and each outcome is recorded on its own. Returns how many
+    were claimed; after the round, raises the first recording error.
     """
-    claimed = await claim_due(pool)
+    async with transaction(pool) as conn:
+        claimed = await claim_due(conn)
     results = await asyncio.gather(
         *(_deliver_one(pool, http, secret, note, settings) for note in claimed),
         return_exceptions=True,
@@ -279,16 +276,17 @@ async def deliver_due(
     return len(claimed)
 
 
-async def run_delivery(
-    pool: asyncpg.Pool, settings: AlertSettings, *, poll_interval: float = POLL_SECONDS
-) -> None:
-    """Deliver due notifications until cancelled."""
+@contextlib.asynccontextmanager
+async def delivering(
+    settings: AlertSettings, *, poll_interval: timedelta = POLL_INTERVAL
+) -> AsyncIterator[PeriodicOnPool | None]:
+    """The background task delivering due notifications, with the HTTP client it posts
+    with for as long as the block lasts; None without webhooks (nothing is enqueued)."""
     secret = settings.webhook_secret
     if not settings.webhook_urls or secret is None:
         if settings.webhook_urls:
             _log.error("webhook URLs are configured without a secret: not delivering")
-        # Nothing is enqueued without webhooks; just wait to be cancelled.
-        await asyncio.Event().wait()
+        yield None
         return
     client = httpx.AsyncClient(
         timeout=SEND_TIMEOUT_SECONDS,
@@ -296,182 +294,9 @@ async def run_delivery(
         headers={"User-Agent": f"safetyreport/{__version__}"},
     )
     async with client as http:
-        errors = 0
-        while True:
-            try:
-                claimed = await deliver_due(pool, http, secret, settings)
-            except Exception as exc:  # the sender outlives any one round's failure
-                errors += 1
-                pause = min(poll_interval * 2 ** min(errors, 10), ERROR_BACKOFF_CAP_SECONDS)
-                # Database trouble is expected now and then; anything else is a bug.
-                log = _log.warning if isinstance(exc, _DATABASE_ERRORS) else _log.exception
-                log("notification delivery: %s; retrying in %.1f s", _describe(exc), pause)
-                await asyncio.sleep(pause)
-                continue
-            errors = 0
-            # More may be due right away after a round with work.
-            await asyncio.sleep(0 if claimed else poll_interval)
 
+        async def deliver(pool: asyncpg.Pool) -> int:
+            return await deliver_due(pool, http, secret, settings)
 
-# --- the ledger -------------------------------------------------------------------
-
-# Optional filters as NULL-able parameters, so the statement stays one constant. The
-# clinic scope ($6, $2: NULL for admins of every clinic) keeps an admin of some clinics
-# to their notifications: a payload carries the alert, its clinic and its patient.
-_LIST = """
-SELECT id, alert_id, event, channel, target, status, attempts, created_at, delivered_at,
-       next_attempt_at
-FROM notifications
-WHERE ($1::text IS NULL OR status = $1)
-  AND ($2::uuid IS NULL OR alert_id = $2)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
-  AND ($6::bigint[] IS NULL
-       OR alert_id IN (SELECT id FROM alerts WHERE clinic_id = ANY($6::bigint[])))
-ORDER BY created_at DESC, id DESC
-LIMIT $5
-"""
-_READ = """
-SELECT id, alert_id, event, channel, target, status, created_at, delivered_at,
-       next_attempt_at, payload
-FROM notifications
-WHERE id = $1
-  AND ($2::bigint[] IS NULL
-       OR alert_id IN (SELECT id FROM alerts WHERE clinic_id = ANY($2::bigint[])))
-"""
-_ATTEMPTS = """
-SELECT id, attempted_at, status_code, error, duration_ms
-FROM notification_attempts WHERE notification_id = $1 ORDER BY id
-"""
-
-Status = Literal["pending", "delivered", "failed"]
-
-
-class NotificationView(msgspec.Struct, frozen=True, kw_only=True):
-    id: uuid.UUID
-    alert_id: uuid.UUID
-    event: str
-    channel: str
-    target: str
-    status: Status
-    # Claims so far (a claim whose sender died counts too).
-    attempts: int
-    created_at: datetime
-    delivered_at: datetime | None
-    next_attempt_at: datetime
-
-
-class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    attempted_at: datetime
-    status_code: int | None
-    error: str | None
-    duration_ms: int | None
-
-
-class NotificationDetail(msgspec.Struct, frozen=True, kw_only=True):
-    """One notification with its payload and every recorded attempt, oldest first."""
-
-    id: uuid.UUID
-    alert_id: uuid.UUID
-    event: str
-    channel: str
-    target: str
-    status: Status
-    created_at: datetime
-    delivered_at: datetime | None
-    next_attempt_at: datetime
-    payload: dict[str, Any]
-    attempts: list[AttemptView]
-
-
-class NotificationPage(msgspec.Struct, frozen=True):
-    items: list[NotificationView]
-    next_cursor: str | None
-
-
-def _decode_cursor(cursor: str | None) -> tuple[datetime | None, uuid.UUID | None]:
-    if cursor is None:
-        return None, None
-    after, notification_id = decode_cursor(cursor, tuple[datetime, uuid.UUID])
-    return require_utc("cursor", after), notification_id
-
-
-def _view(row: asyncpg.Record) -> NotificationView:
-    fields = {f: row[f] for f in NotificationView.__struct_fields__}
-    return NotificationView(**{**fields, "target": mask_url(row["target"])})
-
-
-async def _audit_read(
-    conn: Conn,
-    request: Request[Any, Any, Any],
-    action: str,
-    object_id: str | None,
-    details: dict[str, Any],
-) -> None:
-    # Notifications span clinics and only admins read them: the global chain.
-    await audit.append(
-        conn,
-        audit.AuditEvent(
-            actor=principal_of(request).actor(),
-            action=action,
-            object_type="notification",
-            object_id=object_id,
-            client_addr=client_address(request),
-            details=details,
-        ),
-    )
-
-
-class DeliveryController(Controller):
-    path = "/api/v1/notifications"
-    tags = ["notifications"]
-    guards = [require_roles]
-    opt = allow(ADMINS)
-
-    @get("/")
-    async def list_notifications(
-        self,
-        request: Request[Any, Any, Any],
-        status: Annotated[Status | None, QueryParameter()] = None,
-        alert: Annotated[uuid.UUID | None, QueryParameter()] = None,
-        cursor: Annotated[str | None, QueryParameter()] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-    ) -> NotificationPage:
-        """The delivery ledger of your clinics, newest first, a page at a time (admins only)."""
-        after, after_id = _decode_cursor(cursor)
-        pool = app_state(request).pool
-        async with pool.acquire() as conn, conn.transaction():
-            scope = principal_of(request).scope()
-            rows = await conn.fetch(_LIST, status, alert, after, after_id, limit + 1, scope)
-            items = [_view(r) for r in rows[:limit]]
-            more = len(rows) > limit
-            details: dict[str, Any] = {
-                "filters": {
-                    "status": status,
-                    "alert": str(alert) if alert else None,
-                    "cursor": cursor,
-                },
-                "count": len(items),
-                "notification_ids": [str(i.id) for i in items],
-            }
-            await _audit_read(conn, request, "notification.listed", None, details)
-        return NotificationPage(
-            items, encode_cursor(items[-1].created_at, items[-1].id) if more else None
-        )
-
-    @get("/{notification_id:uuid}")
-    async def read_notification(
-        self, request: Request[Any, Any, Any], notification_id: FromPath[uuid.UUID]
-    ) -> NotificationDetail:
-        """One notification: its payload and every delivery attempt (admins only)."""
-        pool = app_state(request).pool
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_READ, notification_id, principal_of(request).scope())
-            if row is None:
-                raise NotFound(f"no notification {notification_id}")
-            attempts = [AttemptView(**dict(a)) for a in await conn.fetch(_ATTEMPTS, row["id"])]
-            details = {"alert_id": str(row["alert_id"]), "status": row["status"]}
-            await _audit_read(conn, request, "notification.read", str(row["id"]), details)
-        fields = {f: row[f] for f in NotificationDetail.__struct_fields__ if f != "attempts"}
-        fields["target"] = mask_url(row["target"])
-        return NotificationDetail(**fields, attempts=attempts)
+        # A round that claimed anything goes again at once: more may be due right away.
+        yield PeriodicOnPool(DELIVERY_TASK, poll_interval, deliver, batch=1)
