@@ -7,7 +7,6 @@ and answers with scripted statuses. Every wait is bounded; no test asserts on ti
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
