@@ -123,8 +123,9 @@ async def require_page_role(
 class Page:
     """What a page handler is given (as ``page``): who is signed in, and how to render.
 
-    Pages reach anonymous users too (``PAGE_OPT``), so ``user`` may be None; pages for
-    some roles only have ``require_page_role`` as their guard, and use ``caller``.
+    Pages reach anonymous users too (``PAGE_OPT``): for them ``user`` is None. A page
+    for some roles has ``require_page_role`` as its guard and calls its service with
+    ``caller``.
     """
 
     request: Request[Any, Any, Any]
