@@ -100,10 +100,10 @@ async def login(
         conn, username, credentials.device_tokens, settings.auth.known_device_lifetime
     )
     device = known[0] if known else None
-    until = await throttle.refuse_if_locked(conn, username, address, device)
-    if until is not None:
+    locked_for = await throttle.refuse_if_locked(conn, username, address, device)
+    if locked_for is not None:
         # Not audited one by one: the lock's count goes in the key's next entry.
-        retry = max(1, math.ceil((until - await conn.fetchval("SELECT now()")).total_seconds()))
+        retry = max(1, math.ceil(locked_for.total_seconds()))
         return LoginRefused(
             TooManyRequests("too many failed logins; try again later", retry_after=retry)
         )
