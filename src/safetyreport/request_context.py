@@ -4,6 +4,7 @@ Registered once on the app (``DEPENDENCIES``), so handlers never dig in the requ
 
 - ``app_state``: the app's ``AppState`` (settings, pools, broker, signer, caps);
 - ``caller``: the signed-in user and the client's address (a ``Caller``);
+- ``address``: the client's address alone, for routes open to anyone (signing in);
 - ``db``: a pooled connection already inside a transaction. Litestar commits it after the
   handler returns and before the response is sent (a response the client sees is
   stored), and rolls it back when the handler raises; everything the handler's service
@@ -32,14 +33,19 @@ DbDep: TypeAlias = NamedDependency[SkipValidation[Conn]]
 SnapshotDep: TypeAlias = NamedDependency[SkipValidation[Conn]]
 CallerDep: TypeAlias = NamedDependency[SkipValidation[Caller]]
 StateDep: TypeAlias = NamedDependency[SkipValidation[AppState]]
+AddressDep: TypeAlias = NamedDependency[SkipValidation[str]]
 
 
 def provide_app_state(request: ASGIConnection[Any, Any, Any, Any]) -> AppState:
     return app_state(request)
 
 
-def provide_caller(request: ASGIConnection[Any, Any, Any, Any]) -> Caller:
-    return Caller(principal_of(request), client_address(request))
+def provide_address(request: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return client_address(request)
+
+
+def provide_caller(request: ASGIConnection[Any, Any, Any, Any], address: AddressDep) -> Caller:
+    return Caller(principal_of(request), address)
 
 
 async def provide_db(app_state: StateDep) -> AsyncIterator[Conn]:
@@ -54,6 +60,7 @@ async def provide_snapshot(app_state: StateDep) -> AsyncIterator[Conn]:
 
 DEPENDENCIES: dict[str, Provide] = {
     "app_state": Provide(provide_app_state, sync_to_thread=False),
+    "address": Provide(provide_address, sync_to_thread=False),
     "caller": Provide(provide_caller, sync_to_thread=False),
     "db": Provide(provide_db),
     "snapshot": Provide(provide_snapshot),

@@ -16,6 +16,7 @@ from safetyreport.alerts import events
 from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL
 from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, Status
 from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, NotFound, ValidationFailed
@@ -97,32 +98,12 @@ async def _detail(conn: Conn, row: asyncpg.Record) -> AlertDetail:
     return AlertDetail(**fields, reports=reports, history=history)
 
 
-async def _audit_read(
-    conn: Conn, principal: Principal, action: str, clinic: str | None, addr: str, **details: Any
-) -> None:
-    await audit.append(
-        conn,
-        audit.AuditEvent(
-            actor=principal.actor(),
-            action=action,
-            object_type="alert",
-            object_id=details.pop("alert_id", None),
-            clinic=clinic,
-            client_addr=addr,
-            details=details,
-        ),
+async def read_alert(conn: Conn, caller: Caller, alert_id: uuid.UUID) -> AlertDetail:
+    row = await _load(conn, caller.principal, alert_id)
+    await caller.audit(
+        conn, "alert.read", object_type="alert", object_id=str(alert_id), clinic=row["clinic"]
     )
-
-
-async def read_alert(
-    pool: asyncpg.Pool, principal: Principal, alert_id: uuid.UUID, addr: str
-) -> AlertDetail:
-    async with pool.acquire() as conn, conn.transaction():
-        row = await _load(conn, principal, alert_id)
-        await _audit_read(
-            conn, principal, "alert.read", row["clinic"], addr, alert_id=str(alert_id)
-        )
-        return await _detail(conn, row)
+    return await _detail(conn, row)
 
 
 def _decode_cursor(cursor: str) -> tuple[int, datetime, uuid.UUID]:
@@ -132,12 +113,10 @@ def _decode_cursor(cursor: str) -> tuple[int, datetime, uuid.UUID]:
     return rank, require_utc("cursor", seen), alert_id
 
 
-async def list_alerts(
-    pool: asyncpg.Pool, principal: Principal, filters: AlertFilters, addr: str
-) -> AlertPage:
-    """Alerts of the principal's clinics: most severe first, then oldest first."""
+async def list_alerts(conn: Conn, caller: Caller, filters: AlertFilters) -> AlertPage:
+    """Alerts of the caller's clinics: most severe first, then oldest first."""
     where = Where()
-    where.in_clinics("a.clinic_id", principal.visible_clinics(filters.clinic))
+    where.in_clinics("a.clinic_id", caller.principal.visible_clinics(filters.clinic))
     where.equals("a.status", filters.status)
     where.equals("a.severity", filters.severity)
     where.equals("a.rule_id", filters.rule)
@@ -154,37 +133,32 @@ async def list_alerts(
         + where.sql()
         + f" ORDER BY {_RANK} DESC, a.first_seen_at, a.id LIMIT {where.param(filters.limit + 1)}"
     )
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(sql, *where.args)
-        items = [_view(r) for r in rows[: filters.limit]]
-        next_cursor = None
-        if len(rows) > filters.limit:
-            last = items[-1]
-            rank = rows[filters.limit - 1]["severity_rank"]
-            next_cursor = encode_cursor(rank, last.first_seen_at, last.id)
-        await _audit_page(conn, principal, filters, items, addr)
+    rows = await conn.fetch(sql, *where.args)
+    items = [_view(r) for r in rows[: filters.limit]]
+    next_cursor = None
+    if len(rows) > filters.limit:
+        last = items[-1]
+        rank = rows[filters.limit - 1]["severity_rank"]
+        next_cursor = encode_cursor(rank, last.first_seen_at, last.id)
+    await _audit_page(conn, caller, filters, items)
     return AlertPage(items=items, next_cursor=next_cursor)
 
 
 async def _audit_page(
-    conn: Conn, principal: Principal, filters: AlertFilters, items: list[AlertView], addr: str
+    conn: Conn, caller: Caller, filters: AlertFilters, items: list[AlertView]
 ) -> None:
     """Record the page in the chain of each clinic on it (empty: where the filter points)."""
 
-    def listed(clinic: str | None) -> audit.AuditEvent:
-        return audit.AuditEvent(
-            actor=principal.actor(),
-            action="alert.listed",
-            object_type="alert",
-            client_addr=addr,
-            details={
-                "filters": msgspec.to_builtins(filters),
-                "count": sum(1 for i in items if i.clinic == clinic),
-            },
-        )
+    def listed(clinic: str | None) -> dict[str, Any]:
+        return {
+            "filters": msgspec.to_builtins(filters),
+            "count": sum(1 for i in items if i.clinic == clinic),
+        }
 
     clinics: set[str | None] = {i.clinic for i in items} or {filters.clinic}
-    await audit.append_for_each_clinic(conn, clinics, listed)
+    await caller.audit_each_clinic(
+        conn, clinics, "alert.listed", object_type="alert", details_for=listed
+    )
 
 
 # --- transitions --------------------------------------------------------------
@@ -266,19 +240,19 @@ async def _lock(conn: Conn, principal: Principal, alert_id: uuid.UUID) -> asyncp
     return row
 
 
-async def transition(
+async def _transition(
     conn: Conn,
-    principal: Principal,
+    caller: Caller,
     alert_id: uuid.UUID,
     action: str,
     *,
     expected_revision: int | None,
     value: Any = None,
     details: dict[str, Any],
-    addr: str,
     settings: AlertSettings,
 ) -> AlertDetail:
     """Apply ``action`` to the alert in the caller's transaction; audited, streamed."""
+    principal = caller.principal
     row = await _lock(conn, principal, alert_id)
     if expected_revision is not None and expected_revision != row["revision"]:
         raise Conflict(
@@ -294,10 +268,115 @@ async def transition(
         actor=principal.actor(),
         action=action,
         details=details,
-        client_addr=addr,
+        client_addr=caller.address,
         settings=settings,
     )
     return await _detail(conn, await _load(conn, principal, alert_id))
+
+
+async def acknowledge(
+    conn: Conn,
+    caller: Caller,
+    alert_id: uuid.UUID,
+    *,
+    revision: int | None,
+    settings: AlertSettings,
+) -> AlertDetail:
+    """Acknowledge an open alert: it stops escalating."""
+    return await _transition(
+        conn,
+        caller,
+        alert_id,
+        "acknowledged",
+        expected_revision=revision,
+        details={},
+        settings=settings,
+    )
+
+
+async def assign(
+    conn: Conn,
+    caller: Caller,
+    alert_id: uuid.UUID,
+    username: str,
+    *,
+    revision: int | None,
+    settings: AlertSettings,
+) -> AlertDetail:
+    """Assign an unresolved alert to a safety officer or admin of its clinic."""
+    # The assignee is checked only for an alert the caller may see (else: 404 below).
+    clinic_id = await conn.fetchval("SELECT clinic_id FROM alerts WHERE id = $1", alert_id)
+    user_id = None
+    if clinic_id is not None and caller.principal.can_see(clinic_id):
+        user_id = await assignee_id(conn, username, clinic_id)
+    return await _transition(
+        conn,
+        caller,
+        alert_id,
+        "assigned",
+        expected_revision=revision,
+        value=user_id,
+        details={"user": username},
+        settings=settings,
+    )
+
+
+async def resolve(
+    conn: Conn,
+    caller: Caller,
+    alert_id: uuid.UUID,
+    reason: str,
+    *,
+    revision: int | None,
+    settings: AlertSettings,
+) -> AlertDetail:
+    """Resolve an alert, saying why."""
+    return await _transition(
+        conn,
+        caller,
+        alert_id,
+        "resolved",
+        expected_revision=revision,
+        value=reason,
+        details={"reason": reason},
+        settings=settings,
+    )
+
+
+async def reopen(
+    conn: Conn,
+    caller: Caller,
+    alert_id: uuid.UUID,
+    reason: str,
+    *,
+    revision: int | None,
+    settings: AlertSettings,
+) -> AlertDetail:
+    """Reopen a resolved alert, saying why; its acknowledgement deadline starts again."""
+    return await _transition(
+        conn,
+        caller,
+        alert_id,
+        "reopened",
+        expected_revision=revision,
+        details={"reason": reason},
+        settings=settings,
+    )
+
+
+async def add_note(
+    conn: Conn, caller: Caller, alert_id: uuid.UUID, text: str, *, settings: AlertSettings
+) -> AlertDetail:
+    """Add a note to the alert's history."""
+    return await _transition(
+        conn,
+        caller,
+        alert_id,
+        "noted",
+        expected_revision=None,
+        details={"text": text},
+        settings=settings,
+    )
 
 
 async def assignee_id(conn: Conn, username: str, clinic_id: int) -> int:

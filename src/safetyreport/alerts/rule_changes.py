@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from safetyreport import audit
 from safetyreport.alerts import rules
 from safetyreport.alerts.rules import RuleCreate, RuleInput, Scope, StoredRule
 from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
@@ -118,29 +118,28 @@ async def _validate(conn: Conn, principal: Principal | None, scope: Scope, rule:
     return True
 
 
-async def create(conn: Conn, principal: Principal, rule: RuleCreate) -> Outcome:
-    """Create a rule, or propose it when it overrides a protected rule. Own transaction."""
-    async with conn.transaction():
-        await _lock(conn)
-        clinic_ids = _scope_of(principal, rule)
-        check_may_change(principal, clinic_ids, rule.id)
-        if rule.overrides is not None:
-            await _network_rule(conn, principal, rule.overrides)
-            await _check_one_override(conn, rule.overrides, clinic_ids or [])
-        scope = Scope(clinic_ids, rule.overrides)
-        as_input = _input_of(rule)
-        protected = await _validate(conn, principal, scope, as_input)
-        if await conn.fetchval("SELECT 1 FROM alert_rules WHERE id = $1", rule.id):
-            raise ValidationFailed.one("id", "unique", f"rule {rule.id} already exists")
-        if protected:
-            return Outcome(
-                change=await _propose(conn, principal, "create", rule.id, None, scope, as_input)
-            )
-        saved = await rules.save_rule(
-            conn, rule.id, as_input, principal.actor(), scope=scope, create=True
+async def create(conn: Conn, caller: Caller, rule: RuleCreate) -> Outcome:
+    """Create a rule, or propose it when it overrides a protected rule. Caller's
+    transaction."""
+    principal = caller.principal
+    await _lock(conn)
+    clinic_ids = _scope_of(principal, rule)
+    check_may_change(principal, clinic_ids, rule.id)
+    if rule.overrides is not None:
+        await _network_rule(conn, principal, rule.overrides)
+        await _check_one_override(conn, rule.overrides, clinic_ids or [])
+    scope = Scope(clinic_ids, rule.overrides)
+    as_input = _input_of(rule)
+    protected = await _validate(conn, principal, scope, as_input)
+    if await conn.fetchval("SELECT 1 FROM alert_rules WHERE id = $1", rule.id):
+        raise ValidationFailed.one("id", "unique", f"rule {rule.id} already exists")
+    if protected:
+        return Outcome(
+            change=await _propose(conn, caller, "create", rule.id, None, scope, as_input)
         )
-        await rules.check_enabled_limits(conn, clinic_ids)
-        return Outcome(rule=saved)
+    saved = await rules.save_rule(conn, caller, rule.id, as_input, scope=scope, create=True)
+    await rules.check_enabled_limits(conn, clinic_ids)
+    return Outcome(rule=saved)
 
 
 def _input_of(rule: RuleCreate) -> RuleInput:
@@ -169,27 +168,25 @@ async def _check_one_override(conn: Conn, network_id: str, clinic_ids: list[int]
         )
 
 
-async def update(conn: Conn, principal: Principal, rule_id: str, rule: RuleInput | None) -> Outcome:
+async def update(conn: Conn, caller: Caller, rule_id: str, rule: RuleInput | None) -> Outcome:
     """Replace a rule's definition (None: disable it, as it is), or propose that for a
-    protected rule. Own transaction; the rule is locked first, so a concurrent update is
-    kept, not overwritten."""
+    protected rule. Caller's transaction; the rule is locked first, so a concurrent update
+    is kept, not overwritten."""
+    principal = caller.principal
     action: Action = "update" if rule is not None else "disable"
-    async with conn.transaction():
-        await _lock(conn)
-        current = await rules.find_rule(conn, principal, rule_id, lock=True)
-        check_may_change(principal, current.clinic_ids, rule_id)
-        if rule is None:
-            rule = current.input(enabled=False)
-        scope = Scope(current.clinic_ids, current.overrides)
-        await _validate(conn, principal, scope, rule)
-        if current.protected:
-            change = await _propose(conn, principal, action, rule_id, current.version, scope, rule)
-            return Outcome(change=change)
-        saved = await rules.save_rule(
-            conn, rule_id, rule, principal.actor(), scope=scope, create=False
-        )
-        await rules.check_enabled_limits(conn, current.clinic_ids)
-        return Outcome(rule=saved)
+    await _lock(conn)
+    current = await rules.find_rule(conn, principal, rule_id, lock=True)
+    check_may_change(principal, current.clinic_ids, rule_id)
+    if rule is None:
+        rule = current.input(enabled=False)
+    scope = Scope(current.clinic_ids, current.overrides)
+    await _validate(conn, principal, scope, rule)
+    if current.protected:
+        change = await _propose(conn, caller, action, rule_id, current.version, scope, rule)
+        return Outcome(change=change)
+    saved = await rules.save_rule(conn, caller, rule_id, rule, scope=scope, create=False)
+    await rules.check_enabled_limits(conn, current.clinic_ids)
+    return Outcome(rule=saved)
 
 
 # --- pending changes -----------------------------------------------------------------
@@ -226,7 +223,7 @@ def _change_view(row: Any, principal: Principal) -> ChangeView:
 
 async def _propose(
     conn: Conn,
-    principal: Principal,
+    caller: Caller,
     action: Action,
     rule_id: str,
     base_version: int | None,
@@ -243,27 +240,20 @@ async def _propose(
         scope.clinic_ids,
         scope.overrides,
         msgspec.to_builtins(rule),
-        principal.id,
-        principal.username,
+        caller.principal.id,
+        caller.principal.username,
     )
+    details = {
+        "change_id": change_id,
+        "change": action,
+        "base_version": base_version,
+        "overrides": scope.overrides,
+        "rule": msgspec.to_builtins(rule),
+    }
     await rules.audit_rule_event(
-        conn,
-        audit.AuditEvent(
-            actor=principal.actor(),
-            action="rule.change_proposed",
-            object_type="alert_rule",
-            object_id=rule_id,
-            details={
-                "change_id": change_id,
-                "change": action,
-                "base_version": base_version,
-                "overrides": scope.overrides,
-                "rule": msgspec.to_builtins(rule),
-            },
-        ),
-        scope.clinic_ids,
+        conn, caller, "rule.change_proposed", rule_id, details, scope.clinic_ids
     )
-    return await get_change(conn, principal, change_id)
+    return await get_change(conn, caller.principal, change_id)
 
 
 async def list_changes(conn: Conn, principal: Principal, status: Status | None) -> list[ChangeView]:
@@ -303,58 +293,46 @@ async def _pending_for_decision(conn: Conn, principal: Principal, change_id: int
     return row
 
 
-async def approve(conn: Conn, principal: Principal, change_id: int) -> StoredRule:
-    """Apply a pending change, as a second user with the same rights. Own transaction."""
-    async with conn.transaction():
-        await _lock(conn)
-        row = await _pending_for_decision(conn, principal, change_id)
-        if row["proposed_by"] == principal.id:
-            raise Forbidden("a change to a protected rule needs a second user's approval")
-        rule = msgspec.convert(row["proposal"], RuleInput)
-        scope = Scope(row["clinic_ids"], row["overrides_rule_id"])
-        create = row["action"] == "create"
-        if not create:
-            current = await rules.find_rule(conn, principal, row["rule_id"], lock=True)
-            if current.version != row["base_version"]:
-                raise Conflict(
-                    f"{row['rule_id']} changed since this was proposed (version "
-                    f"{row['base_version']}, now {current.version}): reject it and propose again"
-                )
-        elif scope.overrides is not None:
-            await _check_one_override(conn, scope.overrides, scope.clinic_ids or [])
-        await _validate(conn, principal, scope, rule)
-        approval = rules.Approval(change_id, row["proposed_by_name"], principal.username)
-        saved = await rules.save_rule(
-            conn,
-            row["rule_id"],
-            rule,
-            principal.actor(),
-            scope=scope,
-            create=create,
-            approval=approval,
-        )
-        await rules.check_enabled_limits(conn, scope.clinic_ids)
-        await _decide(conn, principal, change_id, "approved")
-        return saved
+async def approve(conn: Conn, caller: Caller, change_id: int) -> StoredRule:
+    """Apply a pending change, as a second user with the same rights. Caller's transaction."""
+    principal = caller.principal
+    await _lock(conn)
+    row = await _pending_for_decision(conn, principal, change_id)
+    if row["proposed_by"] == principal.id:
+        raise Forbidden("a change to a protected rule needs a second user's approval")
+    rule = msgspec.convert(row["proposal"], RuleInput)
+    scope = Scope(row["clinic_ids"], row["overrides_rule_id"])
+    create = row["action"] == "create"
+    if not create:
+        current = await rules.find_rule(conn, principal, row["rule_id"], lock=True)
+        if current.version != row["base_version"]:
+            raise Conflict(
+                f"{row['rule_id']} changed since this was proposed (version "
+                f"{row['base_version']}, now {current.version}): reject it and propose again"
+            )
+    elif scope.overrides is not None:
+        await _check_one_override(conn, scope.overrides, scope.clinic_ids or [])
+    await _validate(conn, principal, scope, rule)
+    approval = rules.Approval(change_id, row["proposed_by_name"], principal.username)
+    saved = await rules.save_rule(
+        conn, caller, row["rule_id"], rule, scope=scope, create=create, approval=approval
+    )
+    await rules.check_enabled_limits(conn, scope.clinic_ids)
+    await _decide(conn, principal, change_id, "approved")
+    return saved
 
 
-async def reject(conn: Conn, principal: Principal, change_id: int) -> ChangeView:
-    """Close a pending change without applying it (the proposer may withdraw her own)."""
-    async with conn.transaction():
-        row = await _pending_for_decision(conn, principal, change_id)
-        await _decide(conn, principal, change_id, "rejected")
-        await rules.audit_rule_event(
-            conn,
-            audit.AuditEvent(
-                actor=principal.actor(),
-                action="rule.change_rejected",
-                object_type="alert_rule",
-                object_id=row["rule_id"],
-                details={"change_id": change_id, "proposed_by": row["proposed_by_name"]},
-            ),
-            row["clinic_ids"],
-        )
-        return await get_change(conn, principal, change_id)
+async def reject(conn: Conn, caller: Caller, change_id: int) -> ChangeView:
+    """Close a pending change without applying it (the proposer may withdraw her own).
+    Caller's transaction."""
+    principal = caller.principal
+    row = await _pending_for_decision(conn, principal, change_id)
+    await _decide(conn, principal, change_id, "rejected")
+    details = {"change_id": change_id, "proposed_by": row["proposed_by_name"]}
+    await rules.audit_rule_event(
+        conn, caller, "rule.change_rejected", row["rule_id"], details, row["clinic_ids"]
+    )
+    return await get_change(conn, principal, change_id)
 
 
 async def _decide(conn: Conn, principal: Principal, change_id: int, status: Status) -> None:

@@ -28,6 +28,7 @@ from safetyreport.alerts.limits import (
     MAX_RULE_CLINICS,
 )
 from safetyreport.auth.users import Principal
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import AppError, FieldError, NotFound, ValidationFailed, rule_of
 
@@ -482,9 +483,9 @@ FROM alert_rules WHERE id = $1
 
 async def save_rule(
     conn: Conn,
+    caller: Caller,
     rule_id: str,
     rule: RuleInput,
-    actor: audit.Actor,
     *,
     scope: Scope,
     create: bool,
@@ -524,7 +525,7 @@ async def save_rule(
         )
         if updated is None:
             raise NotFound(f"no rule {rule_id}")
-    changed_by = approval.proposed_by if approval else actor.name
+    changed_by = approval.proposed_by if approval else caller.principal.username
     await conn.execute(
         _SAVE_VERSION,
         rule_id,
@@ -545,24 +546,20 @@ async def save_rule(
             proposed_by=approval.proposed_by,
             approved_by=approval.approved_by,
         )
-    await audit_rule_event(
-        conn,
-        audit.AuditEvent(
-            actor=actor,
-            action="rule.created" if create else "rule.updated",
-            object_type="alert_rule",
-            object_id=rule_id,
-            details=details,
-        ),
-        saved.clinic_ids,
-    )
+    action = "rule.created" if create else "rule.updated"
+    await audit_rule_event(conn, caller, action, rule_id, details, saved.clinic_ids)
     return saved
 
 
 async def audit_rule_event(
-    conn: Conn, event: audit.AuditEvent, clinic_ids: list[int] | None
+    conn: Conn,
+    caller: Caller,
+    action: str,
+    rule_id: str,
+    details: dict[str, Any],
+    clinic_ids: list[int] | None,
 ) -> None:
-    """Record a rule event in the chain of every clinic the rule applies to.
+    """Record the caller's ``action`` on a rule in the chain of every clinic it applies to.
 
     A network rule (``clinic_ids`` None) affects every clinic: each clinic's chain and the
     global chain. Caller's transaction.
@@ -573,4 +570,5 @@ async def audit_rule_event(
     else:
         rows = await conn.fetch("SELECT code FROM clinics WHERE id = ANY($1::bigint[])", clinic_ids)
         targets = [r["code"] for r in rows]
+    event = caller.event(action, object_type="alert_rule", object_id=rule_id, details=details)
     await audit.append_to_clinics(conn, event, targets)

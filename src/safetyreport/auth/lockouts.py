@@ -10,10 +10,12 @@ is audited with the lock in every chain of the user's clinics.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
 from safetyreport.auth.throttle import ALERTING_SCOPES, LockStarted
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 
 LIST_LIMIT = 200
@@ -60,3 +62,35 @@ async def recent(
         since,
     )
     return [LockoutAlert(**dict(row)) for row in rows]
+
+
+async def list_alerts(conn: Conn, caller: Caller, since: datetime | None) -> list[LockoutAlert]:
+    """The newest alerts touching the caller's clinics (all of them for a user granted
+    every clinic); ``since``: only those raised after it.
+
+    A read of user data: audited in the chain of each of the caller's clinics listed
+    (address-wide alerts in the global chain). An empty list is not recorded.
+    """
+    principal = caller.principal
+    clinics = None if principal.all_clinics else sorted(principal.clinic_ids)
+    items = await recent(conn, clinics, since)
+    if not items:
+        return items
+
+    def listed(clinic: str | None) -> dict[str, Any]:
+        shown = [a for a in items if (clinic in a.clinics if clinic else not a.clinics)]
+        return {
+            "since": None if since is None else since.isoformat(),
+            "count": len(shown),
+            "alert_ids": [a.id for a in shown],
+        }
+
+    targets: set[str | None] = set()
+    for alert in items:
+        if not alert.clinics:
+            targets.add(None)
+        targets.update(c for c in alert.clinics if clinics is None or c in clinics)
+    await caller.audit_each_clinic(
+        conn, targets, "auth.lockouts_listed", object_type="lockout_alert", details_for=listed
+    )
+    return items

@@ -10,12 +10,12 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
-from safetyreport import audit
 from safetyreport.auth import devices, lockouts, service
-from safetyreport.auth.http import principal_of, require_roles
+from safetyreport.auth.http import require_roles
 from safetyreport.auth.permissions import ADMINS, PUBLIC, allow
 from safetyreport.auth.users import UserView
-from safetyreport.state import app_state, client_address
+from safetyreport.errors import exception_to_response
+from safetyreport.request_context import AddressDep, CallerDep, DbDep, StateDep
 from safetyreport.times import require_utc
 from safetyreport.web.session import device_cookie
 
@@ -34,7 +34,12 @@ class AuthController(Controller):
 
     @post("/auth/login", status_code=HTTP_200_OK, opt=PUBLIC)
     async def login(
-        self, request: Request[Any, Any, Any], data: JSONBody[LoginRequest]
+        self,
+        request: Request[Any, Any, Any],
+        db: DbDep,
+        address: AddressDep,
+        app_state: StateDep,
+        data: JSONBody[LoginRequest],
     ) -> Response[service.LoginResult]:
         """Exchange a username and password (and second factor) for a bearer token.
 
@@ -42,7 +47,6 @@ class AuthController(Controller):
         response) in the ``X-Device-Token`` header, or carries it in a cookie: failures
         from elsewhere then never lock it out.
         """
-        state = app_state(request)
         tokens = devices.presented_tokens(request)
         credentials = service.Credentials(
             username=data.username,
@@ -51,30 +55,28 @@ class AuthController(Controller):
             recovery_code=data.recovery_code,
             device_tokens=tokens,
         )
-        result = await service.login(
-            state.pool, credentials, client_address(request), state.settings
-        )
-        return Response(
-            result, cookies=[device_cookie(request, result.device_token, tokens, state.settings)]
-        )
+        result = await service.login(db, credentials, address, app_state.settings)
+        if isinstance(result, service.LoginRefused):
+            return _refused(request, result)
+        cookie = device_cookie(request, result.device_token, tokens, app_state.settings)
+        return Response(result, cookies=[cookie])
 
     @post("/auth/logout", status_code=HTTP_204_NO_CONTENT)
-    async def logout(self, request: Request[Any, Any, Any]) -> None:
+    async def logout(self, request: Request[Any, Any, Any], db: DbDep, caller: CallerDep) -> None:
         """Revoke the token this request carries (bearer or session cookie), at once."""
-        state = app_state(request)
         # The token the middleware authenticated, wherever the request carried it.
-        token = str(request.auth)
-        await service.logout(state.pool, token, principal_of(request), client_address(request))
+        await service.logout(db, caller, str(request.auth))
 
     @get("/me")
-    async def me(self, request: Request[Any, Any, Any]) -> UserView:
+    async def me(self, caller: CallerDep) -> UserView:
         """The user behind the token, with role and clinics."""
-        return principal_of(request).view()
+        return caller.principal.view()
 
     @get("/auth/lockouts", guards=[require_roles], opt=allow(ADMINS))
     async def lockout_alerts(
         self,
-        request: Request[Any, Any, Any],
+        db: DbDep,
+        caller: CallerDep,
         since: Annotated[
             datetime | None,
             QueryParameter(description="only alerts raised after this time (UTC)"),
@@ -87,35 +89,11 @@ class AuthController(Controller):
         alerts in the global chain). An empty list shows nothing and is not recorded, so
         the page's polling for new alerts (``since`` its newest) adds no entries.
         """
-        principal = principal_of(request)
         after = None if since is None else require_utc("since", since)
-        clinics = None if principal.all_clinics else sorted(principal.clinic_ids)
-        async with app_state(request).pool.acquire() as conn, conn.transaction():
-            items = await lockouts.recent(conn, clinics, after)
-            if not items:
-                return items
+        return await lockouts.list_alerts(db, caller, after)
 
-            def of(clinic: str | None) -> list[lockouts.LockoutAlert]:
-                return [a for a in items if (clinic in a.clinics if clinic else not a.clinics)]
 
-            def listed(clinic: str | None) -> audit.AuditEvent:
-                shown = of(clinic)
-                return audit.AuditEvent(
-                    actor=principal.actor(),
-                    action="auth.lockouts_listed",
-                    object_type="lockout_alert",
-                    client_addr=client_address(request),
-                    details={
-                        "since": None if after is None else after.isoformat(),
-                        "count": len(shown),
-                        "alert_ids": [a.id for a in shown],
-                    },
-                )
-
-            targets: set[str | None] = set()
-            for alert in items:
-                if not alert.clinics:
-                    targets.add(None)
-                targets.update(c for c in alert.clinics if clinics is None or c in clinics)
-            await audit.append_for_each_clinic(conn, targets, listed)
-        return items
+def _refused(request: Request[Any, Any, Any], refused: service.LoginRefused) -> Response[Any]:
+    """The refusal, answered exactly as its error would be if raised. Returned instead, so
+    that the request's transaction commits the attempt's count and audit entry."""
+    return exception_to_response(request, refused.error)

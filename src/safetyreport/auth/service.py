@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from safetyreport import audit
@@ -23,6 +23,7 @@ from safetyreport.auth.users import (
     normalise_username,
     principal_from_row,
 )
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotAuthenticated, TooManyRequests
 from safetyreport.settings import AuthSettings, Settings
@@ -76,73 +77,79 @@ class _Attempt(msgspec.Struct, frozen=True, kw_only=True):
     clinics: list[str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class LoginRefused:
+    """A sign-in refused, and why (the error the client gets).
+
+    Returned, not raised: the attempt is counted and audited in the caller's transaction,
+    which must commit although the sign-in failed.
+    """
+
+    error: NotAuthenticated | TooManyRequests
+
+
 async def login(
-    pool: asyncpg.Pool, credentials: Credentials, address: str, settings: Settings
-) -> LoginResult:
+    conn: Conn, credentials: Credentials, address: str, settings: Settings
+) -> LoginResult | LoginRefused:
+    """Open a session for good credentials; count, audit and refuse anything else.
+
+    Caller's transaction: it is to commit whatever the outcome.
+    """
     username = normalise_username(credentials.username)[:200]
-    async with pool.acquire() as conn:
-        known = await devices.find(
-            conn, username, credentials.device_tokens, settings.auth.known_device_lifetime
+    known = await devices.find(
+        conn, username, credentials.device_tokens, settings.auth.known_device_lifetime
+    )
+    device = known[0] if known else None
+    locked_for = await throttle.refuse_if_locked(conn, username, address, device)
+    if locked_for is not None:
+        # Not audited one by one: the lock's count goes in the key's next entry.
+        retry = max(1, math.ceil(locked_for.total_seconds()))
+        return LoginRefused(
+            TooManyRequests("too many failed logins; try again later", retry_after=retry)
         )
-        device = known[0] if known else None
-        until = await throttle.refuse_if_locked(conn, username, address, device)
-        if until is not None:
-            # Not audited one by one: the lock's count goes in the key's next entry.
-            retry = max(1, math.ceil((until - await conn.fetchval("SELECT now()")).total_seconds()))
-            raise TooManyRequests("too many failed logins; try again later", retry_after=retry)
-        row = await conn.fetchrow(_USER_FOR_LOGIN, username)
-        ok = await verify_password(row["password_hash"] if row else None, credentials.password)
-        principal = principal_from_row(row) if row is not None else None
-        attempt = _Attempt(
-            username=username,
-            address=address,
-            device=device,
-            clinics=_chains(principal),
-        )
-        if principal is None or not ok:
-            await _fail(conn, attempt, "bad_credentials")
-            raise NotAuthenticated(WRONG_CREDENTIALS)
-        problem = await _second_factor(conn, principal, credentials, settings)
-        if problem is not None:
-            reason, message = problem
-            await _fail(conn, attempt, reason)
-            raise NotAuthenticated(message)
-        return await _succeed(conn, attempt, principal, known, settings)
+    row = await conn.fetchrow(_USER_FOR_LOGIN, username)
+    ok = await verify_password(row["password_hash"] if row else None, credentials.password)
+    principal = principal_from_row(row) if row is not None else None
+    attempt = _Attempt(
+        username=username,
+        address=address,
+        device=device,
+        clinics=_chains(principal),
+    )
+    if principal is None or not ok:
+        await _fail(conn, attempt, "bad_credentials")
+        return LoginRefused(NotAuthenticated(WRONG_CREDENTIALS))
+    problem = await _second_factor(conn, principal, credentials, settings)
+    if problem is not None:
+        reason, message = problem
+        await _fail(conn, attempt, reason)
+        return LoginRefused(NotAuthenticated(message))
+    return await _succeed(conn, Caller(principal, address), attempt, known, settings)
 
 
 async def _succeed(
     conn: Conn,
+    caller: Caller,
     attempt: _Attempt,
-    principal: Principal,
     known: tuple[int, str] | None,
     settings: Settings,
 ) -> LoginResult:
-    """Open the session, remember the device and audit the sign-in, in one transaction."""
+    """Open the session, remember the device and audit the sign-in."""
+    principal = caller.principal
     token = new_token()
-    async with conn.transaction():
-        refused = await throttle.take_refused(
-            conn, attempt.username, attempt.address, attempt.device
-        )
-        await throttle.record_success(conn, attempt.username, attempt.address, attempt.device)
-        device_token = await devices.remember(conn, principal.id, known)
-        expires_at: datetime = await conn.fetchval(
-            _CREATE_SESSION, hash_token(token), principal.id, settings.auth.session_absolute
-        )
-        details: dict[str, Any] = {"known_device": known is not None}
-        if refused:
-            details["refused_while_locked"] = refused
-        await audit.append_to_clinics(
-            conn,
-            audit.AuditEvent(
-                actor=principal.actor(),
-                action="auth.login",
-                object_type="user",
-                object_id=principal.username,
-                client_addr=attempt.address,
-                details=details,
-            ),
-            attempt.clinics,
-        )
+    refused = await throttle.take_refused(conn, attempt.username, attempt.address, attempt.device)
+    await throttle.record_success(conn, attempt.username, attempt.address, attempt.device)
+    device_token = await devices.remember(conn, principal.id, known)
+    expires_at: datetime = await conn.fetchval(
+        _CREATE_SESSION, hash_token(token), principal.id, settings.auth.session_absolute
+    )
+    details: dict[str, Any] = {"known_device": known is not None}
+    if refused:
+        details["refused_while_locked"] = refused
+    event = caller.event(
+        "auth.login", object_type="user", object_id=principal.username, details=details
+    )
+    await audit.append_to_clinics(conn, event, attempt.clinics)
     return LoginResult(
         token=token, expires_at=expires_at, user=principal.view(), device_token=device_token
     )
@@ -179,36 +186,32 @@ async def _second_factor(
 
 
 async def _fail(conn: Conn, attempt: _Attempt, reason: str) -> None:
-    """Count a failed attempt, alert on lock-out patterns and audit it, in one transaction."""
-    async with conn.transaction():
-        refused = await throttle.take_refused(
-            conn, attempt.username, attempt.address, attempt.device
-        )
-        locks = await throttle.record_failure(
-            conn, attempt.username, attempt.address, attempt.device
-        )
-        await lockouts.raise_for(conn, locks, [c for c in attempt.clinics if c is not None])
-        details: dict[str, Any] = {"reason": reason}
-        if refused:
-            details["refused_while_locked"] = refused
-        if locks:
-            details["locked"] = [
-                {
-                    "scope": lock.scope,
-                    "failures": lock.failures,
-                    "until": format_time(lock.locked_until),
-                }
-                for lock in locks
-            ]
-        event = audit.AuditEvent(
-            actor=audit.Actor(name=f"anonymous:{attempt.username}"),
-            action="auth.login_failed",
-            object_type="user",
-            object_id=attempt.username,
-            client_addr=attempt.address,
-            details=details,
-        )
-        await audit.append_to_clinics(conn, event, attempt.clinics)
+    """Count a failed attempt, alert on lock-out patterns and audit it."""
+    refused = await throttle.take_refused(conn, attempt.username, attempt.address, attempt.device)
+    locks = await throttle.record_failure(conn, attempt.username, attempt.address, attempt.device)
+    await lockouts.raise_for(conn, locks, [c for c in attempt.clinics if c is not None])
+    details: dict[str, Any] = {"reason": reason}
+    if refused:
+        details["refused_while_locked"] = refused
+    if locks:
+        details["locked"] = [
+            {
+                "scope": lock.scope,
+                "failures": lock.failures,
+                "until": format_time(lock.locked_until),
+            }
+            for lock in locks
+        ]
+    # Nobody is signed in: the actor is the name tried, marked as not authenticated.
+    event = audit.AuditEvent(
+        actor=audit.Actor(name=f"anonymous:{attempt.username}"),
+        action="auth.login_failed",
+        object_type="user",
+        object_id=attempt.username,
+        client_addr=attempt.address,
+        details=details,
+    )
+    await audit.append_to_clinics(conn, event, attempt.clinics)
 
 
 # A live session is touched (its idle timeout restarted) at most once per
@@ -237,20 +240,12 @@ async def resolve_token(conn: Conn, token: str, settings: AuthSettings) -> Princ
     return principal_from_row(row)
 
 
-async def logout(pool: asyncpg.Pool, token: str, principal: Principal, address: str) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
-            hash_token(token),
-        )
-        await audit.append_to_clinics(
-            conn,
-            audit.AuditEvent(
-                actor=principal.actor(),
-                action="auth.logout",
-                object_type="user",
-                object_id=principal.username,
-                client_addr=address,
-            ),
-            _chains(principal),
-        )
+async def logout(conn: Conn, caller: Caller, token: str) -> None:
+    """Revoke the caller's session ``token`` at once. Caller's transaction."""
+    await conn.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+        hash_token(token),
+    )
+    principal = caller.principal
+    event = caller.event("auth.logout", object_type="user", object_id=principal.username)
+    await audit.append_to_clinics(conn, event, _chains(principal))

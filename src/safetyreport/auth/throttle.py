@@ -75,14 +75,16 @@ def _limits(device: int | None) -> tuple[Limit, ...]:
 
 async def refuse_if_locked(
     conn: Conn, username: str, address: str, device: int | None = None
-) -> datetime | None:
-    """The latest lock in force for this attempt, or None.
+) -> timedelta | None:
+    """How long the latest lock in force for this attempt lasts yet, or None.
 
     A refused attempt is only counted on the locked rows (no audit entry each): the
     next audit entry for the key carries the count (``take_refused``).
     """
     keys = _keys(username, address, device)
-    value: datetime | None = await conn.fetchval(
+    # The time left is computed here: a refused attempt (a flood of them, when under
+    # attack) costs one statement.
+    value: timedelta | None = await conn.fetchval(
         """
         WITH refused AS (
             UPDATE login_throttle SET refused = refused + 1
@@ -90,7 +92,7 @@ async def refuse_if_locked(
               AND locked_until > now()
             RETURNING locked_until
         )
-        SELECT max(locked_until) FROM refused
+        SELECT max(locked_until) - now() FROM refused
         """,
         list(keys),
         list(keys.values()),
