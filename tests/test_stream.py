@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +35,7 @@ from safetyreport.auth.users import Role, add_clinic, add_user
 from safetyreport.db.embedded import app_url
 from safetyreport.settings import Settings
 from tests.helpers.reports import bp_report
+from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
 STREAM = "/api/v1/alerts/stream"
@@ -74,16 +75,6 @@ class Live:
         assert response.status_code == 201, response.text
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], what: str, seconds: float = 10) -> None:
-    """Poll ``predicate`` until it holds; fail after ``seconds``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"not within {seconds} s: {what}")
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def live_server(settings: Settings) -> AsyncIterator[Live]:
     app = create_app(settings)
@@ -102,7 +93,7 @@ async def live_server(settings: Settings) -> AsyncIterator[Live]:
         return server.started
 
     try:
-        await _until(started, "uvicorn started", seconds=30)
+        await eventually(started, "uvicorn started")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             yield Live(app, http)
     finally:
@@ -420,7 +411,7 @@ async def test_each_subscription_is_audited_with_what_it_replayed(
     async def two_recorded() -> bool:
         return len(await subscriptions(db)) == 2
 
-    await _until(two_recorded, "both subscriptions audited")
+    await eventually(two_recorded, "both subscriptions audited")
     # The first is recorded once its replay is sent, so it may commit after the second.
     first, second = sorted(await subscriptions(db), key=lambda e: e["details"]["replayed"] == 0)
     assert {e["chain"] for e in (first, second)} == {"clinic:C1"}
@@ -448,7 +439,7 @@ async def test_a_subscription_of_every_clinic_is_audited_in_each_clinics_chain(
     async def recorded() -> bool:
         return len(await subscriptions(db)) == 2
 
-    await _until(recorded, "the admin's subscription audited in both clinics")
+    await eventually(recorded, "the admin's subscription audited in both clinics")
     entries = await subscriptions(db)
     assert [e["chain"] for e in entries] == ["clinic:C1", "clinic:C2"]
     assert {e["actor"] for e in entries} == {"adam"}
@@ -477,7 +468,7 @@ async def test_listener_reconnects_after_its_backend_is_terminated(
         async def replaced() -> bool:
             return len(pids := await listener_pids(db)) == 1 and pids != [old]
 
-        await _until(replaced, "a new listener connection")
+        await eventually(replaced, "a new listener connection")
         await live.submit(nurse)
         message = await olga.alert()
     assert message.json()["alert"]["rule_id"] == "bp-hypertensive-crisis"
@@ -500,7 +491,7 @@ async def test_events_committed_while_the_listener_is_down_are_caught_up(
             async def gone() -> bool:
                 return not await listener_pids(db) and not live.broker.listening
 
-            await _until(gone, "the listener gone")
+            await eventually(gone, "the listener gone")
             await live.submit(nurse)  # NOTIFY reaches nobody
             assert await listener_pids(db) == []
         finally:
@@ -531,7 +522,7 @@ async def test_broker_starts_with_the_database_down_and_connects_later(
         async def listening() -> bool:
             return broker.listening
 
-        await _until(listening, "the broker connected", seconds=20)
+        await eventually(listening, "the broker connected")
         assert len(await listener_pids(db)) == 1
     finally:
         await db.execute(f'GRANT CONNECT ON DATABASE "{database}" TO PUBLIC')
@@ -552,7 +543,7 @@ async def test_a_disconnected_client_is_unsubscribed(live: Live) -> None:
     async def unsubscribed() -> bool:
         return live.broker.subscriber_count == 0
 
-    await _until(unsubscribed, "the subscriber removed")
+    await eventually(unsubscribed, "the subscriber removed")
 
 
 async def test_a_subscriber_too_far_behind_is_dropped(live: Live) -> None:
@@ -564,7 +555,7 @@ async def test_a_subscriber_too_far_behind_is_dropped(live: Live) -> None:
     async def dropped() -> bool:
         return slow.closed is not None
 
-    await _until(dropped, "the slow subscriber dropped")
+    await eventually(dropped, "the slow subscriber dropped")
     assert slow.closed == "too far behind"
     assert live.broker.subscriber_count == 0
     # It keeps what it had; its client catches up on the rest with Last-Event-ID.
