@@ -259,9 +259,7 @@ class Service:
             return "\n".join((self.workdir / name).read_text().splitlines()[-lines:])
         return ""
 
-    def run_cli(
-        self, *args: str, stdin: str | None = None, database_url: str | None = None
-    ) -> str:
+    def run_cli(self, *args: str, stdin: str | None = None, database_url: str | None = None) -> str:
         """``safetyreport ARGS`` on the service's database (or on ``database_url``)."""
         env = {**self.env, **({"DATABASE_URL": database_url} if database_url else {})}
         result = subprocess.run(  # noqa: S603
