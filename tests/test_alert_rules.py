@@ -29,7 +29,7 @@ from tests.helpers.reports import (
 )
 from tests.helpers.world import World
 
-# Severity of each default rule, as the rules table in domain.md gives it.
+# Severity of each default rule, as the rules table in docs/clinical-rules.md gives it.
 SEVERITY = {
     "bp-pre-dose-hold": "high",
     "bp-ctcae-grade-3": "high",

@@ -1,5 +1,5 @@
 """Reports as HL7 FHIR R5 AdverseEvents: each validated with fhir.resources, and mapped
-to the values domain.md asks for."""
+to the values docs/clinical-rules.md gives."""
 
 from __future__ import annotations
 

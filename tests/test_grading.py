@@ -1,4 +1,4 @@
-"""CTCAE v5.0 hypertension grades (domain.md), directly and as stored with a report."""
+"""CTCAE v5.0 hypertension grades (docs/clinical-rules.md), directly and as stored with a report."""
 
 from __future__ import annotations
 

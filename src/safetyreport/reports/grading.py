@@ -1,4 +1,4 @@
-"""CTCAE v5.0 hypertension grade of one blood-pressure reading (domain.md).
+"""CTCAE v5.0 hypertension grade of one blood-pressure reading (docs/clinical-rules.md).
 
     G1  SBP 120-139 or DBP 80-89
     G2  SBP 140-159 or DBP 90-99
