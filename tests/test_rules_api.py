@@ -51,7 +51,7 @@ def default_version(rule_id: str) -> int:
     return 2 if rule_id in PROTECTED else 1
 
 
-# The sources of the rules table (docs/clinical-rules.md); every default rule's description cites one.
+# The sources of the rules table (docs/clinical-rules.md); each default rule cites one.
 SOURCES = (
     "Source:",
     "Spravato",
