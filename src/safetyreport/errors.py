@@ -205,9 +205,28 @@ def _from_litestar_validation(exc: ValidationException) -> list[FieldError]:
     return errors or [FieldError("request", "invalid", exc.detail)]
 
 
+def primary_error(exc: Exception) -> Exception:
+    """The error a response should be about.
+
+    Litestar raises an ExceptionGroup when cleaning up a dependency fails while another
+    error is on its way (a transaction's rollback on a connection the database just
+    dropped): a database outage among them is the answer (503), else the error that
+    started it.
+    """
+    if not isinstance(exc, ExceptionGroup):
+        return exc
+    leaves = [primary_error(inner) for inner in exc.exceptions]
+    for leaf in leaves:
+        if isinstance(leaf, _DATABASE_DOWN):
+            return leaf
+    cause = exc.__cause__
+    return primary_error(cause) if isinstance(cause, Exception) else leaves[0]
+
+
 def status_of(exc: Exception) -> int:
     """The status ``exception_to_response`` answers an exception raised outside a handler
     with, for the request log (authentication middleware errors)."""
+    exc = primary_error(exc)
     if isinstance(exc, _DATABASE_DOWN) and not isinstance(exc, HTTPException | AppError):
         return 503
     status: int = getattr(exc, "status_code", 500)
@@ -216,6 +235,7 @@ def status_of(exc: Exception) -> int:
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """The one place where exceptions become HTTP responses."""
+    exc = primary_error(exc)
     if isinstance(exc, ValidationFailed):
         return _problem(exc.status_code, exc.title, exc.detail, exc.errors)
     if isinstance(exc, TooManyRequests):

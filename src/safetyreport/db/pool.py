@@ -122,8 +122,19 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     tasks get theirs here too. With ``connection`` and ``read_snapshot``, the only code
     that acquires from a pool.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        yield conn
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            yield conn
+        except BaseException:
+            # The error that ended the block is the one to report. A rollback that fails
+            # too (the connection died under the block) would hide it behind "connection
+            # is closed"; the pool replaces a dead connection on release.
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+            raise
+        await transaction.commit()
 
 
 @contextlib.asynccontextmanager
