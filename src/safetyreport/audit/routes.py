@@ -136,17 +136,18 @@ class AuditController(Controller):
         responses=BUSY,
     )
     async def verify_export(
-        self, request: Request[Any, Any, Any], db: DbDep, caller: CallerDep, app_state: StateDep
+        self, request: Request[Any, Any, Any], caller: CallerDep, app_state: StateDep
     ) -> VerifyResult:
         """Verify an export (the raw NDJSON or zip as the body) with this service's key.
 
         A few uploads are verified at a time per service process; more meanwhile are
         429 with Retry-After.
         """
+        # No ``db``: the upload may take long, and holds no database connection meanwhile.
         signer = app_state.signer
         with app_state.upload_verifications.claim():
             result = await service.verify_upload(
-                db, caller, request.stream(), signer.private_key.public_key()
+                app_state.pool, caller, request.stream(), signer.private_key.public_key()
             )
         return VerifyResult(
             ok=result.ok, entries=result.entries, problems=result.problems, key_id=signer.key_id

@@ -10,6 +10,7 @@ import asyncio
 import tempfile
 from collections.abc import AsyncIterable
 
+import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from safetyreport.audit import checkpoints, offline
@@ -17,7 +18,7 @@ from safetyreport.audit.export import readable_chains
 from safetyreport.audit.signing import Signer
 from safetyreport.audit.verify import VerifyReport, verify_chains
 from safetyreport.caller import Caller
-from safetyreport.db.pool import Conn
+from safetyreport.db.pool import Conn, transaction
 
 # An upload is kept in memory up to this size, and in a temporary file beyond it.
 UPLOAD_SPOOL_BYTES = 1024 * 1024
@@ -46,18 +47,28 @@ async def verify_trail(conn: Conn, caller: Caller, snapshot: Conn) -> VerifyRepo
 
 
 async def verify_upload(
-    conn: Conn, caller: Caller, upload: AsyncIterable[bytes], public_key: Ed25519PublicKey
+    pool: asyncpg.Pool,
+    caller: Caller,
+    upload: AsyncIterable[bytes],
+    public_key: Ed25519PublicKey,
 ) -> offline.Result:
     """Verify an uploaded export as it arrives, never holding all of it in memory.
 
     The body is spooled to a temporary file as it arrives (a zip is read from its end, so
     the whole of it must be at hand); the verifier then reads it line by line (or member
-    by member) in a worker thread.
+    by member) in a worker thread. Only then is a pooled connection taken, to record the
+    check: a slow upload must not hold one.
     """
     with tempfile.SpooledTemporaryFile(max_size=UPLOAD_SPOOL_BYTES) as spooled:
         async for chunk in upload:
             spooled.write(chunk)
         result = await asyncio.to_thread(offline.verify_export, spooled, public_key)
+    async with transaction(pool) as conn:
+        await _record_upload_check(conn, caller, result)
+    return result
+
+
+async def _record_upload_check(conn: Conn, caller: Caller, result: offline.Result) -> None:
     await caller.audit(
         conn,
         "audit.export_verified",
@@ -65,7 +76,6 @@ async def verify_upload(
         object_id=(result.manifest or {}).get("export_id"),
         details={"ok": result.ok, "entries": result.entries},
     )
-    return result
 
 
 async def sign_checkpoints(
