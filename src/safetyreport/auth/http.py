@@ -94,9 +94,15 @@ class TokenAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=principal, auth=token)
 
 
-def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+def signed_in(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    """The request's user, or None where nobody is signed in (pages, public routes)."""
     user = connection.scope.get("user")
-    if not isinstance(user, Principal):
+    return user if isinstance(user, Principal) else None
+
+
+def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    user = signed_in(connection)
+    if user is None:
         raise NotAuthenticated("not authenticated")
     return user
 

@@ -19,9 +19,8 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from safetyreport.auth.http import SAFE_METHODS
+from safetyreport.auth.http import SAFE_METHODS, signed_in
 from safetyreport.auth.permissions import PAGE_OPT, PUBLIC_OPT
-from safetyreport.auth.users import Principal
 from safetyreport.errors import TooManyRequests
 from safetyreport.settings import AuthSettings
 from safetyreport.state import client_address
@@ -62,9 +61,7 @@ def _needs_no_sign_in(
     if handler.opt.get(PUBLIC_OPT):
         return True
     # Pages reach their handler signed out too (the login and logout forms).
-    return bool(handler.opt.get(PAGE_OPT)) and not isinstance(
-        connection.scope.get("user"), Principal
-    )
+    return bool(handler.opt.get(PAGE_OPT)) and signed_in(connection) is None
 
 
 def anonymous_rate_limit(settings: AuthSettings) -> Any:

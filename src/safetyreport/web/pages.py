@@ -21,7 +21,7 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from safetyreport.auth import service
-from safetyreport.auth.http import csrf_token_for
+from safetyreport.auth.http import csrf_token_for, signed_in
 from safetyreport.auth.permissions import (
     ROLES_OPT,
     Role,
@@ -96,8 +96,8 @@ async def require_page_role(
 ) -> None:
     """Guard of the pages: the page's ``opt["roles"]`` (a permission set, as for the API)
     lists the roles it is for. Nobody signed in: to the login form, then back here."""
-    user = connection.scope.get("user")
-    if not isinstance(user, Principal):
+    user = signed_in(connection)
+    if user is None:
         raise LoginRequired(connection.url.path)
     allowed: tuple[Role, ...] = handler.opt.get(ROLES_OPT, ())
     if user.role not in allowed:
@@ -130,9 +130,7 @@ class Page:
 
 
 def provide_page(request: Request[Any, Any, Any], address: AddressDep, app_state: StateDep) -> Page:
-    user = request.scope.get("user")
-    principal = user if isinstance(user, Principal) else None
-    return Page(request, principal, address, app_state.settings)
+    return Page(request, signed_in(request), address, app_state.settings)
 
 
 PageDep: TypeAlias = NamedDependency[SkipValidation[Page]]
@@ -202,8 +200,7 @@ def page_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     content = problem.content
     title = getattr(content, "title", "Error")
     detail = getattr(content, "detail", "")
-    user = request.scope.get("user")
-    principal = user if isinstance(user, Principal) else None
+    principal = signed_in(request)
     status = problem.status_code or 500
     # Not a page handler: the page may have failed before its dependencies were given.
     settings = app_state(request).settings
