@@ -20,7 +20,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from safetyreport.auth.users import Role
+from safetyreport.auth.permissions import Role
 from safetyreport.db.pool import connect
 from tests.helpers.reports import (
     audit_rows,

@@ -38,7 +38,7 @@ import pytest
 from litestar.routes import HTTPRoute
 
 from safetyreport.app import create_app
-from safetyreport.auth.users import Role
+from safetyreport.auth.permissions import Role
 from safetyreport.settings import Settings
 from tests.helpers.processes import serving
 from tests.helpers.reports import bp_report, misuse_report

@@ -29,7 +29,8 @@ import pytest
 from safetyreport.alerts.webhooks import BATCH_SIZE, DELIVERY_TASK, claim_due, delivering
 from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
-from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.auth.permissions import Role
+from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.background import BackgroundRunner, Backoff
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import create_pool, transaction

@@ -49,7 +49,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from safetyreport.app import create_app
-from safetyreport.auth.users import Role
+from safetyreport.auth.permissions import Role
 from safetyreport.settings import Settings
 from tests.helpers.postgres import Databases, with_database
 from tests.helpers.processes import ServeProcess

@@ -31,7 +31,8 @@ from safetyreport.alerts import stream
 from safetyreport.alerts.broker import LISTENER_NAME, LISTENER_TASK, AlertBroker
 from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
-from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.auth.permissions import Role
+from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.background import BackgroundRunner, LongLived
 from safetyreport.db.embedded import app_url
 from safetyreport.settings import Settings

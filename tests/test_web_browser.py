@@ -37,7 +37,8 @@ from playwright.async_api import (
 )
 
 from safetyreport.audit.chain import SYSTEM_CLI
-from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.auth.permissions import Role
+from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.pool import connect
 from tests.helpers.postgres import Databases, with_database
 from tests.helpers.processes import ServeProcess, serving

@@ -22,7 +22,7 @@ from litestar.testing import AsyncTestClient
 import safetyreport
 from safetyreport.app import create_app
 from safetyreport.auth.http import SESSION_COOKIE, csrf_token_for
-from safetyreport.auth.users import Role
+from safetyreport.auth.permissions import Role
 from safetyreport.reports.types import KINDS
 from safetyreport.settings import Settings
 from safetyreport.web import forms

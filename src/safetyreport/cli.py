@@ -18,8 +18,8 @@ from safetyreport.audit import VerifyReport, checkpoints, offline, verify_chains
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.audit.signing import key_file, load_signer
 from safetyreport.auth import totp
+from safetyreport.auth.permissions import ROLES
 from safetyreport.auth.users import (
-    ROLES,
     add_clinic,
     add_user,
     disable_user,

@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 from litestar.testing import AsyncTestClient
 
-from safetyreport.auth.users import Role
+from safetyreport.auth.permissions import Role
 from tests.helpers.world import World
 
 RULES = "/api/v1/rules"

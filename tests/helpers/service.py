@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 
 from safetyreport.audit.chain import SYSTEM_CLI
-from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.auth.permissions import Role
+from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.pool import connect
 from tests.helpers.world import PASSWORD
 

@@ -8,7 +8,8 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from safetyreport.audit.chain import SYSTEM_CLI
-from safetyreport.auth.users import Role, add_clinic, add_user
+from safetyreport.auth.permissions import Role
+from safetyreport.auth.users import add_clinic, add_user
 
 PASSWORD = "correct-horse-battery"
 

@@ -9,8 +9,7 @@ import msgspec
 
 from safetyreport import audit
 from safetyreport.auth.passwords import check_policy, hash_password
-from safetyreport.auth.permissions import ROLES as ROLES  # re-exported for callers that know users
-from safetyreport.auth.permissions import Role as Role
+from safetyreport.auth.permissions import ROLES, Role
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound, ValidationFailed
 
