@@ -152,6 +152,7 @@ def dissociation_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
 
 
 def misuse_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
+    """A patient's behaviour (drug-seeking): no rule fires on it alone."""
     body: dict[str, Any] = {
         "kind": "misuse_concern",
         "clinic": clinic,
@@ -159,7 +160,37 @@ def misuse_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
         "occurred_at": "2026-01-15T12:00:00+00:00",
         "drug": "ketamine_im",
         "outcome": "unknown",
-        "concern_type": "theft",
+        "concern_type": "drug_seeking",
+        "description": "Asked for an extra dose before the session.",
+    }
+    body.update(overrides)
+    return body
+
+
+def adverse_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
+    """A fall (high); override category and its fields for the others."""
+    body: dict[str, Any] = {
+        "kind": "adverse_event",
+        "clinic": clinic,
+        "patient_ref": "PT-004",
+        "occurred_at": "2026-01-15T12:30:00Z",
+        "drug": "esketamine_nasal",
+        "outcome": "recovering",
+        "category": "fall",
+        "verbatim_term": "Slipped getting up from the chair, bruised knee",
+    }
+    body.update(overrides)
+    return body
+
+
+def stock_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
+    """A theft of two vials (critical, with the DEA due dates); no patient."""
+    body: dict[str, Any] = {
+        "kind": "stock_incident",
+        "clinic": clinic,
+        "drug": "ketamine_iv",
+        "incident_type": "theft",
+        "discovered_at": "2026-01-15T12:00:00+00:00",
         "description": "Two vials missing from the locked cabinet.",
         "expected_quantity": 10,
         "actual_quantity": 8,
@@ -171,7 +202,8 @@ def misuse_report(clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
 
 _CLONE_REPORT = """
 WITH template AS (
-    SELECT r.clinic_id, r.kind, r.patient_ref, r.occurred_at, r.created_by, v.body, v.ctcae_grade
+    SELECT r.clinic_id, r.kind, r.patient_ref, r.occurred_at, r.created_by, v.body,
+           v.hypertension_reading_grade
     FROM reports r JOIN report_versions v ON v.report_id = r.id AND v.version = 1
     WHERE r.id = $1
 ), copies AS (
@@ -181,11 +213,11 @@ WITH template AS (
     FROM template t, generate_series(1, $2) AS i
     RETURNING id, occurred_at
 )
-INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)
+INSERT INTO report_versions (report_id, version, body, hypertension_reading_grade, created_by)
 SELECT c.id, 1,
        jsonb_set(t.body, '{occurred_at}',
                  to_jsonb(to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))),
-       t.ctcae_grade, t.created_by
+       t.hypertension_reading_grade, t.created_by
 FROM copies c CROSS JOIN template t
 """
 

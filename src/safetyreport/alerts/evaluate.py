@@ -1,17 +1,19 @@
 """Running the rules in force at a report's clinic against it, in the report's transaction.
 
-Single-report rules look at the report's own values. Pattern rules count the reports
-of one group (clinic, or patient within a clinic) in a time window that match their
-condition; their condition may use ``alert_severity``, the most severe single-report
-alert a report raised. A match opens an alert, or attaches the report to the
-unresolved alert of the same rule and group.
+Single-report rules look at the report's own values (its facts, see ``facts_of``).
+Pattern rules count the reports, or the distinct patients, of one group (clinic, or
+patient within a clinic) in a time window that match their condition; their condition
+may use ``alert_severity``, the most severe single-report alert a report raised. A
+match opens an alert, or attaches the report to the unresolved alert of the same rule
+and group. A report that concerns no patient (a stock incident) is never grouped by
+patient.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +40,37 @@ DEA_FORM_106_DAYS = 45
 _T = TypeVar("_T")
 
 
+def facts_of(
+    body: dict[str, Any], kind: str, reading_grade: int | None, alert_severity: str | None
+) -> dict[str, Any]:
+    """What a rule's condition may name: the body's fields, each field of an object in it
+    as ``object.field`` (``cssrs.q4``), the dose per kilogram where the weight is known,
+    the kind, the hypertension reading grade and ``alert_severity``."""
+    facts = dict(body)
+    for name, value in body.items():
+        if isinstance(value, dict):
+            facts.update({f"{name}.{inner}": item for inner, item in value.items()})
+    dose, weight = body.get("dose_mg"), body.get("weight_kg")
+    if dose is not None and weight:
+        facts["dose_mg_per_kg"] = dose / weight
+    facts["kind"] = kind
+    facts["hypertension_reading_grade"] = reading_grade
+    facts["alert_severity"] = alert_severity
+    return facts
+
+
+# The body fields each derived fact is made from (see facts_of).
+_DERIVED_FROM = {"dose_mg_per_kg": ("dose_mg", "weight_kg")}
+
+
+def body_fields(named: set[str]) -> set[str]:
+    """The body fields that give the facts ``named``."""
+    fields: set[str] = set()
+    for name in named:
+        fields.update(_DERIVED_FROM.get(name, (name.split(".", 1)[0],)))
+    return fields
+
+
 @dataclass(frozen=True, slots=True)
 class StoredReport:
     """A report version as stored, with what the rules may look at."""
@@ -46,18 +79,14 @@ class StoredReport:
     version: int
     clinic_id: int
     kind: str
-    patient_ref: str
+    # None for a report that concerns no patient (a stock incident).
+    patient_ref: str | None
     occurred_at: datetime
     body: dict[str, Any]
-    ctcae_grade: int | None
+    reading_grade: int | None
 
     def facts(self, alert_severity: str | None = None) -> dict[str, Any]:
-        return {
-            **self.body,
-            "kind": self.kind,
-            "ctcae_grade": self.ctcae_grade,
-            "alert_severity": alert_severity,
-        }
+        return facts_of(self.body, self.kind, self.reading_grade, alert_severity)
 
 
 @dataclass(slots=True)
@@ -107,7 +136,12 @@ async def evaluate_report(
     settings: AlertSettings,
 ) -> Outcome:
     outcome = Outcome()
-    rules = [r for r in await rules_in_force(conn, report.clinic_id) if r.applies_to(report.kind)]
+    rules = [
+        r
+        for r in await rules_in_force(conn, report.clinic_id)
+        if r.applies_to(report.kind)
+        and (report.patient_ref is not None or r.definition.group_by != "patient")
+    ]
     facts = report.facts()
     single = [r for r in rules if r.definition.pattern is None]
     fired = await _off_loop_if_heavy(sum(r.nodes for r in single), _holding, single, facts)
@@ -121,7 +155,7 @@ async def evaluate_report(
         if rule.definition.pattern is None or not rule.condition.holds(facts):
             continue
         matching = await _pattern_matches(conn, rule, report)
-        if len(matching) >= rule.definition.pattern.min_count:
+        if matching:
             await _raise(conn, rule, report, matching, outcome, actor, client_addr, settings)
     return outcome
 
@@ -145,7 +179,8 @@ WHERE r.clinic_id = $1
 # a busy clinic are not sent and decoded whole. Facts a condition does not name cannot
 # change what it says; an absent field and a null one read alike (see conditions).
 _CANDIDATE_COLUMNS = """
-SELECT r.id, r.current_version, r.kind, r.occurred_at, v.ctcae_grade,
+SELECT r.id, r.current_version, r.kind, r.occurred_at, r.patient_ref,
+       v.hypertension_reading_grade,
        (SELECT jsonb_object_agg(f, v.body -> f) FROM unnest($6::text[]) AS f
          WHERE v.body ? f) AS named,"""
 _CANDIDATES = f"{_CANDIDATE_COLUMNS}{_ALERT_SEVERITY} AS alert_severity{_CANDIDATES_FROM}"
@@ -183,28 +218,39 @@ async def _pattern_matches(
         timedelta(days=pattern.window_days),
         report.patient_ref if rule.definition.group_by == "patient" else None,
         list(rule.definition.kinds),
-        sorted(named),
+        sorted(body_fields(named)),
     )
     matching = await _off_loop_if_heavy(len(rows) * rule.nodes, _matching_rows, rule, rows)
-    return _densest_window(matching, report.occurred_at, timedelta(days=pattern.window_days))
+    return _densest_window(
+        matching,
+        report.occurred_at,
+        timedelta(days=pattern.window_days),
+        pattern.min_count,
+        by_patient=pattern.count == "patients",
+    )
 
 
 def _holding(rules: list[Rule], facts: dict[str, Any]) -> list[Rule]:
     return [r for r in rules if r.condition.holds(facts)]
 
 
-def _matching_rows(rule: Rule, rows: list[Any]) -> list[tuple[datetime, uuid.UUID, int]]:
-    matching: list[tuple[datetime, uuid.UUID, int]] = []
+_Match = tuple[datetime, uuid.UUID, int, str | None]
+
+
+def _matching_rows(rule: Rule, rows: list[Any]) -> list[_Match]:
+    matching: list[_Match] = []
     for row in rows:
-        # As StoredReport.facts, with the named fields of the body.
-        facts = {
-            **(row["named"] or {}),
-            "kind": row["kind"],
-            "ctcae_grade": row["ctcae_grade"],
-            "alert_severity": row["alert_severity"],
-        }
+        # As StoredReport.facts, from the named fields of the body.
+        facts = facts_of(
+            row["named"] or {},
+            row["kind"],
+            row["hypertension_reading_grade"],
+            row["alert_severity"],
+        )
         if rule.condition.holds(facts):
-            matching.append((row["occurred_at"], row["id"], row["current_version"]))
+            matching.append(
+                (row["occurred_at"], row["id"], row["current_version"], row["patient_ref"])
+            )
     return matching
 
 
@@ -217,26 +263,39 @@ async def _off_loop_if_heavy(evaluations: int, work: Callable[..., _T], *args: A
 
 
 def _densest_window(
-    reports: list[tuple[datetime, uuid.UUID, int]], at: datetime, window: timedelta
+    reports: list[_Match],
+    at: datetime,
+    window: timedelta,
+    min_count: int,
+    *,
+    by_patient: bool,
 ) -> list[tuple[uuid.UUID, int]]:
-    """The reports in the fullest window [start, start + window) that contains ``at``.
+    """The reports in the fullest window [start, start + window) that contains ``at``,
+    if it holds ``min_count`` or more (reports, or distinct patients ``by_patient``).
 
-    Windows start at a report's time; of equally full ones the first report's wins.
-    Counting by binary search over the sorted times keeps this O(n log n).
+    Windows start at a report's time; of equally full ones the earliest wins. One pass
+    over the reports in time order, the window's end moving forward with its start,
+    keeps this O(n log n) for the sort.
     """
-    times = sorted(t for t, _, _ in reports)
-    best_start: datetime | None = None
+    ordered = sorted(reports, key=lambda r: r[0])
+    patients: Counter[str | None] = Counter()
+    best: tuple[int, int] | None = None  # (start index, end index) of the fullest
     best_count = 0
-    for start, _, _ in reports:
-        if not (at - window < start <= at):
-            continue
-        count = bisect_left(times, start + window) - bisect_left(times, start)
-        if count > best_count:
-            best_start, best_count = start, count
-    if best_start is None:
+    end = 0
+    for start, (start_time, _, _, _) in enumerate(ordered):
+        while end < len(ordered) and ordered[end][0] < start_time + window:
+            patients[ordered[end][3]] += 1
+            end += 1
+        count = len(patients) if by_patient else end - start
+        if at - window < start_time <= at and count > best_count:
+            best, best_count = (start, end), count
+        leaving = ordered[start][3]
+        patients[leaving] -= 1
+        if patients[leaving] == 0:
+            del patients[leaving]
+    if best is None or best_count < min_count:
         return []
-    end = best_start + window
-    return [(rid, v) for t, rid, v in reports if best_start <= t < end]
+    return [(rid, v) for _, rid, v, _ in ordered[best[0] : best[1]]]
 
 
 _UPSERT = """
@@ -279,6 +338,7 @@ async def _raise(
     settings: AlertSettings,
 ) -> None:
     group_key = report.patient_ref if rule.definition.group_by == "patient" else "clinic"
+    assert group_key is not None, "patient rules are not run on reports without a patient"
     dea = rule.definition.dea_deadlines
     row = await conn.fetchrow(
         _UPSERT,

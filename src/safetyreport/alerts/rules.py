@@ -31,6 +31,7 @@ from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import AppError, FieldError, NotFound, ValidationFailed, rule_of
+from safetyreport.reports.types import ReportKind
 
 Severity = Literal["info", "high", "urgent", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "high": 1, "urgent": 2, "critical": 3}
@@ -40,25 +41,26 @@ SEVERITY_RANK_SQL = (
     + " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in SEVERITY_RANK.items())
     + " END)"
 )
-Kind = Literal["blood_pressure", "dissociation", "misuse_concern"]
 RuleId = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 ClinicCode = Annotated[str, Meta(min_length=1, max_length=32)]
 # Path segments under /api/v1/rules that are routes, not rule ids.
 RESERVED_IDS = frozenset({"changes"})
 
 
-class Pattern(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """At least ``min_count`` matching reports of one group within ``window_days``."""
+class Pattern(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """At least ``min_count`` matching reports of one group within ``window_days``, or
+    with ``count`` "patients", reports of at least ``min_count`` distinct patients."""
 
     min_count: Annotated[int, Meta(ge=2, le=1000)]
     window_days: Annotated[int, Meta(ge=1, le=MAX_PATTERN_WINDOW_DAYS)]
+    count: Literal["reports", "patients"] = "reports"
 
 
 class Definition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Condition on one report's fields (and, for patterns, on each report counted).
     when: dict[str, Any]
     # Report kinds the rule looks at; empty means every kind.
-    kinds: list[Kind] = msgspec.field(default_factory=list)
+    kinds: list[ReportKind] = msgspec.field(default_factory=list)
     pattern: Pattern | None = None
     # New matches attach to the open alert of the same rule and group.
     group_by: Literal["clinic", "patient"] = "patient"

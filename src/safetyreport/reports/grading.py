@@ -1,20 +1,22 @@
-"""CTCAE v5.0 hypertension grade of one blood-pressure reading (docs/clinical-rules.md).
+"""The hypertension reading grade of one blood-pressure reading (docs/clinical-rules.md).
 
-    G1  SBP 120-139 or DBP 80-89
-    G2  SBP 140-159 or DBP 90-99
-    G3  SBP >= 160 or DBP >= 100
-    G4  life-threatening: hypertensive crisis or neurological deficit
+The CTCAE v5.0 Hypertension grades, applied to one reading:
 
-The worse of the systolic and diastolic grades wins. G4 is taken as a neurological
-deficit or seizure, or a hypertensive emergency in the ACC/AHA 2017 sense: a
-reading above 180/120 together with a target-organ (crisis) symptom.
+    1  SBP 120-139 or DBP 80-89
+    2  SBP 140-159 or DBP 90-99
+    3  SBP >= 160 or DBP >= 100
+    4  a hypertensive emergency (ACC/AHA 2017): SBP >= 180 or DBP >= 120 together
+       with a target-organ symptom
+
+The worse of the systolic and diastolic grades wins. CTCAE grades 2-4 also involve
+intervention, persistence and consequences, which one reading cannot show: this is the
+grade of the reading, not of the patient's event. A seizure or neurological deficit at
+a lower pressure is an event of its own (its own rule), not a hypertension grade.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-
-NEUROLOGICAL = frozenset({"neurological_deficit", "seizure"})
 
 
 def _systolic_grade(systolic: int) -> int:
@@ -37,9 +39,7 @@ def _diastolic_grade(diastolic: int) -> int:
     return 0
 
 
-def ctcae_hypertension_grade(systolic: int, diastolic: int, symptoms: Collection[str]) -> int:
-    if NEUROLOGICAL & set(symptoms):
-        return 4
-    if symptoms and (systolic > 180 or diastolic > 120):
+def hypertension_reading_grade(systolic: int, diastolic: int, symptoms: Collection[str]) -> int:
+    if symptoms and (systolic >= 180 or diastolic >= 120):
         return 4
     return max(_systolic_grade(systolic), _diastolic_grade(diastolic))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
@@ -26,7 +26,7 @@ from safetyreport.errors import ClientError
 from safetyreport.idempotency import StoredResponse, request_hash, write_once
 from safetyreport.limits import BUSY
 from safetyreport.reports import export, fhir, service
-from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody
+from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody, ReportKind
 from safetyreport.reports.validation import validate_report
 from safetyreport.request_context import CallerDep, DbDep, StateDep
 from safetyreport.streaming import download, download_operation
@@ -46,7 +46,6 @@ def _fingerprint(request: Request[Any, Any, Any], canonical_body: bytes) -> byte
     return request_hash(request.method, request.url.path, canonical_body)
 
 
-ReportKind = Literal["blood_pressure", "dissociation", "misuse_concern"]
 PatientRefFilter = Annotated[str | None, QueryParameter(pattern=PATIENT_REF_PATTERN)]
 
 

@@ -17,8 +17,14 @@ from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
-from safetyreport.reports.grading import ctcae_hypertension_grade
-from safetyreport.reports.types import FIXED_FIELDS, BloodPressure, ReportBody
+from safetyreport.reports.grading import hypertension_reading_grade
+from safetyreport.reports.types import (
+    FIXED_FIELDS,
+    STOCK_CONCERNS,
+    BloodPressure,
+    ReportBody,
+    StockIncident,
+)
 from safetyreport.reports.validation import validate_report
 from safetyreport.settings import AlertSettings, ReportSettings
 from safetyreport.times import require_utc
@@ -32,7 +38,7 @@ class ReportVersionView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     created_by: str
     reason: str | None
-    ctcae_grade: int | None
+    hypertension_reading_grade: int | None
     body: dict[str, Any]
 
 
@@ -40,11 +46,14 @@ class ReportView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     id: uuid.UUID
     clinic: str
     kind: str
-    patient_ref: str
+    # None for a stock incident, which concerns no patient.
+    patient_ref: str | None
+    # When it happened; for a stock incident, when it was discovered.
     occurred_at: datetime
     version: int
-    # CTCAE v5 hypertension grade for blood-pressure reports (0: below grade 1).
-    ctcae_grade: int | None
+    # The CTCAE v5.0 hypertension grade of the reading this report carries (0: below
+    # grade 1; none without a pressure): the grade of one reading, not of the event.
+    hypertension_reading_grade: int | None
     serious: bool
     created_at: datetime
     created_by: str
@@ -95,9 +104,11 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _grade(body: ReportBody) -> int | None:
-    if isinstance(body, BloodPressure):
-        return ctcae_hypertension_grade(body.systolic, body.diastolic, body.symptoms)
-    return None
+    """The reading grade of the pressure a report carries, whatever its kind."""
+    if isinstance(body, StockIncident) or body.systolic is None or body.diastolic is None:
+        return None
+    symptoms = body.symptoms if isinstance(body, BloodPressure) else []
+    return hypertension_reading_grade(body.systolic, body.diastolic, symptoms)
 
 
 def _clinic_id(principal: Principal, code: str) -> int:
@@ -109,14 +120,16 @@ def _clinic_id(principal: Principal, code: str) -> int:
 
 SELECT_VIEW = """
 SELECT r.id, c.code AS clinic, r.kind, r.patient_ref, r.occurred_at, r.current_version,
-       v.ctcae_grade, v.body, r.created_at, u.username AS created_by, r.updated_at, r.clinic_id
+       v.hypertension_reading_grade, v.body, r.created_at, u.username AS created_by,
+       r.updated_at, r.clinic_id
 FROM reports r
 JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
 JOIN clinics c ON c.id = r.clinic_id
 JOIN users u ON u.id = r.created_by
 """
 _SELECT_HISTORY = """
-SELECT v.version, v.created_at, u.username AS created_by, v.reason, v.ctcae_grade, v.body
+SELECT v.version, v.created_at, u.username AS created_by, v.reason,
+       v.hypertension_reading_grade, v.body
 FROM report_versions v JOIN users u ON u.id = v.created_by
 WHERE v.report_id = $1 ORDER BY v.version
 """
@@ -131,7 +144,7 @@ def view_of_row(row: asyncpg.Record, history: list[asyncpg.Record] | None = None
         patient_ref=row["patient_ref"],
         occurred_at=row["occurred_at"],
         version=row["current_version"],
-        ctcae_grade=row["ctcae_grade"],
+        hypertension_reading_grade=row["hypertension_reading_grade"],
         serious=bool(body.get("seriousness")),
         created_at=row["created_at"],
         created_by=row["created_by"],
@@ -185,7 +198,7 @@ async def _run_rules(
             patient_ref=body.patient_ref,
             occurred_at=body.occurred_at,
             body=stored,
-            ctcae_grade=_grade(body),
+            reading_grade=_grade(body),
         ),
         actor=caller.principal.actor(),
         client_addr=caller.address,
@@ -202,7 +215,8 @@ WITH report AS (
     VALUES ($1, $2, $3, $4, $5, 1, $6)
     RETURNING created_at, updated_at
 ), version AS (
-    INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)
+    INSERT INTO report_versions (report_id, version, body, hypertension_reading_grade,
+                                 created_by)
     VALUES ($1, 1, $7, $8, $6)
     RETURNING created_at
 )
@@ -265,7 +279,7 @@ async def insert_report(
         patient_ref=body.patient_ref,
         occurred_at=body.occurred_at,
         version=1,
-        ctcae_grade=grade,
+        hypertension_reading_grade=grade,
         serious=bool(read_back.get("seriousness")),
         created_at=row["created_at"],
         created_by=principal.username,
@@ -277,7 +291,7 @@ async def insert_report(
                 created_at=row["version_created_at"],
                 created_by=principal.username,
                 reason=None,
-                ctcae_grade=grade,
+                hypertension_reading_grade=grade,
                 body=read_back,
             )
         ],
@@ -320,13 +334,19 @@ async def amend_report(
     row = await _load(conn, caller.principal, report_id, lock=True)
     current: dict[str, Any] = row["body"]
     merged = {k: v for k, v in {**current, **changes}.items() if v is not None}
-    body = validate_report(merged, skew=settings.clock_skew)
+    # A misuse concern stored with a stock concern type of old keeps the rules it was
+    # created with: it may be amended, and is never turned into a stock incident.
+    legacy = (
+        current.get("kind") == "misuse_concern" and current.get("concern_type") in STOCK_CONCERNS
+    )
+    body = validate_report(merged, skew=settings.clock_skew, stock_concerns_allowed=legacy)
     stored = msgspec.to_builtins(body)
     if stored == current:
         raise ValidationFailed.one("$", "no_change", "the amendment changes nothing")
     version = row["current_version"] + 1
     await conn.execute(
-        "INSERT INTO report_versions (report_id, version, body, ctcae_grade, reason, created_by)"
+        "INSERT INTO report_versions"
+        " (report_id, version, body, hypertension_reading_grade, reason, created_by)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
         report_id,
         version,
