@@ -28,9 +28,10 @@ from tests.helpers.reports import (
     create_report,
     dissociation_report,
     errors_of,
-    misuse_report,
     send_concurrently,
+    stock_report,
 )
+from tests.helpers.rules import queue_cadss_alerts
 from tests.helpers.world import World
 
 ALERTS = "/api/v1/alerts"
@@ -102,7 +103,9 @@ class Queue:
 
     async def crisis(self, patient: str = "PT-001", clinic: str = "C1") -> str:
         return await self.raise_alert(
-            bp_report(clinic, patient_ref=patient, systolic=185, diastolic=100)
+            bp_report(
+                clinic, patient_ref=patient, systolic=185, diastolic=100, symptoms=["chest_pain"]
+            )
         )
 
     async def act(
@@ -180,6 +183,7 @@ async def five_alerts(q: Queue) -> dict[str, str]:
     """One alert of each severity and a second critical, raised in this order (oldest
     first): info, high, critical, urgent, critical. Distinct patients and no systolic of
     180 or more, so no pattern rule fires: exactly these five alerts exist."""
+    await queue_cadss_alerts(q.db)
     return {
         "info": await q.raise_alert(
             dissociation_report(patient_ref="PT-I", cadss_total=10), "dissociation-present"
@@ -187,12 +191,14 @@ async def five_alerts(q: Queue) -> dict[str, str]:
         "high": await q.raise_alert(
             bp_report(patient_ref="PT-H", systolic=165, diastolic=95), "bp-ctcae-grade-3"
         ),
-        "critical": await q.raise_alert(bp_report(patient_ref="PT-C", systolic=150, diastolic=125)),
+        "critical": await q.raise_alert(
+            bp_report(patient_ref="PT-C", systolic=150, diastolic=125, symptoms=["chest_pain"])
+        ),
         "urgent": await q.raise_alert(
             bp_report(patient_ref="PT-U", systolic=170, diastolic=112), "bp-markedly-abnormal"
         ),
         "critical2": await q.raise_alert(
-            bp_report(patient_ref="PT-D", systolic=150, diastolic=125)
+            bp_report(patient_ref="PT-D", systolic=150, diastolic=125, symptoms=["chest_pain"])
         ),
     }
 
@@ -220,8 +226,8 @@ async def test_list_is_most_severe_first_then_oldest_first(q: Queue) -> None:
     ]
     first = page["items"][0]
     assert first["rule_id"] == CRISIS
-    assert first["rule_version"] == 2  # protected by migration 0005: version 2
-    assert first["rule_name"] == "Hypertensive crisis"
+    assert first["rule_version"] == 3  # protected by 0005, a hypertensive emergency by 0007
+    assert first["rule_name"] == "Hypertensive emergency"
     assert first["clinic"] == "C1"
     assert first["status"] == "open"
     assert (first["group_by"], first["group_key"]) == ("patient", "PT-C")
@@ -282,7 +288,13 @@ async def test_cursor_visits_every_alert_exactly_once(q: Queue) -> None:
     # first_seen_at, so only the id tells them apart (and a page boundary falls
     # between them with limit 2).
     both = await q.report(
-        bp_report(patient_ref="PT-B", systolic=150, diastolic=125, seriousness=["hospitalization"])
+        bp_report(
+            patient_ref="PT-B",
+            systolic=150,
+            diastolic=125,
+            symptoms=["chest_pain"],
+            seriousness=["hospitalization"],
+        )
     )
     assert (
         await q.db.fetchval(
@@ -295,6 +307,7 @@ async def test_cursor_visits_every_alert_exactly_once(q: Queue) -> None:
     await q.raise_alert(
         bp_report(patient_ref="PT-U", systolic=170, diastolic=112), "bp-markedly-abnormal"
     )
+    await queue_cadss_alerts(q.db)
     await q.raise_alert(
         dissociation_report(patient_ref="PT-I", cadss_total=10), "dissociation-present"
     )
@@ -323,7 +336,10 @@ async def test_cursor_visits_every_alert_exactly_once(q: Queue) -> None:
 
 async def test_cursor_keeps_working_with_filters(q: Queue) -> None:
     for patient in ("PT-1", "PT-2", "PT-3"):
-        await q.raise_alert(bp_report(patient_ref=patient, systolic=150, diastolic=125), CRISIS)
+        await q.raise_alert(
+            bp_report(patient_ref=patient, systolic=150, diastolic=125, symptoms=["chest_pain"]),
+            CRISIS,
+        )
     await q.raise_alert(
         bp_report(patient_ref="PT-H", systolic=165, diastolic=95), "bp-ctcae-grade-3"
     )
@@ -382,7 +398,7 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
     await q.ok("olga", alert_id, "acknowledge")
     view = await q.read("olga", alert_id)
     assert view["id"] == alert_id
-    assert (view["rule_id"], view["rule_version"], view["severity"]) == (CRISIS, 2, "critical")
+    assert (view["rule_id"], view["rule_version"], view["severity"]) == (CRISIS, 3, "critical")
     assert view["status"] == "acknowledged"
     assert view["report_count"] == 2
     assert [r["kind"] for r in view["reports"]] == ["blood_pressure", "blood_pressure"]
@@ -396,7 +412,7 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
         ("olga", "acknowledged"),
     ]
     opened = view["history"][0]["details"]
-    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 2)
+    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 3)
     assert opened["report_id"] == str(first)
     assert view["dea_notice_due"] is None
     assert view["dea_form106_due"] is None
@@ -415,7 +431,7 @@ async def test_theft_alert_shows_dea_due_dates(
     q: Queue, occurred_at: str, notice_due: str, form106_due: str
 ) -> None:
     alert_id = await q.raise_alert(
-        misuse_report(occurred_at=occurred_at), "controlled-substance-theft-or-loss"
+        stock_report(discovered_at=occurred_at), "controlled-substance-theft-or-loss"
     )
     view = await q.read("olga", alert_id)
     assert view["severity"] == "critical"
@@ -428,7 +444,7 @@ async def test_theft_alert_shows_dea_due_dates(
 
 async def test_a_loss_also_carries_dea_due_dates(q: Queue) -> None:
     alert_id = await q.raise_alert(
-        misuse_report(concern_type="loss"), "controlled-substance-theft-or-loss"
+        stock_report(incident_type="loss"), "controlled-substance-theft-or-loss"
     )
     view = await q.read("olga", alert_id)
     assert view["dea_notice_due"] is not None

@@ -156,7 +156,9 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
 
 
 def _foreign_report(f: Foreign) -> dict[str, Any]:
-    return bp_report(FOREIGN, patient_ref="PT-PROBE", systolic=190, diastolic=100)
+    return bp_report(
+        FOREIGN, patient_ref="PT-PROBE", systolic=190, diastolic=100, symptoms=["chest_pain"]
+    )
 
 
 SEEN_NOTHING = Probe(denied=False)
@@ -316,7 +318,13 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
     officer = await login(base_url, "foreign-officer")
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         bodies = [
-            bp_report(FOREIGN, patient_ref=FOREIGN_PATIENT, systolic=190, diastolic=100),
+            bp_report(
+                FOREIGN,
+                patient_ref=FOREIGN_PATIENT,
+                systolic=190,
+                diastolic=100,
+                symptoms=["chest_pain"],
+            ),
             misuse_report(FOREIGN, patient_ref=FOREIGN_PATIENT, description=FOREIGN_TEXT),
         ]
         report_ids = []
@@ -388,7 +396,9 @@ async def own_clinic(base_url: str) -> str:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         created = await http.post(
             "/api/v1/reports",
-            json=bp_report(OWN, patient_ref="PT-OWN", systolic=190, diastolic=100),
+            json=bp_report(
+                OWN, patient_ref="PT-OWN", systolic=190, diastolic=100, symptoms=["chest_pain"]
+            ),
             headers={**nurse, "Idempotency-Key": str(uuid.uuid4())},
         )
         assert created.status_code == 201, created.text

@@ -207,13 +207,16 @@ async def login(http: httpx.AsyncClient, username: str) -> Headers:
 async def raise_alerts(
     http: httpx.AsyncClient, db: asyncpg.Connection[Any], *patients: str
 ) -> list[uuid.UUID]:
-    """Nina reports 185/100 for each patient: bp-hypertensive-crisis opens an alert each."""
+    """Nina reports 185/100 with chest pain for each patient: bp-hypertensive-crisis
+    opens an alert each."""
     headers = await login(http, "nina")
     alert_ids: list[uuid.UUID] = []
     for patient in patients:
         response = await http.post(
             "/api/v1/reports",
-            json=bp_report(patient_ref=patient, systolic=185, diastolic=100),
+            json=bp_report(
+                patient_ref=patient, systolic=185, diastolic=100, symptoms=["chest_pain"]
+            ),
             headers={**headers, "Idempotency-Key": f"crisis-{patient}"},
         )
         assert response.status_code == 201, response.text

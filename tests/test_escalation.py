@@ -30,6 +30,7 @@ from safetyreport.db.pool import Conn, connect, create_pool, transaction
 from safetyreport.settings import AlertSettings, Settings
 from tests.helpers.processes import ServeProcess, serving
 from tests.helpers.reports import bp_report, create_report, dissociation_report
+from tests.helpers.rules import queue_cadss_alerts
 from tests.helpers.waiting import WAIT_SECONDS, eventually
 from tests.helpers.world import World
 
@@ -98,7 +99,9 @@ async def raise_alert(
 
 
 def crisis(patient: str = "PT-001", clinic: str = "C1") -> dict[str, Any]:
-    return bp_report(clinic, patient_ref=patient, systolic=185, diastolic=100)
+    return bp_report(
+        clinic, patient_ref=patient, systolic=185, diastolic=100, symptoms=["chest_pain"]
+    )
 
 
 async def make_overdue(db: asyncpg.Connection[Any], *alert_ids: uuid.UUID) -> None:
@@ -239,6 +242,7 @@ async def test_info_alerts_never_escalate(
     app_pool: asyncpg.Pool,
     alert_settings: AlertSettings,
 ) -> None:
+    await queue_cadss_alerts(db)
     body = dissociation_report(cadss_total=12)
     alert_id = await raise_alert(client, db, nurse, body, "dissociation-present")
     info = await alert(db, alert_id)
@@ -267,8 +271,9 @@ async def test_the_new_deadline_follows_the_severity(
     deadlines: dict[str, timedelta],
     expected: timedelta,
 ) -> None:
-    rule = {"urgent": "bp-markedly-abnormal", "critical": CRISIS}[severity]
-    body = bp_report(systolic=systolic, diastolic=100)
+    rule = {"urgent": "bp-severe-hypertension", "critical": CRISIS}[severity]
+    symptoms = ["chest_pain"] if severity == "critical" else []
+    body = bp_report(systolic=systolic, diastolic=100, symptoms=symptoms)
     alert_id = await raise_alert(client, db, nurse, body, rule)
     await make_overdue(db, alert_id)
     configured = replace(

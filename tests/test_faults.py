@@ -2,7 +2,7 @@
 
 Every test drives real ``safetyreport serve`` processes over TCP. The load is the one
 tablets make: concurrent clients, each submitting distinct valid blood-pressure reports
-(every other one above the hypertensive-crisis threshold) and retrying each with the
+(every other one a hypertensive emergency) and retrying each with the
 same Idempotency-Key until it gets a 2xx. Afterwards ``assert_stored_exactly_once``
 checks the database against what the clients were told: every acknowledged report
 exists exactly once, nothing exists that no client sent, and each report has its audit
@@ -82,7 +82,7 @@ class Submission:
     clinic: str
     patient_ref: str
     occurred_at: datetime  # distinct per submission: it identifies the stored report
-    crosses: bool  # above the hypertensive-crisis threshold
+    crosses: bool  # a hypertensive emergency
 
     def body(self) -> dict[str, Any]:
         systolic, diastolic = (186, 104) if self.crosses else (128, 82)
@@ -92,6 +92,8 @@ class Submission:
             occurred_at=self.occurred_at.isoformat(),
             systolic=systolic,
             diastolic=diastolic,
+            # With a target-organ symptom: a hypertensive emergency (the crisis rule).
+            symptoms=["chest_pain"] if self.crosses else [],
             minutes_after_dose=40,
         )
 

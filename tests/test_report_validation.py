@@ -26,6 +26,7 @@ from tests.helpers.reports import (
     misuse_report,
     new_key,
     post_report,
+    stock_report,
     stored,
 )
 from tests.helpers.world import World
@@ -95,10 +96,18 @@ async def test_limits_themselves_are_accepted(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     bodies = [
-        bp_report(systolic=300, diastolic=200, pulse=250, dose_mg=10_000, minutes_after_dose=1440),
-        bp_report(systolic=50, diastolic=30, pulse=20, minutes_after_dose=0),
-        dissociation_report(moaa_s=0, cadss_total=92, spo2=50),
-        dissociation_report(moaa_s=5, cadss_total=0, spo2=100),
+        bp_report(
+            systolic=300,
+            diastolic=200,
+            pulse=250,
+            respiratory_rate=60,
+            drug="other",
+            dose_mg=10_000,
+            minutes_after_dose=1440,
+        ),
+        bp_report(systolic=50, diastolic=30, pulse=20, respiratory_rate=4, minutes_after_dose=0),
+        dissociation_report(moaa_s=0, cadss_total=92, spo2=50, weight_kg=20, dose_mg=1),
+        dissociation_report(moaa_s=5, cadss_total=0, spo2=100, weight_kg=300, dose_mg=1),
         bp_report(patient_ref="A" * 64),
     ]
     for body in bodies:
@@ -345,12 +354,12 @@ async def test_duplicate_list_values_are_rejected(
     assert await rejected(client, db, nurse, body) == [(field, "unique")]
 
 
-@pytest.mark.parametrize("concern", ["theft", "loss", "inventory_discrepancy"])
-async def test_quantity_concerns_need_quantities(
+@pytest.mark.parametrize("concern", ["theft", "loss", "inventory_discrepancy"])  # incident types
+async def test_quantity_incidents_need_quantities(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str], concern: str
 ) -> None:
     body = without(
-        misuse_report(concern_type=concern), "expected_quantity", "actual_quantity", "unit"
+        stock_report(incident_type=concern), "expected_quantity", "actual_quantity", "unit"
     )
     errors = await rejected(client, db, nurse, body)
     assert sorted(errors) == [
@@ -363,7 +372,13 @@ async def test_quantity_concerns_need_quantities(
 async def test_patient_behaviour_takes_no_quantities(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
-    body = misuse_report(concern_type="patient_behaviour", lot="LOT-7")
+    body = misuse_report(
+        concern_type="patient_behaviour",
+        expected_quantity=10,
+        actual_quantity=8,
+        unit="ml",
+        lot="LOT-7",
+    )
     errors = await rejected(client, db, nurse, body)
     assert sorted(errors) == [
         ("actual_quantity", "not_applicable"),
@@ -474,14 +489,19 @@ def test_validate_allows_the_clock_skew_and_no_more() -> None:
 def test_validate_names_every_range_error() -> None:
     raw = bp_report(systolic=301, diastolic=29, pulse=19, dose_mg=0, minutes_after_dose=1441)
     assert broken(raw) == [
+        ("dose_mg", "range"),
+        ("minutes_after_dose", "range"),
         ("systolic", "range"),
         ("diastolic", "range"),
         ("pulse", "range"),
-        ("dose_mg", "range"),
-        ("minutes_after_dose", "range"),
     ]
-    raw = dissociation_report(moaa_s=6, cadss_total=93, spo2=49)
-    assert broken(raw) == [("moaa_s", "range"), ("cadss_total", "range"), ("spo2", "range")]
+    raw = dissociation_report(moaa_s=6, cadss_total=93, spo2=49, respiratory_rate=3)
+    assert broken(raw) == [
+        ("respiratory_rate", "range"),
+        ("spo2", "range"),
+        ("moaa_s", "range"),
+        ("cadss_total", "range"),
+    ]
 
 
 def test_validate_rejects_what_is_not_an_object() -> None:

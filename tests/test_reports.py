@@ -67,7 +67,7 @@ def ids(page: dict[str, Any]) -> list[str]:
 
 async def version_rows(db: asyncpg.Connection[Any], report_id: str) -> list[asyncpg.Record]:
     return await db.fetch(
-        "SELECT version, body, ctcae_grade, reason FROM report_versions"
+        "SELECT version, body, hypertension_reading_grade, reason FROM report_versions"
         " WHERE report_id = $1::uuid ORDER BY version",
         report_id,
     )
@@ -90,7 +90,7 @@ async def test_create_answers_the_stored_report(
     assert view["patient_ref"] == "PT-001"
     assert view["created_by"] == "nina"
     assert view["serious"] is False
-    assert view["ctcae_grade"] == 2
+    assert view["hypertension_reading_grade"] == 2
     for name, value in sent.items():
         if name != "occurred_at":
             assert view["body"][name] == value, name
@@ -154,11 +154,15 @@ async def test_read_shows_the_current_version_and_history(
     view = read.json()
     assert view["version"] == 2
     assert view["body"]["systolic"] == 148
-    assert view["ctcae_grade"] == 2
+    assert view["hypertension_reading_grade"] == 2
     first, second = view["history"]
-    assert (first["version"], first["reason"], first["ctcae_grade"]) == (1, None, 3)
+    assert (first["version"], first["reason"], first["hypertension_reading_grade"]) == (1, None, 3)
     assert first["body"] == created["body"]
-    assert (second["version"], second["reason"], second["ctcae_grade"]) == (2, "re-measured", 2)
+    assert (second["version"], second["reason"], second["hypertension_reading_grade"]) == (
+        2,
+        "re-measured",
+        2,
+    )
     assert second["body"] == view["body"]
     assert {first["created_by"], second["created_by"]} == {"nina"}
     parse_time(first["created_at"])
@@ -356,7 +360,7 @@ async def test_amendment_adds_version_2_and_regrades(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     created = await create_report(client, nurse, bp_report(systolic=165, diastolic=85))
-    assert created["ctcae_grade"] == 3
+    assert created["hypertension_reading_grade"] == 3
     response = await amend(client, nurse, created["id"], {"reason": "re-measured", "systolic": 148})
     assert response.status_code == 201, response.text
     view = response.json()
@@ -364,17 +368,22 @@ async def test_amendment_adds_version_2_and_regrades(
     assert view["version"] == 2
     assert view["body"]["systolic"] == 148
     assert view["body"]["diastolic"] == 85
-    assert view["ctcae_grade"] == 2
+    assert view["hypertension_reading_grade"] == 2
     assert [h["body"] for h in view["history"]] == [created["body"], view["body"]]
 
     v1, v2 = await version_rows(db, created["id"])
-    assert (v1["version"], v1["body"], v1["ctcae_grade"], v1["reason"]) == (
+    assert (v1["version"], v1["body"], v1["hypertension_reading_grade"], v1["reason"]) == (
         1,
         created["body"],
         3,
         None,
     )
-    assert (v2["version"], v2["body"]["systolic"], v2["ctcae_grade"], v2["reason"]) == (
+    assert (
+        v2["version"],
+        v2["body"]["systolic"],
+        v2["hypertension_reading_grade"],
+        v2["reason"],
+    ) == (
         2,
         148,
         2,
@@ -435,7 +444,8 @@ async def test_an_amendment_waiting_for_a_concurrent_one_is_applied_after_it(
     try:
         # What another amendment does, left uncommitted: version 2 and the new head.
         await db.execute(
-            "INSERT INTO report_versions (report_id, version, body, ctcae_grade, reason,"
+            "INSERT INTO report_versions"
+            " (report_id, version, body, hypertension_reading_grade, reason,"
             " created_by) VALUES ($1::uuid, 2, $2, 2, 'pulse', $3)",
             created["id"],
             {**created["body"], "pulse": 70},
@@ -469,7 +479,7 @@ async def test_an_amendment_waiting_for_a_concurrent_one_is_applied_after_it(
         ({"colour": "red"}, [("colour", "unknown_field")]),
         ({"patient_ref": "bad ref"}, [("patient_ref", "pattern")]),
         ({"occurred_at": "2026-01-15T10:30:00"}, [("occurred_at", "offset_required")]),
-        ({"seriousness": ["death", "death"]}, [("seriousness", "unique")]),
+        ({"seriousness": ["hospitalization"] * 2}, [("seriousness", "unique")]),
     ],
 )
 async def test_an_amendment_is_validated_like_a_new_report(
@@ -579,7 +589,7 @@ async def test_amending_an_unknown_report_is_404(
     "sql",
     [
         "UPDATE report_versions SET body = '{}'::jsonb WHERE report_id = $1::uuid",
-        "UPDATE report_versions SET ctcae_grade = 0 WHERE report_id = $1::uuid",
+        "UPDATE report_versions SET hypertension_reading_grade = 0 WHERE report_id = $1::uuid",
         "DELETE FROM report_versions WHERE report_id = $1::uuid",
     ],
 )
@@ -591,7 +601,7 @@ async def test_versions_cannot_be_changed_even_by_the_owner(
         await db.execute(sql, created["id"])
     [version] = await version_rows(db, created["id"])
     assert version["body"] == created["body"]
-    assert version["ctcae_grade"] == created["ctcae_grade"]
+    assert version["hypertension_reading_grade"] == created["hypertension_reading_grade"]
 
 
 async def test_versions_cannot_be_truncated(

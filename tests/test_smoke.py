@@ -25,4 +25,4 @@ async def test_nurse_submits_a_report(world: World) -> None:
         "/api/v1/reports", json=bp_report(), headers={**headers, "Idempotency-Key": "k-1"}
     )
     assert response.status_code == 201, response.text
-    assert response.json()["ctcae_grade"] == 2
+    assert response.json()["hypertension_reading_grade"] == 2

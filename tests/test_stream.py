@@ -69,8 +69,10 @@ class Live:
         return [await self.login(username) for username in usernames]
 
     async def submit(self, headers: Headers, clinic: str = "C1", patient: str = "PT-001") -> None:
-        """A hypertensive crisis (185/100), which raises bp-hypertensive-crisis."""
-        body = bp_report(clinic, patient_ref=patient, systolic=185, diastolic=100)
+        """A hypertensive emergency (185/100 with chest pain): bp-hypertensive-crisis."""
+        body = bp_report(
+            clinic, patient_ref=patient, systolic=185, diastolic=100, symptoms=["chest_pain"]
+        )
         response = await self.http.post(
             "/api/v1/reports", json=body, headers={**headers, "Idempotency-Key": str(uuid.uuid4())}
         )
@@ -261,7 +263,7 @@ async def test_officer_receives_an_alert_raised_after_connecting(
     alert = data["alert"]
     assert alert["id"] == str(stored["alert_id"])
     assert alert["rule_id"] == "bp-hypertensive-crisis"
-    assert alert["rule_name"] == "Hypertensive crisis"
+    assert alert["rule_name"] == "Hypertensive emergency"
     assert (alert["severity"], alert["status"], alert["clinic"]) == ("critical", "open", "C1")
     assert (alert["escalation_level"], alert["report_count"], alert["assigned_to"]) == (0, 1, None)
     assert (alert["group_by"], alert["group_key"], alert["revision"]) == ("patient", "PT-001", 1)

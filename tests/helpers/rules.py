@@ -48,3 +48,9 @@ class RulesAs:
 
     async def disable(self, who: str, rule_id: str) -> httpx.Response:
         return await self.client.post(f"{RULES}/{rule_id}/disable", headers=await self.as_(who))
+
+
+async def queue_cadss_alerts(db: asyncpg.Connection[Any]) -> None:
+    """Enable dissociation-present, disabled by default (CADSS above 4 is expected after a
+    dose: counted, not queued), as a clinic network that wants info alerts would."""
+    await db.execute("UPDATE alert_rules SET enabled = true WHERE id = 'dissociation-present'")

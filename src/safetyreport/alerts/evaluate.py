@@ -34,6 +34,7 @@ from safetyreport.alerts.rules import (
     in_force,
 )
 from safetyreport.db.pool import Conn
+from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.settings import AlertSettings
 
 DEA_FORM_106_DAYS = 45
@@ -50,9 +51,7 @@ def facts_of(
     for name, value in body.items():
         if isinstance(value, dict):
             facts.update({f"{name}.{inner}": item for inner, item in value.items()})
-    dose, weight = body.get("dose_mg"), body.get("weight_kg")
-    if dose is not None and weight:
-        facts["dose_mg_per_kg"] = dose / weight
+    facts["dose_mg_per_kg"] = dose_mg_per_kg(body)
     facts["kind"] = kind
     facts["hypertension_reading_grade"] = reading_grade
     facts["alert_severity"] = alert_severity

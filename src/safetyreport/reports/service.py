@@ -24,6 +24,7 @@ from safetyreport.reports.types import (
     BloodPressure,
     ReportBody,
     StockIncident,
+    dose_mg_per_kg,
 )
 from safetyreport.reports.validation import validate_report
 from safetyreport.settings import AlertSettings, ReportSettings
@@ -54,6 +55,8 @@ class ReportView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # The CTCAE v5.0 hypertension grade of the reading this report carries (0: below
     # grade 1; none without a pressure): the grade of one reading, not of the event.
     hypertension_reading_grade: int | None
+    # Derived from dose_mg and weight_kg (two decimals), as the rules compare it.
+    dose_mg_per_kg: float | None
     serious: bool
     created_at: datetime
     created_by: str
@@ -145,6 +148,7 @@ def view_of_row(row: asyncpg.Record, history: list[asyncpg.Record] | None = None
         occurred_at=row["occurred_at"],
         version=row["current_version"],
         hypertension_reading_grade=row["hypertension_reading_grade"],
+        dose_mg_per_kg=dose_mg_per_kg(body),
         serious=bool(body.get("seriousness")),
         created_at=row["created_at"],
         created_by=row["created_by"],
@@ -280,6 +284,7 @@ async def insert_report(
         occurred_at=body.occurred_at,
         version=1,
         hypertension_reading_grade=grade,
+        dose_mg_per_kg=dose_mg_per_kg(read_back),
         serious=bool(read_back.get("seriousness")),
         created_at=row["created_at"],
         created_by=principal.username,

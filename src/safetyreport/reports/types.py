@@ -8,8 +8,9 @@ absent field as not given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -201,6 +202,15 @@ class StockIncident(_Report, kw_only=True, tag="stock_incident"):
     def occurred_at(self) -> datetime:
         """The report's time, for ordering and rule windows: when it was discovered."""
         return self.discovered_at
+
+
+def dose_mg_per_kg(body: Mapping[str, Any]) -> float | None:
+    """The dose per kilogram of a stored body, to two decimals, where dose and weight are
+    given: what the report view shows and what the rules compare, the same number."""
+    dose, weight = body.get("dose_mg"), body.get("weight_kg")
+    if dose is None or not weight:
+        return None
+    return round(float(dose) / float(weight), 2)
 
 
 PatientReport = BloodPressure | Dissociation | AdverseEvent | MisuseConcern
