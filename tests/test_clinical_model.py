@@ -233,9 +233,9 @@ async def test_breathing_ranges(
     high: int,
 ) -> None:
     for value in (low, high):
-        await create_report(client, nurse, adverse_report(**{field: value}))
+        await create_report(client, nurse, {**adverse_report(), field: value})
     for value in (low - 1, high + 1):
-        assert await rejected(client, db, nurse, adverse_report(**{field: value})) == [
+        assert await rejected(client, db, nurse, {**adverse_report(), field: value}) == [
             (field, "range")
         ]
 
@@ -397,10 +397,9 @@ async def test_a_stock_concern_filed_as_misuse_names_stock_incident(
 async def test_a_stock_incident_has_no_patient_fields(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str], field: str
 ) -> None:
-    value = {"patient_ref": "PT-1", "seriousness": [], "outcome": "unknown"}.get(
-        field, "2026-01-15T12:00:00Z"
-    )
-    errors = await rejected(client, db, nurse, stock_report(**{field: value}))
+    values: dict[str, Any] = {"patient_ref": "PT-1", "seriousness": [], "outcome": "unknown"}
+    body = {**stock_report(), field: values.get(field, "2026-01-15T12:00:00Z")}
+    errors = await rejected(client, db, nurse, body)
     assert errors == [(field, "unknown_field")]
 
 
