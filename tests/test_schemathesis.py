@@ -109,6 +109,21 @@ Error = dict[str, Any]  # one entry of a 422's "errors": field, rule, message
 # fields, or about stored data), and JSON Schema's own looseness.
 BEYOND_SCHEMA: dict[str, Callable[[Error], bool]] = {
     "systolic above diastolic": lambda e: e["rule"] == "above_diastolic",
+    # Fields that depend on others (docs/clinical-rules.md): a pressure given whole,
+    # the weight with an IV or IM ketamine dose, quantities with a stock theft, a
+    # category's fields, an esketamine dose of 28/56/84 mg, outcome with seriousness.
+    "a field another field requires or excludes": lambda e: (
+        e["rule"] in {"required", "not_applicable"}
+        and e["message"].startswith(("required with", "required when", "required for", "only for"))
+    ),
+    "a category that needs one of its fields": lambda e: (
+        (e["field"], e["rule"]) == ("cssrs", "required")
+    ),
+    "an esketamine dose of 28, 56 or 84 mg": lambda e: e["rule"] == "esketamine_dose",
+    "outcome and seriousness agree": lambda e: (
+        e["rule"] in {"fatal_with_death", "death_with_fatal", "not_ongoing_if_resolved"}
+    ),
+    "a stock concern is a stock incident": lambda e: e["rule"] == "use_stock_incident",
     "occurred_at not in the future": lambda e: e["rule"] == "not_in_future",
     "until later than from": lambda e: e["rule"] == "after_from",
     "a clinic of the user's": lambda e: e["rule"] == "member",
