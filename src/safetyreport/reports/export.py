@@ -324,9 +324,7 @@ async def start_export(
     """
     where = service.selection_where(caller.principal, filters)
     if export_format == "fhir":
-        # Constants of this module, never client input.
-        kinds = ", ".join(f"'{kind}'" for kind in NOT_ADVERSE_EVENTS)
-        where.add(f"r.kind NOT IN ({kinds})")
+        where.add(f"r.kind <> ALL({where.param(list(NOT_ADVERSE_EVENTS))}::text[])")
     export = ReportExport(caller=caller, filters=filters, format=export_format, where=where)
     async with transaction(pool) as conn:
         await export.record(conn, "report.export_started", export.clinics_in_scope())
