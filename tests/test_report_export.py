@@ -28,6 +28,7 @@ from safetyreport.reports import export as report_export
 from safetyreport.reports.export import CHUNK_BYTES
 from tests.helpers.reports import (
     REPORTS,
+    adverse_report,
     amend,
     audit_rows,
     bp_report,
@@ -36,6 +37,7 @@ from tests.helpers.reports import (
     errors_of,
     misuse_report,
     seed_copies,
+    stock_report,
 )
 from tests.helpers.world import World
 
@@ -54,9 +56,12 @@ CSV_HEADER = [
     "updated_at",
     "meddra_term",
     "serious",
-    "ctcae_grade",
+    "hypertension_reading_grade",
     "drug",
     "dose_mg",
+    "weight_kg",
+    "dose_mg_per_kg",
+    "infusion_minutes",
     "minutes_after_dose",
     "outcome",
     "seriousness",
@@ -65,14 +70,31 @@ CSV_HEADER = [
     "systolic",
     "diastolic",
     "pulse",
+    "respiratory_rate",
+    "spo2",
+    "syncope",
     "symptoms",
     "moaa_s",
     "severity",
     "cadss_total",
-    "spo2",
     "respiratory_depression",
     "resolved",
+    "category",
+    "verbatim_term",
+    "cssrs.q1",
+    "cssrs.q2",
+    "cssrs.q3",
+    "cssrs.q4",
+    "cssrs.q5",
+    "cssrs.q6",
+    "phq9_item9",
+    "rescue_medication",
+    "ed_transfer",
+    "urological_symptoms",
     "concern_type",
+    "dast10_score",
+    "incident_type",
+    "discovered_at",
     "expected_quantity",
     "actual_quantity",
     "unit",
@@ -158,8 +180,10 @@ async def test_csv_has_the_header_and_a_row_per_report_oldest_first(
         nurse,
         bp_report(occurred_at="2026-01-15T10:30:00+01:00", dose_mg=56, symptoms=["chest_pain"]),
     )
-    mis = await create_report(client, nurse, misuse_report(occurred_at=at(12), lot="L-1"))
-    dis = await create_report(client, nurse, dissociation_report(occurred_at=at(11), spo2=95))
+    mis = await create_report(client, nurse, misuse_report(occurred_at=at(12), dast10_score=4))
+    dis = await create_report(
+        client, nurse, dissociation_report(occurred_at=at(11), spo2=95, respiratory_rate=12)
+    )
 
     response = await export(client, nurse, "csv")
     assert response.headers["content-disposition"].startswith('attachment; filename="reports-')
@@ -178,23 +202,117 @@ async def test_csv_has_the_header_and_a_row_per_report_oldest_first(
     assert first["created_by"] == "nina"
     assert first["meddra_term"] == "Blood pressure increased"
     assert (first["serious"], first["seriousness"]) == ("false", "")
-    assert first["ctcae_grade"] == "2"
+    assert first["hypertension_reading_grade"] == str(bp["hypertension_reading_grade"]) == "2"
     assert (first["systolic"], first["diastolic"], first["pulse"]) == ("150", "92", "")
     assert (first["dose_mg"], first["symptoms"], first["phase"]) == (
         "56.0",
         "chest_pain",
         "post_dose",
     )
-    assert first["moaa_s"] == first["concern_type"] == ""
+    # Esketamine is not given by weight: no mg/kg.
+    assert first["weight_kg"] == first["dose_mg_per_kg"] == ""
+    assert first["moaa_s"] == first["concern_type"] == first["incident_type"] == ""
 
     assert (second["meddra_term"], second["moaa_s"], second["spo2"]) == ("Dissociation", "4", "95")
+    assert second["respiratory_rate"] == "12"
     assert (second["resolved"], second["respiratory_depression"]) == ("true", "false")
-    assert second["ctcae_grade"] == ""
+    assert second["hypertension_reading_grade"] == ""
 
-    assert third["meddra_term"] == "Drug diversion"
-    assert (third["concern_type"], third["lot"], third["unit"]) == ("theft", "L-1", "ml")
-    assert (third["expected_quantity"], third["actual_quantity"]) == ("10.0", "8.0")
-    assert third["description"] == "Two vials missing from the locked cabinet."
+    assert third["meddra_term"] == "Drug seeking behaviour"
+    assert (third["concern_type"], third["dast10_score"]) == ("drug_seeking", "4")
+    assert (third["lot"], third["unit"], third["expected_quantity"]) == ("", "", "")
+    assert third["description"] == "Asked for an extra dose before the session."
+
+
+async def test_csv_has_the_columns_of_adverse_events_and_weight_based_doses(
+    client: AsyncTestClient[Any], nurse: dict[str, str]
+) -> None:
+    cssrs = {"q1": True, "q2": True, "q3": False, "q4": True, "q5": False, "q6": False}
+    adverse = adverse_report(
+        occurred_at=at(8),
+        category="suicidality",
+        verbatim_term="Says she does not want to wake up",
+        cssrs=cssrs,
+        phq9_item9=2,
+        syncope=False,
+    )
+    await create_report(client, nurse, adverse)
+    dose = dissociation_report(occurred_at=at(9), dose_mg=35, weight_kg=70, infusion_minutes=40)
+    await create_report(client, nurse, dose)
+    urological = adverse_report(
+        occurred_at=at(10),
+        category="urological",
+        verbatim_term="Burning when passing urine",
+        urological_symptoms=["dysuria", "frequency"],
+    )
+    await create_report(client, nurse, urological)
+    first, second, third = csv_rows(await export(client, nurse, "csv"))
+
+    assert (first["category"], first["verbatim_term"]) == (
+        "suicidality",
+        "Says she does not want to wake up",
+    )
+    # The term the service suggests, beside the nurse's own words.
+    assert first["meddra_term"] == "Suicidal ideation"
+    answers = [first[f"cssrs.q{n}"] for n in range(1, 7)]
+    assert answers == ["true", "true", "false", "true", "false", "false"]
+    assert (first["phq9_item9"], first["syncope"]) == ("2", "false")
+    assert first["rescue_medication"] == first["urological_symptoms"] == ""
+
+    assert (second["dose_mg"], second["weight_kg"], second["dose_mg_per_kg"]) == (
+        "35.0",
+        "70.0",
+        "0.5",
+    )
+    assert second["infusion_minutes"] == "40"
+    assert second["cssrs.q1"] == second["category"] == ""
+
+    assert third["urological_symptoms"] == "dysuria;frequency"
+    assert third["meddra_term"] == "Dysuria"
+
+
+async def test_stock_incidents_are_exported_without_a_patient(
+    client: AsyncTestClient[Any], nurse: dict[str, str]
+) -> None:
+    bp = await create_report(client, nurse, bp_report(occurred_at=at(8)))
+    stock = await create_report(
+        client,
+        nurse,
+        stock_report(discovered_at="2026-01-15T10:00:00+01:00", lot="L-1"),
+    )
+    assert stock["patient_ref"] is None
+
+    bp_row, stock_row = csv_rows(await export(client, nurse, "csv"))
+    assert (bp_row["id"], stock_row["id"]) == (bp["id"], stock["id"])
+    assert stock_row["kind"] == "stock_incident"
+    assert stock_row["patient_ref"] == ""
+    # Its time is when it was discovered, in UTC like every time.
+    assert stock_row["occurred_at"] == stock_row["discovered_at"] == "2026-01-15T09:00:00+00:00"
+    assert (stock_row["incident_type"], stock_row["lot"], stock_row["unit"]) == (
+        "theft",
+        "L-1",
+        "ml",
+    )
+    assert (stock_row["expected_quantity"], stock_row["actual_quantity"]) == ("10.0", "8.0")
+    assert stock_row["description"] == "Two vials missing from the locked cabinet."
+    # No seriousness, no outcome, no event term: not "not serious", but not applicable.
+    for column in (
+        "meddra_term",
+        "serious",
+        "seriousness",
+        "outcome",
+        "hypertension_reading_grade",
+    ):
+        assert stock_row[column] == "", column
+
+    items = ndjson_items(await export(client, nurse, "ndjson"))
+    assert [item["id"] for item in items] == [bp["id"], stock["id"]]
+    assert items[1]["patient_ref"] is None
+    assert items[1]["body"]["incident_type"] == "theft"
+
+    # The FHIR bundle leaves it out: it has no AdverseEvent.
+    assert await ids_exported(client, nurse, "fhir") == [bp["id"]]
+    assert await ids_exported(client, nurse, "fhir", kind="stock_incident") == []
 
 
 async def test_csv_shows_the_current_version_and_seriousness(
@@ -206,7 +324,7 @@ async def test_csv_shows_the_current_version_and_seriousness(
     [row] = csv_rows(await export(client, nurse, "csv"))
     assert (row["version"], row["serious"]) == ("2", "true")
     assert row["seriousness"] == "hospitalization;disability"
-    assert row["meddra_term"] == "Hypertensive crisis"
+    assert row["meddra_term"] == "Hypertensive urgency"
 
 
 async def test_ndjson_lines_are_the_reports_as_listed(
@@ -358,11 +476,10 @@ async def test_csv_cells_cannot_run_as_formulas(world: World) -> None:
         await create_report(
             world.client,
             headers,
-            misuse_report(
-                occurred_at=at(9),
+            stock_report(
+                discovered_at=at(9),
                 description="+cmd|' /C calc'!A0",
                 lot="@SUM(1+1)",
-                narrative="\tTAB",
             ),
         ),
         await create_report(
@@ -376,16 +493,23 @@ async def test_csv_cells_cannot_run_as_formulas(world: World) -> None:
             headers,
             dissociation_report(occurred_at=at(12), narrative='plain, "quoted"\nnext line'),
         ),
+        await create_report(
+            world.client,
+            headers,
+            adverse_report(occurred_at=at(13), verbatim_term="=1+1 headache", narrative="\tTAB"),
+        ),
     ]
     rows = csv_rows(await export(world.client, headers, "csv"))
     assert [row["id"] for row in rows] == [c["id"] for c in created]
-    first, second, third, fourth, fifth = rows
+    first, second, third, fourth, fifth, sixth = rows
 
     assert first["narrative"] == "'" + dangerous["narrative"]
     assert first["patient_ref"] == "'-2-3"
     assert second["description"] == "'+cmd|' /C calc'!A0"
     assert second["lot"] == "'@SUM(1+1)"
-    assert second["narrative"] == "'\tTAB"
+    assert second["patient_ref"] == ""
+    assert sixth["verbatim_term"] == "'=1+1 headache"
+    assert sixth["narrative"] == "'\tTAB"
     assert third["narrative"] == "'\rCR"
     assert fourth["narrative"] == "''quoted"
     assert fifth["narrative"] == 'plain, "quoted"\nnext line'  # nothing to neutralise
@@ -393,7 +517,7 @@ async def test_csv_cells_cannot_run_as_formulas(world: World) -> None:
 
     # Reversible: strip one leading quote and every stored value comes back.
     for row, report in zip(rows, created, strict=True):
-        for name in ("patient_ref", "narrative", "description", "lot"):
+        for name in ("patient_ref", "narrative", "description", "lot", "verbatim_term"):
             stored = report["body"].get(name)
             if stored is not None:
                 cell = row[name]

@@ -1,5 +1,8 @@
 """Streaming exports of reports: CSV, NDJSON, or a FHIR R5 Bundle of AdverseEvents.
 
+CSV and NDJSON carry every kind of report; the FHIR Bundle leaves stock incidents out
+(they concern no patient and have no AdverseEvent).
+
 An export reads the current version of every matching report from one snapshot (a
 read-only repeatable-read transaction) through a server-side cursor, on a connection
 the stream acquires for itself, and hands the bytes on in chunks: memory stays flat
@@ -35,7 +38,7 @@ from safetyreport.db.pool import Conn, batches, read_snapshot, transaction
 from safetyreport.db.query import Where
 from safetyreport.reports import fhir, service
 from safetyreport.reports.service import ReportView
-from safetyreport.reports.types import ReportBody
+from safetyreport.reports.types import ReportBody, StockIncident
 
 ExportFormat = Literal["csv", "ndjson", "fhir"]
 EXPORT_SYSTEM = "urn:safetyreport:report-export"
@@ -47,10 +50,16 @@ CHUNK_BYTES = 64 * 1024
 _ORDER = " ORDER BY r.occurred_at, r.id"
 _encoder = msgspec.json.Encoder()
 
-# Body fields that become CSV columns, in this order, after the report's own columns.
+# Body fields that become CSV columns, in this order, after the report's own columns. A
+# field of an object in the body is named ``object.field``, as the rules name it
+# (``cssrs.q4``); ``dose_mg_per_kg`` is derived (fhir.dose_mg_per_kg). A column that does
+# not apply to a report's kind is empty.
 CSV_BODY_COLUMNS = (
     "drug",
     "dose_mg",
+    "weight_kg",
+    "dose_mg_per_kg",
+    "infusion_minutes",
     "minutes_after_dose",
     "outcome",
     "seriousness",
@@ -59,14 +68,31 @@ CSV_BODY_COLUMNS = (
     "systolic",
     "diastolic",
     "pulse",
+    "respiratory_rate",
+    "spo2",
+    "syncope",
     "symptoms",
     "moaa_s",
     "severity",
     "cadss_total",
-    "spo2",
     "respiratory_depression",
     "resolved",
+    "category",
+    "verbatim_term",
+    "cssrs.q1",
+    "cssrs.q2",
+    "cssrs.q3",
+    "cssrs.q4",
+    "cssrs.q5",
+    "cssrs.q6",
+    "phq9_item9",
+    "rescue_medication",
+    "ed_transfer",
+    "urological_symptoms",
     "concern_type",
+    "dast10_score",
+    "incident_type",
+    "discovered_at",
     "expected_quantity",
     "actual_quantity",
     "unit",
@@ -86,9 +112,11 @@ CSV_COLUMNS = (
     "updated_at",
     "meddra_term",
     "serious",
-    "ctcae_grade",
+    "hypertension_reading_grade",
     *CSV_BODY_COLUMNS,
 )
+# Kinds that have no FHIR AdverseEvent: the fhir export leaves them out.
+NOT_ADVERSE_EVENTS = ("stock_incident",)
 
 
 # The export selects reports exactly as the list does.
@@ -180,6 +208,15 @@ def _csv_cell(value: Any) -> str:
     return neutralise(str(value))
 
 
+def _body_value(body: ReportBody, column: str) -> Any:
+    """The value of a body column: a field, a field of an object field, or derived."""
+    if column == "dose_mg_per_kg":
+        return None if isinstance(body, StockIncident) else fhir.dose_mg_per_kg(body)
+    owner, _, inner = column.partition(".")
+    value = getattr(body, owner, None)
+    return getattr(value, inner, None) if inner else value
+
+
 def csv_row(report: ReportView) -> list[str]:
     body: ReportBody = msgspec.convert(report.body, ReportBody)
     own = (
@@ -192,11 +229,12 @@ def csv_row(report: ReportView) -> list[str]:
         report.created_at,
         report.created_by,
         report.updated_at,
-        fhir.event_term(body, report.ctcae_grade),
-        report.serious,
-        report.ctcae_grade,
+        fhir.event_term(body),
+        # A stock incident has no seriousness: not "not serious", but not applicable.
+        None if isinstance(body, StockIncident) else report.serious,
+        report.hypertension_reading_grade,
     )
-    from_body = (report.body.get(name) for name in CSV_BODY_COLUMNS)
+    from_body = (_body_value(body, column) for column in CSV_BODY_COLUMNS)
     return [_csv_cell(value) for value in (*own, *from_body)]
 
 
@@ -284,12 +322,10 @@ async def start_export(
 
     ``pool``: the exports' own (``AppState.export_pool``), as for ``stream_export``.
     """
-    export = ReportExport(
-        caller=caller,
-        filters=filters,
-        format=export_format,
-        where=service.selection_where(caller.principal, filters),
-    )
+    where = service.selection_where(caller.principal, filters)
+    if export_format == "fhir":
+        where.add(f"r.kind <> ALL({where.param(list(NOT_ADVERSE_EVENTS))}::text[])")
+    export = ReportExport(caller=caller, filters=filters, format=export_format, where=where)
     async with transaction(pool) as conn:
         await export.record(conn, "report.export_started", export.clinics_in_scope())
     return export

@@ -1,11 +1,16 @@
 """A report's current version as an HL7 FHIR R5 AdverseEvent (see docs/clinical-rules.md).
 
-The event is named by its MedDRA preferred term, as ``code.text`` only: MedDRA codes
-are licensed, so a licensed site adds them. Seriousness and outcome use the HL7
-terminology code systems. Patients are the clinic's pseudonymous references, never
-names. R5 has no place for the dose and route of a suspect drug, so they travel as
-extensions on ``suspectEntity``; what the nurse measured (readings, scores,
+The event is named by a MedDRA preferred term, as ``code.text`` only: MedDRA codes are
+licensed, so a licensed site adds them. An ``adverse_event`` report is named by the
+nurse's own words instead, and the term the service suggests stays beside them in a
+note. Seriousness and outcome use the HL7 terminology code systems. Patients are the
+clinic's pseudonymous references, never names. The readings a report carries become
+contained vital-signs Observations (LOINC codes, UCUM units) that ``supportingInfo``
+points to. R5 has no place for the dose and route of a suspect drug, so they travel as
+extensions on ``suspectEntity``; everything else the nurse noted (readings, scores,
 quantities) is summed up in the first ``note``.
+
+A stock incident concerns no patient and is no adverse event: it has no FHIR view.
 """
 
 from __future__ import annotations
@@ -15,28 +20,44 @@ from typing import Any
 
 import msgspec
 
+from safetyreport.errors import Conflict
+from safetyreport.reports.grading import hypertension_reading_grade
 from safetyreport.reports.service import ReportView
-from safetyreport.reports.types import BloodPressure, Dissociation, MisuseConcern, ReportBody
+from safetyreport.reports.types import (
+    AdverseEvent,
+    BloodPressure,
+    Dissociation,
+    MisuseConcern,
+    PatientReport,
+    ReportBody,
+    StockIncident,
+)
 
 FHIR_JSON = "application/fhir+json"
 SERIOUSNESS_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
 # R5 binds outcome to an example value set of SNOMED CT codes (licensed); this HL7 code
 # system holds the six outcomes of docs/clinical-rules.md and an example binding allows it.
 OUTCOME_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
+OBSERVATION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+PROFILE_BASE = "http://hl7.org/fhir/StructureDefinition/"
 REPORT_SYSTEM = "urn:safetyreport:report"
 REPORT_KIND_SYSTEM = "urn:safetyreport:report-kind"
 USER_SYSTEM = "urn:safetyreport:user"
 DOSE_EXTENSION = "urn:safetyreport:fhir:extension:dose"
 ROUTE_EXTENSION = "urn:safetyreport:fhir:extension:route"
 TIME_AFTER_DOSE_EXTENSION = "urn:safetyreport:fhir:extension:time-after-dose"
+SUGGESTED_TERM_NOTE = "Suggested MedDRA preferred term: "
+READING_GRADE_NOTE = "Hypertension reading grade (CTCAE v5.0, one reading): "
 
 _encoder = msgspec.json.Encoder()
 
 KIND_NAMES = {
     "blood_pressure": "Blood pressure",
     "dissociation": "Dissociation or sedation",
-    "misuse_concern": "Misuse or diversion concern",
+    "adverse_event": "Other adverse event",
+    "misuse_concern": "Misuse concern",
 }
 # drug -> (substance, route of administration)
 DRUGS: dict[str, tuple[str, str | None]] = {
@@ -63,22 +84,56 @@ SERIOUSNESS_CRITERIA = {
     "congenital_anomaly": "congenital anomaly",
     "other_medically_important": "other medically important event",
 }
-# Misuse concerns by what they suggest: drugs gone missing or taken by staff are
-# diversion; a patient's behaviour is abuse; a tampered device is misuse of the product.
+# Misuse concerns by what they suggest: a patient's behaviour is abuse or drug seeking;
+# tampering with a device is misuse of the product. The stock types of old (stored
+# misuse concerns only; new ones are stock incidents, which have no FHIR view) keep the
+# terms they were exported with.
 CONCERN_TERMS = {
+    "patient_behaviour": "Drug abuse",
+    "drug_seeking": "Drug seeking behaviour",
+    "extra_dose_request": "Drug seeking behaviour",
+    "patient_tampering": "Intentional product misuse",
+    "positive_drug_screen": "Drug screen positive",
     "inventory_discrepancy": "Drug diversion",
     "theft": "Drug diversion",
     "loss": "Drug diversion",
     "staff_suspected": "Drug diversion",
-    "patient_behaviour": "Drug abuse",
     "device_tampered": "Intentional product misuse",
 }
-# Thresholds from docs/clinical-rules.md: ACC/AHA 2017 crisis above 180/120; respiratory depression
-# below 90 % SpO2 (a convention); MOAA/S 3 or less is sedation beyond lethargy.
-CRISIS_SYSTOLIC = 180
-CRISIS_DIASTOLIC = 120
+# The adverse-event categories whose term does not depend on the report's fields.
+CATEGORY_TERMS = {
+    # Ketamine's emergence reaction has no preferred term of its own: agitation is the
+    # sign that brings rescue medication; the verbatim term keeps what was seen.
+    "emergence_reaction": "Agitation",
+    "vomiting": "Vomiting",
+    "fall": "Fall",
+    "pregnancy_exposure": "Exposure during pregnancy",
+}
+# One urological symptom names the event, the gravest first: haematuria is the sign of
+# ketamine-associated cystitis (a diagnosis the service leaves to the clinician).
+UROLOGICAL_TERMS = {
+    "haematuria": "Haematuria",
+    "dysuria": "Dysuria",
+    "pelvic_pain": "Pelvic pain",
+    "frequency": "Pollakiuria",
+}
+# Thresholds from docs/clinical-rules.md: ACC/AHA 2017 severe elevation at 180/120;
+# hypotension below 90/60; heart rate below 50 or above 130; respiratory depression at a
+# rate below 8/min or SpO2 below 90 % (the critical breathing rule); MOAA/S 3 or less is
+# sedation beyond lethargy.
+SEVERE_SYSTOLIC = 180
+SEVERE_DIASTOLIC = 120
+HYPOTENSION_SYSTOLIC = 90
+HYPOTENSION_DIASTOLIC = 60
+BRADYCARDIA_PULSE = 50
+TACHYCARDIA_PULSE = 130
+RESPIRATORY_DEPRESSION_RATE = 8
 RESPIRATORY_DEPRESSION_SPO2 = 90
 SEDATION_MOAA_S = 3
+
+
+class NoAdverseEvent(Conflict):
+    """The report is not about a patient, so it has no AdverseEvent."""
 
 
 def fhir_time(value: datetime) -> str:
@@ -91,35 +146,89 @@ def patient_system(clinic: str) -> str:
     return f"urn:safetyreport:clinic:{clinic}:patient"
 
 
-def blood_pressure_term(body: BloodPressure, ctcae_grade: int | None) -> str:
-    """Hypertensive crisis above 180/120 or at CTCAE G4, Hypertension at G3, else
-    Blood pressure increased (the label's term for the usual transient rise)."""
-    crisis = body.systolic > CRISIS_SYSTOLIC or body.diastolic > CRISIS_DIASTOLIC
-    if crisis or ctcae_grade == 4:
-        return "Hypertensive crisis"
-    if ctcae_grade == 3:
+def dose_mg_per_kg(body: PatientReport) -> float | None:
+    """The dose per kilogram where both are known (3 decimals, for people to read)."""
+    if body.dose_mg is None or not body.weight_kg:
+        return None
+    return round(body.dose_mg / body.weight_kg, 3)
+
+
+# --- the event's term ----------------------------------------------------------------
+
+
+def blood_pressure_term(body: BloodPressure) -> str:
+    """The gravest finding of the reading names the event (docs/clinical-rules.md): a
+    hypertensive emergency (180/120 or above with a target-organ symptom: reading grade
+    4), a hypertensive urgency (180/120 or above without one), syncope, hypotension,
+    hypertension (grade 3), a slow or fast heart, a raised pressure (grades 1-2), else
+    the measurement itself.
+
+    The grade is worked out from the reading here rather than read from the stored
+    version, so that a version graded under older rules gets today's term.
+    """
+    grade = hypertension_reading_grade(body.systolic, body.diastolic, body.symptoms)
+    if grade == 4:
+        return "Hypertensive emergency"
+    if body.systolic >= SEVERE_SYSTOLIC or body.diastolic >= SEVERE_DIASTOLIC:
+        return "Hypertensive urgency"
+    if body.syncope:
+        return "Syncope"
+    if body.systolic < HYPOTENSION_SYSTOLIC or body.diastolic < HYPOTENSION_DIASTOLIC:
+        return "Hypotension"
+    if grade == 3:
         return "Hypertension"
-    return "Blood pressure increased"
+    if body.pulse is not None and body.pulse < BRADYCARDIA_PULSE:
+        return "Bradycardia"
+    if body.pulse is not None and body.pulse > TACHYCARDIA_PULSE:
+        return "Tachycardia"
+    if grade > 0:
+        return "Blood pressure increased"
+    return "Blood pressure measurement"
 
 
 def dissociation_term(body: Dissociation) -> str:
     """The gravest finding names the event: breathing, then consciousness, then dissociation."""
     low_spo2 = body.spo2 is not None and body.spo2 < RESPIRATORY_DEPRESSION_SPO2
-    if body.respiratory_depression or low_spo2:
+    slow_breathing = (
+        body.respiratory_rate is not None and body.respiratory_rate < RESPIRATORY_DEPRESSION_RATE
+    )
+    if body.respiratory_depression or low_spo2 or slow_breathing:
         return "Respiratory depression"
     if body.moaa_s <= SEDATION_MOAA_S:
         return "Sedation"
     return "Dissociation"
 
 
-def event_term(body: ReportBody, ctcae_grade: int | None) -> str:
-    """The MedDRA preferred term (name only) that fits the report."""
+def suggested_term(body: AdverseEvent) -> str | None:
+    """The MedDRA preferred term the service suggests beside the nurse's verbatim term;
+    none for the category ``other``."""
+    if body.category == "suicidality":
+        # C-SSRS q6: suicidal behaviour in the past 3 months; the rest is ideation.
+        behaviour = body.cssrs is not None and body.cssrs.q6
+        return "Suicidal behaviour" if behaviour else "Suicidal ideation"
+    if body.category == "urological":
+        for symptom, term in UROLOGICAL_TERMS.items():
+            if symptom in body.urological_symptoms:
+                return term
+        return None
+    return CATEGORY_TERMS.get(body.category)
+
+
+def event_term(body: ReportBody) -> str | None:
+    """The MedDRA preferred term (name only) that fits the report: for an adverse event
+    the suggestion beside the verbatim term; none for a stock incident."""
     if isinstance(body, BloodPressure):
-        return blood_pressure_term(body, ctcae_grade)
+        return blood_pressure_term(body)
     if isinstance(body, Dissociation):
         return dissociation_term(body)
-    return CONCERN_TERMS[body.concern_type]
+    if isinstance(body, AdverseEvent):
+        return suggested_term(body)
+    if isinstance(body, MisuseConcern):
+        return CONCERN_TERMS[body.concern_type]
+    return None
 
+
+# --- the findings note ---------------------------------------------------------------
 
 _PHASES = {"pre_dose": "pre-dose", "post_dose": "post-dose", "discharge": "at discharge"}
 
@@ -132,13 +241,20 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def blood_pressure_findings(body: BloodPressure, ctcae_grade: int | None) -> list[str]:
-    findings = [f"Blood pressure {body.systolic}/{body.diastolic} mmHg ({_PHASES[body.phase]})"]
+def vital_sign_findings(body: PatientReport) -> list[str]:
+    findings: list[str] = []
+    if body.systolic is not None and body.diastolic is not None:
+        phase = f" ({_PHASES[body.phase]})" if body.phase is not None else ""
+        findings.append(f"Blood pressure {body.systolic}/{body.diastolic} mmHg{phase}")
     if body.pulse is not None:
         findings.append(f"pulse {body.pulse}/min")
-    if ctcae_grade is not None:
-        findings.append(f"CTCAE v5.0 hypertension grade {ctcae_grade}")
-    if body.symptoms:
+    if body.respiratory_rate is not None:
+        findings.append(f"respiratory rate {body.respiratory_rate}/min")
+    if body.spo2 is not None:
+        findings.append(f"SpO2 {body.spo2} %")
+    if body.syncope:
+        findings.append("syncope")
+    if isinstance(body, BloodPressure) and body.symptoms:
         findings.append("symptoms: " + ", ".join(_words(s) for s in body.symptoms))
     return findings
 
@@ -147,16 +263,38 @@ def dissociation_findings(body: Dissociation) -> list[str]:
     findings = [f"MOAA/S {body.moaa_s}", f"severity {body.severity}"]
     if body.cadss_total is not None:
         findings.append(f"CADSS {body.cadss_total}")
-    if body.spo2 is not None:
-        findings.append(f"SpO2 {body.spo2} %")
     if body.respiratory_depression:
         findings.append("respiratory depression")
     findings.append("resolved" if body.resolved else "not resolved")
     return findings
 
 
+def adverse_event_findings(body: AdverseEvent) -> list[str]:
+    findings = [f"Category: {_words(body.category)}"]
+    if body.cssrs is not None:
+        answers = msgspec.structs.asdict(body.cssrs)
+        yes = [question for question, answer in answers.items() if answer]
+        findings.append("C-SSRS yes: " + (", ".join(yes) if yes else "none"))
+    if body.phq9_item9 is not None:
+        findings.append(f"PHQ-9 item 9: {body.phq9_item9}")
+    if body.rescue_medication is not None:
+        findings.append("rescue medication" if body.rescue_medication else "no rescue medication")
+    if body.ed_transfer is not None:
+        findings.append(
+            "transferred to an emergency department" if body.ed_transfer else "not transferred"
+        )
+    if body.moaa_s is not None:
+        findings.append(f"MOAA/S {body.moaa_s}")
+    if body.urological_symptoms:
+        symptoms = ", ".join(_words(s) for s in body.urological_symptoms)
+        findings.append(f"urological symptoms: {symptoms}")
+    return findings
+
+
 def misuse_findings(body: MisuseConcern) -> list[str]:
     findings = [f"Concern: {_words(body.concern_type)}"]
+    if body.dast10_score is not None:
+        findings.append(f"DAST-10 {body.dast10_score}")
     unit = f" {body.unit}" if body.unit else ""
     if body.expected_quantity is not None:
         findings.append(f"expected {_number(body.expected_quantity)}{unit}")
@@ -167,17 +305,132 @@ def misuse_findings(body: MisuseConcern) -> list[str]:
     return findings
 
 
-def findings(body: ReportBody, ctcae_grade: int | None) -> str:
-    """One line summing up what was observed, for the first note."""
-    if isinstance(body, BloodPressure):
-        parts = blood_pressure_findings(body, ctcae_grade)
-    elif isinstance(body, Dissociation):
-        parts = dissociation_findings(body)
-    else:
-        parts = misuse_findings(body)
+def dose_findings(body: PatientReport) -> list[str]:
+    findings: list[str] = []
+    per_kg = dose_mg_per_kg(body)
+    if per_kg is not None and body.weight_kg is not None:
+        findings.append(f"dose {_number(per_kg)} mg/kg (weight {_number(body.weight_kg)} kg)")
+    if body.infusion_minutes is not None:
+        findings.append(f"infused over {body.infusion_minutes} minutes")
     if body.minutes_after_dose is not None:
-        parts.append(f"{body.minutes_after_dose} minutes after the dose")
+        findings.append(f"{body.minutes_after_dose} minutes after the dose")
+    return findings
+
+
+def findings(body: PatientReport) -> str:
+    """One line summing up what was observed, for the first note."""
+    if isinstance(body, Dissociation):
+        parts = dissociation_findings(body) + vital_sign_findings(body)
+    elif isinstance(body, AdverseEvent):
+        parts = adverse_event_findings(body) + vital_sign_findings(body)
+    elif isinstance(body, MisuseConcern):
+        parts = misuse_findings(body) + vital_sign_findings(body)
+    else:
+        parts = vital_sign_findings(body)
+    parts += dose_findings(body)
     return "; ".join(parts) + "."
+
+
+# --- contained vital-signs Observations ----------------------------------------------
+
+_VITAL_SIGNS = {
+    "coding": [
+        {"system": OBSERVATION_CATEGORY_SYSTEM, "code": "vital-signs", "display": "Vital Signs"}
+    ],
+    "text": "Vital Signs",
+}
+
+
+def _loinc(code: str, display: str) -> dict[str, str]:
+    return {"system": LOINC, "code": code, "display": display}
+
+
+def _quantity(value: int, unit: str, code: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM, "code": code}
+
+
+def _vital_sign(
+    local_id: str,
+    profile: str,
+    codings: list[dict[str, str]],
+    text: str,
+    context: dict[str, Any],
+    **value: Any,
+) -> dict[str, Any]:
+    """An Observation in the shape of the FHIR vital-signs profile ``profile``."""
+    return {
+        "resourceType": "Observation",
+        "id": local_id,
+        "meta": {"profile": [PROFILE_BASE + profile]},
+        "status": "final",
+        "category": [_VITAL_SIGNS],
+        "code": {"coding": codings, "text": text},
+        **context,
+        **value,
+    }
+
+
+def observations(body: PatientReport, subject: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's readings as vital-signs Observations, to be contained (ids local)."""
+    context: dict[str, Any] = {
+        "subject": subject,
+        "effectiveDateTime": fhir_time(body.occurred_at),
+    }
+    found: list[dict[str, Any]] = []
+    if body.systolic is not None and body.diastolic is not None:
+        mmhg = ("mmHg", "mm[Hg]")
+        components = [
+            {
+                "code": {"coding": [_loinc("8480-6", "Systolic blood pressure")]},
+                "valueQuantity": _quantity(body.systolic, *mmhg),
+            },
+            {
+                "code": {"coding": [_loinc("8462-4", "Diastolic blood pressure")]},
+                "valueQuantity": _quantity(body.diastolic, *mmhg),
+            },
+        ]
+        extra: dict[str, Any] = {"component": components}
+        if body.phase is not None:
+            extra["note"] = [{"text": f"Measured {_PHASES[body.phase]}"}]
+        panel = _loinc("85354-9", "Blood pressure panel with all children optional")
+        found.append(
+            _vital_sign("bp", "bp", [panel], "Blood pressure", context, **extra),
+        )
+    if body.pulse is not None:
+        value = _quantity(body.pulse, "beats/minute", "/min")
+        codings = [_loinc("8867-4", "Heart rate")]
+        found.append(
+            _vital_sign(
+                "heart-rate", "heartrate", codings, "Heart rate", context, valueQuantity=value
+            )
+        )
+    if body.respiratory_rate is not None:
+        value = _quantity(body.respiratory_rate, "breaths/minute", "/min")
+        codings = [_loinc("9279-1", "Respiratory rate")]
+        found.append(
+            _vital_sign(
+                "respiratory-rate",
+                "resprate",
+                codings,
+                "Respiratory rate",
+                context,
+                valueQuantity=value,
+            )
+        )
+    if body.spo2 is not None:
+        # The profile fixes 2708-6; 59408-5 says it was measured by pulse oximetry.
+        codings = [
+            _loinc("2708-6", "Oxygen saturation in Arterial blood"),
+            _loinc("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
+        ]
+        value = _quantity(body.spo2, "%", "%")
+        found.append(
+            _vital_sign("spo2", "oxygensat", codings, "SpO2", context, valueQuantity=value)
+        )
+    return found
+
+
+# --- the AdverseEvent ----------------------------------------------------------------
 
 
 def _concept(system: str, code: str, display: str, text: str | None = None) -> dict[str, Any]:
@@ -187,7 +440,7 @@ def _concept(system: str, code: str, display: str, text: str | None = None) -> d
     return concept
 
 
-def seriousness(body: ReportBody) -> dict[str, Any]:
+def seriousness(body: PatientReport) -> dict[str, Any]:
     """Serious when any ICH E2B criterion was ticked; the criteria are named in ``text``."""
     if not body.seriousness:
         return _concept(SERIOUSNESS_SYSTEM, "non-serious", "Non-serious")
@@ -195,7 +448,7 @@ def seriousness(body: ReportBody) -> dict[str, Any]:
     return _concept(SERIOUSNESS_SYSTEM, "serious", "Serious", f"Serious: {criteria}")
 
 
-def suspect_entity(body: ReportBody) -> dict[str, Any]:
+def suspect_entity(body: PatientReport) -> dict[str, Any]:
     substance, route = DRUGS[body.drug]
     extensions: list[dict[str, Any]] = []
     if body.dose_mg is not None:
@@ -212,9 +465,15 @@ def suspect_entity(body: ReportBody) -> dict[str, Any]:
     return entity
 
 
-def notes(body: ReportBody, ctcae_grade: int | None) -> list[dict[str, Any]]:
-    """The findings, then the report's own free text."""
-    texts = [findings(body, ctcae_grade)]
+def notes(body: PatientReport, reading_grade: int | None) -> list[dict[str, Any]]:
+    """The findings, the reading's grade, the suggested term, then the report's own text."""
+    texts = [findings(body)]
+    if reading_grade is not None:
+        texts.append(f"{READING_GRADE_NOTE}{reading_grade}")
+    if isinstance(body, AdverseEvent):
+        suggested = suggested_term(body)
+        if suggested is not None:
+            texts.append(SUGGESTED_TERM_NOTE + suggested)
     if isinstance(body, MisuseConcern):
         texts.append(body.description)
     if body.narrative is not None:
@@ -222,10 +481,39 @@ def notes(body: ReportBody, ctcae_grade: int | None) -> list[dict[str, Any]]:
     return [{"text": text} for text in texts]
 
 
+def event_code(body: PatientReport) -> dict[str, Any]:
+    """The nurse's verbatim term for an adverse event, else the service's MedDRA term."""
+    if isinstance(body, AdverseEvent):
+        return {"text": body.verbatim_term}
+    term = event_term(body)
+    assert term is not None  # every patient kind but adverse_event has a term
+    return {"text": term}
+
+
+def patient_body(report: ReportView) -> PatientReport:
+    """The report's body; a stock incident, which has no patient, is refused (409)."""
+    body: ReportBody = msgspec.convert(report.body, ReportBody)
+    if isinstance(body, StockIncident):
+        raise NoAdverseEvent(
+            f"report {report.id} is a stock incident: it concerns no patient, so it has no"
+            f" FHIR AdverseEvent; read it at /api/v1/reports/{report.id} or export it as"
+            " CSV or NDJSON"
+        )
+    return body
+
+
 def adverse_event(report: ReportView) -> dict[str, Any]:
-    """The report's current version as a FHIR R5 AdverseEvent (plain JSON values)."""
-    body = msgspec.convert(report.body, ReportBody)
+    """The report's current version as a FHIR R5 AdverseEvent (plain JSON values).
+
+    Raises NoAdverseEvent (409) for a stock incident.
+    """
+    body = patient_body(report)
+    grade = report.hypertension_reading_grade
     outcome_code, outcome_display, status = OUTCOMES[body.outcome]
+    subject = {
+        "type": "Patient",
+        "identifier": {"system": patient_system(report.clinic), "value": body.patient_ref},
+    }
     resource: dict[str, Any] = {
         "resourceType": "AdverseEvent",
         "id": str(report.id),
@@ -236,11 +524,8 @@ def adverse_event(report: ReportView) -> dict[str, Any]:
         "category": [
             _concept(REPORT_KIND_SYSTEM, report.kind, KIND_NAMES[report.kind]),
         ],
-        "code": {"text": event_term(body, report.ctcae_grade)},
-        "subject": {
-            "type": "Patient",
-            "identifier": {"system": patient_system(report.clinic), "value": report.patient_ref},
-        },
+        "code": event_code(body),
+        "subject": subject,
         "occurrenceDateTime": fhir_time(report.occurred_at),
         "recordedDate": fhir_time(report.created_at),
         "recorder": {
@@ -251,8 +536,15 @@ def adverse_event(report: ReportView) -> dict[str, Any]:
         "seriousness": seriousness(body),
         "outcome": [_concept(OUTCOME_SYSTEM, outcome_code, outcome_display)],
         "suspectEntity": [suspect_entity(body)],
-        "note": notes(body, report.ctcae_grade),
+        "note": notes(body, grade),
     }
+    contained = observations(body, subject)
+    if contained:
+        # FHIR forbids empty arrays: both only when the report carries a reading.
+        resource["contained"] = contained
+        resource["supportingInfo"] = [
+            {"itemReference": {"reference": f"#{observation['id']}"}} for observation in contained
+        ]
     if isinstance(body, BloodPressure) and body.age_band == "65_and_over":
         # Markedly raised pressure: 11 % of elderly patients against 2-5 % (docs/clinical-rules.md).
         factor = {"itemCodeableConcept": {"text": "Age 65 or over"}}

@@ -22,7 +22,7 @@ from litestar.response import Stream
 from safetyreport.auth.http import require_roles
 from safetyreport.auth.permissions import REPORT_READERS, REPORT_WRITERS, allow
 from safetyreport.db.pool import Conn
-from safetyreport.errors import ClientError
+from safetyreport.errors import PROBLEM_JSON, ClientError, Problem, exception_to_response
 from safetyreport.idempotency import StoredResponse, request_hash, write_once
 from safetyreport.limits import BUSY
 from safetyreport.reports import export, fhir, service
@@ -145,15 +145,33 @@ class ReportController(Controller):
                 dict[str, Any],
                 description="An HL7 FHIR R5 AdverseEvent resource",
                 media_type=fhir.FHIR_JSON,
-            )
+            ),
+            409: ResponseSpec(
+                Problem,
+                description="The report is a stock incident: no patient, no AdverseEvent",
+                media_type=PROBLEM_JSON,
+            ),
         },
     )
     async def read_fhir(
-        self, db: DbDep, caller: CallerDep, report_id: FromPath[uuid.UUID]
-    ) -> Response[bytes]:
-        """One report's current version as an HL7 FHIR R5 AdverseEvent; audited as a read."""
+        self,
+        request: Request[Any, Any, Any],
+        db: DbDep,
+        caller: CallerDep,
+        report_id: FromPath[uuid.UUID],
+    ) -> Response[Any]:
+        """One report's current version as an HL7 FHIR R5 AdverseEvent; audited as a read.
+
+        A stock incident concerns no patient and has no AdverseEvent: 409.
+        """
         view = await service.read_report(db, caller, report_id)
-        return Response(fhir.encode(fhir.adverse_event(view)), media_type=fhir.FHIR_JSON)
+        try:
+            resource = fhir.adverse_event(view)
+        except fhir.NoAdverseEvent as refused:
+            # Answered, not raised, so that the read's audit entry commits: the answer
+            # tells the caller the report exists and what it is.
+            return exception_to_response(request, refused)
+        return Response(fhir.encode(resource), media_type=fhir.FHIR_JSON)
 
     @get("/export", operation_class=_EXPORT_OPERATION, responses=BUSY)
     async def export_reports(
