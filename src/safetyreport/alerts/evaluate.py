@@ -51,7 +51,7 @@ def facts_of(
     for name, value in body.items():
         if isinstance(value, dict):
             facts.update({f"{name}.{inner}": item for inner, item in value.items()})
-    facts["dose_mg_per_kg"] = dose_mg_per_kg(body)
+    facts["dose_mg_per_kg"] = dose_mg_per_kg(body.get("dose_mg"), body.get("weight_kg"))
     facts["kind"] = kind
     facts["hypertension_reading_grade"] = reading_grade
     facts["alert_severity"] = alert_severity

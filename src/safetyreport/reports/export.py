@@ -38,7 +38,7 @@ from safetyreport.db.pool import Conn, batches, read_snapshot, transaction
 from safetyreport.db.query import Where
 from safetyreport.reports import fhir, service
 from safetyreport.reports.service import ReportView
-from safetyreport.reports.types import ReportBody, StockIncident
+from safetyreport.reports.types import ReportBody, StockIncident, dose_mg_per_kg
 
 ExportFormat = Literal["csv", "ndjson", "fhir"]
 EXPORT_SYSTEM = "urn:safetyreport:report-export"
@@ -52,7 +52,7 @@ _encoder = msgspec.json.Encoder()
 
 # Body fields that become CSV columns, in this order, after the report's own columns. A
 # field of an object in the body is named ``object.field``, as the rules name it
-# (``cssrs.q4``); ``dose_mg_per_kg`` is derived (fhir.dose_mg_per_kg). A column that does
+# (``cssrs.q4``); ``dose_mg_per_kg`` is derived (types.dose_mg_per_kg). A column that does
 # not apply to a report's kind is empty.
 CSV_BODY_COLUMNS = (
     "drug",
@@ -211,7 +211,11 @@ def _csv_cell(value: Any) -> str:
 def _body_value(body: ReportBody, column: str) -> Any:
     """The value of a body column: a field, a field of an object field, or derived."""
     if column == "dose_mg_per_kg":
-        return None if isinstance(body, StockIncident) else fhir.dose_mg_per_kg(body)
+        return (
+            None
+            if isinstance(body, StockIncident)
+            else dose_mg_per_kg(body.dose_mg, body.weight_kg)
+        )
     owner, _, inner = column.partition(".")
     value = getattr(body, owner, None)
     return getattr(value, inner, None) if inner else value

@@ -31,6 +31,7 @@ from safetyreport.reports.types import (
     PatientReport,
     ReportBody,
     StockIncident,
+    dose_mg_per_kg,
 )
 
 FHIR_JSON = "application/fhir+json"
@@ -144,13 +145,6 @@ def fhir_time(value: datetime) -> str:
 def patient_system(clinic: str) -> str:
     """Identifier system of a clinic's pseudonymous patient references."""
     return f"urn:safetyreport:clinic:{clinic}:patient"
-
-
-def dose_mg_per_kg(body: PatientReport) -> float | None:
-    """The dose per kilogram where both are known (3 decimals, for people to read)."""
-    if body.dose_mg is None or not body.weight_kg:
-        return None
-    return round(body.dose_mg / body.weight_kg, 3)
 
 
 # --- the event's term ----------------------------------------------------------------
@@ -307,7 +301,7 @@ def misuse_findings(body: MisuseConcern) -> list[str]:
 
 def dose_findings(body: PatientReport) -> list[str]:
     findings: list[str] = []
-    per_kg = dose_mg_per_kg(body)
+    per_kg = dose_mg_per_kg(body.dose_mg, body.weight_kg)
     if per_kg is not None and body.weight_kg is not None:
         findings.append(f"dose {_number(per_kg)} mg/kg (weight {_number(body.weight_kg)} kg)")
     if body.infusion_minutes is not None:

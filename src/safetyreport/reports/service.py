@@ -148,7 +148,7 @@ def view_of_row(row: asyncpg.Record, history: list[asyncpg.Record] | None = None
         occurred_at=row["occurred_at"],
         version=row["current_version"],
         hypertension_reading_grade=row["hypertension_reading_grade"],
-        dose_mg_per_kg=dose_mg_per_kg(body),
+        dose_mg_per_kg=dose_mg_per_kg(body.get("dose_mg"), body.get("weight_kg")),
         serious=bool(body.get("seriousness")),
         created_at=row["created_at"],
         created_by=row["created_by"],
@@ -284,7 +284,9 @@ async def insert_report(
         occurred_at=body.occurred_at,
         version=1,
         hypertension_reading_grade=grade,
-        dose_mg_per_kg=dose_mg_per_kg(read_back),
+        dose_mg_per_kg=dose_mg_per_kg(body.dose_mg, body.weight_kg)
+        if not isinstance(body, StockIncident)
+        else None,
         serious=bool(read_back.get("seriousness")),
         created_at=row["created_at"],
         created_by=principal.username,

@@ -8,9 +8,8 @@ absent field as not given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -204,13 +203,12 @@ class StockIncident(_Report, kw_only=True, tag="stock_incident"):
         return self.discovered_at
 
 
-def dose_mg_per_kg(body: Mapping[str, Any]) -> float | None:
-    """The dose per kilogram of a stored body, to two decimals, where dose and weight are
-    given: what the report view shows and what the rules compare, the same number."""
-    dose, weight = body.get("dose_mg"), body.get("weight_kg")
-    if dose is None or not weight:
+def dose_mg_per_kg(dose_mg: float | None, weight_kg: float | None) -> float | None:
+    """The dose per kilogram, to two decimals, where dose and weight are given: the one
+    number the report view, the exports and the rules all use."""
+    if dose_mg is None or not weight_kg:
         return None
-    return round(float(dose) / float(weight), 2)
+    return round(dose_mg / weight_kg, 2)
 
 
 PatientReport = BloodPressure | Dissociation | AdverseEvent | MisuseConcern
