@@ -151,13 +151,18 @@ async def test_serve_demo_end_to_end(database_url: str, tmp_path: Path) -> None:
             reports = await http.get("/api/v1/reports", headers=headers)
             assert reports.status_code == 200, reports.text
             items = reports.json()["items"]
-            assert len(items) == 4
+            assert len(items) == 6
             assert {item["clinic"] for item in items} == {"DEMO"}
             assert {item["kind"] for item in items} == {
                 "blood_pressure",
                 "dissociation",
+                "adverse_event",
                 "misuse_concern",
+                "stock_incident",
             }
+            # The stock incident names no patient.
+            stock = [item for item in items if item["kind"] == "stock_incident"]
+            assert [item.get("patient_ref") for item in stock] == [None]
             schema = await http.get("/schema/openapi.json")
             assert schema.status_code == 200
             assert schema.json()["openapi"].startswith("3.")

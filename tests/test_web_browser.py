@@ -257,18 +257,18 @@ async def fill_dissociation(page: Page, patient_ref: str) -> None:
     await dissociation.get_by_label("4 - lethargic response to name").check()
     await dissociation.get_by_label("Moderate").check()
     await dissociation.locator('[data-field="resolved"]').get_by_label("Yes").check()
+    # Resolved now: the outcome cannot be "ongoing" (the form's default).
+    await dissociation.get_by_label("Outcome").select_option("resolved")
     await dissociation.get_by_label("SpO2 (%)").fill("96")
 
 
 async def fill_misuse(page: Page, patient_ref: str) -> None:
-    await choose_kind(page, "Misuse or diversion")
+    await choose_kind(page, "Misuse concern")
     misuse = form(page, "misuse_concern")
     await misuse.get_by_label("Patient reference").fill(patient_ref)
-    await misuse.get_by_label("Concern", exact=True).select_option("theft")
-    await misuse.get_by_label("What happened").fill("Two vials missing from the cabinet.")
-    await misuse.get_by_label("Expected quantity").fill("10")
-    await misuse.get_by_label("Actual quantity").fill("8")
-    await misuse.get_by_label("ml", exact=True).check()
+    await misuse.get_by_label("Concern", exact=True).select_option("drug_seeking")
+    await misuse.get_by_label("What happened").fill("Asked which clinics give the most.")
+    await misuse.get_by_label("DAST-10 score").fill("4")
 
 
 async def submit(page: Page, kind: str) -> None:
@@ -357,6 +357,162 @@ async def test_nurse_submits_each_kind_and_sees_the_servers_field_errors(
     # The corrected report replaced the refused one: one report, nothing left failed.
     await expect(page.locator('.outbox-item[data-state="failed"]')).to_have_count(0)
     assert await count_reports(db, bad) == 1
+
+
+async def stored_body(db: asyncpg.Connection[Any], report_id: Any) -> dict[str, Any]:
+    """The current version's body of a report, as stored."""
+    body: dict[str, Any] = await db.fetchval(
+        "SELECT body FROM report_versions WHERE report_id = $1 ORDER BY version DESC LIMIT 1",
+        report_id,
+    )
+    return body
+
+
+async def test_nurse_files_an_adverse_event_with_only_its_categorys_fields(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    page = await sign_in(context, NURSE)
+    await choose_kind(page, "Other adverse event")
+    ae = form(page, "adverse_event")
+    cssrs, rescue = (
+        ae.locator('[data-field="cssrs"]'),
+        ae.locator('[data-field="rescue_medication"]'),
+    )
+    infusion = ae.locator('[data-field="infusion_minutes"]')
+    # No category yet: none of the categories' own fields, nor IV ketamine's infusion time.
+    for field in (cssrs, rescue, infusion):
+        await expect(field).to_be_hidden()
+    await ae.get_by_label("Emergence reaction").check()
+    await expect(rescue).to_be_visible()
+    # Required for this category: not marked optional.
+    await expect(rescue.locator("[data-optional]")).to_be_hidden()
+    await expect(cssrs).to_be_hidden()
+    await ae.get_by_label("Suicidal thoughts or behaviour").check()
+    await expect(rescue).to_be_hidden()
+    await expect(cssrs).to_be_visible()
+
+    ref = patient("AE")
+    await ae.get_by_label("Patient reference").fill(ref)
+    await ae.get_by_label("The event in your own words").fill("Said he wished he would not wake up")
+    await cssrs.locator('[data-question="q1"]').get_by_label("Yes").check()
+    await submit(page, "adverse_event")
+    # Half a screener: the browser asks for all six answers before anything is sent.
+    await expect(page.locator("#adverse_event-cssrs-error")).to_have_text(
+        "Answer all 6 questions, or none."
+    )
+    for q in ("q2", "q3", "q4", "q5", "q6"):
+        await cssrs.locator(f'[data-question="{q}"]').get_by_label("No").check()
+    await ae.get_by_label("1 - several days").check()
+    await ae.get_by_label("Pulse (/min)").fill("72")
+    await ae.get_by_label("Respiratory rate (breaths/min)").fill("14")
+    await ae.get_by_label("SpO2 (%)").fill("97")
+    # 50 mg of esketamine nasal spray is no dose: the server's 422 shows beside the dose.
+    await ae.get_by_label("Dose (mg)").fill("50")
+    await submit(page, "adverse_event")
+    await expect(page.locator("#adverse_event-dose_mg-error")).to_contain_text("28, 56, 84")
+    await expect(ae.get_by_label("Dose (mg)")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator('.outbox-item[data-state="failed"]')).to_have_count(1)
+
+    await ae.get_by_label("Drug", exact=True).select_option("ketamine_iv")
+    await expect(infusion).to_be_visible()
+    await ae.get_by_label("Dose (mg)").fill("35")
+    await ae.get_by_label("Weight (kg)").fill("70")
+    await ae.get_by_label("Infusion time (min)").fill("40")
+    await check_and_capture(page, "nurse-report-adverse-event-suicidality")
+    await submit(page, "adverse_event")
+    await expect_sent(page, "adverse_event")
+    await expect(page.locator('.outbox-item[data-state="failed"]')).to_have_count(0)
+
+    row = await db.fetchrow("SELECT id, kind FROM reports WHERE patient_ref = $1", ref)
+    assert row is not None
+    assert row["kind"] == "adverse_event"
+    body = await stored_body(db, row["id"])
+    answers = {"q1": True, "q2": False, "q3": False, "q4": False, "q5": False, "q6": False}
+    assert {k: v for k, v in body.items() if k not in ("occurred_at", "clinic")} == {
+        "kind": "adverse_event",
+        "patient_ref": ref,
+        "outcome": "ongoing",
+        "category": "suicidality",
+        "verbatim_term": "Said he wished he would not wake up",
+        "cssrs": answers,
+        "phq9_item9": 1,
+        "pulse": 72,
+        "respiratory_rate": 14,
+        "spo2": 97,
+        "drug": "ketamine_iv",
+        "dose_mg": 35,
+        "weight_kg": 70,
+        "infusion_minutes": 40,
+    }
+    # The report page shows what was filed, the dose per kg with it.
+    await page.locator("#recent-list").get_by_role("link", name=re.compile(ref)).click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text(f"Other adverse event · {ref}")
+    facts = page.locator("dl.facts")
+    await expect(facts).to_contain_text("Suicidal thoughts or behaviour")
+    await expect(facts).to_contain_text("0.50 mg/kg")
+    await expect(facts).to_contain_text("1 - several days")
+    await check_and_capture(page, "nurse-report-detail-adverse-event")
+
+
+async def test_nurse_files_a_stock_incident_without_a_patient(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    page = await sign_in(context, NURSE)
+    # A new misuse concern is about a patient: stock types are not offered there.
+    await choose_kind(page, "Misuse concern")
+    concern = form(page, "misuse_concern").get_by_label("Concern", exact=True)
+    assert await concern.locator("option[value=theft]").count() == 0
+    await expect(form(page, "misuse_concern").get_by_label("Expected quantity")).to_be_hidden()
+
+    await choose_kind(page, "Stock incident")
+    stock = form(page, "stock_incident")
+    for label in ("Patient reference", "Outcome", "Serious because of", "When it happened"):
+        await expect(stock.get_by_text(label, exact=True)).to_have_count(0)
+    await stock.get_by_label("Theft", exact=True).check()
+    await stock.get_by_label("What happened").fill("Two vials missing from the locked cabinet.")
+    # Theft needs the quantities: required now, and the browser says so.
+    await expect(stock.locator('[data-field="expected_quantity"] [data-optional]')).to_be_hidden()
+    await submit(page, "stock_incident")
+    await expect(page.locator("#stock_incident-expected_quantity-error")).to_have_text(
+        "This is required."
+    )
+    await stock.get_by_label("When it was discovered").fill("2026-01-20T18:45")
+    await stock.get_by_label("Drug", exact=True).select_option("ketamine_iv")
+    await stock.get_by_label("Expected quantity").fill("10")
+    await stock.get_by_label("Actual quantity").fill("8")
+    await stock.get_by_label("ml", exact=True).check()
+    lot = f"LOT-{uuid.uuid4().hex[:6].upper()}"
+    await stock.get_by_label("Lot number").fill(lot)
+    await check_and_capture(page, "nurse-report-stock-incident")
+    await submit(page, "stock_incident")
+    await expect_sent(page, "stock_incident")
+
+    row = await db.fetchrow(
+        "SELECT r.id, r.kind, r.patient_ref, r.occurred_at FROM reports r"
+        " JOIN report_versions v ON v.report_id = r.id WHERE v.body->>'lot' = $1",
+        lot,
+    )
+    assert row is not None
+    assert (row["kind"], row["patient_ref"]) == ("stock_incident", None)
+    assert row["occurred_at"] == datetime(2026, 1, 20, 17, 45, tzinfo=UTC)
+    body = await stored_body(db, row["id"])
+    assert body == {
+        "kind": "stock_incident",
+        "clinic": "C1",
+        "drug": "ketamine_iv",
+        "incident_type": "theft",
+        "discovered_at": "2026-01-20T17:45:00Z",
+        "description": "Two vials missing from the locked cabinet.",
+        "expected_quantity": 10,
+        "actual_quantity": 8,
+        "unit": "ml",
+        "lot": lot,
+    }
+    link = page.locator("#recent-list li", has_text="expected 10")
+    await expect(link.first).to_contain_text("Stock incident")
+    await page.goto(f"/reports/{row['id']}")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Stock incident · Theft")
+    await check_and_capture(page, "nurse-report-detail-stock-incident")
 
 
 async def test_reports_made_offline_arrive_exactly_once_when_back_online(
@@ -485,7 +641,9 @@ async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
     await page.evaluate("window.__notReloaded = true")
 
     ref = patient("LIVE")
-    await api_report(served, bp_report("C1", patient_ref=ref, systolic=185, diastolic=112))
+    # Severe hypertension with a target-organ symptom: a hypertensive emergency, critical.
+    crisis = bp_report("C1", patient_ref=ref, systolic=185, diastolic=112, symptoms=["chest_pain"])
+    await api_report(served, crisis)
     card = page.locator("li.alert-card", has_text=ref)
     await expect(card).to_have_count(1)
     assert await page.evaluate("window.__notReloaded === true")
@@ -649,7 +807,7 @@ async def test_keyboard_sign_in_and_screenshots_of_every_page(
         await check_and_capture(page, "nurse-report-blood-pressure")
         await choose_kind(page, "Dissociation or sedation")
         await check_and_capture(page, "nurse-report-dissociation")
-        await choose_kind(page, "Misuse or diversion")
+        await choose_kind(page, "Misuse concern")
         await form(page, "misuse_concern").get_by_role("button", name="Submit report").click()
         await expect(form(page, "misuse_concern").locator(".error-summary")).to_be_visible()
         await check_and_capture(page, "nurse-report-misuse-errors")

@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,16 @@ import safetyreport
 from safetyreport.app import create_app
 from safetyreport.auth.http import SESSION_COOKIE, csrf_token_for
 from safetyreport.auth.permissions import Role
-from safetyreport.reports.types import KINDS
-from safetyreport.settings import Settings
+from safetyreport.auth.users import principal_by_username
+from safetyreport.caller import Caller
+from safetyreport.reports.service import insert_report
+from safetyreport.reports.types import KINDS, STOCK_CONCERNS
+from safetyreport.reports.validation import validate_report
+from safetyreport.settings import AlertSettings, Settings
 from safetyreport.web import forms
 from safetyreport.web.assets import CONTENT_SECURITY_POLICY, STATIC_DIR, TEMPLATE_DIR
 from safetyreport.web.session import LOGIN_CSRF_COOKIE
-from tests.helpers.reports import bp_report
+from tests.helpers.reports import bp_report, misuse_report, stock_report
 from tests.helpers.web import CSRF_FIELD, form_login
 from tests.helpers.world import PASSWORD, World
 
@@ -354,6 +359,53 @@ async def test_a_report_of_another_clinic_is_a_not_found_page(
     assert response.headers["content-type"].startswith("text/html")
 
 
+async def test_report_pages_show_a_stock_incident_without_a_patient_and_old_stock_concerns(
+    client: AsyncTestClient[Any], people: dict[str, str], world: World
+) -> None:
+    """A stock incident is shown by its incident type; a misuse concern stored with a
+    stock type of old is amended with those types offered, a new one never is."""
+    nurse = await principal_by_username(world.db, people["nurse"])
+    assert nurse is not None
+    raw = misuse_report("C1", patient_ref="PT-OLD", concern_type="theft") | {
+        "expected_quantity": 10,
+        "actual_quantity": 9,
+        "unit": "ml",
+    }
+    old = validate_report(raw, skew=timedelta(0), stock_concerns_allowed=True)
+    async with world.db.transaction():
+        stored = await insert_report(world.db, Caller(nurse, "test"), old, AlertSettings())
+    headers = await world.login(people["nurse"]) | {"Idempotency-Key": "k-stock"}
+    stock = await world.client.post("/api/v1/reports", json=stock_report("C1"), headers=headers)
+    assert stock.status_code == 201, stock.text
+    await form_login(client, people["nurse"])
+
+    old_page = await client.get(f"/reports/{stored.id}")
+    assert old_page.status_code == 200
+    assert 'value="theft" selected' in old_page.text
+    assert 'data-field="expected_quantity"' in old_page.text
+
+    stock_page = await client.get(f"/reports/{stock.json()['id']}")
+    assert stock_page.status_code == 200
+    heading = re.search(r"<h1>(.*?)</h1>", stock_page.text)
+    assert heading is not None
+    assert (
+        heading[1]
+        == f"Stock incident · {forms.OPTIONS['incident_type'][stock_report()['incident_type']]}"
+    )
+    assert "None" not in heading[1]
+    assert 'data-field="patient_ref"' not in stock_page.text
+
+    recent = await client.get("/report/recent")
+    assert recent.status_code == 200
+    assert ">None<" not in recent.text
+    assert "Stock incident" in recent.text
+
+    report_page = await client.get("/report")
+    new_form = report_page.text.split('id="form-misuse_concern"', 1)[1].split("</form>", 1)[0]
+    assert 'value="drug_seeking"' in new_form
+    assert 'value="theft"' not in new_form
+
+
 async def test_static_assets_and_the_service_worker_are_served(
     client: AsyncTestClient[Any],
 ) -> None:
@@ -392,15 +444,43 @@ def test_each_form_has_every_field_of_its_kind_with_the_types_rules(kind: str) -
 
 
 def test_option_labels_cover_exactly_the_allowed_values() -> None:
+    """Each form offers exactly the values a new report may have; the form for amending a
+    misuse concern stored with a stock concern type of old offers those types too."""
     for kind in KINDS:
-        for field in forms.report_form(kind):
-            if not field.options or field.widget == "yesno":
-                continue
-            info = mi.type_info(KINDS[kind])
-            assert isinstance(info, mi.StructType)
-            t = next(f.type for f in info.fields if f.name == field.name)
-            allowed = _allowed_values(t)
-            assert {value for value, _ in field.options} == allowed, (kind, field.name)
+        info = mi.type_info(KINDS[kind])
+        assert isinstance(info, mi.StructType)
+        types = {f.name: f.type for f in info.fields}
+        for legacy in (False, True):
+            for field in forms.report_form(kind, legacy):
+                if not field.options or field.widget == "yesno":
+                    continue
+                allowed = _allowed_values(types[field.name])
+                if field.name == "concern_type" and not legacy:
+                    allowed -= STOCK_CONCERNS
+                assert {value for value, _ in field.options} == allowed, (kind, field.name)
+
+
+def test_field_conditions_depend_on_earlier_fields_and_name_their_real_values() -> None:
+    for kind in KINDS:
+        info = mi.type_info(KINDS[kind])
+        assert isinstance(info, mi.StructType)
+        types = {f.name: f.type for f in info.fields}
+        form = {f.name: f for f in forms.report_form(kind, legacy=True)}
+        for field in form.values():
+            for condition in (field.shown_when, field.required_when):
+                if condition is None:
+                    continue
+                on, values = condition
+                # The field it depends on comes first in the form, and has those values.
+                assert list(form).index(on) < list(form).index(field.name), (kind, field.name)
+                assert set(values) <= _allowed_values(types[on]), (kind, field.name)
+    adverse = {f.name: f for f in forms.report_form("adverse_event")}
+    assert adverse["cssrs"].widget == "questions"
+    assert [q for q, _ in adverse["cssrs"].questions] == ["q1", "q2", "q3", "q4", "q5", "q6"]
+    assert adverse["moaa_s"].shown_when == ("category", ("vomiting",))
+    assert adverse["moaa_s"].required_when == ("category", ("vomiting",))
+    stock = {f.name for f in forms.report_form("stock_incident")}
+    assert not stock & {"patient_ref", "seriousness", "outcome", "occurred_at", "systolic"}
 
 
 def _allowed_values(t: mi.Type) -> set[str]:

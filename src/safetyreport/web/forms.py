@@ -16,16 +16,32 @@ from typing import Any, Literal
 
 import msgspec.inspect as mi
 
-from safetyreport.reports.types import KINDS
+from safetyreport.reports.types import (
+    KINDS,
+    QUANTITY_CONCERNS,
+    QUANTITY_INCIDENTS,
+    STOCK_CONCERNS,
+)
 
 Widget = Literal[
-    "integer", "decimal", "text", "textarea", "select", "radios", "checkboxes", "yesno", "datetime"
+    "integer",
+    "decimal",
+    "text",
+    "textarea",
+    "select",
+    "radios",
+    "checkboxes",
+    "yesno",
+    "datetime",
+    "questions",
 ]
 
 KIND_LABELS = {
     "blood_pressure": "Blood pressure",
     "dissociation": "Dissociation or sedation",
-    "misuse_concern": "Misuse or diversion",
+    "adverse_event": "Other adverse event",
+    "misuse_concern": "Misuse concern",
+    "stock_incident": "Stock incident",
 }
 
 # Option wording, in the order shown. A test checks these match the types exactly.
@@ -73,28 +89,81 @@ OPTIONS: dict[str, dict[str, str]] = {
         "0": "0 - no response",
     },
     "severity": {"mild": "Mild", "moderate": "Moderate", "severe": "Severe"},
+    "category": {
+        "suicidality": "Suicidal thoughts or behaviour",
+        "emergence_reaction": "Emergence reaction",
+        "vomiting": "Vomiting",
+        "fall": "Fall",
+        "urological": "Urological symptoms",
+        "pregnancy_exposure": "Exposure in pregnancy",
+        "other": "Other",
+    },
+    # PHQ-9 item 9, over the last two weeks.
+    "phq9_item9": {
+        "0": "0 - not at all",
+        "1": "1 - several days",
+        "2": "2 - more than half the days",
+        "3": "3 - nearly every day",
+    },
+    "urological_symptoms": {
+        "dysuria": "Pain passing urine (dysuria)",
+        "frequency": "Passing urine often (frequency)",
+        "pelvic_pain": "Pelvic or bladder pain",
+        "haematuria": "Blood in the urine (haematuria)",
+    },
     "concern_type": {
         "patient_behaviour": "Patient behaviour",
-        "staff_suspected": "Staff suspected",
-        "inventory_discrepancy": "Inventory count discrepancy",
+        "drug_seeking": "Drug-seeking",
+        "extra_dose_request": "Asked for an extra dose",
+        "patient_tampering": "Patient tampered with the device or dose",
+        "positive_drug_screen": "Positive drug screen",
+        # Stock concerns of old: offered only when amending a report stored with one.
+        "staff_suspected": "Staff suspected (stock, before stock incidents)",
+        "inventory_discrepancy": "Inventory count discrepancy (stock, before stock incidents)",
+        "theft": "Theft (stock, before stock incidents)",
+        "loss": "Loss (stock, before stock incidents)",
+        "device_tampered": "Damaged or tampered device (stock, before stock incidents)",
+    },
+    "incident_type": {
         "theft": "Theft",
         "loss": "Loss",
+        "inventory_discrepancy": "Inventory count discrepancy",
         "device_tampered": "Damaged or tampered device",
+        "suspected_staff_diversion": "Suspected diversion by staff",
     },
     "unit": {"mg": "mg", "ml": "ml", "device": "devices"},
+}
+
+# The C-SSRS screener's questions as the nurse asks them (q1-q5: the past month; q6 as
+# the service records it: behaviour in the past 3 months).
+QUESTIONS: dict[str, dict[str, str]] = {
+    "cssrs": {
+        "q1": "1. Wished to be dead, or to go to sleep and not wake up? (past month)",
+        "q2": "2. Any actual thoughts of killing themselves? (past month)",
+        "q3": "3. Thought about how they might do this? (past month)",
+        "q4": "4. Had these thoughts with some intention of acting on them? (past month)",
+        "q5": "5. Started to work out, or worked out, the details of how? (past month)",
+        "q6": "6. Done, started or prepared anything to end their life? (past 3 months)",
+    },
 }
 
 LABELS = {
     "clinic": "Clinic",
     "patient_ref": "Patient reference",
     "occurred_at": "When it happened",
+    "discovered_at": "When it was discovered",
     "phase": "Phase",
     "systolic": "Systolic (mmHg)",
     "diastolic": "Diastolic (mmHg)",
-    "pulse": "Pulse (bpm)",
+    "pulse": "Pulse (/min)",
+    "respiratory_rate": "Respiratory rate (breaths/min)",
+    "spo2": "SpO2 (%)",
+    "syncope": "Syncope (fainted)?",
     "symptoms": "Crisis symptoms",
     "drug": "Drug",
     "dose_mg": "Dose (mg)",
+    "weight_kg": "Weight (kg)",
+    "infusion_minutes": "Infusion time (min)",
     "minutes_after_dose": "Minutes after dose",
     "age_band": "Age",
     "outcome": "Outcome",
@@ -105,8 +174,16 @@ LABELS = {
     "resolved": "Resolved now?",
     "respiratory_depression": "Respiratory depression?",
     "cadss_total": "CADSS total",
-    "spo2": "SpO2 (%)",
+    "category": "Category",
+    "verbatim_term": "The event in your own words",
+    "cssrs": "C-SSRS screener",
+    "phq9_item9": "PHQ-9 item 9",
+    "rescue_medication": "Rescue medication given?",
+    "ed_transfer": "Transferred to an emergency department?",
+    "urological_symptoms": "Urological symptoms",
     "concern_type": "Concern",
+    "dast10_score": "DAST-10 score",
+    "incident_type": "Incident",
     "description": "What happened",
     "expected_quantity": "Expected quantity",
     "actual_quantity": "Actual quantity",
@@ -114,64 +191,149 @@ LABELS = {
     "lot": "Lot number",
 }
 
+# Labels that differ by kind.
+KIND_FIELD_LABELS = {
+    ("adverse_event", "moaa_s"): "MOAA/S at the time",
+}
+
 HINTS = {
     "patient_ref": "Pseudonymous reference, never a name.",
     "symptoms": "Any of these makes the reading critical.",
     "seriousness": "Leave empty unless the event is serious.",
     "cadss_total": "CADSS-23 total, 0-92.",
+    "dose_mg": "Esketamine nasal spray: 28, 56 or 84.",
+    "weight_kg": "Needed with a dose of IV or IM ketamine (the dose per kg).",
+    "verbatim_term": "As you would write it; the service suggests a standard term beside it.",
+    "cssrs": "Give the screener, PHQ-9 item 9, or both.",
+    "phq9_item9": "Thoughts of being better off dead or of self-harm, over the last 2 weeks.",
+    "dast10_score": "DAST-10 total, 0-10.",
     "expected_quantity": "Needed for discrepancies, theft and loss.",
     "actual_quantity": "Needed for discrepancies, theft and loss.",
-    "unit": "Needed for discrepancies, theft and loss.",
-    "lot": "Only for discrepancies, theft and loss.",
+    "unit": "Needed for discrepancies, theft and loss, and with any quantity.",
 }
 
-# Hints that differ by kind: a stock concern may have no patient.
+# Hints that differ by kind.
 KIND_HINTS = {
-    ("misuse_concern", "patient_ref"): (
-        "The patient involved, or the stock reference for a stock concern."
-    ),
+    ("adverse_event", "moaa_s"): "Sedation while vomiting (aspiration risk).",
+    ("misuse_concern", "lot"): "Only for discrepancies, theft and loss.",
 }
 
-# The order a nurse fills each form in; every field of the kind appears exactly once.
-_COMMON_HEAD = ("clinic", "patient_ref", "occurred_at")
-_COMMON_TAIL = (
-    "drug",
-    "dose_mg",
-    "minutes_after_dose",
-    "age_band",
-    "outcome",
-    "seriousness",
-    "narrative",
+# Fields shown only while another field has one of some values: (field, values).
+# They are hidden otherwise, and a hidden field is not sent.
+_CATEGORY = {
+    "cssrs": ("category", ("suicidality",)),
+    "phq9_item9": ("category", ("suicidality",)),
+    "rescue_medication": ("category", ("emergence_reaction",)),
+    "ed_transfer": ("category", ("emergence_reaction",)),
+    "moaa_s": ("category", ("vomiting",)),
+    "urological_symptoms": ("category", ("urological",)),
+}
+_QUANTITY_CONCERN = ("concern_type", tuple(sorted(QUANTITY_CONCERNS)))
+_QUANTITY_INCIDENT = ("incident_type", tuple(sorted(QUANTITY_INCIDENTS)))
+SHOWN_WHEN: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    **{(kind, "infusion_minutes"): ("drug", ("ketamine_iv",)) for kind in KINDS},
+    **{("adverse_event", name): when for name, when in _CATEGORY.items()},
+    # The quantities of the stock concerns of old (a new misuse concern has none).
+    **{
+        ("misuse_concern", name): _QUANTITY_CONCERN
+        for name in ("expected_quantity", "actual_quantity", "unit", "lot")
+    },
+}
+# Fields required only while another field has one of some values (the server's
+# cross-field rules, shown to the nurse before she submits).
+REQUIRED_WHEN: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    **{
+        ("adverse_event", name): _CATEGORY[name]
+        for name in ("rescue_medication", "ed_transfer", "moaa_s", "urological_symptoms")
+    },
+    **{
+        ("misuse_concern", name): _QUANTITY_CONCERN
+        for name in ("expected_quantity", "actual_quantity", "unit")
+    },
+    **{
+        ("stock_incident", name): _QUANTITY_INCIDENT
+        for name in ("expected_quantity", "actual_quantity", "unit")
+    },
+}
+
+# The order a nurse fills each form in, in sections (a legend each, but the first);
+# every field of the kind appears exactly once.
+_HEAD = ("clinic", "patient_ref", "occurred_at")
+_VITALS = ("phase", "systolic", "diastolic", "pulse", "respiratory_rate", "spo2", "syncope")
+_DRUG = (
+    "Drug and dose",
+    ("drug", "dose_mg", "weight_kg", "infusion_minutes", "minutes_after_dose"),
 )
-ORDER: dict[str, tuple[str, ...]] = {
+_OUTCOME = ("Outcome", ("age_band", "outcome", "seriousness", "narrative"))
+SECTIONS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "blood_pressure": (
-        *_COMMON_HEAD,
-        "phase",
-        "systolic",
-        "diastolic",
-        "pulse",
-        "symptoms",
-        *_COMMON_TAIL,
+        ("", _HEAD),
+        ("Vital signs", (*_VITALS, "symptoms")),
+        _DRUG,
+        _OUTCOME,
     ),
     "dissociation": (
-        *_COMMON_HEAD,
-        "moaa_s",
-        "severity",
-        "respiratory_depression",
-        "spo2",
-        "cadss_total",
-        "resolved",
-        *_COMMON_TAIL,
+        (
+            "",
+            (*_HEAD, "moaa_s", "severity", "respiratory_depression", "cadss_total", "resolved"),
+        ),
+        ("Vital signs", _VITALS),
+        _DRUG,
+        _OUTCOME,
+    ),
+    "adverse_event": (
+        (
+            "",
+            (
+                *_HEAD,
+                "category",
+                "verbatim_term",
+                "cssrs",
+                "phq9_item9",
+                "rescue_medication",
+                "ed_transfer",
+                "moaa_s",
+                "urological_symptoms",
+            ),
+        ),
+        ("Vital signs", _VITALS),
+        _DRUG,
+        _OUTCOME,
     ),
     "misuse_concern": (
-        *_COMMON_HEAD,
-        "concern_type",
-        "description",
-        "expected_quantity",
-        "actual_quantity",
-        "unit",
-        "lot",
-        *_COMMON_TAIL,
+        (
+            "",
+            (
+                *_HEAD,
+                "concern_type",
+                "description",
+                "dast10_score",
+                "expected_quantity",
+                "actual_quantity",
+                "unit",
+                "lot",
+            ),
+        ),
+        ("Vital signs", _VITALS),
+        _DRUG,
+        _OUTCOME,
+    ),
+    # No patient: no vital signs, seriousness or outcome.
+    "stock_incident": (
+        (
+            "",
+            (
+                "clinic",
+                "incident_type",
+                "discovered_at",
+                "drug",
+                "description",
+                "expected_quantity",
+                "actual_quantity",
+                "unit",
+                "lot",
+            ),
+        ),
     ),
 }
 
@@ -183,11 +345,13 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "outcome": "ongoing",
         "respiratory_depression": "false",
     },
+    "adverse_event": {"drug": "esketamine_nasal", "outcome": "ongoing"},
     "misuse_concern": {"drug": "esketamine_nasal", "outcome": "unknown"},
+    "stock_incident": {"drug": "esketamine_nasal"},
 }
 
 # Fields shown as radio buttons (few options, large targets) rather than a select.
-_RADIOS = frozenset({"phase", "age_band", "severity", "unit"})
+_RADIOS = frozenset({"phase", "age_band", "severity", "unit", "category", "incident_type"})
 _TEXTAREAS = frozenset({"narrative", "description"})
 
 
@@ -208,6 +372,20 @@ class FormField:
     default: str | None = None
     # Options whose values the browser sends as numbers (the MOAA/S score).
     numeric: bool = False
+    # The yes/no questions of a "questions" field (an object of booleans): (name, text).
+    questions: tuple[tuple[str, str], ...] = ()
+    # Shown only while the field named first has one of the values (else hidden, not sent).
+    shown_when: tuple[str, tuple[str, ...]] | None = None
+    # Required only while the field named first has one of the values.
+    required_when: tuple[str, tuple[str, ...]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FormSection:
+    """Fields grouped under a legend (none for the first section)."""
+
+    title: str
+    fields: tuple[FormField, ...]
 
 
 def _unwrap(t: mi.Type) -> mi.Type:
@@ -219,33 +397,44 @@ def _unwrap(t: mi.Type) -> mi.Type:
     return t
 
 
-def _options(name: str) -> tuple[tuple[str, str], ...]:
-    return tuple(OPTIONS[name].items())
+def _options(name: str, legacy: bool) -> tuple[tuple[str, str], ...]:
+    options = OPTIONS[name].items()
+    if name == "concern_type" and not legacy:
+        # A new misuse concern is about a patient: stock goes to a stock incident.
+        return tuple((value, label) for value, label in options if value not in STOCK_CONCERNS)
+    return tuple(options)
 
 
-def _field(kind: str, info: mi.Field) -> FormField:
+def _field(kind: str, info: mi.Field, legacy: bool) -> FormField:
     name, t = info.name, _unwrap(info.type)
     common: dict[str, Any] = {
         "name": name,
-        "label": LABELS[name],
+        "label": KIND_FIELD_LABELS.get((kind, name), LABELS[name]),
         "required": info.required,
         "hint": KIND_HINTS.get((kind, name), HINTS.get(name, "")),
         "default": DEFAULTS[kind].get(name),
+        "shown_when": SHOWN_WHEN.get((kind, name)),
+        "required_when": REQUIRED_WHEN.get((kind, name)),
     }
     if name == "clinic":
         return FormField(widget="select", **common)  # options: the user's clinics
     if isinstance(t, mi.IntType) and name in OPTIONS:
         # A score with a meaning per value: one large radio button each.
-        return FormField(widget="radios", options=_options(name), numeric=True, **common)
+        return FormField(widget="radios", options=_options(name, legacy), numeric=True, **common)
     if isinstance(t, mi.LiteralType):
         widget: Widget = "radios" if name in _RADIOS else "select"
-        return FormField(widget=widget, options=_options(name), **common)
+        return FormField(widget=widget, options=_options(name, legacy), **common)
     if isinstance(t, mi.ListType):
-        return FormField(widget="checkboxes", options=_options(name), **common)
+        return FormField(widget="checkboxes", options=_options(name, legacy), **common)
     if isinstance(t, mi.BoolType):
         return FormField(widget="yesno", options=(("true", "Yes"), ("false", "No")), **common)
     if isinstance(t, mi.DateTimeType):
         return FormField(widget="datetime", **common)
+    if isinstance(t, mi.StructType) and name in QUESTIONS:
+        asked = tuple(QUESTIONS[name].items())
+        # Every question of the object, in its order, and nothing else.
+        assert [q for q, _ in asked] == [f.name for f in t.fields], name
+        return FormField(widget="questions", questions=asked, **common)
     if isinstance(t, mi.IntType | mi.FloatType):
         exclusive = t.gt is not None
         return FormField(
@@ -262,13 +451,26 @@ def _field(kind: str, info: mi.Field) -> FormField:
 
 
 @cache
-def report_form(kind: str) -> tuple[FormField, ...]:
-    """The fields of a ``kind`` report, in form order."""
+def report_sections(kind: str, legacy: bool = False) -> tuple[FormSection, ...]:
+    """The sections of a ``kind`` report's form, in form order.
+
+    ``legacy``: for amending a misuse concern stored with a stock concern type of old,
+    which offers those types too.
+    """
     info = mi.type_info(KINDS[kind])
     assert isinstance(info, mi.StructType)
     fields = {f.name: f for f in info.fields}
-    return tuple(_field(kind, fields[name]) for name in ORDER[kind])
+    return tuple(
+        FormSection(title, tuple(_field(kind, fields[name], legacy) for name in names))
+        for title, names in SECTIONS[kind]
+    )
 
 
-def all_forms() -> dict[str, tuple[FormField, ...]]:
-    return {kind: report_form(kind) for kind in KINDS}
+def report_form(kind: str, legacy: bool = False) -> tuple[FormField, ...]:
+    """The fields of a ``kind`` report, in form order."""
+    return tuple(f for section in report_sections(kind, legacy) for f in section.fields)
+
+
+def all_forms() -> dict[str, tuple[FormSection, ...]]:
+    """The sections of each kind's form for a new report."""
+    return {kind: report_sections(kind) for kind in KINDS}

@@ -35,10 +35,11 @@ from safetyreport.auth.permissions import (
 )
 from safetyreport.errors import Forbidden
 from safetyreport.reports import service as reports
+from safetyreport.reports.types import STOCK_CONCERNS
 from safetyreport.request_context import CallerDep, DbDep
 from safetyreport.web import session
 from safetyreport.web.assets import OFFLINE_PAGES, PAGE_HEADERS, asset_version, static_files
-from safetyreport.web.forms import KIND_LABELS, OPTIONS, all_forms, report_form
+from safetyreport.web.forms import KIND_LABELS, OPTIONS, all_forms, report_form, report_sections
 from safetyreport.web.pages import (
     LANDING,
     RECENT_REPORTS,
@@ -185,7 +186,9 @@ class WebController(Controller):
         """The recent-reports list alone, for the report page to refresh after sending."""
         filters = reports.ReportFilters(limit=RECENT_REPORTS)
         recent = await reports.list_reports(db, page.caller, filters)
-        return page.render("_recent.html", recent=recent.items, kind_labels=KIND_LABELS)
+        return page.render(
+            "_recent.html", recent=recent.items, kind_labels=KIND_LABELS, options=OPTIONS
+        )
 
     @get("/reports/{report_id:uuid}", guards=[require_page_role], opt=allow(REPORT_READERS))
     async def report_detail(
@@ -193,10 +196,14 @@ class WebController(Controller):
     ) -> Template:
         caller = page.caller
         report = await reports.read_report(db, caller, report_id)
+        # A misuse concern stored with a stock concern type of old is amended under its
+        # old rules: its form offers those types (and their quantities).
+        legacy = report.body.get("concern_type") in STOCK_CONCERNS
         return page.render(
             "report_detail.html",
             report=report,
-            fields=report_form(report.kind),
+            sections=report_sections(report.kind, legacy),
+            fields=report_form(report.kind, legacy),
             kind_labels=KIND_LABELS,
             options=OPTIONS,
             can_amend=caller.principal.role in REPORT_WRITERS,

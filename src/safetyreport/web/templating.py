@@ -27,6 +27,13 @@ def humanize(value: str) -> str:
     return value.replace("_", " ").capitalize()
 
 
+def number(value: object) -> object:
+    """``10.0`` -> ``10``: a whole quantity or dose as the nurse typed it; others as given."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     environment = Environment(
         loader=FileSystemLoader(TEMPLATE_DIR),
@@ -37,5 +44,5 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters.update(utc=utc_text, iso=iso, humanize=humanize)
+    environment.filters.update(utc=utc_text, iso=iso, humanize=humanize, number=number)
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))

@@ -15,10 +15,23 @@ function controls(field) {
   return [...field.querySelectorAll("input, select, textarea")];
 }
 
+/** The questions of a "questions" field, each with its chosen radio (or none). */
+function questions(field) {
+  return [...field.querySelectorAll("[data-question]")].map((q) => ({
+    name: q.dataset.question,
+    chosen: q.querySelector("input:checked"),
+  }));
+}
+
 /** The raw value of a field: string, array (checkboxes) or "" when empty. */
 function rawValue(field) {
   const widget = field.dataset.widget;
   const inputs = controls(field);
+  if (widget === "questions") {
+    // The questions answered, as {name: "true" | "false"}; "" when none is.
+    const answered = questions(field).filter((q) => q.chosen);
+    return answered.length ? Object.fromEntries(answered.map((q) => [q.name, q.chosen.value])) : "";
+  }
   if (widget === "checkboxes") {
     return inputs.filter((i) => i.checked).map((i) => i.value);
   }
@@ -68,6 +81,14 @@ function readField(field) {
     }
     case "checkboxes":
       return [raw, null];
+    case "questions": {
+      // An object of every answer: the server takes all of them or none.
+      const all = questions(field);
+      if (Object.keys(raw).length < all.length) {
+        return [undefined, `Answer all ${all.length} questions, or none.`];
+      }
+      return [Object.fromEntries(all.map((q) => [q.name, raw[q.name] === "true"])), null];
+    }
     default: {
       const maxLength = Number(field.dataset.maxLength || 0);
       if (maxLength && raw.length > maxLength) {
@@ -81,11 +102,15 @@ function readField(field) {
   }
 }
 
-/** {values, errors}: every filled field typed, and [{field, message}] for the rest. */
+/** {values, errors}: every filled field typed, and [{field, message}] for the rest.
+ * Fields hidden because they do not apply (see applyConditions) are left out. */
 export function readForm(form) {
   const values = {};
   const errors = [];
   for (const field of fieldsOf(form)) {
+    if (field.hidden) {
+      continue;
+    }
     const [value, error] = readField(field);
     if (error) {
       errors.push({ field: field.dataset.field, message: error });
@@ -164,12 +189,19 @@ export function fillForm(form, values) {
   for (const field of fieldsOf(form)) {
     setField(field, values[field.dataset.field]);
   }
+  applyConditions(form);
 }
 
 function setField(field, value) {
   const widget = field.dataset.widget;
   const inputs = controls(field);
-  if (widget === "checkboxes") {
+  if (widget === "questions") {
+    // {q1: true, ...}: each question's radio of that answer checked, the others not.
+    for (const input of inputs) {
+      const answer = value && typeof value === "object" ? value[input.closest("[data-question]").dataset.question] : undefined;
+      input.checked = answer !== undefined && answer !== null && input.value === String(answer);
+    }
+  } else if (widget === "checkboxes") {
     const chosen = new Set(Array.isArray(value) ? value : []);
     inputs.forEach((i) => { i.checked = chosen.has(i.value); });
   } else if (widget === "radios" || widget === "yesno") {
@@ -198,6 +230,45 @@ export function resetForm(form) {
       setField(field, field.dataset.default);
     }
   }
+  applyConditions(form);
+}
+
+/** Whether the (shown) field ``name`` of ``form`` has one of ``values`` (space-separated). */
+function holds(form, name, values) {
+  const field = form.querySelector(`.field[data-field="${CSS.escape(name)}"]`);
+  return Boolean(field) && !field.hidden && values.split(" ").includes(String(rawValue(field)));
+}
+
+/**
+ * Show only the fields that apply (data-shown-when: a category's own fields, the
+ * infusion time of IV ketamine) and mark those required that the choices so far make
+ * required (data-required-when), as the server's cross-field rules will.
+ */
+export function applyConditions(form) {
+  for (const field of fieldsOf(form)) {
+    const { shownWhen, shownValues, requiredWhen, requiredValues } = field.dataset;
+    if (shownWhen) {
+      field.hidden = !holds(form, shownWhen, shownValues);
+    }
+    if (requiredWhen) {
+      const required = holds(form, requiredWhen, requiredValues);
+      if (required) {
+        field.dataset.required = "";
+      } else {
+        delete field.dataset.required;
+      }
+      const optional = field.querySelector("[data-optional]");
+      if (optional) {
+        optional.hidden = required;
+      }
+    }
+  }
+}
+
+/** Keep the form's shown and required fields in step with the nurse's choices. */
+export function watchConditions(form) {
+  form.addEventListener("change", () => applyConditions(form));
+  applyConditions(form);
 }
 
 /** Datetime inputs that carry a server value (data-iso) show it in local time. */

@@ -1,7 +1,9 @@
 // Amending a report: only the fields that changed are sent, with the reason.
 
 import { announce, api, newKey, problemMessage } from "./common.js";
-import { clearErrors, fieldNames, formStatus, readForm, showErrors, showIsoTimes } from "./forms.js";
+import {
+  clearErrors, fieldNames, formStatus, readForm, showErrors, showIsoTimes, watchConditions,
+} from "./forms.js";
 
 const form = document.getElementById("amend-form");
 const current = JSON.parse(form.dataset.current);
@@ -12,7 +14,7 @@ const key = newKey();
 const norm = (v) => (v === undefined || v === null || (Array.isArray(v) && v.length === 0) ? null : v);
 
 function same(name, before, after) {
-  if (name === "occurred_at") {
+  if (name === "occurred_at" || name === "discovered_at") {
     // The input holds minutes in local time; the stored value is UTC, maybe with seconds.
     const minute = (v) => (v ? Math.floor(new Date(v).getTime() / 60000) : null);
     return minute(before) === minute(after);
@@ -75,6 +77,7 @@ async function submit() {
 }
 
 showIsoTimes(form);
+watchConditions(form);
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   submit();

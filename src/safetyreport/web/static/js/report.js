@@ -8,15 +8,16 @@
 import {
   announce, beforeSignOut, currentUser, forgetPages, formatLocal, h, localizeTimes, newKey,
 } from "./common.js";
-import { clearErrors, fillForm, formStatus, readForm, resetForm, showErrors } from "./forms.js";
+import {
+  clearErrors, fillForm, formStatus, readForm, resetForm, showErrors, watchConditions,
+} from "./forms.js";
 import * as outbox from "./outbox.js";
 
 const RETRY_MS = 20000;
-const KIND_LABELS = {
-  blood_pressure: "Blood pressure",
-  dissociation: "Dissociation",
-  misuse_concern: "Misuse concern",
-};
+// The kinds' names as the page's kind picker shows them (from web/forms.py).
+const KIND_LABELS = Object.fromEntries(
+  [...document.querySelectorAll('input[name="kind-picker"]')].map((r) => [r.value, r.labels[0].textContent.trim()]),
+);
 const STATE_LABELS = { queued: "Queued", sending: "Sending", sent: "Sent", failed: "Failed", waiting: "Waiting" };
 
 const forms = [...document.querySelectorAll("form.report-form")];
@@ -46,7 +47,9 @@ function pickKind(kind) {
 }
 
 function summary(entry) {
-  const when = entry.body.occurred_at ? formatLocal(entry.body.occurred_at) : "";
+  // A stock incident has no patient, and its time is when it was discovered.
+  const time = entry.body.occurred_at || entry.body.discovered_at;
+  const when = time ? formatLocal(time) : "";
   return [KIND_LABELS[entry.kind] || entry.kind, entry.body.patient_ref, when].filter(Boolean).join(" · ");
 }
 
@@ -213,6 +216,7 @@ async function refreshRecent() {
 
 function init() {
   for (const form of forms) {
+    watchConditions(form);
     openForm(form);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
