@@ -29,7 +29,8 @@ class AlertReportView(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     version: int
     kind: str
-    patient_ref: str
+    # None for a stock incident, which concerns no patient.
+    patient_ref: str | None
     occurred_at: datetime
     added_at: datetime
 
