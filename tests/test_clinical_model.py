@@ -489,3 +489,16 @@ async def test_a_new_misuse_concern_cannot_become_a_theft_by_amendment(
         client, nurse, view["id"], {"reason": "was a theft", "concern_type": "theft"}
     )
     assert ("concern_type", "use_stock_incident") in errors_of(response)
+
+
+async def test_an_alert_on_a_stock_incident_names_no_patient(
+    client: AsyncTestClient[Any], world: World, nurse: dict[str, str]
+) -> None:
+    view = await create_report(client, nurse, stock_report())
+    await world.user("olga", "safety_officer", ["C1"])
+    officer = await world.login("olga")
+    listed = await client.get("/api/v1/alerts", headers=officer)
+    (alert,) = listed.json()["items"]
+    detail = await client.get(f"/api/v1/alerts/{alert['id']}", headers=officer)
+    assert detail.status_code == 200, detail.text
+    assert [(r["id"], r["patient_ref"]) for r in detail.json()["reports"]] == [(view["id"], None)]
