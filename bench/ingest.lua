@@ -3,16 +3,17 @@
 -- Each wrk thread drives one connection (the benchmark runs wrk with -t equal to -c) as
 -- one nurse's tablet: its own session token, its own clinic, and a distinct valid
 -- blood-pressure report with its own Idempotency-Key on every request. About half of
--- the reports cross an alert threshold of sql/migrations/0003_default_rules.sql:
+-- the reports cross an alert threshold of the default rules (docs/clinical-rules.md):
 --
 --   50 %  normal reading (below every threshold)
 --   20 %  pre-dose reading above the hold criteria (bp-pre-dose-hold, high)
 --   17 %  CTCAE grade 3 (bp-ctcae-grade-3, high)
---    7 %  markedly abnormal, systolic 180 (bp-markedly-abnormal, urgent)
---    6 %  hypertensive crisis, systolic above 180 (bp-hypertensive-crisis, critical)
+--    7 %  severe hypertension, systolic 180 (bp-severe-hypertension, urgent)
+--    6 %  hypertensive emergency, systolic above 180 with a severe headache
+--         (bp-hypertensive-crisis, critical)
 --
--- The last two also feed the pattern rules (a cluster of systolic 180 or more per clinic,
--- repeated urgent events per patient). bench/pgbench_script.py draws the same mix.
+-- The last two also feed the pattern rules (a cluster of post-dose systolic 180 or more
+-- among distinct patients per clinic, repeated urgent events per patient). bench/pgbench_script.py draws the same mix.
 --
 -- Configuration comes from the environment (set by bench/ingest.py):
 --   BENCH_TOKENS    file with one "token clinic" pair per line, one line per connection
@@ -56,32 +57,32 @@ local function pick(list)
     return list[math.random(#list)]
 end
 
--- Phase, systolic and diastolic of one reading of the mix above.
+-- Phase, systolic, diastolic and symptoms (JSON) of one reading of the mix above.
 local function reading()
     local r = math.random()
     if r < 0.50 then
-        return pick(NORMAL_PHASES), math.random(100, 139), math.random(60, 89)
+        return pick(NORMAL_PHASES), math.random(100, 139), math.random(60, 89), "[]"
     elseif r < 0.70 then
-        return "pre_dose", math.random(141, 159), math.random(70, 89)
+        return "pre_dose", math.random(141, 159), math.random(70, 89), "[]"
     elseif r < 0.87 then
-        return "post_dose", math.random(160, 179), math.random(80, 99)
+        return "post_dose", math.random(160, 179), math.random(80, 99), "[]"
     elseif r < 0.94 then
-        return "post_dose", 180, math.random(90, 109)
+        return "post_dose", 180, math.random(90, 109), "[]"
     end
-    return "post_dose", math.random(181, 220), math.random(95, 119)
+    return "post_dose", math.random(181, 220), math.random(95, 119), '["severe_headache"]'
 end
 
 function request()
     counter = counter + 1
-    local phase, systolic, diastolic = reading()
+    local phase, systolic, diastolic, symptoms = reading()
     local occurred = os.date("!%Y-%m-%dT%H:%M:%SZ", epoch - math.random(0, 6 * 3600))
     local body = string.format(
         '{"kind":"blood_pressure","clinic":"%s","patient_ref":"PT-%05d",'
             .. '"occurred_at":"%s","drug":"%s","outcome":"%s","phase":"%s",'
             .. '"systolic":%d,"diastolic":%d,"pulse":%d,"minutes_after_dose":%d,'
-            .. '"age_band":"under_65"}',
+            .. '"age_band":"under_65","symptoms":%s}',
         clinic, math.random(1, patients), occurred, pick(DRUGS), pick(OUTCOMES), phase,
-        systolic, diastolic, math.random(55, 120), math.random(0, 240)
+        systolic, diastolic, math.random(55, 120), math.random(0, 240), symptoms
     )
     local headers = {
         ["Content-Type"] = "application/json",

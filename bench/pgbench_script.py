@@ -10,7 +10,7 @@ service: when a statement there changes, change it here.)
 
 The SQL is copied from the service (the functions are named above each part) with the
 values the service computes in Python computed here in SQL: the audit hash
-(``sha256`` of a JSON text of the same fields), the CTCAE grade, and which rules fire,
+(``sha256`` of a JSON text of the same fields), the reading grade, and which rules fire,
 which follows from the reading class, drawn with the mix of ``bench/ingest.lua``. The
 pattern rules run their candidate queries like the service; the service then filters
 the rows in Python, pgbench in SQL.
@@ -24,7 +24,8 @@ Client ``i`` uses the session ``sha256('pgbench-<i>')`` of the nurse of clinic
 from __future__ import annotations
 
 # ``\set`` draws the reading like ingest.lua: class 1 normal (50 %), 2 pre-dose hold
-# (20 %), 3 CTCAE grade 3 (17 %), 4 markedly abnormal (7 %), 5 crisis (6 %).
+# (20 %), 3 CTCAE grade 3 (17 %), 4 severe hypertension (7 %), 5 hypertensive emergency
+# (6 %, with a severe headache).
 _DRAW = r"""
 \set ci :client_id % :n_clinics + 1
 \set cls random(1, 100)
@@ -113,21 +114,24 @@ WITH new AS (
     FROM new
     RETURNING id, occurred_at, created_at, updated_at
 ), version AS (
-    INSERT INTO report_versions (report_id, version, body, ctcae_grade, created_by)
+    INSERT INTO report_versions (report_id, version, body, hypertension_reading_grade,
+                                 created_by)
     SELECT new.id, 1, jsonb_build_object(
         'clinic', {_CLINIC}, 'patient_ref', {_PATIENT}, 'occurred_at', new.occurred_at,
         'drug',
         (ARRAY['esketamine_nasal', 'ketamine_iv', 'ketamine_im', 'ketamine_oral'])[:drug::int],
         'outcome', (ARRAY['resolved', 'recovering', 'ongoing'])[:outcome::int],
-        'dose_mg', NULL, 'minutes_after_dose', :mad::int, 'seriousness', '[]'::jsonb,
-        'narrative', NULL, 'age_band', 'under_65',
+        'minutes_after_dose', :mad::int, 'age_band', 'under_65',
         'phase', (ARRAY['pre_dose', 'post_dose', 'discharge'])[:phase::int],
         'systolic', :sys::int, 'diastolic', :dia::int, 'pulse', :pulse::int,
-        'symptoms', '[]'::jsonb, 'kind', 'blood_pressure'),
+        'kind', 'blood_pressure')
+        || CASE WHEN :reading::int = 5
+                THEN '{{"symptoms": ["severe_headache"]}}'::jsonb ELSE '{{}}'::jsonb END,
+        CASE WHEN :reading::int = 5 THEN 4 ELSE
         greatest(CASE WHEN :sys::int >= 160 THEN 3 WHEN :sys::int >= 140 THEN 2
                       WHEN :sys::int >= 120 THEN 1 ELSE 0 END,
                  CASE WHEN :dia::int >= 100 THEN 3 WHEN :dia::int >= 90 THEN 2
-                      WHEN :dia::int >= 80 THEN 1 ELSE 0 END),
+                      WHEN :dia::int >= 80 THEN 1 ELSE 0 END) END,
         :uid::bigint
     FROM new
     RETURNING created_at
@@ -203,7 +207,8 @@ def _candidates(window: str, patient: str, kinds: str, named: str, *, severity: 
         else "NULL::text"
     )
     return f"""
-SELECT r.id, r.current_version, r.kind, r.occurred_at, v.ctcae_grade,
+SELECT r.id, r.current_version, r.kind, r.occurred_at, r.patient_ref,
+       v.hypertension_reading_grade,
        (SELECT jsonb_object_agg(f, v.body -> f) FROM unnest({named}::text[]) AS f
          WHERE v.body ? f) AS named,
        {alert_severity} AS alert_severity
@@ -294,13 +299,14 @@ SELECT event.id AS eid FROM alert, event, notified
 {notification if outbox else ""}"""
 
 
-def _matching(candidates: str, condition: str, name: str) -> str:
-    """One scan of the candidate rows: how many match, and their ids and versions.
+def _matching(candidates: str, condition: str, name: str, *, count: str = "*") -> str:
+    """One scan of the candidate rows: how many match (rows, or ``count``), and their ids
+    and versions.
 
     (The service receives every candidate row and keeps the matching ones in Python.)
     """
     return (
-        f"SELECT count(*) FILTER (WHERE {condition}) AS {name}_n,\n"
+        f"SELECT count({count}) FILTER (WHERE {condition}) AS {name}_n,\n"
         f"  coalesce(array_agg(c.id) FILTER (WHERE {condition}), '{{}}') AS {name}_ids,\n"
         f"  coalesce(array_agg(c.current_version) FILTER (WHERE {condition}), '{{}}')"
         f" AS {name}_versions\n"
@@ -314,11 +320,17 @@ def _links(name: str) -> str:
 
 def _patterns(content: bool, outbox: bool) -> str:
     """The two pattern rules a reading of systolic 180 or more (urgent, critical) runs."""
-    cluster = _candidates("7 days", "NULL", "'{blood_pressure}'", "'{systolic}'", severity=False)
+    cluster = _candidates("7 days", "NULL", "'{}'", "'{phase,systolic}'", severity=False)
     repeated = _candidates("30 days", _PATIENT, "'{}'", "'{alert_severity}'", severity=True)
     return (
-        # pattern-blood-pressure-cluster: 3 or more readings of systolic 180 or more.
-        _matching(cluster, "(c.named->>'systolic')::int >= 180", "cluster")
+        # pattern-blood-pressure-cluster: post-dose readings of systolic 180 or more from
+        # 3 or more distinct patients.
+        _matching(
+            cluster,
+            "c.named->>'phase' = 'post_dose' AND (c.named->>'systolic')::int >= 180",
+            "cluster",
+            count="DISTINCT c.patient_ref",
+        )
         + "\\if :cluster_n >= 3\n"
         + _raise(
             "pattern-blood-pressure-cluster",
@@ -386,7 +398,7 @@ def pgbench_script(*, audit_content: bool, outbox: bool = True) -> str:
         + "\\elif :reading = 3\n"
         + single("bp-ctcae-grade-3", "high")
         + "\\elif :reading = 4\n"
-        + single("bp-markedly-abnormal", "urgent")
+        + single("bp-severe-hypertension", "urgent")
         + _patterns(audit_content, outbox)
         + "\\elif :reading = 5\n"
         + single("bp-hypertensive-crisis", "critical")
