@@ -516,6 +516,15 @@ BOUNDARIES: dict[str, list[Case]] = {
         case("bp", {HYPO_SEVERE}, "syncope-normal-bp", systolic=120, diastolic=80, syncope=True),
         case("bp", set(), "no-syncope-no", systolic=120, diastolic=80, syncope=False),
         case("bp", {HYPO_SEVERE}, "syncope-and-hypo", systolic=85, diastolic=55, syncope=True),
+        # The review's example: 70/40 with a pulse of 38 was grade 0 and raised nothing.
+        case(
+            "bp",
+            {HYPO_SEVERE, HR_SEVERE},
+            "review-70/40-pulse-38",
+            systolic=70,
+            diastolic=40,
+            pulse=38,
+        ),
         case("dis", {HYPO}, "hypo-on-dissociation", systolic=85, diastolic=55),
         case("ae", {FALL, HYPO_SEVERE}, "syncope-on-adverse-event", syncope=True),
         case("dis", {HYPO_SEVERE}, "syncope-without-pressure", syncope=True),
@@ -817,6 +826,20 @@ async def test_default_rule_set_is_what_the_tests_expect(db: asyncpg.Connection[
         for rule_id in SEVERITY
         for version in range(1, default_version(rule_id) + 1)
     }
+
+
+async def test_doses_off_the_label_are_refused_before_any_rule_runs(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """The review's 560 mg of nasal esketamine (a typo for 56) is a 422, as is an IV
+    ketamine dose without the weight the mg/kg rule needs."""
+    typo = await post_report(client, nurse, make("bp", dose_mg=560))
+    assert errors_of(typo) == [("dose_mg", "esketamine_dose")]
+    no_weight = await post_report(client, nurse, make("dis", dose_mg=35))
+    assert errors_of(no_weight) == [("weight_kg", "required")]
+    assert await stored(db) == NOTHING
+    report = await create_report(client, nurse, make("bp", dose_mg=56))
+    assert await fired(db, report["id"]) == set()
 
 
 # --- theft and loss: DEA deadlines ------------------------------------------------
