@@ -174,3 +174,13 @@ def test_condition_text_renders_every_form() -> None:
         "phase == pre_dose and (symptoms not empty or spo2 < 90)"
         " and not concern_type in [theft, loss] and resolved == false"
     )
+
+
+def test_pattern_text_says_what_is_counted() -> None:
+    assert pattern_text(None) == NONE
+    assert pattern_text({"min_count": 3, "window_days": 30}) == "3 in 30 days"
+    assert pattern_text({"min_count": 3, "window_days": 30, "count": "reports"}) == "3 in 30 days"
+    assert (
+        pattern_text({"min_count": 3, "window_days": 7, "count": "patients"})
+        == "3 patients in 7 days"
+    )
