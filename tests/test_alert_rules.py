@@ -1239,6 +1239,42 @@ async def test_stock_incidents_never_feed_patient_rules(
     assert await links(db, alert["id"]) == {(urgent, 1), (sedated, 1)}
 
 
+async def test_stock_incidents_are_no_patients_for_a_distinct_patient_count(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """A clinic pattern that counts distinct patients counts none for a stock incident,
+    even when the incident meets its condition."""
+    await db.execute(
+        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
+        " definition) VALUES ('iv-patients', 1, 'IV ketamine patients', 'high', 'Two"
+        " patients on IV ketamine', true, $1)",
+        {
+            "kinds": [],
+            "when": {"field": "drug", "op": "==", "value": "ketamine_iv"},
+            "pattern": {"min_count": 2, "window_days": 7, "count": "patients"},
+            "group_by": "clinic",
+            "dea_deadlines": False,
+        },
+    )
+    first, stock = await post_all(
+        client,
+        nurse,
+        [
+            make("dis", patient_ref="PT-A", occurred_at=at(0)),
+            make("stock", incident_type="loss", discovered_at=at(1)),
+        ],
+    )
+    assert await fired(db, stock) == {THEFT}
+    assert await rule_alerts(db, "iv-patients") == []
+    (second,) = await post_all(client, nurse, [make("dis", patient_ref="PT-B", occurred_at=at(2))])
+    alert = await only_alert(db, "iv-patients")
+    assert await links(db, alert["id"]) == {(first, 1), (second, 1)}
+    # Nor does a stock incident join or touch the open alert.
+    await post_all(client, nurse, [make("stock", incident_type="loss", discovered_at=at(3))])
+    assert await links(db, alert["id"]) == {(first, 1), (second, 1)}
+    assert await event_actions(db, alert["id"]) == ["opened"]
+
+
 # --- grouping ---------------------------------------------------------------------
 
 
