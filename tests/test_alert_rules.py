@@ -17,86 +17,141 @@ from litestar.testing import AsyncTestClient
 from tests.helpers.reports import (
     NOTHING,
     Stored,
+    adverse_report,
     amend,
     audit_rows,
     bp_report,
     create_report,
     dissociation_report,
+    errors_of,
     misuse_report,
     new_key,
     post_report,
+    stock_report,
     stored,
 )
 from tests.helpers.world import World
 
-# Severity of each default rule, as the rules table in docs/clinical-rules.md gives it.
-SEVERITY = {
-    "bp-pre-dose-hold": "high",
-    "bp-ctcae-grade-3": "high",
-    "bp-markedly-abnormal": "urgent",
-    "bp-hypertensive-crisis": "critical",
-    "sedation-moaa-s-3": "high",
-    "sedation-moaa-s-1": "urgent",
-    "sedation-loss-of-consciousness": "critical",
-    "respiratory-depression": "critical",
-    "dissociation-present": "info",
-    "not-resolved-at-120-minutes": "high",
-    "serious-adverse-event": "critical",
-    "controlled-substance-theft-or-loss": "critical",
-    "inventory-discrepancy": "high",
-    "pattern-of-discrepancies": "urgent",
-    "pattern-blood-pressure-cluster": "urgent",
-    "pattern-patient-repeated-urgent": "urgent",
-}
-CLINIC_GROUPED = {
-    "controlled-substance-theft-or-loss",
-    "inventory-discrepancy",
-    "pattern-of-discrepancies",
-    "pattern-blood-pressure-cluster",
-}
-PATTERNS = {
-    "pattern-of-discrepancies",
-    "pattern-blood-pressure-cluster",
-    "pattern-patient-repeated-urgent",
-}
-ACK_WITHIN = {
-    "critical": timedelta(minutes=15),
-    "urgent": timedelta(minutes=60),
-    "high": timedelta(hours=24),
-}
-TOLERANCE = timedelta(seconds=5)
-
 HOLD = "bp-pre-dose-hold"
 G3 = "bp-ctcae-grade-3"
 MARKED = "bp-markedly-abnormal"
+SEVERE = "bp-severe-hypertension"
 CRISIS = "bp-hypertensive-crisis"
+TARGET = "target-organ-symptom"
+HYPO = "hypotension"
+HYPO_SEVERE = "hypotension-severe"
+HR = "heart-rate"
+HR_SEVERE = "heart-rate-severe"
+BREATHING = "breathing-impaired"
+RESP = "respiratory-depression"
 SED3 = "sedation-moaa-s-3"
 SED1 = "sedation-moaa-s-1"
 LOC = "sedation-loss-of-consciousness"
-RESP = "respiratory-depression"
 DISSOC = "dissociation-present"
 UNRESOLVED = "not-resolved-at-120-minutes"
+SUICIDAL = "suicidal-behaviour"
+IDEATION = "suicidal-ideation"
+RESCUE = "emergence-rescue-medication"
+ED = "emergence-ed-transfer"
+VOMITING = "vomiting-while-sedated"
+FALL = "fall"
+URO = "urological-symptoms"
+HAEMATURIA = "urological-haematuria"
+PREGNANCY = "pregnancy-exposure"
+DOSE = "dose-off-protocol"
 SERIOUS = "serious-adverse-event"
+DAST = "dast10-moderate"
+MISUSE = "pattern-patient-misuse"
 THEFT = "controlled-substance-theft-or-loss"
 DISCREPANCY = "inventory-discrepancy"
 DISCREPANCIES = "pattern-of-discrepancies"
+DIVERSION = "suspected-staff-diversion"
+TAMPERED = "device-tampered"
 CLUSTER = "pattern-blood-pressure-cluster"
 REPEATED = "pattern-patient-repeated-urgent"
-# Protected by migration 0005: that made their version 2.
-PROTECTED = {CRISIS, RESP, THEFT}
+
+# Severity of each default rule, as the rules table in docs/clinical-rules.md gives it.
+SEVERITY = {
+    HOLD: "high",
+    G3: "high",
+    MARKED: "urgent",
+    SEVERE: "urgent",
+    CRISIS: "critical",
+    TARGET: "critical",
+    HYPO: "high",
+    HYPO_SEVERE: "urgent",
+    HR: "high",
+    HR_SEVERE: "urgent",
+    BREATHING: "high",
+    RESP: "critical",
+    SED3: "high",
+    SED1: "urgent",
+    LOC: "critical",
+    DISSOC: "info",
+    UNRESOLVED: "high",
+    SUICIDAL: "critical",
+    IDEATION: "high",
+    RESCUE: "high",
+    ED: "urgent",
+    VOMITING: "urgent",
+    FALL: "high",
+    URO: "high",
+    HAEMATURIA: "urgent",
+    PREGNANCY: "high",
+    DOSE: "high",
+    SERIOUS: "critical",
+    DAST: "high",
+    MISUSE: "high",
+    THEFT: "critical",
+    DISCREPANCY: "high",
+    DISCREPANCIES: "urgent",
+    DIVERSION: "urgent",
+    TAMPERED: "high",
+    CLUSTER: "urgent",
+    REPEATED: "urgent",
+}
+CLINIC_GROUPED = {THEFT, DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER}
+PATTERNS = {DISCREPANCIES, CLUSTER, REPEATED, MISUSE}
+# Installed but off: CADSS above 4 is expected after a dose, counted and not queued.
+DISABLED = {DISSOC}
+PROTECTED = {CRISIS, RESP, THEFT, TARGET, SUICIDAL}
+# Each migration that changed a default rule made a new version of it: 0005 protected
+# three, 0007 (the clinical model) revised these; the rules 0007 added are version 1.
+PROTECTED_BY_0005 = {CRISIS, RESP, THEFT}
+CHANGED_BY_0007 = {
+    HOLD,
+    G3,
+    MARKED,
+    CRISIS,
+    RESP,
+    DISSOC,
+    SERIOUS,
+    THEFT,
+    DISCREPANCY,
+    DISCREPANCIES,
+    CLUSTER,
+}
 
 
 def default_version(rule_id: str) -> int:
-    return 2 if rule_id in PROTECTED else 1
+    return 1 + (rule_id in PROTECTED_BY_0005) + (rule_id in CHANGED_BY_0007)
 
 
 Builder = Callable[..., dict[str, Any]]
 BUILDERS: dict[str, Builder] = {
     "bp": bp_report,
     "dis": dissociation_report,
+    "ae": adverse_report,
     "mis": misuse_report,
+    "stock": stock_report,
 }
 NO_QUANTITIES: dict[str, Any] = {"expected_quantity": None, "actual_quantity": None, "unit": None}
+ACK_WITHIN = {
+    "critical": timedelta(minutes=15),
+    "urgent": timedelta(minutes=60),
+    "high": timedelta(hours=24),
+}
+TOLERANCE = timedelta(seconds=5)
 BASE = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
@@ -245,7 +300,56 @@ SERIOUSNESS = [
     "congenital_anomaly",
     "other_medically_important",
 ]
+SYMPTOMS = [
+    "severe_headache",
+    "chest_pain",
+    "shortness_of_breath",
+    "visual_change",
+    "neurological_deficit",
+    "confusion",
+    "seizure",
+]
 PRE = "pre_dose"
+# Each patient kind, with what makes it a report that raises nothing on its own.
+PATIENT_KINDS: list[tuple[str, dict[str, Any]]] = [
+    ("bp", {"systolic": 120, "diastolic": 80}),
+    ("dis", {}),
+    ("mis", {}),
+    ("ae", {"category": "other", "verbatim_term": "Chest tightness"}),
+]
+# Death among the seriousness criteria needs outcome fatal (and fatal needs death).
+FATAL_IF_DEATH: dict[str, dict[str, Any]] = {"death": {"outcome": "fatal"}}
+
+
+def cssrs(*yes: int) -> dict[str, bool]:
+    """The C-SSRS screener's answers: the questions named are yes, the others no."""
+    return {f"q{n}": n in yes for n in range(1, 7)}
+
+
+def suicidality(**fields: Any) -> dict[str, Any]:
+    return {"category": "suicidality", "verbatim_term": "Says life is not worth it", **fields}
+
+
+def emergence(rescue: bool, transfer: bool) -> dict[str, Any]:
+    return {
+        "category": "emergence_reaction",
+        "verbatim_term": "Agitated and frightened on waking",
+        "rescue_medication": rescue,
+        "ed_transfer": transfer,
+    }
+
+
+def urological(*symptoms: str) -> dict[str, Any]:
+    return {
+        "category": "urological",
+        "verbatim_term": "Burning on passing urine",
+        "urological_symptoms": list(symptoms),
+    }
+
+
+def iv_dose(dose_mg: float, weight_kg: float, **fields: Any) -> dict[str, Any]:
+    return {"drug": "ketamine_iv", "dose_mg": dose_mg, "weight_kg": weight_kg, **fields}
+
 
 BOUNDARIES: dict[str, list[Case]] = {
     # Pre-dose hold: above 140/90, above 150 systolic at 65 and over; only before dosing.
@@ -312,46 +416,149 @@ BOUNDARIES: dict[str, list[Case]] = {
         case("bp", set(), "hold-post-dose-no", phase="post_dose", systolic=155, diastolic=95),
         case("bp", set(), "hold-discharge-no", phase="discharge", systolic=155, diastolic=95),
         case("bp", {HOLD, G3}, "hold-and-g3-pre-dose", phase=PRE, systolic=165, diastolic=95),
+        case("bp", {HOLD, SEVERE}, "hold-and-severe", phase=PRE, systolic=200, diastolic=125),
+        # On any kind that carries a pre-dose pressure.
+        case("dis", {HOLD}, "hold-on-dissociation", phase=PRE, systolic=141, diastolic=80),
+        case("dis", set(), "hold-on-dissociation-140-no", phase=PRE, systolic=140, diastolic=80),
     ],
-    # CTCAE grade 3: 160/100, but not once markedly abnormal or a crisis.
+    # CTCAE grade 3: 160/100, below 180/110 (markedly abnormal and beyond).
     "ctcae-grade-3": [
         case("bp", set(), "g3-159/99-no", systolic=159, diastolic=99),
         case("bp", {G3}, "g3-160/80", systolic=160, diastolic=80),
         case("bp", {G3}, "g3-150/100", systolic=150, diastolic=100),
         case("bp", {G3}, "g3-179/109", systolic=179, diastolic=109),
+        case("ae", {FALL, G3}, "g3-on-adverse-event", systolic=165, diastolic=90),
     ],
-    # Markedly abnormal: 180 or 110, without crisis criteria.
+    # Markedly abnormal: diastolic 110-119 with systolic below 180.
     "markedly-abnormal": [
-        case("bp", {MARKED}, "marked-180/100", systolic=180, diastolic=100),
         case("bp", {MARKED}, "marked-170/110", systolic=170, diastolic=110),
-        case("bp", {MARKED}, "marked-179/120", systolic=179, diastolic=120),
-        case("bp", {MARKED}, "marked-180/120", systolic=180, diastolic=120),
+        case("bp", {G3}, "marked-170/109-g3", systolic=170, diastolic=109),
+        case("bp", {MARKED}, "marked-179/119", systolic=179, diastolic=119),
+        case("bp", {SEVERE}, "marked-179/120-severe", systolic=179, diastolic=120),
+        case("bp", {SEVERE}, "marked-180/110-severe", systolic=180, diastolic=110),
+        case("dis", {MARKED}, "marked-on-dissociation", systolic=150, diastolic=112),
     ],
-    # Hypertensive crisis: above 180 or 120, or any symptom with any reading.
+    # Severe hypertension (ACC/AHA 2017): 180 or 120 without a target-organ symptom.
+    "severe-hypertension": [
+        case("bp", {SEVERE}, "severe-180/100", systolic=180, diastolic=100),
+        case("bp", {G3}, "severe-179/100-g3", systolic=179, diastolic=100),
+        case("bp", {SEVERE}, "severe-150/120", systolic=150, diastolic=120),
+        case("bp", {MARKED}, "severe-150/119-marked", systolic=150, diastolic=119),
+        case("bp", {SEVERE}, "severe-190/100", systolic=190, diastolic=100),
+        case("bp", {SEVERE}, "severe-empty-symptoms", systolic=185, diastolic=100, symptoms=[]),
+        case("dis", {SEVERE}, "severe-on-dissociation", systolic=185, diastolic=100),
+        case("mis", {SEVERE}, "severe-on-misuse-concern", systolic=150, diastolic=120),
+    ],
+    # Hypertensive emergency: 180 or 120 with a target-organ symptom.
     "hypertensive-crisis": [
-        case("bp", {CRISIS}, "crisis-181/100", systolic=181, diastolic=100),
-        case("bp", {CRISIS}, "crisis-170/121", systolic=170, diastolic=121),
+        case(
+            "bp", {CRISIS}, "crisis-180/100", systolic=180, diastolic=100, symptoms=["chest_pain"]
+        ),
         case(
             "bp",
-            {CRISIS},
-            "crisis-symptom-normal-bp",
-            systolic=118,
-            diastolic=76,
+            {G3, TARGET},
+            "crisis-179/100-target-organ",
+            systolic=179,
+            diastolic=100,
+            symptoms=["chest_pain"],
+        ),
+        case("bp", {CRISIS}, "crisis-170/120", systolic=170, diastolic=120, symptoms=["seizure"]),
+        case(
+            "bp",
+            {MARKED, TARGET},
+            "crisis-170/119-target-organ",
+            systolic=170,
+            diastolic=119,
             symptoms=["seizure"],
         ),
         case(
-            "bp", {CRISIS}, "crisis-symptom-g3", systolic=165, diastolic=95, symptoms=["chest_pain"]
-        ),
-        case(
             "bp",
             {CRISIS},
-            "crisis-symptoms-marked",
+            "crisis-symptoms-180/110",
             systolic=180,
             diastolic=110,
             symptoms=["visual_change", "confusion"],
         ),
-        case("bp", {HOLD, CRISIS}, "crisis-pre-dose", phase=PRE, systolic=200, diastolic=125),
+        case(
+            "bp",
+            {HOLD, CRISIS},
+            "crisis-pre-dose",
+            phase=PRE,
+            systolic=200,
+            diastolic=125,
+            symptoms=["severe_headache"],
+        ),
+    ],
+    # A target-organ symptom below 180/120: critical, an event of its own.
+    "target-organ-symptom": [
+        *(
+            case("bp", {TARGET}, f"target-organ-{s}", systolic=118, diastolic=76, symptoms=[s])
+            for s in SYMPTOMS
+        ),
+        case(
+            "bp",
+            {G3, TARGET},
+            "target-organ-g3",
+            systolic=165,
+            diastolic=95,
+            symptoms=["chest_pain"],
+        ),
         case("bp", set(), "no-symptoms-empty-list", systolic=120, diastolic=80, symptoms=[]),
+    ],
+    # Hypotension: below 90/60 high; below 80 systolic or syncope urgent.
+    "hypotension": [
+        case("bp", {HYPO}, "hypo-89/70", systolic=89, diastolic=70),
+        case("bp", set(), "hypo-90/70-no", systolic=90, diastolic=70),
+        case("bp", {HYPO}, "hypo-110/59", systolic=110, diastolic=59),
+        case("bp", set(), "hypo-110/60-no", systolic=110, diastolic=60),
+        case("bp", {HYPO_SEVERE}, "hypo-79/50-severe", systolic=79, diastolic=50),
+        case("bp", {HYPO}, "hypo-80/50", systolic=80, diastolic=50),
+        case("bp", {HYPO_SEVERE}, "syncope-normal-bp", systolic=120, diastolic=80, syncope=True),
+        case("bp", set(), "no-syncope-no", systolic=120, diastolic=80, syncope=False),
+        case("bp", {HYPO_SEVERE}, "syncope-and-hypo", systolic=85, diastolic=55, syncope=True),
+        # The review's example: 70/40 with a pulse of 38 was grade 0 and raised nothing.
+        case(
+            "bp",
+            {HYPO_SEVERE, HR_SEVERE},
+            "review-70/40-pulse-38",
+            systolic=70,
+            diastolic=40,
+            pulse=38,
+        ),
+        case("dis", {HYPO}, "hypo-on-dissociation", systolic=85, diastolic=55),
+        case("ae", {FALL, HYPO_SEVERE}, "syncope-on-adverse-event", syncope=True),
+        case("dis", {HYPO_SEVERE}, "syncope-without-pressure", syncope=True),
+    ],
+    # Heart rate: below 50 or above 130 high; below 40 or above 150 urgent.
+    "heart-rate": [
+        case("bp", {HR}, "pulse-49", pulse=49),
+        case("bp", set(), "pulse-50-no", pulse=50),
+        case("bp", set(), "pulse-130-no", pulse=130),
+        case("bp", {HR}, "pulse-131", pulse=131),
+        case("bp", {HR_SEVERE}, "pulse-39", pulse=39),
+        case("bp", {HR}, "pulse-40", pulse=40),
+        case("bp", {HR}, "pulse-150", pulse=150),
+        case("bp", {HR_SEVERE}, "pulse-151", pulse=151),
+        case("ae", {FALL, HR_SEVERE}, "pulse-151-on-adverse-event", pulse=151),
+        case("mis", {HR}, "pulse-45-on-misuse-concern", pulse=45),
+        case("dis", set(), "pulse-72-on-dissociation-no", pulse=72),
+    ],
+    # Breathing: RR below 10 or SpO2 below 94 high; RR below 8, SpO2 below 90 or
+    # respiratory depression observed critical.
+    "breathing": [
+        case("dis", {BREATHING}, "rr-9", respiratory_rate=9),
+        case("dis", set(), "rr-10-no", respiratory_rate=10),
+        case("dis", {RESP}, "rr-7", respiratory_rate=7),
+        case("dis", {BREATHING}, "rr-8", respiratory_rate=8),
+        case("dis", {BREATHING}, "spo2-93", spo2=93),
+        case("dis", set(), "spo2-94-no", spo2=94),
+        case("dis", {RESP}, "spo2-89", spo2=89),
+        case("dis", {BREATHING}, "spo2-90", spo2=90),
+        case("dis", {RESP}, "respiratory-depression", respiratory_depression=True, spo2=97),
+        case("dis", {RESP}, "respiratory-depression-and-93", respiratory_depression=True, spo2=93),
+        case("ae", {FALL, RESP}, "spo2-88-on-adverse-event", spo2=88),
+        case("bp", {BREATHING}, "rr-9-on-blood-pressure", respiratory_rate=9),
+        case("mis", {BREATHING}, "spo2-93-on-misuse-concern", spo2=93),
     ],
     # Sedation: MOAA/S 3 and 2 high, 1 urgent, 0 critical.
     "sedation": [
@@ -362,15 +569,10 @@ BOUNDARIES: dict[str, list[Case]] = {
         case("dis", {SED1}, "moaa-s-1", moaa_s=1),
         case("dis", {LOC}, "moaa-s-0", moaa_s=0),
     ],
-    # Respiratory depression: SpO2 below 90, or observed.
-    "respiratory-depression": [
-        case("dis", {RESP}, "spo2-89", spo2=89),
-        case("dis", set(), "spo2-90-no", spo2=90),
-        case("dis", {RESP}, "respiratory-depression", respiratory_depression=True, spo2=97),
-    ],
-    # Dissociation: CADSS above 4.
+    # Dissociation with CADSS above 4 is counted, not queued: the rule is disabled.
     "dissociation-present": [
-        case("dis", {DISSOC}, "cadss-5", cadss_total=5),
+        case("dis", set(), "cadss-5-not-queued", cadss_total=5),
+        case("dis", set(), "cadss-92-not-queued", cadss_total=92),
         case("dis", set(), "cadss-4-no", cadss_total=4),
     ],
     # Not resolved at 120 minutes.
@@ -381,7 +583,7 @@ BOUNDARIES: dict[str, list[Case]] = {
         case("dis", set(), "unresolved-no-minutes-no", resolved=False),
         case(
             "dis",
-            {LOC, RESP, DISSOC, UNRESOLVED},
+            {LOC, RESP, UNRESOLVED},
             "dissociation-everything",
             moaa_s=0,
             spo2=80,
@@ -390,18 +592,95 @@ BOUNDARIES: dict[str, list[Case]] = {
             minutes_after_dose=180,
         ),
     ],
-    # Any seriousness flag, on any kind.
+    # Suicidality: C-SSRS Q4, Q5 or Q6 critical; Q1-Q3 or PHQ-9 item 9 of 1 or more high.
+    "suicidality": [
+        case("ae", set(), "cssrs-all-no", **suicidality(cssrs=cssrs())),
+        *(case("ae", {IDEATION}, f"cssrs-q{q}", **suicidality(cssrs=cssrs(q))) for q in (1, 2, 3)),
+        *(case("ae", {SUICIDAL}, f"cssrs-q{q}", **suicidality(cssrs=cssrs(q))) for q in (4, 5, 6)),
+        case("ae", {SUICIDAL}, "cssrs-q1-q2-q3-q6", **suicidality(cssrs=cssrs(1, 2, 3, 6))),
+        case("ae", set(), "phq9-0-no", **suicidality(phq9_item9=0)),
+        case("ae", {IDEATION}, "phq9-1", **suicidality(phq9_item9=1)),
+        case("ae", {IDEATION}, "phq9-3", **suicidality(phq9_item9=3)),
+        case("ae", {IDEATION}, "phq9-1-cssrs-no", **suicidality(phq9_item9=1, cssrs=cssrs())),
+        case("ae", {SUICIDAL}, "phq9-3-and-q4", **suicidality(phq9_item9=3, cssrs=cssrs(4))),
+    ],
+    # Emergence reaction: rescue medication high; transfer to an ED urgent.
+    "emergence-reaction": [
+        case("ae", set(), "emergence-neither-no", **emergence(False, False)),
+        case("ae", {RESCUE}, "emergence-rescue", **emergence(True, False)),
+        case("ae", {ED}, "emergence-ed-transfer", **emergence(False, True)),
+        case("ae", {ED}, "emergence-rescue-and-ed", **emergence(True, True)),
+    ],
+    # Vomiting at MOAA/S 3 or less: urgent (aspiration); the sedation rules are for
+    # dissociation reports.
+    "vomiting": [
+        *(
+            case(
+                "ae",
+                {VOMITING} if moaa_s <= 3 else set(),
+                f"vomiting-moaa-s-{moaa_s}",
+                category="vomiting",
+                verbatim_term="Vomited in the chair",
+                moaa_s=moaa_s,
+            )
+            for moaa_s in (5, 4, 3, 0)
+        ),
+    ],
+    # Falls, pregnancy exposure, and the category "other" (seriousness decides).
+    "other-adverse-events": [
+        case("ae", {FALL}, "fall"),
+        case(
+            "ae",
+            {PREGNANCY},
+            "pregnancy-exposure",
+            category="pregnancy_exposure",
+            verbatim_term="Positive pregnancy test at week 3",
+        ),
+        case("ae", set(), "other-no", category="other", verbatim_term="Metallic taste"),
+    ],
+    # Urological: dysuria, frequency or pelvic pain high; haematuria urgent.
+    "urological": [
+        *(
+            case("ae", {URO}, f"urological-{s}", **urological(s))
+            for s in ("dysuria", "frequency", "pelvic_pain")
+        ),
+        case("ae", {URO}, "urological-three", **urological("dysuria", "frequency", "pelvic_pain")),
+        case("ae", {HAEMATURIA}, "urological-haematuria", **urological("haematuria")),
+        case(
+            "ae",
+            {HAEMATURIA},
+            "urological-dysuria-and-haematuria",
+            **urological("dysuria", "haematuria"),
+        ),
+    ],
+    # IV ketamine above 1.0 mg/kg or an infusion shorter than 40 minutes: high.
+    "dose-off-protocol": [
+        case("bp", set(), "iv-1.0-mg-per-kg-no", **iv_dose(70, 70)),
+        case("bp", {DOSE}, "iv-1.01-mg-per-kg", **iv_dose(70.7, 70)),
+        case("dis", set(), "iv-80.5-kg-exactly-1.0-no", **iv_dose(80.5, 80.5)),
+        case("dis", {DOSE}, "iv-on-dissociation", **iv_dose(100, 70)),
+        case("ae", {FALL, DOSE}, "iv-on-adverse-event", **iv_dose(100, 70)),
+        case("dis", set(), "iv-infusion-40-no", **iv_dose(35, 70, infusion_minutes=40)),
+        case("dis", {DOSE}, "iv-infusion-39", **iv_dose(35, 70, infusion_minutes=39)),
+        case("dis", set(), "iv-no-dose-no", drug="ketamine_iv", weight_kg=70),
+        case("dis", set(), "im-1.43-mg-per-kg-no", **iv_dose(100, 70, drug="ketamine_im")),
+        case("bp", set(), "esketamine-84-mg-40-kg-no", dose_mg=84, weight_kg=40),
+        case("mis", set(), "oral-4-mg-per-kg-no", drug="ketamine_oral", dose_mg=200, weight_kg=50),
+    ],
+    # Any seriousness flag, on any patient kind (death with outcome fatal).
     "serious-adverse-event": [
         *(
-            case(kind, {SERIOUS}, f"serious-{flag}-{kind}", seriousness=[flag], **extra)
+            case(
+                kind,
+                {SERIOUS},
+                f"serious-{flag}-{kind}",
+                seriousness=[flag],
+                **FATAL_IF_DEATH.get(flag, {}),
+                **extra,
+            )
             for (kind, extra), flag in zip(
-                [
-                    ("bp", {"systolic": 120, "diastolic": 80}),
-                    ("dis", {}),
-                    ("mis", {"concern_type": "patient_behaviour", **NO_QUANTITIES}),
-                ]
-                * 2,
-                SERIOUSNESS,
+                PATIENT_KINDS * 2,
+                [*SERIOUSNESS, "death", "hospitalization"],
                 strict=True,
             )
         ),
@@ -409,27 +688,61 @@ BOUNDARIES: dict[str, list[Case]] = {
             "bp",
             {SERIOUS, MARKED},
             "serious-and-marked",
-            systolic=180,
+            systolic=179,
             diastolic=115,
             seriousness=["hospitalization", "disability"],
         ),
     ],
-    # Misuse: theft and loss critical; any discrepancy high; other concerns no alert.
+    # A patient's misuse concern: DAST-10 of 3 or more high; one concern alone nothing.
     "misuse-concern": [
-        case("mis", {THEFT}, "theft", concern_type="theft"),
-        case("mis", {THEFT}, "loss", concern_type="loss"),
-        case("mis", {DISCREPANCY}, "inventory-discrepancy", concern_type="inventory_discrepancy"),
-        case(
-            "mis", set(), "patient-behaviour-no", concern_type="patient_behaviour", **NO_QUANTITIES
+        case("mis", set(), "drug-seeking-no"),
+        *(
+            case("mis", set(), f"{concern}-no", concern_type=concern)
+            for concern in (
+                "patient_behaviour",
+                "extra_dose_request",
+                "patient_tampering",
+                "positive_drug_screen",
+            )
         ),
-        case("mis", set(), "staff-suspected-no", concern_type="staff_suspected", **NO_QUANTITIES),
-        case("mis", set(), "device-tampered-no", concern_type="device_tampered", **NO_QUANTITIES),
+        case("mis", set(), "dast10-2-no", dast10_score=2),
+        case("mis", {DAST}, "dast10-3", dast10_score=3),
+        case("mis", {DAST}, "dast10-10", dast10_score=10),
         case(
             "mis",
-            {THEFT, SERIOUS},
-            "theft-and-serious",
-            concern_type="theft",
+            {DAST, SERIOUS},
+            "dast10-and-serious",
+            dast10_score=6,
             seriousness=["other_medically_important"],
+        ),
+    ],
+    # Stock incidents: theft and loss critical (DEA), discrepancy high, staff diversion
+    # urgent, tampered device high.
+    "stock-incident": [
+        case("stock", {THEFT}, "theft", incident_type="theft"),
+        case("stock", {THEFT}, "loss", incident_type="loss"),
+        case(
+            "stock", {DISCREPANCY}, "inventory-discrepancy", incident_type="inventory_discrepancy"
+        ),
+        case(
+            "stock",
+            {DIVERSION},
+            "suspected-staff-diversion",
+            incident_type="suspected_staff_diversion",
+            **NO_QUANTITIES,
+        ),
+        case(
+            "stock", {TAMPERED}, "device-tampered", incident_type="device_tampered", **NO_QUANTITIES
+        ),
+        case(
+            "stock",
+            {TAMPERED},
+            "device-tampered-with-lot",
+            incident_type="device_tampered",
+            expected_quantity=None,
+            actual_quantity=1,
+            unit="device",
+            lot="LOT-42",
         ),
     ],
 }
@@ -455,8 +768,14 @@ async def test_default_rule_boundaries(
     wrong: dict[str, tuple[set[str], set[str]]] = {}
     for i, c in enumerate(cases):
         patient = f"PT-B{i}"
-        occurred_at = (BASE - timedelta(days=31 * i)).isoformat()
-        body = make(c.kind, **{"patient_ref": patient, "occurred_at": occurred_at, **c.overrides})
+        moment = (BASE - timedelta(days=31 * i)).isoformat()
+        # A stock incident names no patient; its time is when it was discovered.
+        own = (
+            {"discovered_at": moment}
+            if c.kind == "stock"
+            else {"patient_ref": patient, "occurred_at": moment}
+        )
+        body = make(c.kind, **{**own, **c.overrides})
         report = await create_report(client, nurse, body)
         alerts = await alerts_of(db, report["id"])
         got = {a["rule_id"] for a in alerts}
@@ -477,28 +796,57 @@ def test_boundary_cases_cover_every_default_rule() -> None:
     for cases in BOUNDARIES.values():
         for c in cases:
             covered |= c.expected
-    assert covered == set(SEVERITY) - PATTERNS
+    # Every enabled rule on one report fires in some case; the disabled one in none.
+    assert covered == set(SEVERITY) - PATTERNS - DISABLED
 
 
 async def test_default_rule_set_is_what_the_tests_expect(db: asyncpg.Connection[Any]) -> None:
-    rows = await db.fetch("SELECT id, version, severity, enabled, definition FROM alert_rules")
+    rows = await db.fetch(
+        "SELECT id, version, severity, enabled, protected, definition FROM alert_rules"
+    )
     assert {r["id"]: r["severity"] for r in rows} == SEVERITY
-    assert all(r["version"] == default_version(r["id"]) and r["enabled"] for r in rows)
+    assert {r["id"]: r["version"] for r in rows} == {r: default_version(r) for r in SEVERITY}
+    assert {r["id"] for r in rows if not r["enabled"]} == DISABLED
+    assert {r["id"] for r in rows if r["protected"]} == PROTECTED
     grouped = {r["id"] for r in rows if r["definition"]["group_by"] == "clinic"}
     assert grouped == CLINIC_GROUPED
     assert {r["id"] for r in rows if r["definition"]["pattern"]} == PATTERNS
     assert {r["id"] for r in rows if r["definition"]["dea_deadlines"]} == {THEFT}
-    versions = await db.fetch("SELECT rule_id, version, definition FROM alert_rule_versions")
-    assert {(v["rule_id"], v["version"]) for v in versions} == {(r["id"], 1) for r in rows} | {
-        (rule_id, 2) for rule_id in PROTECTED
+    # The cluster counts distinct patients; the other patterns count reports.
+    counted = {
+        r["id"]: r["definition"]["pattern"].get("count", "reports")
+        for r in rows
+        if r["definition"]["pattern"]
     }
+    assert counted == {p: "patients" if p == CLUSTER else "reports" for p in PATTERNS}
+    # Every version of every rule is kept, from 1 to the one in force.
+    versions = await db.fetch("SELECT rule_id, version FROM alert_rule_versions")
+    assert {(v["rule_id"], v["version"]) for v in versions} == {
+        (rule_id, version)
+        for rule_id in SEVERITY
+        for version in range(1, default_version(rule_id) + 1)
+    }
+
+
+async def test_doses_off_the_label_are_refused_before_any_rule_runs(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """The review's 560 mg of nasal esketamine (a typo for 56) is a 422, as is an IV
+    ketamine dose without the weight the mg/kg rule needs."""
+    typo = await post_report(client, nurse, make("bp", dose_mg=560))
+    assert errors_of(typo) == [("dose_mg", "esketamine_dose")]
+    no_weight = await post_report(client, nurse, make("dis", dose_mg=35))
+    assert errors_of(no_weight) == [("weight_kg", "required")]
+    assert await stored(db) == NOTHING
+    report = await create_report(client, nurse, make("bp", dose_mg=56))
+    assert await fired(db, report["id"]) == set()
 
 
 # --- theft and loss: DEA deadlines ------------------------------------------------
 
 
 DEA_CASES = [
-    # concern, occurred_at, DEA notice due (one business day later), as the case name
+    # incident, discovered_at, DEA notice due (one business day later), as the case name
     ("theft", "2026-01-15T12:00:00Z", "2026-01-16T12:00:00Z"),  # Thursday: Friday
     ("loss", "2026-01-16T12:00:00Z", "2026-01-19T12:00:00Z"),  # Friday: Monday
     ("theft", "2026-01-17T08:00:00Z", "2026-01-19T08:00:00Z"),  # Saturday: Monday
@@ -511,18 +859,57 @@ DEA_CASES = [
 async def test_theft_and_loss_carry_dea_deadlines(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
-    for concern, occurred_at, notice_due in DEA_CASES:
-        body = make("mis", concern_type=concern, occurred_at=occurred_at)
+    for incident, discovered_at, notice_due in DEA_CASES:
+        body = make("stock", incident_type=incident, discovered_at=discovered_at)
         report = await create_report(client, nurse, body)
+        assert report["patient_ref"] is None
         alert = await db.fetchrow(
             "SELECT * FROM alerts WHERE rule_id = $1 AND status = 'open'", THEFT
         )
-        assert alert is not None, occurred_at
+        assert alert is not None, discovered_at
         await assert_opened(db, alert, report["id"])
-        occurred = datetime.fromisoformat(occurred_at)
-        assert alert["dea_notice_due"] == datetime.fromisoformat(notice_due), occurred_at
-        assert alert["dea_form106_due"] == occurred + timedelta(days=45), occurred_at
+        discovered = datetime.fromisoformat(discovered_at)
+        assert alert["dea_notice_due"] == datetime.fromisoformat(notice_due), discovered_at
+        assert alert["dea_form106_due"] == discovered + timedelta(days=45), discovered_at
         await resolve_all(db)
+
+
+async def test_a_theft_stored_as_a_misuse_concern_still_fires_on_amendment(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """A theft filed as a misuse concern before stock incidents existed keeps the rules
+    it was created with: amended, it raises the theft alert with its DEA due dates."""
+    refused = await post_report(client, nurse, make("mis", concern_type="theft"))
+    assert ("concern_type", "use_stock_incident") in errors_of(refused)
+    report = await create_report(client, nurse, make("mis", patient_ref="PT-L"))
+    assert await fired(db, report["id"]) == set()
+    # As a report stored before: its body rewritten to the theft of old (past the
+    # append-only trigger, for this one statement).
+    async with db.transaction():
+        await db.execute("ALTER TABLE report_versions DISABLE TRIGGER report_versions_append_only")
+        await db.execute(
+            "UPDATE report_versions SET body = body || $2::jsonb WHERE report_id = $1::uuid",
+            report["id"],
+            {"concern_type": "theft", "expected_quantity": 10, "actual_quantity": 8, "unit": "ml"},
+        )
+        await db.execute("ALTER TABLE report_versions ENABLE TRIGGER report_versions_append_only")
+    response = await amend(
+        client, nurse, report["id"], {"reason": "count checked", "actual_quantity": 7}
+    )
+    assert response.status_code == 201, response.text
+    amended = response.json()
+    assert (amended["version"], amended["body"]["concern_type"]) == (2, "theft")
+    assert await fired(db, report["id"]) == {THEFT}
+    alert = await only_alert(db, THEFT)
+    assert await links(db, alert["id"]) == {(report["id"], 2)}
+    await assert_opened(db, alert, report["id"])
+    # The misuse concern's time (Thursday 15 January, 12:00 UTC) is the discovery.
+    assert alert["dea_notice_due"] == datetime(2026, 1, 16, 12, 0, tzinfo=UTC)
+    # A stock concern of old is no patient's misuse: it does not count for the patient.
+    later = make("mis", patient_ref="PT-L", occurred_at="2026-01-20T12:00:00Z")
+    (concern,) = await post_all(client, nurse, [later])
+    assert await fired(db, concern) == set()
+    assert await rule_alerts(db, MISUSE) == []
 
 
 # --- patterns ---------------------------------------------------------------------
@@ -531,8 +918,8 @@ async def test_theft_and_loss_carry_dea_deadlines(
 def high_bp(
     patient: str, days: float, clinic: str = "C1", minutes: float = 0, **overrides: Any
 ) -> dict[str, Any]:
-    """Markedly abnormal (urgent); a different patient per report keeps the patient
-    pattern out of the way."""
+    """Severe hypertension after the dose (urgent); a different patient per report keeps
+    the patient pattern out of the way."""
     return make(
         "bp",
         clinic,
@@ -542,16 +929,16 @@ def high_bp(
     )
 
 
-async def test_bp_cluster_fires_on_the_third_report_within_7_days(
+async def test_bp_cluster_fires_on_the_third_patient_within_7_days(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     first, second = await post_all(
         client, nurse, [high_bp("PT-A", 0), high_bp("PT-B", 3, systolic=210)]
     )
     assert await rule_alerts(db, CLUSTER) == []
-    assert await fired(db, second) == {CRISIS}
+    assert await fired(db, second) == {SEVERE}
     (third,) = await post_all(client, nurse, [high_bp("PT-C", 7, minutes=-1)])
-    assert await fired(db, third) == {MARKED, CLUSTER}
+    assert await fired(db, third) == {SEVERE, CLUSTER}
     alert = await only_alert(db, CLUSTER)
     assert alert["from_pattern"] is True
     assert alert["report_count"] == 3
@@ -575,10 +962,64 @@ async def test_bp_cluster_counts_systolic_180_only(
         [
             high_bp("PT-A", 0),
             high_bp("PT-B", 1),
-            high_bp("PT-C", 2, systolic=179, diastolic=115),
+            high_bp("PT-C", 2, systolic=179, diastolic=119),
         ],
     )
     assert await rule_alerts(db, CLUSTER) == []
+
+
+async def test_re_checks_of_one_patient_are_not_a_cluster(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    await post_all(
+        client,
+        nurse,
+        [high_bp("PT-A", 0), high_bp("PT-A", 0, minutes=15), high_bp("PT-A", 0, minutes=30)],
+    )
+    assert await rule_alerts(db, CLUSTER) == []
+    # Two patients, however many readings, are not three.
+    await post_all(client, nurse, [high_bp("PT-B", 1)])
+    assert await rule_alerts(db, CLUSTER) == []
+    # A third patient makes the cluster, which holds every reading of the three.
+    (third,) = await post_all(client, nurse, [high_bp("PT-C", 2)])
+    alert = await only_alert(db, CLUSTER)
+    assert alert["report_count"] == 5
+    assert (third, 1) in await links(db, alert["id"])
+
+
+async def test_pre_dose_readings_are_not_a_cluster(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    first, second, pre = await post_all(
+        client,
+        nurse,
+        [high_bp("PT-A", 0), high_bp("PT-B", 1), high_bp("PT-C", 2, phase="pre_dose")],
+    )
+    assert await fired(db, pre) == {HOLD, SEVERE}
+    assert await rule_alerts(db, CLUSTER) == []
+    # The same patient after the dose counts.
+    (post,) = await post_all(client, nurse, [high_bp("PT-C", 2, minutes=40)])
+    alert = await only_alert(db, CLUSTER)
+    assert await links(db, alert["id"]) == {(first, 1), (second, 1), (post, 1)}
+
+
+async def test_bp_cluster_counts_readings_on_any_patient_kind(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    reading: dict[str, Any] = {"phase": "post_dose", "systolic": 185, "diastolic": 100}
+    await post_all(
+        client,
+        nurse,
+        [
+            high_bp("PT-A", 0),
+            make("dis", patient_ref="PT-B", occurred_at=at(1), **reading),
+        ],
+    )
+    assert await rule_alerts(db, CLUSTER) == []
+    (third,) = await post_all(
+        client, nurse, [make("ae", patient_ref="PT-C", occurred_at=at(2), **reading)]
+    )
+    assert await fired(db, third) == {FALL, SEVERE, CLUSTER}
 
 
 async def test_bp_cluster_over_more_than_7_days_does_not_fire(
@@ -614,22 +1055,17 @@ async def test_bp_cluster_does_not_depend_on_submission_order(
     assert alert["report_count"] == 3
 
 
-def discrepancy(days: float, patient: str = "PT-003", minutes: float = 0) -> dict[str, Any]:
-    return make(
-        "mis",
-        concern_type="inventory_discrepancy",
-        occurred_at=at(days, minutes),
-        patient_ref=patient,
-    )
+def discrepancy(days: float, minutes: float = 0) -> dict[str, Any]:
+    return make("stock", incident_type="inventory_discrepancy", discovered_at=at(days, minutes))
 
 
 async def test_pattern_of_discrepancies_fires_on_the_third_in_30_days(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
-    first, second = await post_all(client, nurse, [discrepancy(0), discrepancy(10, "PT-X")])
+    first, second = await post_all(client, nurse, [discrepancy(0), discrepancy(10)])
     assert await rule_alerts(db, DISCREPANCIES) == []
     assert await fired(db, second) == {DISCREPANCY}
-    (third,) = await post_all(client, nurse, [discrepancy(30, "PT-Y", minutes=-1)])
+    (third,) = await post_all(client, nurse, [discrepancy(30, minutes=-1)])
     assert await fired(db, third) == {DISCREPANCY, DISCREPANCIES}
     alert = await only_alert(db, DISCREPANCIES)
     assert alert["report_count"] == 3
@@ -637,7 +1073,7 @@ async def test_pattern_of_discrepancies_fires_on_the_third_in_30_days(
     await assert_opened(db, alert, third)
 
 
-async def test_pattern_of_discrepancies_ignores_other_concerns_and_old_ones(
+async def test_pattern_of_discrepancies_ignores_other_incidents_and_old_ones(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     await post_all(
@@ -645,8 +1081,8 @@ async def test_pattern_of_discrepancies_ignores_other_concerns_and_old_ones(
         nurse,
         [
             discrepancy(0),
-            make("mis", concern_type="theft", occurred_at=at(31)),
-            make("mis", concern_type="loss", occurred_at=at(32)),
+            make("stock", incident_type="theft", discovered_at=at(31)),
+            make("stock", incident_type="loss", discovered_at=at(32)),
             discrepancy(30, minutes=1),
             discrepancy(31),
         ],
@@ -654,11 +1090,51 @@ async def test_pattern_of_discrepancies_ignores_other_concerns_and_old_ones(
     assert await rule_alerts(db, DISCREPANCIES) == []
 
 
+def concern(patient: str, days: float, clinic: str = "C1", **overrides: Any) -> dict[str, Any]:
+    return make("mis", clinic, patient_ref=patient, occurred_at=at(days), **overrides)
+
+
+async def test_patient_misuse_fires_on_the_second_concern_within_90_days(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    (first,) = await post_all(client, nurse, [concern("PT-A", 0)])
+    assert await fired(db, first) == set()
+    second_body = concern("PT-A", 90, concern_type="positive_drug_screen")
+    second_body["occurred_at"] = at(90, minutes=-1)
+    (second,) = await post_all(client, nurse, [second_body])
+    assert await fired(db, second) == {MISUSE}
+    alert = await only_alert(db, MISUSE)
+    assert (alert["group_by"], alert["group_key"]) == ("patient", "PT-A")
+    assert alert["report_count"] == 2
+    assert await links(db, alert["id"]) == {(first, 1), (second, 1)}
+    await assert_opened(db, alert, second, patient_ref="PT-A")
+
+
+async def test_patient_misuse_needs_90_days_the_same_patient_and_clinic(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    second_body = concern("PT-A", 90)
+    second_body["occurred_at"] = at(90, minutes=1)
+    await post_all(
+        client,
+        nurse,
+        [
+            concern("PT-A", 0),
+            second_body,
+            concern("PT-B", 100),
+            concern("PT-C", 101),
+            concern("PT-D", 102),
+            concern("PT-D", 103, clinic="C2"),
+        ],
+    )
+    assert await rule_alerts(db, MISUSE) == []
+
+
 async def test_repeated_urgent_fires_on_the_second_for_one_patient(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     (first,) = await post_all(client, nurse, [high_bp("PT-A", 0)])
-    assert await fired(db, first) == {MARKED}
+    assert await fired(db, first) == {SEVERE}
     # Another kind, critical, for the same patient, 29 days later.
     second_body = make("dis", patient_ref="PT-A", occurred_at=at(29), moaa_s=0)
     (second,) = await post_all(client, nurse, [second_body])
@@ -687,7 +1163,8 @@ async def test_repeated_urgent_needs_urgent_or_critical(
             high_bp("PT-A", 0),
             high_bp("PT-A", 1, systolic=170, diastolic=100),  # grade 3: high
             make("dis", patient_ref="PT-A", occurred_at=at(2), moaa_s=3),  # high
-            make("dis", patient_ref="PT-A", occurred_at=at(3), cadss_total=30),  # info
+            make("dis", patient_ref="PT-A", occurred_at=at(3), cadss_total=30),  # not queued
+            make("ae", patient_ref="PT-A", occurred_at=at(4)),  # a fall: high
         ],
     )
     assert await rule_alerts(db, REPEATED) == []
@@ -717,6 +1194,85 @@ async def test_an_amended_away_urgent_event_does_not_count_for_the_patient(
     assert response.status_code == 201, response.text
     await post_all(client, nurse, [high_bp("PT-A", 1)])
     assert await rule_alerts(db, REPEATED) == []
+
+
+async def test_stock_incidents_never_feed_patient_rules(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """A stock incident names no patient: no rule grouped by patient runs on it or
+    counts it, not even one on any kind whose condition it meets."""
+    await db.execute(
+        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
+        " definition) VALUES ('any-iv-ketamine', 1, 'IV ketamine', 'high', 'Any report of"
+        " IV ketamine', true, $1)",
+        {
+            "kinds": [],
+            "when": {"field": "drug", "op": "==", "value": "ketamine_iv"},
+            "pattern": None,
+            "group_by": "patient",
+            "dea_deadlines": False,
+        },
+    )
+    (urgent,) = await post_all(client, nurse, [high_bp("PT-A", 0)])
+    thefts = await post_all(
+        client,
+        nurse,
+        [
+            make("stock", incident_type="theft", discovered_at=at(1)),
+            make("stock", incident_type="loss", discovered_at=at(2)),
+            make("stock", incident_type="suspected_staff_diversion", discovered_at=at(3)),
+        ],
+    )
+    for theft in thefts:
+        assert await fired(db, theft) <= CLINIC_GROUPED
+    assert await rule_alerts(db, REPEATED) == []
+    assert await rule_alerts(db, "any-iv-ketamine") == []
+    patient_alerts = await db.fetch("SELECT group_key FROM alerts WHERE group_by = 'patient'")
+    assert [a["group_key"] for a in patient_alerts] == ["PT-A"]
+    # The same rule fires on a patient's report of IV ketamine, and the patient's
+    # second urgent event is counted with the first, the stock incidents between not.
+    (sedated,) = await post_all(
+        client, nurse, [make("dis", patient_ref="PT-A", occurred_at=at(4), moaa_s=1)]
+    )
+    assert await fired(db, sedated) == {SED1, "any-iv-ketamine", REPEATED}
+    alert = await only_alert(db, REPEATED)
+    assert await links(db, alert["id"]) == {(urgent, 1), (sedated, 1)}
+
+
+async def test_stock_incidents_are_no_patients_for_a_distinct_patient_count(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """A clinic pattern that counts distinct patients counts none for a stock incident,
+    even when the incident meets its condition."""
+    await db.execute(
+        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
+        " definition) VALUES ('iv-patients', 1, 'IV ketamine patients', 'high', 'Two"
+        " patients on IV ketamine', true, $1)",
+        {
+            "kinds": [],
+            "when": {"field": "drug", "op": "==", "value": "ketamine_iv"},
+            "pattern": {"min_count": 2, "window_days": 7, "count": "patients"},
+            "group_by": "clinic",
+            "dea_deadlines": False,
+        },
+    )
+    first, stock = await post_all(
+        client,
+        nurse,
+        [
+            make("dis", patient_ref="PT-A", occurred_at=at(0)),
+            make("stock", incident_type="loss", discovered_at=at(1)),
+        ],
+    )
+    assert await fired(db, stock) == {THEFT}
+    assert await rule_alerts(db, "iv-patients") == []
+    (second,) = await post_all(client, nurse, [make("dis", patient_ref="PT-B", occurred_at=at(2))])
+    alert = await only_alert(db, "iv-patients")
+    assert await links(db, alert["id"]) == {(first, 1), (second, 1)}
+    # Nor does a stock incident join or touch the open alert.
+    await post_all(client, nurse, [make("stock", incident_type="loss", discovered_at=at(3))])
+    assert await links(db, alert["id"]) == {(first, 1), (second, 1)}
+    assert await event_actions(db, alert["id"]) == ["opened"]
 
 
 # --- grouping ---------------------------------------------------------------------
@@ -805,15 +1361,15 @@ async def test_same_patient_at_another_clinic_is_another_alert(
     assert [e["chain"] for e in entries] == ["clinic:C2"]
 
 
-async def test_clinic_grouped_rules_join_patients(
+async def test_clinic_grouped_rules_join_reports(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     first, second = await post_all(
         client,
         nurse,
         [
-            make("mis", patient_ref="PT-A", concern_type="theft"),
-            make("mis", patient_ref="PT-B", concern_type="loss", occurred_at=at(20)),
+            make("stock", incident_type="theft"),
+            make("stock", incident_type="loss", discovered_at=at(20)),
         ],
     )
     alert = await only_alert(db, THEFT)
@@ -841,7 +1397,7 @@ async def test_a_changed_definition_takes_effect(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     await db.execute(
-        "UPDATE alert_rules SET version = 2,"
+        "UPDATE alert_rules SET version = version + 1, enabled = true,"
         " definition = jsonb_set(definition, '{when,value}', '10') WHERE id = $1",
         DISSOC,
     )
@@ -888,16 +1444,49 @@ async def test_an_amendment_that_crosses_a_threshold_raises_the_alert(
     assert await event_actions(db, alert["id"]) == ["opened", "matched"]
 
 
-async def test_an_amendment_into_a_crisis_opens_the_crisis_alert(
+async def test_an_amendment_into_severe_hypertension_and_then_a_crisis(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
     report = await create_report(client, nurse, grade3())
     response = await amend(client, nurse, report["id"], {"reason": "typo", "systolic": 190})
     assert response.status_code == 201, response.text
     g3 = await only_alert(db, G3)
-    crisis = await only_alert(db, CRISIS)
+    severe = await only_alert(db, SEVERE)
     assert await links(db, g3["id"]) == {(report["id"], 1)}
-    assert await links(db, crisis["id"]) == {(report["id"], 2)}
+    assert await links(db, severe["id"]) == {(report["id"], 2)}
+    assert await rule_alerts(db, CRISIS) == []
+    response = await amend(
+        client, nurse, report["id"], {"reason": "chest pain", "symptoms": ["chest_pain"]}
+    )
+    assert response.status_code == 201, response.text
+    crisis = await only_alert(db, CRISIS)
+    assert await links(db, crisis["id"]) == {(report["id"], 3)}
+    assert await links(db, severe["id"]) == {(report["id"], 2)}
+
+
+async def test_the_disabled_dissociation_rule_fires_at_its_boundary_when_enabled(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """Counted, not queued by default; a network that wants the alert turns it on."""
+    (off,) = await post_all(client, nurse, [make("dis", cadss_total=5)])
+    assert await fired(db, off) == set()
+    await db.execute("UPDATE alert_rules SET enabled = true WHERE id = $1", DISSOC)
+    four, five = await post_all(
+        client,
+        nurse,
+        [
+            make("dis", patient_ref="PT-4", cadss_total=4),
+            make("dis", patient_ref="PT-5", cadss_total=5),
+        ],
+    )
+    assert await fired(db, four) == set()
+    assert await fired(db, five) == {DISSOC}
+    alert = await only_alert(db, DISSOC)
+    assert alert["severity"] == "info"
+    assert alert["ack_deadline"] is None
+    # The score stays in the report as given.
+    read = await client.get(f"/api/v1/reports/{off}", headers=nurse)
+    assert read.json()["body"]["cadss_total"] == 5
 
 
 # --- atomicity --------------------------------------------------------------------
@@ -938,7 +1527,7 @@ async def test_failed_evaluation_rolls_the_report_back(
     assert retry.status_code == 201, retry.text
     assert "Idempotency-Replayed" not in retry.headers
     assert await stored(db) == Stored(1, 1, 1)
-    assert await fired(db, retry.json()["id"]) == {CRISIS}
+    assert await fired(db, retry.json()["id"]) == {SEVERE}
 
 
 @pytest.mark.parametrize(

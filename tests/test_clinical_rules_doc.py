@@ -17,7 +17,17 @@ from typing import Any
 import asyncpg
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "clinical-rules.md"
-HEADER = ("rule", "kinds", "condition", "pattern", "group", "severity", "protected", "DEA")
+HEADER = (
+    "rule",
+    "kinds",
+    "condition",
+    "pattern",
+    "group",
+    "severity",
+    "enabled",
+    "protected",
+    "DEA",
+)
 # A row cites sources by key; the page defines each key in its Sources section.
 SOURCE_DEFINITION = re.compile(r"^- \*\*(?P<key>[A-Za-z0-9.-]+)\*\*: \S", re.MULTILINE)
 NONE = "-"
@@ -33,6 +43,7 @@ class RuleRow:
     pattern: str
     group: str
     severity: str
+    enabled: str
     protected: str
     dea: str
 
@@ -69,18 +80,26 @@ def condition_text(condition: dict[str, Any]) -> str:
     return " ".join(words)
 
 
+def pattern_text(pattern: dict[str, Any] | None) -> str:
+    """``3 in 30 days`` (matching reports), ``3 patients in 7 days`` (distinct patients)."""
+    if not pattern:
+        return NONE
+    counted = " patients" if pattern.get("count") == "patients" else ""
+    return f"{pattern['min_count']}{counted} in {pattern['window_days']} days"
+
+
 def row_of(rule: asyncpg.Record) -> RuleRow:
     definition = rule["definition"]
     if isinstance(definition, str):
         definition = json.loads(definition)
-    pattern = definition.get("pattern")
     return RuleRow(
         rule=rule["id"],
         kinds=", ".join(definition["kinds"]) or "any",
         condition=condition_text(definition["when"]),
-        pattern=f"{pattern['min_count']} in {pattern['window_days']} days" if pattern else NONE,
+        pattern=pattern_text(definition.get("pattern")),
         group=definition["group_by"],
         severity=rule["severity"],
+        enabled="yes" if rule["enabled"] else "no",
         protected="yes" if rule["protected"] else "no",
         dea="yes" if definition["dea_deadlines"] else "no",
     )
@@ -93,7 +112,7 @@ def _cells(line: str) -> list[str]:
 def documented_rules(text: str) -> tuple[dict[str, RuleRow], dict[str, list[str]]]:
     """The default-rules table: each rule's row, and the source keys each row cites."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if tuple(_cells(line)[:8]) == HEADER)
+    start = next(i for i, line in enumerate(lines) if tuple(_cells(line)[: len(HEADER)]) == HEADER)
     rows: dict[str, RuleRow] = {}
     sources: dict[str, list[str]] = {}
     for line in lines[start + 2 :]:
@@ -115,7 +134,7 @@ async def test_every_default_rule_is_documented_with_its_thresholds(
     stored = {
         rule["id"]: row_of(rule)
         for rule in await db.fetch(
-            "SELECT id, severity, protected, definition FROM alert_rules ORDER BY id"
+            "SELECT id, severity, enabled, protected, definition FROM alert_rules ORDER BY id"
         )
     }
     documented, _ = documented_rules(DOC.read_text(encoding="utf-8"))
@@ -154,4 +173,14 @@ def test_condition_text_renders_every_form() -> None:
     assert condition_text(condition) == (
         "phase == pre_dose and (symptoms not empty or spo2 < 90)"
         " and not concern_type in [theft, loss] and resolved == false"
+    )
+
+
+def test_pattern_text_says_what_is_counted() -> None:
+    assert pattern_text(None) == NONE
+    assert pattern_text({"min_count": 3, "window_days": 30}) == "3 in 30 days"
+    assert pattern_text({"min_count": 3, "window_days": 30, "count": "reports"}) == "3 in 30 days"
+    assert (
+        pattern_text({"min_count": 3, "window_days": 7, "count": "patients"})
+        == "3 patients in 7 days"
     )

@@ -21,6 +21,8 @@ from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
 
 CRISIS = "bp-hypertensive-crisis"
+# Protected by migration 0005 (version 2), revised by migration 0007 (version 3).
+CRISIS_VERSION = 3
 RESP = "respiratory-depression"
 MARKED = "bp-markedly-abnormal"
 ATTACKER_TEXT = "ATTACKER-TEXT: call 555-0100 now"
@@ -95,7 +97,10 @@ async def s(world: World) -> Scoped:
 
 
 def crisis_reading(clinic: str, patient: str = "PT-1") -> dict[str, Any]:
-    return bp_report(clinic, patient_ref=patient, systolic=230, diastolic=130)
+    """A hypertensive emergency: 230/130 with a target-organ symptom."""
+    return bp_report(
+        clinic, patient_ref=patient, systolic=230, diastolic=130, symptoms=["chest_pain"]
+    )
 
 
 def clinic_rule(rule_id: str, clinics: list[str] | None, **changes: Any) -> dict[str, Any]:
@@ -124,7 +129,8 @@ def problems(response: httpx.Response) -> list[tuple[str, str]]:
 
 
 async def test_another_clinics_officer_cannot_silence_the_crisis_alert(s: Scoped) -> None:
-    """Review: DEMO's officer disabled bp-hypertensive-crisis, silencing OTHER's 230/130."""
+    """Review: DEMO's officer disabled bp-hypertensive-crisis, silencing OTHER's 230/130
+    (with chest pain, a hypertensive emergency)."""
     assert (await s.disable("dora", CRISIS)).status_code == 403
     body = await s.body_of(CRISIS)
     body["definition"]["when"] = {"field": "systolic", "op": ">", "value": 999}
@@ -133,7 +139,7 @@ async def test_another_clinics_officer_cannot_silence_the_crisis_alert(s: Scoped
     override = {**clinic_rule("demo-no-crisis", ["DEMO"]), "overrides": CRISIS}
     override.update(await s.body_of(CRISIS), enabled=False)
     assert ("enabled", "protected") in problems(await s.create("dora", override))
-    assert (await s.rule(CRISIS))["version"] == 2
+    assert (await s.rule(CRISIS))["version"] == CRISIS_VERSION
     assert CRISIS in await s.fired("no", crisis_reading("OTHER"))
     assert CRISIS in await s.fired("nd", crisis_reading("DEMO", "PT-2"))
 
@@ -170,8 +176,8 @@ async def test_rules_with_huge_lists_are_refused(s: Scoped) -> None:
     }
     body = clinic_rule("long", ["DEMO"], definition={"when": within_size})
     assert problems(await s.create("dora", body)) == [("definition.when.value", "limit")]
-    count = await s.db.fetchval("SELECT count(*) FROM alert_rules")
-    assert count == 16
+    count = await s.db.fetchval("SELECT count(*) FROM alert_rules WHERE id IN ('huge', 'long')")
+    assert count == 0
 
 
 async def test_other_clinics_auditor_sees_network_rule_changes(s: Scoped) -> None:
@@ -235,7 +241,7 @@ async def test_an_override_replaces_the_network_rule_at_its_clinics_only(s: Scop
     assert response.status_code == 201, response.text
     assert response.json()["overrides"] == MARKED
     # At DEMO the override fires, never beside the network rule; OTHER keeps the rule.
-    reading = {"systolic": 180, "diastolic": 100}
+    reading = {"systolic": 178, "diastolic": 112}
     demo = await s.fired("nd", bp_report("DEMO", patient_ref="PT-1", **reading))
     assert "demo-marked" in demo
     assert MARKED not in demo
@@ -263,7 +269,8 @@ async def test_an_override_of_a_protected_rule_may_not_loosen_it(s: Scoped) -> N
     network_when = body["definition"]["when"]
     narrower = copy.deepcopy(body["definition"])
     narrower["when"] = {"all": [network_when, {"field": "systolic", "op": ">", "value": 250}]}
-    fewer_kinds = {**body["definition"], "kinds": []}  # every kind is more, not fewer
+    # The rule looks at every kind: an override looking at one kind looks at fewer.
+    fewer_kinds = {**body["definition"], "kinds": ["blood_pressure"]}
     cases = {
         "disabled": (protected_override(body, enabled=False), "enabled"),
         "lower severity": (protected_override(body, severity="urgent"), "severity"),
@@ -278,13 +285,12 @@ async def test_an_override_of_a_protected_rule_may_not_loosen_it(s: Scoped) -> N
             ),
             "definition.when",
         ),
+        "fewer kinds": (protected_override(body, definition=fewer_kinds), "definition.kinds"),
     }
+    before = await s.db.fetchval("SELECT count(*) FROM alert_rules")
     for name, (override, field) in cases.items():
         assert (field, "protected") in problems(await s.create("dora", override)), name
-    # More kinds (every kind) only adds ways to fire: proposed, not refused.
-    more = protected_override(body, definition=fewer_kinds)
-    assert (await s.create("dora", more)).status_code == 202
-    assert await s.db.fetchval("SELECT count(*) FROM alert_rules") == 16
+    assert await s.db.fetchval("SELECT count(*) FROM alert_rules") == before
 
 
 async def test_a_protected_override_waits_for_a_second_officer(s: Scoped) -> None:
@@ -363,9 +369,11 @@ async def test_a_network_protected_rule_changes_only_with_a_second_admin(s: Scop
     assert (await s.decide("dora", change["id"], "approve")).status_code == 403
     approved = await s.decide("ada", change["id"], "approve")
     assert approved.status_code == 200, approved.text
-    assert (approved.json()["version"], approved.json()["enabled"]) == (3, False)
+    assert (approved.json()["version"], approved.json()["enabled"]) == (CRISIS_VERSION + 1, False)
     version = await s.db.fetchrow(
-        "SELECT * FROM alert_rule_versions WHERE rule_id = $1 AND version = 3", CRISIS
+        "SELECT * FROM alert_rule_versions WHERE rule_id = $1 AND version = $2",
+        CRISIS,
+        CRISIS_VERSION + 1,
     )
     assert version is not None
     assert (version["changed_by"], version["approved_by"], version["change_id"]) == (
@@ -424,7 +432,10 @@ async def test_each_limit_is_a_422_naming_it(s: Scoped) -> None:
 
 
 async def test_enabled_rules_per_clinic_are_limited(s: Scoped) -> None:
-    room = limits.MAX_ENABLED_RULES_PER_CLINIC - 16
+    # The enabled default rules (network rules) are in force at DEMO already.
+    defaults = await s.db.fetchval("SELECT count(*) FROM alert_rules WHERE enabled")
+    assert defaults == 36
+    room = limits.MAX_ENABLED_RULES_PER_CLINIC - defaults
     demo = await s.db.fetchval("SELECT id FROM clinics WHERE code = 'DEMO'")
     await s.db.execute(
         "INSERT INTO alert_rules (id, version, name, severity, description, enabled, definition,"
@@ -452,22 +463,25 @@ async def test_enabled_rules_per_clinic_are_limited(s: Scoped) -> None:
 async def test_the_migrate_command_records_rule_versions_from_migrations_once(
     s: Scoped, database_url: str, tmp_path: Any
 ) -> None:
-    """The default rules (migration 0003) and their protection (0005) arrived without an
-    audit entry; the migrate command records each version once, in every clinic's chain
-    and the global one (they are network rules), and marks it recorded."""
+    """The default rules (migration 0003), their protection (0005) and the clinical model
+    (0007) arrived without an audit entry; the migrate command records each version once,
+    in every clinic's chain and the global one (they are network rules), and marks it
+    recorded."""
     result = await run_cli("migrate", env=cli_env(database_url, tmp_path / "data"))
     assert result.code == 0, result.stderr
     rows = await s.db.fetch(
         "SELECT chain, object_id, details FROM audit_entries WHERE action = 'rule.migrated'"
     )
-    assert len(rows) == 19 * 3
+    versions = await s.db.fetchval("SELECT count(*) FROM alert_rule_versions")
+    assert versions == 51
+    assert len(rows) == versions * 3
     assert {r["chain"] for r in rows} == {"clinic:DEMO", "clinic:OTHER", "global"}
     crisis = sorted(
         (r["details"]["version"], r["details"]["protected"])
         for r in rows
         if r["object_id"] == CRISIS and r["chain"] == "global"
     )
-    assert crisis == [(1, False), (2, True)]
+    assert crisis == [(1, False), (2, True), (3, True)]
     assert (
         await s.db.fetchval("SELECT count(*) FROM alert_rule_versions WHERE audited_at IS NULL")
         == 0
@@ -477,7 +491,7 @@ async def test_the_migrate_command_records_rule_versions_from_migrations_once(
     assert result.code == 0, result.stderr
     assert await audit_migrated_rule_versions(s.db) == 0
     again = await s.db.fetchval("SELECT count(*) FROM audit_entries WHERE action = 'rule.migrated'")
-    assert again == 19 * 3
+    assert again == versions * 3
 
 
 async def test_versions_written_by_the_service_are_not_recorded_twice(s: Scoped) -> None:

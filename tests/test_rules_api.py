@@ -18,37 +18,65 @@ from tests.helpers.reports import audit_rows, bp_report, create_report, send_con
 from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
 
-DEFAULT_RULES = {
-    "bp-pre-dose-hold",
-    "bp-ctcae-grade-3",
-    "bp-markedly-abnormal",
-    "bp-hypertensive-crisis",
-    "sedation-moaa-s-3",
-    "sedation-moaa-s-1",
-    "sedation-loss-of-consciousness",
-    "respiratory-depression",
-    "dissociation-present",
-    "not-resolved-at-120-minutes",
-    "serious-adverse-event",
-    "controlled-substance-theft-or-loss",
-    "inventory-discrepancy",
-    "pattern-of-discrepancies",
-    "pattern-blood-pressure-cluster",
-    "pattern-patient-repeated-urgent",
+# Each default rule and its version: migration 0005 made three rules protected, and
+# migration 0007 (the clinical model) revised eleven and added the rules at version 1.
+DEFAULT_VERSIONS = {
+    "bp-pre-dose-hold": 2,
+    "bp-ctcae-grade-3": 2,
+    "bp-markedly-abnormal": 2,
+    "bp-severe-hypertension": 1,
+    "bp-hypertensive-crisis": 3,
+    "target-organ-symptom": 1,
+    "hypotension": 1,
+    "hypotension-severe": 1,
+    "heart-rate": 1,
+    "heart-rate-severe": 1,
+    "breathing-impaired": 1,
+    "respiratory-depression": 3,
+    "sedation-moaa-s-3": 1,
+    "sedation-moaa-s-1": 1,
+    "sedation-loss-of-consciousness": 1,
+    "dissociation-present": 2,
+    "not-resolved-at-120-minutes": 1,
+    "suicidal-behaviour": 1,
+    "suicidal-ideation": 1,
+    "emergence-rescue-medication": 1,
+    "emergence-ed-transfer": 1,
+    "vomiting-while-sedated": 1,
+    "fall": 1,
+    "urological-symptoms": 1,
+    "urological-haematuria": 1,
+    "pregnancy-exposure": 1,
+    "dose-off-protocol": 1,
+    "serious-adverse-event": 2,
+    "dast10-moderate": 1,
+    "pattern-patient-misuse": 1,
+    "controlled-substance-theft-or-loss": 3,
+    "inventory-discrepancy": 2,
+    "pattern-of-discrepancies": 2,
+    "suspected-staff-diversion": 1,
+    "device-tampered": 1,
+    "pattern-blood-pressure-cluster": 2,
+    "pattern-patient-repeated-urgent": 1,
 }
-# Protected by migration 0005 (a new version, by migration).
+DEFAULT_RULES = set(DEFAULT_VERSIONS)
 PROTECTED = {
     "bp-hypertensive-crisis",
+    "target-organ-symptom",
     "respiratory-depression",
+    "suicidal-behaviour",
     "controlled-substance-theft-or-loss",
 }
+# Installed but off: CADSS above 4 is counted, not queued.
+DISABLED = {"dissociation-present"}
 # Rules, versions and audited rule changes of a fresh database (the test template is
 # migrated without the migrate command's recording of rule versions).
-DEFAULT_COUNTS = (16, 19, 0)
+DEFAULT_COUNTS = (len(DEFAULT_VERSIONS), sum(DEFAULT_VERSIONS.values()), 0)
 
 
 def default_version(rule_id: str) -> int:
-    return 2 if rule_id in PROTECTED else 1
+    """A default rule's version; a rule a test created is at version 1."""
+    return DEFAULT_VERSIONS.get(rule_id, 1)
 
 
 # The sources of the rules table (docs/clinical-rules.md); each default rule cites one.
@@ -167,14 +195,14 @@ def errors(response: httpx.Response) -> list[dict[str, str]]:
 # --- reading -------------------------------------------------------------------------
 
 
-async def test_list_has_the_16_default_rules_each_citing_a_source(r: Rules) -> None:
+async def test_list_has_the_default_rules_each_citing_a_source(r: Rules) -> None:
     response = await r.client.get(RULES, headers=await r.as_("olga"))
     assert response.status_code == 200, response.text
     page = response.json()
     assert set(page) == {"items", "next_cursor"}
     assert page["next_cursor"] is None
     items = page["items"]
-    assert len(items) == 16
+    assert len(items) == len(DEFAULT_RULES) == 37
     assert {item["id"] for item in items} == DEFAULT_RULES
     for item in items:
         assert set(item) == {
@@ -190,7 +218,8 @@ async def test_list_has_the_16_default_rules_each_citing_a_source(r: Rules) -> N
             "overrides",
             "protected",
         }
-        assert (item["version"], item["enabled"]) == (default_version(item["id"]), True)
+        expected = (default_version(item["id"]), item["id"] not in DISABLED)
+        assert (item["version"], item["enabled"]) == expected, item["id"]
         assert (item["clinics"], item["overrides"]) == (None, None), item["id"]
         assert item["protected"] is (item["id"] in PROTECTED), item["id"]
         assert any(source in item["description"] for source in SOURCES), item
@@ -210,9 +239,10 @@ async def test_list_has_the_16_default_rules_each_citing_a_source(r: Rules) -> N
 async def test_read_one_rule(r: Rules) -> None:
     view = await r.get("olga", "bp-hypertensive-crisis")
     assert view["id"] == "bp-hypertensive-crisis"
-    assert view["name"] == "Hypertensive crisis"
-    assert view["version"] == 2
-    assert view["definition"]["kinds"] == ["blood_pressure"]
+    assert view["name"] == "Hypertensive emergency"
+    assert view["version"] == 3
+    # On any kind: vital signs may be given on every report about a patient.
+    assert view["definition"]["kinds"] == []
     assert view["definition"]["group_by"] == "patient"
     listed = (await r.client.get(RULES, headers=await r.as_("olga"))).json()["items"]
     assert [item for item in listed if item["id"] == view["id"]] == [view]
@@ -325,26 +355,29 @@ async def test_changing_a_default_rule_takes_effect(r: Rules) -> None:
     change = response.json()["id"]
     approved = await r.client.post(f"{RULES}/changes/{change}/approve", headers=await r.as_("ada"))
     assert approved.status_code == 200, approved.text
-    report = await r.report(systolic=185, diastolic=100)
+    report = await r.report(systolic=185, diastolic=100, symptoms=["chest_pain"])
     alert = await r.alert_of(report, "bp-hypertensive-crisis")
     assert alert is not None
-    assert (alert["severity"], alert["rule_version"]) == ("urgent", 3)
+    version = default_version("bp-hypertensive-crisis") + 1
+    assert (alert["severity"], alert["rule_version"]) == ("urgent", version)
 
 
 async def test_a_disabled_rule_can_be_enabled_again(r: Rules) -> None:
     marked = "bp-markedly-abnormal"
     assert (await r.disable("adam", marked)).status_code == 200
-    report = await r.report(patient_ref="PT-1", systolic=180, diastolic=100)
+    report = await r.report(patient_ref="PT-1", systolic=170, diastolic=112)
     assert await r.alert_of(report, marked) is None
     current = await r.get("adam", marked)
     body = {k: current[k] for k in ("name", "severity", "description", "definition")}
     response = await r.update("adam", marked, {**body, "enabled": True})
     assert response.status_code == 200, response.text
-    assert (response.json()["version"], response.json()["enabled"]) == (3, True)
-    report = await r.report(patient_ref="PT-2", systolic=180, diastolic=100)
+    # Disabled and enabled again: two versions more.
+    version = default_version(marked) + 2
+    assert (response.json()["version"], response.json()["enabled"]) == (version, True)
+    report = await r.report(patient_ref="PT-2", systolic=170, diastolic=112)
     alert = await r.alert_of(report, marked)
     assert alert is not None
-    assert alert["rule_version"] == 3
+    assert alert["rule_version"] == version
 
 
 # --- invalid rules -------------------------------------------------------------------
@@ -430,7 +463,8 @@ async def test_an_invalid_rule_is_422_saying_what_is_wrong(
     if field != "id":
         found = errors(await r.update("adam", "bp-hypertensive-crisis", without_id(body)))
         assert [(e["field"], e["rule"]) for e in found] == [(field, rule)]
-        assert (await r.get("adam", "bp-hypertensive-crisis"))["version"] == 2
+        crisis = await r.get("adam", "bp-hypertensive-crisis")
+        assert crisis["version"] == default_version("bp-hypertensive-crisis")
     assert await r.counts() == DEFAULT_COUNTS
 
 
@@ -561,14 +595,17 @@ async def test_nurses_and_auditors_may_not_change_rules(r: Rules, who: str) -> N
         "SELECT version, enabled FROM alert_rules WHERE id = 'bp-hypertensive-crisis'"
     )
     assert crisis is not None
-    assert (crisis["version"], crisis["enabled"]) == (2, True)
+    assert (crisis["version"], crisis["enabled"]) == (
+        default_version("bp-hypertensive-crisis"),
+        True,
+    )
 
 
 async def test_auditors_can_read_rules(r: Rules) -> None:
     headers = await r.as_("aude")
     response = await r.client.get(RULES, headers=headers)
     assert response.status_code == 200, response.text
-    assert len(response.json()["items"]) == 16
+    assert len(response.json()["items"]) == len(DEFAULT_RULES)
     assert (await r.get("aude", "serious-adverse-event"))["severity"] == "critical"
 
 

@@ -6,7 +6,7 @@ patient within a clinic) in a time window that match their condition; their cond
 may use ``alert_severity``, the most severe single-report alert a report raised. A
 match opens an alert, or attaches the report to the unresolved alert of the same rule
 and group. A report that concerns no patient (a stock incident) is never grouped by
-patient.
+patient, nor counted as one by a pattern of distinct patients.
 """
 
 from __future__ import annotations
@@ -138,8 +138,7 @@ async def evaluate_report(
     rules = [
         r
         for r in await rules_in_force(conn, report.clinic_id)
-        if r.applies_to(report.kind)
-        and (report.patient_ref is not None or r.definition.group_by != "patient")
+        if r.applies_to(report.kind) and (report.patient_ref is not None or _not_about_patients(r))
     ]
     facts = report.facts()
     single = [r for r in rules if r.definition.pattern is None]
@@ -157,6 +156,14 @@ async def evaluate_report(
         if matching:
             await _raise(conn, rule, report, matching, outcome, actor, client_addr, settings)
     return outcome
+
+
+def _not_about_patients(rule: Rule) -> bool:
+    """Whether a rule may run on a report that concerns no patient (a stock incident):
+    not one grouped by patient, nor a pattern that counts distinct patients."""
+    pattern = rule.definition.pattern
+    by_patient = pattern is not None and pattern.count == "patients"
+    return rule.definition.group_by != "patient" and not by_patient
 
 
 _ALERT_SEVERITY = f"""
@@ -220,12 +227,16 @@ async def _pattern_matches(
         sorted(body_fields(named)),
     )
     matching = await _off_loop_if_heavy(len(rows) * rule.nodes, _matching_rows, rule, rows)
+    by_patient = pattern.count == "patients"
+    if by_patient:
+        # A report that concerns no patient (a stock incident) is no patient to count.
+        matching = [m for m in matching if m[3] is not None]
     return _densest_window(
         matching,
         report.occurred_at,
         timedelta(days=pattern.window_days),
         pattern.min_count,
-        by_patient=pattern.count == "patients",
+        by_patient=by_patient,
     )
 
 
