@@ -3,7 +3,7 @@
 Each report is evaluated against the rules in force for its clinic, on the event loop of
 the request that stored it. These limits bound that work whatever a rule's author
 writes: a rule beyond any of them is refused with a 422 naming the limit. The defaults
-leave ample room over the 16 default rules (about 60 condition nodes in all).
+leave ample room over the 37 default rules.
 """
 
 from __future__ import annotations
