@@ -130,6 +130,9 @@ CHANGED_BY_0007 = {
     DISCREPANCY,
     DISCREPANCIES,
     CLUSTER,
+    SED3,
+    SED1,
+    LOC,
 }
 
 
@@ -328,6 +331,10 @@ def cssrs(*yes: int) -> dict[str, bool]:
 
 def suicidality(**fields: Any) -> dict[str, Any]:
     return {"category": "suicidality", "verbatim_term": "Says life is not worth it", **fields}
+
+
+def vomiting(moaa_s: int) -> dict[str, Any]:
+    return {"category": "vomiting", "verbatim_term": "Vomited in the chair", "moaa_s": moaa_s}
 
 
 def emergence(rescue: bool, transfer: bool) -> dict[str, Any]:
@@ -611,20 +618,14 @@ BOUNDARIES: dict[str, list[Case]] = {
         case("ae", {ED}, "emergence-ed-transfer", **emergence(False, True)),
         case("ae", {ED}, "emergence-rescue-and-ed", **emergence(True, True)),
     ],
-    # Vomiting at MOAA/S 3 or less: urgent (aspiration); the sedation rules are for
-    # dissociation reports.
+    # Vomiting at MOAA/S 3 or less: urgent (aspiration); the sedation rules look at the
+    # MOAA/S of any report, so they fire beside it.
     "vomiting": [
-        *(
-            case(
-                "ae",
-                {VOMITING} if moaa_s <= 3 else set(),
-                f"vomiting-moaa-s-{moaa_s}",
-                category="vomiting",
-                verbatim_term="Vomited in the chair",
-                moaa_s=moaa_s,
-            )
-            for moaa_s in (5, 4, 3, 0)
-        ),
+        case("ae", set(), "vomiting-moaa-s-5", **vomiting(5)),
+        case("ae", set(), "vomiting-moaa-s-4", **vomiting(4)),
+        case("ae", {VOMITING, SED3}, "vomiting-moaa-s-3", **vomiting(3)),
+        case("ae", {VOMITING, SED1}, "vomiting-moaa-s-1", **vomiting(1)),
+        case("ae", {VOMITING, LOC}, "vomiting-moaa-s-0", **vomiting(0)),
     ],
     # Falls, pregnancy exposure, and the category "other" (seriousness decides).
     "other-adverse-events": [

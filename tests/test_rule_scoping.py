@@ -473,7 +473,7 @@ async def test_the_migrate_command_records_rule_versions_from_migrations_once(
         "SELECT chain, object_id, details FROM audit_entries WHERE action = 'rule.migrated'"
     )
     versions = await s.db.fetchval("SELECT count(*) FROM alert_rule_versions")
-    assert versions == 51
+    assert versions == 54
     assert len(rows) == versions * 3
     assert {r["chain"] for r in rows} == {"clinic:DEMO", "clinic:OTHER", "global"}
     crisis = sorted(

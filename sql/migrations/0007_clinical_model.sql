@@ -48,6 +48,21 @@ UPDATE alert_rules SET version = version + 1, updated_at = now(),
     definition = '{"kinds": [], "when": {"any": [{"field": "respiratory_rate", "op": "<", "value": 8}, {"field": "spo2", "op": "<", "value": 90}, {"field": "respiratory_depression", "op": "==", "value": true}]}, "pattern": null, "group_by": "patient", "dea_deadlines": false}'
 WHERE id = 'respiratory-depression';
 UPDATE alert_rules SET version = version + 1, updated_at = now(),
+    name = 'Sedation: MOAA/S 3 or 2', severity = 'high', enabled = true, protected = false,
+    description = 'MOAA/S of 3 (responds only to loud or repeated name) or 2, on any report that carries it (a dissociation report, or vomiting). Source: MOAA/S scale levels; the threshold of 3 is a convention.',
+    definition = '{"kinds": [], "when": {"all": [{"field": "moaa_s", "op": "<=", "value": 3}, {"field": "moaa_s", "op": ">=", "value": 2}]}, "pattern": null, "group_by": "patient", "dea_deadlines": false}'
+WHERE id = 'sedation-moaa-s-3';
+UPDATE alert_rules SET version = version + 1, updated_at = now(),
+    name = 'Deep sedation: MOAA/S 1', severity = 'urgent', enabled = true, protected = false,
+    description = 'MOAA/S of 1 (responds only to a painful squeeze), on any report that carries it. Source: MOAA/S scale levels; the threshold of 1 is a convention.',
+    definition = '{"kinds": [], "when": {"field": "moaa_s", "op": "==", "value": 1}, "pattern": null, "group_by": "patient", "dea_deadlines": false}'
+WHERE id = 'sedation-moaa-s-1';
+UPDATE alert_rules SET version = version + 1, updated_at = now(),
+    name = 'Loss of consciousness: MOAA/S 0', severity = 'critical', enabled = true, protected = false,
+    description = 'MOAA/S of 0, no response, on any report that carries it: loss of consciousness in the Spravato label.',
+    definition = '{"kinds": [], "when": {"field": "moaa_s", "op": "==", "value": 0}, "pattern": null, "group_by": "patient", "dea_deadlines": false}'
+WHERE id = 'sedation-loss-of-consciousness';
+UPDATE alert_rules SET version = version + 1, updated_at = now(),
     name = 'Dissociation present (CADSS above 4)', severity = 'info', enabled = false, protected = false,
     description = 'CADSS-23 total above 4. Expected after a dose: counted, not queued, so this rule is disabled by default (the score stays in the report and the patient''s history). Source: esketamine post-hoc analyses split at a total above 4; domain reference, second edition.',
     definition = '{"kinds": ["dissociation"], "when": {"field": "cadss_total", "op": ">", "value": 4}, "pattern": null, "group_by": "patient", "dea_deadlines": false}'
