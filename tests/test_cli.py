@@ -244,7 +244,7 @@ async def test_serve_demo_twice_keeps_one_copy_of_the_demo_data(
             await served.terminate()
     assert "demo data already present" in served.stdout()
     assert await db.fetchval("SELECT count(*) FROM clinics") == 1
-    assert await db.fetchval("SELECT count(*) FROM reports") == 4
+    assert await db.fetchval("SELECT count(*) FROM reports") == 6  # the demo's six, once
 
 
 # --- embedded PostgreSQL --------------------------------------------------------
