@@ -58,6 +58,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+# axe-core, vendored (tests/assets/axe-core/README.md): loaded into each captured page.
+AXE = Path(__file__).resolve().parent / "assets" / "axe-core" / "axe.min.js"
+_AXE_RUN = """async () => {
+    const result = await axe.run(document, {resultTypes: ["violations"]});
+    return result.violations.map(v => `${v.id} (${v.impact}): ${v.help}: `
+        + v.nodes.map(n => n.target.join(" ")).join(", "));
+}"""
 VIEWPORTS = {"1024x768": (1024, 768), "768x1024": (768, 1024)}
 # Bound for waiting on the page (on the database: helpers.waiting); never a fixed sleep.
 WAIT_MS = 15_000
@@ -769,10 +776,22 @@ _UNLABELLED = """() => [...document.querySelectorAll(
   .map((el) => el.outerHTML)"""
 
 
+async def accessibility_violations(page: Page) -> list[str]:
+    """What axe-core finds wrong on the page as it is now (WCAG 2 A/AA and best practice).
+
+    Loaded through the DevTools protocol, so the page's strict CSP stays as it is."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        await page.evaluate(AXE.read_text(encoding="utf-8"))
+    violations: list[str] = await page.evaluate(_AXE_RUN)
+    return violations
+
+
 async def check_and_capture(page: Page, name: str) -> None:
-    """Every visible control has a label (or text); nothing jumps the tab order."""
+    """Every visible control has a label (or text); nothing jumps the tab order; axe-core
+    reports no violation."""
     assert await page.evaluate(_UNLABELLED) == [], name
     assert await page.locator("[tabindex]:not([tabindex='0']):not([tabindex='-1'])").count() == 0
+    assert await accessibility_violations(page) == [], name
     await screenshot(page, name)
 
 
@@ -1015,7 +1034,7 @@ async def test_the_api_reference_renders_under_the_csp_from_this_origin_alone(
     operation = page.locator("details.api-op", has_text="/api/v1/reports").first
     await operation.locator("summary").click()
     await expect(operation.get_by_role("heading", name="Responses")).to_be_visible()
-    await screenshot(page, "api-reference")
+    await check_and_capture(page, "api-reference")
     assert elsewhere == []
 
 
