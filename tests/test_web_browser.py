@@ -461,6 +461,30 @@ async def test_nurse_files_an_adverse_event_with_only_its_categorys_fields(
     await check_and_capture(page, "nurse-report-detail-adverse-event")
 
 
+async def test_the_servers_errors_speak_the_forms_words(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    """A 422 names fields and values as the API does (``ketamine_iv``); the form shows
+    them as its own labels."""
+    page = await sign_in(context, NURSE)
+    ref = patient("WORDS")
+    await fill_dissociation(page, ref)
+    dissociation = form(page, "dissociation")
+    await dissociation.get_by_label("Drug", exact=True).select_option("ketamine_iv")
+    await dissociation.get_by_label("Dose (mg)").fill("35")
+    await submit(page, "dissociation")
+    error = page.locator("#dissociation-weight_kg-error")
+    await expect(error).to_have_text("required with a dose of “Ketamine IV” (mg/kg)")
+    summary = dissociation.locator(".error-summary")
+    await expect(summary).to_contain_text("Weight (kg): required with a dose of “Ketamine IV”")
+    await expect(summary).not_to_contain_text("ketamine_iv")
+    await dissociation.get_by_label("Weight (kg)").fill("70")
+    await submit(page, "dissociation")
+    await expect_sent(page, "dissociation")
+    stored = await db.fetchval("SELECT count(*) FROM reports WHERE patient_ref = $1", ref)
+    assert stored == 1
+
+
 async def test_nurse_files_a_stock_incident_without_a_patient(
     context: BrowserContext, db: asyncpg.Connection[Any]
 ) -> None:

@@ -146,15 +146,47 @@ function labelOf(field) {
   return label ? label.firstChild.textContent.trim() : field.dataset.field;
 }
 
+/** The words of the page for the API's names: each field's label, and the label of each
+ * choice whose value is a name_with_underscores (a drug, a kind, a category...). */
+function pageWords(form) {
+  const words = new Map();
+  for (const input of document.querySelectorAll("input[name='kind-picker']")) {
+    words.set(input.value, input.closest("label")?.textContent.trim() || input.value);
+  }
+  for (const field of fieldsOf(form)) {
+    words.set(field.dataset.field, labelOf(field));
+    for (const choice of field.querySelectorAll("option[value], input[value]")) {
+      const text = choice.tagName === "OPTION" ? choice.textContent : choice.closest("label")?.textContent;
+      if (choice.value.includes("_") && text?.trim()) {
+        words.set(choice.value, text.trim());
+      }
+    }
+  }
+  return words;
+}
+
+/** A server message in the form's words: "required when incident_type is theft" reads
+ * "required when “Incident” is theft". Only names_with_underscores are replaced: plain
+ * words ("systolic must exceed diastolic") read as English already. */
+function inFormWords(words, message) {
+  return message.replace(/[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+/g, (name) => {
+    const word = words.get(name);
+    return word ? `“${word}”` : name;
+  });
+}
+
 /**
  * Show ``errors`` ([{field, message}], as the API's 422 lists them) beside their fields,
- * and all of them in the summary at the top, which takes the focus.
+ * and all of them in the summary at the top, which takes the focus. The API's names in
+ * the messages are shown as the form's labels.
  */
 export function showErrors(form, errors) {
   clearErrors(form);
   const summary = form.querySelector(".error-summary");
   const items = [];
-  for (const error of errors) {
+  const words = pageWords(form);
+  for (const raw of errors) {
+    const error = { field: raw.field, message: inFormWords(words, raw.message) };
     const field = form.querySelector(`.field[data-field="${CSS.escape(error.field)}"]`);
     if (field) {
       const slot = field.querySelector(".error");
@@ -172,7 +204,8 @@ export function showErrors(form, errors) {
       items.push(h("li", {}, link));
     } else {
       // Not a field of this form (the body as a whole, the idempotency key): say it anyway.
-      items.push(h("li", {}, error.field === "$" ? error.message : `${error.field}: ${error.message}`));
+      const name = words.get(error.field) || error.field;
+      items.push(h("li", {}, error.field === "$" ? error.message : `${name}: ${error.message}`));
     }
   }
   if (summary) {
