@@ -461,6 +461,31 @@ async def test_nurse_files_an_adverse_event_with_only_its_categorys_fields(
     await check_and_capture(page, "nurse-report-detail-adverse-event")
 
 
+async def test_the_time_of_a_report_left_open_is_taken_again_when_touched(
+    context: BrowserContext,
+) -> None:
+    """A form opened long ago does not keep the time it was opened: touched after a few
+    idle minutes, "When it happened" is now again, with "n min ago" beside it."""
+    await context.clock.install()
+    page = await sign_in(context, NURSE)
+    bp = form(page, "blood_pressure")
+    when = bp.get_by_label("When it happened")
+    ago = bp.locator(".time-ago")
+    await expect(ago).to_have_text("now")
+    opened = await when.input_value()
+    await page.clock.fast_forward("10:00")
+    await expect(ago).to_have_text("10 min ago")
+    assert await when.input_value() == opened
+    await bp.get_by_label("Patient reference").click()
+    await expect(ago).to_have_text("now")
+    assert await when.input_value() != opened
+    # A time the nurse typed is hers: it stays, however long the form waits.
+    await when.fill("2026-01-20T09:15")
+    await page.clock.fast_forward("10:00")
+    await bp.get_by_label("Patient reference").click()
+    assert await when.input_value() == "2026-01-20T09:15"
+
+
 async def test_the_servers_errors_speak_the_forms_words(
     context: BrowserContext, db: asyncpg.Connection[Any]
 ) -> None:

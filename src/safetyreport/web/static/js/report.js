@@ -6,7 +6,8 @@
 // sent on page load, when the browser comes back online, and every RETRY_MS.
 
 import {
-  announce, beforeSignOut, currentUser, forgetPages, formatLocal, h, localizeTimes, newKey,
+  announce, beforeSignOut, currentUser, forgetPages, formatLocal, h, localInputValue, localizeTimes,
+  newKey, parseLocalInput,
 } from "./common.js";
 import {
   clearErrors, fillForm, formStatus, readForm, resetForm, showErrors, watchConditions,
@@ -14,6 +15,9 @@ import {
 import * as outbox from "./outbox.js";
 
 const RETRY_MS = 20000;
+// A new report's time is "now" when its form opens. A form left idle this long takes
+// the time again when it is next touched, unless the nurse set the time herself.
+const IDLE_MS = 3 * 60 * 1000;
 // The kinds' names as the page's kind picker shows them (from web/forms.py).
 const KIND_LABELS = Object.fromEntries(
   [...document.querySelectorAll('input[name="kind-picker"]')].map((r) => [r.value, r.labels[0].textContent.trim()]),
@@ -34,6 +38,54 @@ function openForm(form) {
   delete form.dataset.replaces;
   form.querySelector(".editing-note").hidden = true;
   resetForm(form);
+  form.dataset.autoTime = "true";
+  form.dataset.touchedAt = String(Date.now());
+  showTimeAgo(form);
+}
+
+// --- the time of a new report ------------------------------------------------------
+
+function timeInput(form) {
+  return form.querySelector('.field[data-widget="datetime"] input');
+}
+
+/** "n min ago" beside the time, so a stale time is seen before the report is sent. */
+function showTimeAgo(form) {
+  const ago = form.querySelector(".time-ago");
+  const when = parseLocalInput(timeInput(form)?.value || "");
+  if (!ago) {
+    return;
+  }
+  if (!when) {
+    ago.textContent = "";
+    return;
+  }
+  // The time is kept to the minute: within that minute it is "now".
+  const minutes = Math.floor((Date.now() - when.getTime()) / 60000);
+  ago.textContent = minutes === 0 ? "now" : minutes > 0 ? `${minutes} min ago` : `in ${-minutes} min`;
+}
+
+function watchTime(form) {
+  const input = timeInput(form);
+  if (!input) {
+    return;
+  }
+  const ago = h("span", { class: "time-ago", id: `${input.id}-ago` }, "");
+  input.after(ago);
+  input.setAttribute("aria-describedby", `${input.getAttribute("aria-describedby") || ""} ${ago.id}`.trim());
+  input.addEventListener("input", () => {
+    delete form.dataset.autoTime; // the nurse's own time stays
+    showTimeAgo(form);
+  });
+  form.addEventListener("focusin", (event) => {
+    const idle = Date.now() - Number(form.dataset.touchedAt || 0);
+    if (form.dataset.autoTime && event.target !== input && idle > IDLE_MS) {
+      input.value = localInputValue(new Date());
+      announce("When it happened: set to now.");
+    }
+    form.dataset.touchedAt = String(Date.now());
+    showTimeAgo(form);
+  });
 }
 
 function pickKind(kind) {
@@ -110,6 +162,8 @@ function correct(entry) {
   pickKind(entry.kind);
   const form = formFor(entry.kind);
   fillForm(form, entry.body);
+  delete form.dataset.autoTime; // the refused report's own time
+  showTimeAgo(form);
   form.dataset.key = newKey();
   form.dataset.replaces = entry.key;
   form.querySelector(".editing-note").hidden = false;
@@ -217,6 +271,7 @@ async function refreshRecent() {
 function init() {
   for (const form of forms) {
     watchConditions(form);
+    watchTime(form);
     openForm(form);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -250,6 +305,7 @@ function init() {
       flush();
     }
   }, RETRY_MS);
+  setInterval(() => forms.forEach(showTimeAgo), 30000);
   refreshRecent();
   render().then(() => flush());
 }
