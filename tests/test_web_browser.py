@@ -486,6 +486,38 @@ async def test_the_time_of_a_report_left_open_is_taken_again_when_touched(
     assert await when.input_value() == "2026-01-20T09:15"
 
 
+async def test_a_nurse_finds_a_patients_reports_and_opens_one_to_correct_it(
+    context: BrowserContext, served: ServeProcess
+) -> None:
+    """Any report of her clinics, however old, found by patient reference."""
+    ref = patient("FIND")
+    old = await api_report(
+        served, bp_report("C1", patient_ref=ref, occurred_at="2025-06-01T09:00:00Z")
+    )
+    await api_report(served, bp_report("C1", patient_ref=patient("OTHER")))
+    page = await sign_in(context, NURSE)
+    finder = page.get_by_role("search", name="Find the reports of a patient")
+    await finder.get_by_role("textbox").fill("not a reference!")
+    await finder.get_by_role("button", name="Find").click()
+    await expect(page.locator("#find-patient-error")).to_be_visible()
+    await finder.get_by_role("textbox").fill(ref)
+    await finder.get_by_role("button", name="Find").click()
+    await expect(page.locator("#recent-heading")).to_have_text(f"Reports of patient {ref}")
+    found = page.locator("#recent-list li")
+    await expect(found).to_have_count(1)
+    await expect(found).to_contain_text(ref)
+    await check_and_capture(page, "nurse-report-find-patient")
+    await found.get_by_role("link").click()
+    await expect(page).to_have_url(re.compile(f"/reports/{old['id']}$"))
+    await expect(page.get_by_role("button", name="Save amendment")).to_be_visible()
+    await page.go_back()
+    await finder.get_by_role("textbox").fill(patient("NOBODY"))
+    await finder.get_by_role("button", name="Find").click()
+    await expect(page.locator("#recent-list")).to_contain_text("No report of patient")
+    await page.get_by_role("button", name="Show recent").click()
+    await expect(page.locator("#recent-heading")).to_have_text(re.compile("Recent reports"))
+
+
 async def test_the_servers_errors_speak_the_forms_words(
     context: BrowserContext, db: asyncpg.Connection[Any]
 ) -> None:

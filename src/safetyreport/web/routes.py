@@ -35,6 +35,7 @@ from safetyreport.auth.permissions import (
 )
 from safetyreport.errors import Forbidden
 from safetyreport.reports import service as reports
+from safetyreport.reports.routes import PatientRefFilter
 from safetyreport.reports.types import STOCK_CONCERNS
 from safetyreport.request_context import CallerDep, DbDep
 from safetyreport.web import session
@@ -182,12 +183,22 @@ class WebController(Controller):
         )
 
     @get("/report/recent", guards=[require_page_role], opt=allow(REPORT_READERS))
-    async def recent_reports(self, db: DbDep, page: PageDep) -> Template:
-        """The recent-reports list alone, for the report page to refresh after sending."""
-        filters = reports.ReportFilters(limit=RECENT_REPORTS)
+    async def recent_reports(
+        self,
+        db: DbDep,
+        page: PageDep,
+        patient_ref: PatientRefFilter = None,
+    ) -> Template:
+        """The recent-reports list alone, for the report page to refresh after sending;
+        with ``patient_ref``, that patient's reports at the user's clinics (to amend one)."""
+        filters = reports.ReportFilters(patient_ref=patient_ref, limit=RECENT_REPORTS)
         recent = await reports.list_reports(db, page.caller, filters)
         return page.render(
-            "_recent.html", recent=recent.items, kind_labels=KIND_LABELS, options=OPTIONS
+            "_recent.html",
+            recent=recent.items,
+            kind_labels=KIND_LABELS,
+            options=OPTIONS,
+            patient_ref=patient_ref,
         )
 
     @get("/reports/{report_id:uuid}", guards=[require_page_role], opt=allow(REPORT_READERS))

@@ -245,10 +245,15 @@ function outboxSummary(mine) {
 
 // The recent reports come from the server on every visit and are never part of the
 // page the tablet keeps offline (they name patients).
+// A patient reference to find that patient's reports instead of the recent ones.
+let findingPatient = "";
+const PATIENT_REF = /^[A-Za-z0-9_-]{1,64}$/;
+
 async function refreshRecent() {
   const list = document.getElementById("recent-list");
+  const query = findingPatient ? `?patient_ref=${encodeURIComponent(findingPatient)}` : "";
   try {
-    const response = await fetch("/report/recent", { credentials: "same-origin", cache: "no-store" });
+    const response = await fetch(`/report/recent${query}`, { credentials: "same-origin", cache: "no-store" });
     if (response.ok && !response.redirected) {
       // Our own server-rendered (escaped) fragment.
       list.innerHTML = await response.text();
@@ -264,6 +269,36 @@ async function refreshRecent() {
   if (!list.querySelector(".report-list")) {
     list.replaceChildren(h("p", { class: "empty" }, "Recent reports are shown when this tablet is online."));
   }
+}
+
+function watchFind() {
+  const find = document.getElementById("find-report");
+  const input = document.getElementById("find-patient");
+  const error = document.getElementById("find-patient-error");
+  const clear = document.getElementById("find-clear");
+  const heading = document.getElementById("recent-heading");
+  const recentTitle = heading.textContent;
+  const show = (ref) => {
+    findingPatient = ref;
+    heading.textContent = ref ? `Reports of patient ${ref}` : recentTitle;
+    clear.hidden = !ref;
+    refreshRecent();
+  };
+  find.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const ref = input.value.trim();
+    const wrong = ref && !PATIENT_REF.test(ref);
+    error.textContent = wrong ? "A patient reference is 1-64 letters, digits, - or _." : "";
+    error.hidden = !wrong;
+    input.toggleAttribute("aria-invalid", Boolean(wrong));
+    if (!wrong) {
+      show(ref);
+    }
+  });
+  clear.addEventListener("click", () => {
+    input.value = "";
+    show("");
+  });
 }
 
 // --- wiring ----------------------------------------------------------------------
@@ -306,6 +341,7 @@ function init() {
     }
   }, RETRY_MS);
   setInterval(() => forms.forEach(showTimeAgo), 30000);
+  watchFind();
   refreshRecent();
   render().then(() => flush());
 }
