@@ -69,7 +69,7 @@ class Mailbox:
                 return "451 4.3.0 Mailbox busy, try again later"
             content = cast(bytes, envelope.content)
             parsed = email.message_from_bytes(content, policy=email.policy.default)
-            self.messages.append((list(envelope.rcpt_tos), cast(EmailMessage, parsed)))
+            self.messages.append((list(envelope.rcpt_tos), parsed))
         return "250 OK"
 
     def received(self) -> list[tuple[list[str], EmailMessage]]:
