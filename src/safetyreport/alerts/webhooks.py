@@ -68,7 +68,7 @@ NOTIFICATION_ID_HEADER = "X-Safetyreport-Notification-Id"
 STANDARD_ID_HEADER = "webhook-id"
 STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
 STANDARD_SIGNATURE_HEADER = "webhook-signature"
-STANDARD_SECRET_PREFIX = "whsec_"
+STANDARD_SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 
 _json = msgspec.json.Encoder()
 
