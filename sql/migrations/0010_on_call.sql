@@ -23,8 +23,9 @@ CREATE TABLE pages (
     email            text NOT NULL,
     subject          text NOT NULL,
     body             text NOT NULL,
+    -- cancelled: the alert was acknowledged or resolved before the page went out.
     status           text NOT NULL DEFAULT 'pending'
-                     CHECK (status IN ('pending', 'sent', 'failed')),
+                     CHECK (status IN ('pending', 'sent', 'failed', 'cancelled')),
     attempts         integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     created_at       timestamptz NOT NULL DEFAULT now(),

@@ -45,7 +45,7 @@ WHERE u.username = ANY($1::text[]) AND u.disabled_at IS NULL
 _CLEAR = "DELETE FROM on_call WHERE clinic_id = $1"
 _INSERT = "INSERT INTO on_call (clinic_id, position, user_id, email) VALUES ($1, $2, $3, $4)"
 
-PageStatus = Literal["pending", "sent", "failed"]
+PageStatus = Literal["pending", "sent", "failed", "cancelled"]
 
 # The clinic scope ($1: NULL for admins of every clinic) and optional filters.
 _PAGES = """

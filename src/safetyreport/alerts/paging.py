@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,12 @@ WHERE a.status = 'open' AND a.severity = ANY($2::text[])
 ORDER BY a.first_seen_at
 LIMIT $1
 """
+# Someone acknowledged (or resolved) the alert: a page not yet out would only disturb.
+_CANCEL_SETTLED = """
+UPDATE pages p SET status = 'cancelled'
+FROM alerts a
+WHERE p.status = 'pending' AND a.id = p.alert_id AND a.status <> 'open'
+"""
 _INSERT_PAGE = """
 INSERT INTO pages (id, alert_id, clinic_id, level, position, user_id, email, subject, body)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -129,12 +136,20 @@ class PageOutcome(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _one_line(text: str) -> str:
+    """Rule and clinic names on one line: a line break in a header would end it."""
+    return _CONTROL.sub(" ", text).strip()
+
+
 def _compose(row: asyncpg.Record) -> tuple[str, str]:
     """The subject and body of the page for an alert at its current level."""
     severity = str(row["severity"]).upper()
     level = row["escalation_level"]
     again = "" if level == 0 else f" (escalated, level {level})"
-    subject = f"[{severity}] {row['clinic']}: {row['rule_name']}{again}"
+    subject = _one_line(f"[{severity}] {row['clinic']}: {row['rule_name']}{again}")
     deadline = row["ack_deadline"]
     lines = [
         f"A {row['severity']} alert needs acknowledgement{again}.",
@@ -156,7 +171,9 @@ def _compose(row: asyncpg.Record) -> tuple[str, str]:
 
 
 async def enqueue_pages(conn: Conn, *, limit: int = BATCH_SIZE) -> int:
-    """Write a page for each open critical or urgent alert whose level has none; how many."""
+    """Write a page for each open critical or urgent alert whose level has none, and
+    cancel pending pages of alerts no longer open; how many were written."""
+    await conn.execute(_CANCEL_SETTLED)
     rows = await conn.fetch(_NEEDING_PAGE, limit, list(PAGED_SEVERITIES))
     written = 0
     for row in rows:
