@@ -342,6 +342,16 @@ async def test_a_critical_alert_pages_the_first_on_call_then_the_next_after_the_
         "SELECT count(*) FROM audit_entries WHERE clinic = 'C1' AND action = 'page.listed'"
     )
     assert audited == 1
+    # Each page is on the alert's history, in order.
+    paged = await db.fetch(
+        "SELECT actor, details->>'user' AS user, (details->>'level')::int AS level"
+        " FROM alert_events WHERE alert_id = $1 AND action = 'paged' ORDER BY id",
+        alert_id,
+    )
+    assert [(e["actor"], e["user"], e["level"]) for e in paged] == [
+        ("system:paging", "olga", 0),
+        ("system:paging", "sam", 1),
+    ]
 
 
 async def test_an_acknowledged_alert_pages_no_one_more(

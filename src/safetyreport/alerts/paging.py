@@ -10,8 +10,10 @@ One background task (``paging``) does two things each round, each in transaction
 its own:
 
 1. It writes a page (an outbox row in ``pages``) for each open alert whose current level
-   has none. ``UNIQUE (alert_id, level)`` makes this idempotent, so several service
-   processes write each page once.
+   has none, and records it as a ``paged`` event on the alert (its history, the live
+   stream, the audit trail). ``UNIQUE (alert_id, level)`` makes this idempotent, so
+   several service processes write each page once. Pages still waiting when their
+   alert is acknowledged or resolved are cancelled.
 2. It claims due pages with a lease (``FOR UPDATE SKIP LOCKED``, as webhooks.py does),
    sends them outside any transaction, and records each attempt in ``page_attempts``
    with its outcome: sent, retried with backoff, or failed after
@@ -39,6 +41,8 @@ import aiosmtplib
 import asyncpg
 import msgspec
 
+from safetyreport import audit
+from safetyreport.alerts import events
 from safetyreport.alerts.webhooks import retry_delay
 from safetyreport.audit.chain import format_time
 from safetyreport.background import PeriodicOnPool
@@ -48,6 +52,7 @@ from safetyreport.settings import AlertSettings, PagingSettings
 _log = logging.getLogger(__name__)
 
 PAGED_SEVERITIES = ("critical", "urgent")
+SYSTEM_PAGING = audit.Actor(name="system:paging")
 BATCH_SIZE = 20
 # Must exceed a round's worst case (one send timeout plus recording).
 LEASE = timedelta(seconds=60)
@@ -62,7 +67,7 @@ PAGING_TASK = "paging"
 _NEEDING_PAGE = """
 SELECT a.id, a.clinic_id, c.code AS clinic, c.name AS clinic_name, a.rule_id,
        r.name AS rule_name, a.severity, a.escalation_level, a.first_seen_at,
-       a.ack_deadline, a.report_count, o.position, o.user_id, o.email
+       a.ack_deadline, a.report_count, o.position, o.user_id, o.email, u.username
 FROM alerts a
 JOIN clinics c ON c.id = a.clinic_id
 JOIN alert_rules r ON r.id = a.rule_id
@@ -74,6 +79,7 @@ JOIN LATERAL (
         (SELECT count(*) FROM on_call n WHERE n.clinic_id = a.clinic_id), 0)
     LIMIT 1
 ) o ON true
+JOIN users u ON u.id = o.user_id
 WHERE a.status = 'open' AND a.severity = ANY($2::text[])
   AND NOT EXISTS (SELECT 1 FROM pages p
                   WHERE p.alert_id = a.id AND p.level = a.escalation_level)
@@ -170,17 +176,25 @@ def _compose(row: asyncpg.Record) -> tuple[str, str]:
     return subject, "\n".join(lines) + "\n"
 
 
-async def enqueue_pages(conn: Conn, *, limit: int = BATCH_SIZE) -> int:
+async def enqueue_pages(conn: Conn, settings: AlertSettings, *, limit: int = BATCH_SIZE) -> int:
     """Write a page for each open critical or urgent alert whose level has none, and
-    cancel pending pages of alerts no longer open; how many were written."""
+    cancel pending pages of alerts no longer open; how many were written.
+
+    Each page is also an event on its alert (history, live stream, audit entry).
+    """
     await conn.execute(_CANCEL_SETTLED)
     rows = await conn.fetch(_NEEDING_PAGE, limit, list(PAGED_SEVERITIES))
+    if not rows:
+        return 0
+    # Chains before alerts, as report submissions and escalation do (no deadlock).
+    await audit.lock_chains(conn, sorted({r["clinic"] for r in rows}))
     written = 0
     for row in rows:
         subject, body = _compose(row)
+        page_id = uuid.uuid4()
         status = await conn.execute(
             _INSERT_PAGE,
-            uuid.uuid4(),
+            page_id,
             row["id"],
             row["clinic_id"],
             row["escalation_level"],
@@ -190,7 +204,22 @@ async def enqueue_pages(conn: Conn, *, limit: int = BATCH_SIZE) -> int:
             subject,
             body,
         )
-        written += status == "INSERT 0 1"
+        if status != "INSERT 0 1":
+            continue  # another process wrote this level's page first
+        written += 1
+        await events.record(
+            conn,
+            alert_id=row["id"],
+            actor=SYSTEM_PAGING,
+            action="paged",
+            details={
+                "page_id": str(page_id),
+                "level": row["escalation_level"],
+                "position": row["position"],
+                "user": row["username"],
+            },
+            settings=settings,
+        )
     return written
 
 
@@ -292,7 +321,7 @@ async def deliver_due(pool: asyncpg.Pool, paging: PagingSettings, alerts: AlertS
 async def page_round(pool: asyncpg.Pool, paging: PagingSettings, alerts: AlertSettings) -> int:
     """Write the pages now due, then deliver; the work done (pages written and claimed)."""
     async with transaction(pool) as conn:
-        written = await enqueue_pages(conn)
+        written = await enqueue_pages(conn, alerts)
     return written + await deliver_due(pool, paging, alerts)
 
 
