@@ -222,11 +222,7 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime | None, uuid.UUID | Non
 
 
 def _page(row: asyncpg.Record) -> PageView:
-    fields = {
-        f: row[f]
-        for f in PageView.__struct_fields__
-        if f not in ("user", "ledger") and f in row.keys()  # noqa: SIM118 (a Record)
-    }
+    fields = {f: row[f] for f in PageView.__struct_fields__ if f not in ("user", "ledger")}
     attempts = msgspec.convert(row["ledger"], list[PageAttempt], strict=False)
     return PageView(**fields, user=row["username"], ledger=attempts)
 

@@ -62,7 +62,8 @@ MAX_ERROR_CHARS = 500
 # Its name among the background tasks (/health).
 PAGING_TASK = "paging"
 
-# The roster entry for the alert's level: position (level mod roster size) + 1. NULLIF:
+# The roster entry for the alert's level: position (level mod roster size) + 1, among
+# users not disabled since they were put on it. NULLIF:
 # a clinic with no roster gives OFFSET NULL over no rows (no page) rather than an error.
 _NEEDING_PAGE = """
 SELECT a.id, a.clinic_id, c.code AS clinic, c.name AS clinic_name, a.rule_id,
@@ -72,11 +73,13 @@ FROM alerts a
 JOIN clinics c ON c.id = a.clinic_id
 JOIN alert_rules r ON r.id = a.rule_id
 JOIN LATERAL (
-    SELECT position, user_id, email FROM on_call
-    WHERE clinic_id = a.clinic_id
-    ORDER BY position
+    SELECT oc.position, oc.user_id, oc.email
+    FROM on_call oc JOIN users ou ON ou.id = oc.user_id
+    WHERE oc.clinic_id = a.clinic_id AND ou.disabled_at IS NULL
+    ORDER BY oc.position
     OFFSET a.escalation_level % NULLIF(
-        (SELECT count(*) FROM on_call n WHERE n.clinic_id = a.clinic_id), 0)
+        (SELECT count(*) FROM on_call n JOIN users nu ON nu.id = n.user_id
+         WHERE n.clinic_id = a.clinic_id AND nu.disabled_at IS NULL), 0)
     LIMIT 1
 ) o ON true
 JOIN users u ON u.id = o.user_id
