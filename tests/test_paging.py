@@ -354,6 +354,49 @@ async def test_a_critical_alert_pages_the_first_on_call_then_the_next_after_the_
     ]
 
 
+async def test_past_the_end_of_the_roster_paging_starts_again_without_disabled_users(
+    db: asyncpg.Connection[Any], settings: Settings, smtp: tuple[Mailbox, int]
+) -> None:
+    mailbox, port = smtp
+    paged = with_paging(settings, port)
+    await seed(db)
+    # The app runs with paging off; this test runs the pager's rounds itself.
+    async with running_app(settings) as http:
+        await set_roster(http, ROSTER)
+        [alert_id] = await raise_alerts(http, db, "PT-001")
+    pool = await create_pool(app_url(settings, settings.database.url or ""), max_size=2)
+
+    async def deadline_passes() -> None:
+        await db.execute(
+            "UPDATE alerts SET ack_deadline = now() - interval '1 second' WHERE id = $1",
+            alert_id,
+        )
+        async with transaction(pool) as conn:
+            assert await escalate_due(conn, paged.alerts) == 1
+        await page_round(pool, paged.paging, paged.alerts)
+
+    try:
+        await page_round(pool, paged.paging, paged.alerts)
+        await deadline_passes()
+        await deadline_passes()
+        await db.execute("UPDATE users SET disabled_at = now() WHERE username = 'olga'")
+        await deadline_passes()
+    finally:
+        await pool.close()
+    assert [to for to, _ in mailbox.received()] == [
+        ["olga@c1.example"],
+        ["sam.pager@c1.example"],
+        ["olga@c1.example"],
+        ["sam.pager@c1.example"],
+    ]
+    assert [(r["level"], r["status"]) for r in await pages(db)] == [
+        (0, "sent"),
+        (1, "sent"),
+        (2, "sent"),
+        (3, "sent"),
+    ]
+
+
 async def test_an_acknowledged_alert_pages_no_one_more(
     db: asyncpg.Connection[Any], settings: Settings, smtp: tuple[Mailbox, int]
 ) -> None:
