@@ -43,6 +43,7 @@ from safetyreport.settings import Settings
 from tests.helpers.processes import serving
 from tests.helpers.reports import bp_report, misuse_report
 from tests.helpers.service import UserSpec, login, seed
+from tests.helpers.waiting import eventually
 
 OWN, FOREIGN = "OWN", "ZZFOREIGN"
 FOREIGN_NAME = "Foreign Secret Clinic"
@@ -54,7 +55,14 @@ DENIED = frozenset({403, 404})
 WEBHOOK_ENV = {
     "SAFETYREPORT_WEBHOOK_URLS": "http://127.0.0.1:9/hook",
     "SAFETYREPORT_WEBHOOK_SECRET": "matrix-secret-long-enough-for-hmac-32",
+    # Paging on, to a port nobody listens on: pages are written (and fail), so the
+    # ledger has the foreign clinic's pages to leak.
+    "SAFETYREPORT_SMTP_HOST": "127.0.0.1",
+    "SAFETYREPORT_SMTP_PORT": "9",
+    "SAFETYREPORT_SMTP_TLS": "none",
+    "SAFETYREPORT_SMTP_SENDER": "matrix@own.example",
 }
+FOREIGN_ON_CALL = f"oncall-{FOREIGN}@secret.example"
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Foreign:
     # Its clinic rule and its override of a network rule; its pending rule change.
     rule_ids: tuple[str, ...] = ()
     change_ids: tuple[int, ...] = ()
+    page_ids: tuple[str, ...] = ()
 
     def markers(self) -> set[str]:
         """Strings that only the foreign clinic's data contains."""
@@ -75,6 +84,8 @@ class Foreign:
             *self.alert_ids,
             *self.notification_ids,
             *self.rule_ids,
+            *self.page_ids,
+            FOREIGN_ON_CALL,
             FOREIGN_PATIENT,
             FOREIGN_TEXT,
             FOREIGN_NAME,
@@ -120,6 +131,7 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
     "notification_id": lambda f: f.notification_ids[0],
     "rule_id": lambda f: f.rule_ids[0],
     "change_id": lambda f: str(f.change_ids[0]),
+    "clinic": lambda f: FOREIGN,
 }
 # Path parameters naming objects that belong to no clinic: (value, why that is fine).
 GLOBAL_IDS: dict[str, tuple[str, str]] = {}
@@ -152,6 +164,8 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
     ("POST", "/api/v1/rules/{rule_id:str}/disable"): None,
     ("POST", "/api/v1/rules/changes/{change_id:int}/approve"): None,
     ("POST", "/api/v1/rules/changes/{change_id:int}/reject"): None,
+    # Emptying the roster would show in foreign_state().
+    ("PUT", "/api/v1/clinics/{clinic:str}/on-call"): lambda f: {"entries": []},
 }
 
 
@@ -223,6 +237,11 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         Probe(query={"status": "pending"}, denied=False),
     ],
     ("GET", "/api/v1/notifications"): [
+        SEEN_NOTHING,
+        Probe(query={"alert": "{alert}"}, denied=False),
+    ],
+    ("GET", "/api/v1/pages"): [
+        Probe(query={"clinic": FOREIGN}),
         SEEN_NOTHING,
         Probe(query={"alert": "{alert}"}, denied=False),
     ],
@@ -313,7 +332,15 @@ def test_every_route_is_in_the_matrix() -> None:
 
 
 async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
-    """The foreign clinic's report and alerts (and their notifications), made by its staff."""
+    """The foreign clinic's report and alerts (and their notifications and pages), made by
+    its staff, and its on-call roster."""
+    await db.execute(
+        "INSERT INTO on_call (clinic_id, position, user_id, email)"
+        " SELECT c.id, 1, u.id, $2 FROM clinics c, users u"
+        " WHERE c.code = $1 AND u.username = 'foreign-officer'",
+        FOREIGN,
+        FOREIGN_ON_CALL,
+    )
     nurse = await login(base_url, "foreign-nurse")
     officer = await login(base_url, "foreign-officer")
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
@@ -349,12 +376,24 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
     )
     assert notes, "no notification was queued for the foreign alerts"
     change_id = await foreign_rules(base_url, officer)
+
+    async def paged() -> bool:
+        count: int = await db.fetchval(
+            "SELECT count(*) FROM pages WHERE alert_id = ANY($1::uuid[])", list(alert_ids)
+        )
+        return count > 0
+
+    await eventually(paged, "the foreign clinic's on-call person to be paged")
+    pages = await db.fetch(
+        "SELECT id::text FROM pages WHERE alert_id = ANY($1::uuid[])", list(alert_ids)
+    )
     return Foreign(
         tuple(report_ids),
         alert_ids,
         tuple(r["id"] for r in notes),
         (FOREIGN_RULE, FOREIGN_OVERRIDE, FOREIGN_PROTECTED),
         (change_id,),
+        tuple(r["id"] for r in pages),
     )
 
 
@@ -426,6 +465,9 @@ async def foreign_state(db: asyncpg.Connection[Any]) -> list[Any]:
         UNION ALL
         SELECT 'rule', r.id, concat_ws('/', r.version, r.enabled)
           FROM alert_rules r JOIN clinics c ON c.id = ANY(r.clinic_ids) WHERE c.code = $1
+        UNION ALL
+        SELECT 'on call', o.position::text, concat_ws('/', o.user_id, o.email)
+          FROM on_call o JOIN clinics c ON c.id = o.clinic_id WHERE c.code = $1
         UNION ALL
         SELECT 'rule change', ch.id::text, ch.status
           FROM alert_rule_changes ch JOIN clinics c ON c.id = ANY(ch.clinic_ids)

@@ -25,8 +25,16 @@ from typing import Any, cast
 import asyncpg
 import httpx
 import pytest
+import standardwebhooks
+from standardwebhooks.webhooks import WebhookVerificationError
 
-from safetyreport.alerts.webhooks import BATCH_SIZE, DELIVERY_TASK, claim_due, delivering
+from safetyreport.alerts.webhooks import (
+    BATCH_SIZE,
+    DELIVERY_TASK,
+    claim_due,
+    delivering,
+    standard_webhooks_secret,
+)
 from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.permissions import Role
@@ -299,6 +307,29 @@ async def test_delivers_one_signed_post_with_the_alert_payload(
     assert body["alert"]["id"] == str(alert_id)
     assert body["alert"]["rule_id"] == "bp-hypertensive-crisis"
     assert body["alert"]["severity"] == "critical"
+
+
+async def test_a_delivery_verifies_with_the_standard_webhooks_library(
+    db: asyncpg.Connection[Any], settings: Settings, receiver: Receiver
+) -> None:
+    await seed(db)
+    async with running_app(with_webhooks(settings, receiver.url + "/hook")) as http:
+        alert_id = await raise_alert(http, db)
+        await eventually(all_in(db, "delivered"), "the notification to be delivered")
+
+    [post] = receiver.requests()
+    # The receiver knows the secret as Standard Webhooks libraries take it.
+    hook = standardwebhooks.Webhook(standard_webhooks_secret(SECRET))
+    payload = hook.verify(post.body, post.headers)
+    assert payload["alert"]["id"] == str(alert_id)
+    assert post.headers["webhook-id"] == post.notification_id
+    assert post.headers["webhook-timestamp"] == post.headers["x-safetyreport-timestamp"]
+    # A body changed in transit, or signed with another secret, does not verify.
+    with pytest.raises(WebhookVerificationError):
+        hook.verify(post.body.replace(b"critical", b"info"), post.headers)
+    other = standardwebhooks.Webhook(standard_webhooks_secret("another-secret-of-32-bytes-or-more"))
+    with pytest.raises(WebhookVerificationError):
+        other.verify(post.body, post.headers)
 
 
 async def test_a_server_error_is_retried_and_delivered_once(

@@ -129,6 +129,11 @@ BEYOND_SCHEMA: dict[str, Callable[[Error], bool]] = {
     "a clinic of the user's": lambda e: e["rule"] == "member",
     "a safety officer or admin of the alert's clinic": lambda e: e["rule"] == "assignable",
     "a rule id not taken yet": lambda e: (e["field"], e["rule"]) == ("id", "unique"),
+    "an officer or admin of the clinic on its roster": lambda e: e["rule"] == "on_call_eligible",
+    "an email address on the roster": lambda e: e["rule"] == "email",
+    "each person once on the roster": lambda e: (
+        e["field"].startswith("entries[") and e["rule"] == "unique"
+    ),
     "an amendment that changes something": lambda e: e["rule"] == "no_change",
     "a cursor the service gave": lambda e: (e["field"], e["rule"]) == ("cursor", "format"),
     # PostgreSQL cannot store U+0000; JSON strings may hold it.
@@ -329,6 +334,7 @@ async def _objects(base_url: str, tokens: dict[str, dict[str, str]]) -> dict[str
         "notification_id": notes.json()["items"][0]["id"],
         # Not the crisis rule, which PUT and disable may change.
         "rule_id": "dissociation-present",
+        "clinic": "C1",
     }
 
 

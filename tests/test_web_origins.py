@@ -127,6 +127,7 @@ async def _objects(world: World, nurse: str, officer: str) -> dict[str, str]:
         "notification_id": str(uuid.uuid4()),
         "rule_id": "dissociation-present",
         "change_id": "1",
+        "clinic": "C1",
     }
 
 

@@ -23,6 +23,8 @@ from safetyreport import __version__
 from safetyreport.alerts.broker import LISTENER_TASK, AlertBroker
 from safetyreport.alerts.escalation import escalation_task
 from safetyreport.alerts.notification_routes import NotificationController
+from safetyreport.alerts.on_call_routes import OnCallController, PageController
+from safetyreport.alerts.paging import paging_task
 from safetyreport.alerts.routes import AlertController, RuleController
 from safetyreport.alerts.stream_routes import AlertStreamController
 from safetyreport.alerts.webhooks import delivering
@@ -136,6 +138,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             delivery = await resources.enter_async_context(delivering(settings.alerts))
             if delivery is not None:
                 runner.add(delivery)
+            pager = paging_task(settings.paging, settings.alerts)
+            if pager is not None:
+                runner.add(pager)
             resources.push_async_callback(runner.stop)
             runner.start()
             if not await broker.wait_listening():
@@ -163,6 +168,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AlertController,
             RuleController,
             NotificationController,
+            OnCallController,
+            PageController,
             WebController,
             WebSessionController,
             static_router(),

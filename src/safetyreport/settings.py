@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 ENVIRONMENT_VARIABLES = (
@@ -50,6 +50,12 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_EXPORTS_TOTAL",
     "SAFETYREPORT_EXPORT_SEND_TIMEOUT_SECONDS",
     "SAFETYREPORT_UPLOAD_VERIFICATIONS",
+    "SAFETYREPORT_SMTP_HOST",
+    "SAFETYREPORT_SMTP_PORT",
+    "SAFETYREPORT_SMTP_SENDER",
+    "SAFETYREPORT_SMTP_TLS",
+    "SAFETYREPORT_SMTP_USERNAME",
+    "SAFETYREPORT_SMTP_PASSWORD",
 )
 
 
@@ -130,6 +136,29 @@ class AlertSettings:
     delivery_backoff_cap: timedelta = timedelta(minutes=10)
 
 
+SmtpTls = Literal["none", "starttls", "tls"]
+SMTP_TLS_MODES: tuple[SmtpTls, ...] = ("none", "starttls", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class PagingSettings:
+    """Paging the clinic's on-call roster by email; off without an SMTP host."""
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    # The From address of every page; required with smtp_host.
+    sender: str | None = None
+    # "starttls" upgrades a plain connection (port 587), "tls" connects with TLS (465),
+    # "none" sends in the clear (a relay on this machine or in a private network).
+    tls: SmtpTls = "starttls"
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.smtp_host is not None
+
+
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
     # The Ed25519 key that signs exports and checkpoints: this file when given (it must
@@ -180,6 +209,7 @@ class Settings:
     # The API reference page at /schema (the OpenAPI document itself is always served).
     api_reference: bool = True
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    paging: PagingSettings = field(default_factory=PagingSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -231,6 +261,7 @@ class Settings:
             allowed_hosts=_host_names(env),
             api_reference=_on_off(env, "SAFETYREPORT_API_REFERENCE", default=True),
             capacity=_capacity_settings(env),
+            paging=_paging_settings(env),
         )
 
 
@@ -288,6 +319,31 @@ def _alert_settings(env: dict[str, str]) -> AlertSettings:
         delivery_backoff_cap=timedelta(
             seconds=_int(env, "SAFETYREPORT_DELIVERY_BACKOFF_CAP_SECONDS", 600)
         ),
+    )
+
+
+def _paging_settings(env: dict[str, str]) -> PagingSettings:
+    host = (env.get("SAFETYREPORT_SMTP_HOST") or "").strip() or None
+    sender = (env.get("SAFETYREPORT_SMTP_SENDER") or "").strip() or None
+    tls = (env.get("SAFETYREPORT_SMTP_TLS") or "starttls").strip().lower()
+    if tls not in SMTP_TLS_MODES:
+        raise SettingsError(f"SAFETYREPORT_SMTP_TLS must be one of {', '.join(SMTP_TLS_MODES)}")
+    username = env.get("SAFETYREPORT_SMTP_USERNAME") or None
+    password = env.get("SAFETYREPORT_SMTP_PASSWORD") or None
+    if host is not None and sender is None:
+        raise SettingsError("SAFETYREPORT_SMTP_SENDER is required with SAFETYREPORT_SMTP_HOST")
+    if (username is None) != (password is None):
+        raise SettingsError("SAFETYREPORT_SMTP_USERNAME and SAFETYREPORT_SMTP_PASSWORD go together")
+    port = _int(env, "SAFETYREPORT_SMTP_PORT", 465 if tls == "tls" else 587)
+    if port > 65535:
+        raise SettingsError("SAFETYREPORT_SMTP_PORT must be a port number")
+    return PagingSettings(
+        smtp_host=host,
+        smtp_port=port,
+        sender=sender,
+        tls=tls,
+        username=username,
+        password=password,
     )
 
 

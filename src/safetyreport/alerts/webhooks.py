@@ -13,6 +13,11 @@ whose 2xx has been recorded is never sent again.
 
 Receivers verify ``X-Safetyreport-Signature`` (``sha256=`` + hex HMAC-SHA256 with the
 shared secret over ``"{X-Safetyreport-Timestamp}.{body}"``) and reject old timestamps.
+Every post is also signed as the Standard Webhooks specification says (``webhook-id``,
+``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 over
+"{id}.{timestamp}.{body}">``), so off-the-shelf libraries verify it. Its key is the same
+secret: the UTF-8 bytes of ``SAFETYREPORT_WEBHOOK_SECRET``, which such a library takes as
+``"whsec_" + base64(secret)`` (``standard_webhooks_secret``).
 
 The sender is a background task (``delivering``); admins read the ledger through
 ``alerts.notifications``.
@@ -21,6 +26,7 @@ The sender is a background task (``delivering``); admins read the ledger through
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -57,6 +63,12 @@ DELIVERY_TASK = "notification delivery"
 TIMESTAMP_HEADER = "X-Safetyreport-Timestamp"
 SIGNATURE_HEADER = "X-Safetyreport-Signature"
 NOTIFICATION_ID_HEADER = "X-Safetyreport-Notification-Id"
+# Standard Webhooks (https://www.standardwebhooks.com/); the id is the notification's,
+# the same on every retry, so receivers drop duplicates by it.
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+STANDARD_SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 
 _json = msgspec.json.Encoder()
 
@@ -123,6 +135,19 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature header's value: what receivers recompute to trust a body."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + digest.hexdigest()
+
+
+def standard_webhooks_secret(secret: str) -> str:
+    """The secret as Standard Webhooks libraries take it: ``whsec_`` + base64 of its key
+    (the UTF-8 bytes of ``SAFETYREPORT_WEBHOOK_SECRET``)."""
+    return STANDARD_SECRET_PREFIX + base64.b64encode(secret.encode()).decode()
+
+
+def sign_standard(secret: str, message_id: str, timestamp: str, body: bytes) -> str:
+    """The ``webhook-signature`` header's value (version 1 of the specification)."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
 
 
 def retry_delay(attempts: int, settings: AlertSettings) -> timedelta:
@@ -192,6 +217,9 @@ async def send(http: httpx.AsyncClient, secret: str, note: Claimed) -> Outcome:
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: sign(secret, timestamp, body),
         NOTIFICATION_ID_HEADER: str(note.id),
+        STANDARD_ID_HEADER: str(note.id),
+        STANDARD_TIMESTAMP_HEADER: timestamp,
+        STANDARD_SIGNATURE_HEADER: sign_standard(secret, str(note.id), timestamp, body),
     }
     attempted_at = datetime.now(UTC)
     started = time.perf_counter()
