@@ -24,7 +24,7 @@ from safetyreport.db.migrations import migrate, migrations_dir
 from safetyreport.db.pool import connect
 from safetyreport.errors import ValidationFailed
 from tests.helpers.processes import cli_env, run_cli
-from tests.helpers.reports import audit_rows, create_report, errors_of, stock_report
+from tests.helpers.reports import amend, audit_rows, create_report, errors_of, stock_report
 from tests.helpers.world import World
 
 ALERTS = "/api/v1/alerts"
@@ -145,6 +145,25 @@ async def test_two_thefts_make_two_alerts_with_their_own_clocks(c: Clinics) -> N
     response = await c.resolve(first, dea_notified_on="2026-11-20", dea_form106_number="F-1")
     assert response.status_code == 200, response.text
     assert (await c.view(second))["status"] == "open"
+
+
+async def test_an_amended_discovery_time_moves_the_clocks(c: Clinics) -> None:
+    body = stock_report(discovered_at=la("2026-11-19 20:00").isoformat())
+    report = await create_report(c.client, c.nurse, body)
+    [alert_id] = await c.db.fetch(
+        "SELECT alert_id::text FROM alert_reports WHERE report_id = $1::uuid", report["id"]
+    )
+    corrected = {"reason": "found on Friday evening", "discovered_at": "2026-11-20T18:30:00-08:00"}
+    response = await amend(c.client, c.nurse, report["id"], corrected)
+    assert response.status_code == 201, response.text
+    view = await c.view(alert_id[0])
+    assert [(r["id"], r["version"]) for r in view["reports"]] == [
+        (report["id"], 1),
+        (report["id"], 2),
+    ]
+    assert due(view, "dea_notice_due") == la("2026-11-23 23:59:59")
+    assert due(view, "dea_form106_due") == la("2027-01-04 23:59:59")
+    assert await c.db.fetchval("SELECT count(*) FROM alerts WHERE rule_id = $1", THEFT) == 1
 
 
 async def test_a_clinic_without_a_time_zone_counts_in_utc_and_warns(c: Clinics) -> None:

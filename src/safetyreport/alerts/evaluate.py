@@ -309,6 +309,9 @@ ON CONFLICT (rule_id, clinic_id, group_key) WHERE status <> 'resolved'
 DO UPDATE SET last_seen_at = now(), updated_at = now(), revision = alerts.revision + 1
 RETURNING id, (xmax = 0) AS opened
 """
+_RESET_CLOCKS = """
+UPDATE alerts SET dea_notice_due = $2, dea_form106_due = $3, dea_clock_zone = $4 WHERE id = $1
+"""
 # Link the reports and recount them in one statement. Its snapshot does not show the
 # links it inserts, so the count adds them to those already there. The upsert above
 # locked the alert, so nobody else links to it meanwhile.
@@ -375,6 +378,12 @@ async def _raise(
     )
     assert row is not None
     alert_id: uuid.UUID = row["id"]
+    if clocks and rule.definition.group_by == "report" and not row["opened"]:
+        # The report's own alert, matched again by an amendment: its clocks follow the
+        # discovery time as amended.
+        await conn.execute(
+            _RESET_CLOCKS, alert_id, clocks.notice_due, clocks.form106_due, clocks.zone
+        )
     count = await conn.fetchval(
         _LINK_AND_COUNT, alert_id, [r for r, _ in reports], [v for _, v in reports]
     )
