@@ -414,17 +414,26 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
     opened = view["history"][0]["details"]
     assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 3)
     assert opened["report_id"] == str(first)
-    assert view["dea_notice_due"] is None
-    assert view["dea_form106_due"] is None
+    for name in (
+        "dea_notice_due",
+        "dea_form106_due",
+        "dea_clock_zone",
+        "dea_clock_warning",
+        "dea_notified_on",
+        "dea_form106_number",
+        "dea_not_reportable_reason",
+    ):
+        assert view[name] is None, name
 
 
 @pytest.mark.parametrize(
     ("occurred_at", "notice_due", "form106_due"),
     [
-        # A Thursday: notice the next day; Form 106 45 days on.
-        ("2026-01-15T12:00:00+00:00", "2026-01-16T12:00:00+00:00", "2026-03-01T12:00:00+00:00"),
-        # A Friday: the next business day is Monday.
-        ("2026-01-16T09:30:00+00:00", "2026-01-19T09:30:00+00:00", "2026-03-02T09:30:00+00:00"),
+        # A Thursday: notice by the end of Friday; Form 106 by the end of the 45th day
+        # (in UTC: the clinic has no time zone).
+        ("2026-01-15T12:00:00+00:00", "2026-01-16T23:59:59+00:00", "2026-03-01T23:59:59+00:00"),
+        # A Friday before a holiday: Monday 19 January is Martin Luther King Jr. Day.
+        ("2026-01-16T09:30:00+00:00", "2026-01-20T23:59:59+00:00", "2026-03-02T23:59:59+00:00"),
     ],
 )
 async def test_theft_alert_shows_dea_due_dates(
@@ -435,9 +444,12 @@ async def test_theft_alert_shows_dea_due_dates(
     )
     view = await q.read("olga", alert_id)
     assert view["severity"] == "critical"
-    assert (view["group_by"], view["group_key"]) == ("clinic", "clinic")
+    assert (view["group_by"], view["group_key"]) == ("report", view["reports"][0]["id"])
     assert parse_time(view["dea_notice_due"]) == datetime.fromisoformat(notice_due)
     assert parse_time(view["dea_form106_due"]) == datetime.fromisoformat(form106_due)
+    # Counted in UTC, and it says so.
+    assert view["dea_clock_zone"] is None
+    assert "no time zone" in view["dea_clock_warning"]
     listed = (await q.listing("olga"))["items"]
     assert [(a["id"], a["dea_notice_due"]) for a in listed] == [(alert_id, view["dea_notice_due"])]
 

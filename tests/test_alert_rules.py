@@ -110,13 +110,16 @@ SEVERITY = {
     CLUSTER: "urgent",
     REPEATED: "urgent",
 }
-CLINIC_GROUPED = {THEFT, DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER}
+CLINIC_GROUPED = {DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER}
+# Every theft or loss is an alert of its own, with its own DEA clocks.
+REPORT_GROUPED = {THEFT}
 PATTERNS = {DISCREPANCIES, CLUSTER, REPEATED, MISUSE}
 # Installed but off: CADSS above 4 is expected after a dose, counted and not queued.
 DISABLED = {DISSOC}
 PROTECTED = {CRISIS, RESP, THEFT, TARGET, SUICIDAL}
 # Each migration that changed a default rule made a new version of it: 0005 protected
-# three, 0007 (the clinical model) revised these; the rules 0007 added are version 1.
+# three, 0007 (the clinical model) revised these; the rules 0007 added are version 1;
+# 0008 grouped the theft rule by report.
 PROTECTED_BY_0005 = {CRISIS, RESP, THEFT}
 CHANGED_BY_0007 = {
     HOLD,
@@ -136,8 +139,16 @@ CHANGED_BY_0007 = {
 }
 
 
+CHANGED_BY_0008 = {THEFT}
+
+
 def default_version(rule_id: str) -> int:
-    return 1 + (rule_id in PROTECTED_BY_0005) + (rule_id in CHANGED_BY_0007)
+    return (
+        1
+        + (rule_id in PROTECTED_BY_0005)
+        + (rule_id in CHANGED_BY_0007)
+        + (rule_id in CHANGED_BY_0008)
+    )
 
 
 Builder = Callable[..., dict[str, Any]]
@@ -249,6 +260,8 @@ async def assert_opened(
     assert alert["from_pattern"] is (rule_id in PATTERNS)
     if rule_id in CLINIC_GROUPED:
         assert (alert["group_by"], alert["group_key"]) == ("clinic", "clinic")
+    elif rule_id in REPORT_GROUPED:
+        assert (alert["group_by"], alert["group_key"]) == ("report", report_id)
     else:
         assert alert["group_by"] == "patient"
         if patient_ref is not None:
@@ -811,6 +824,8 @@ async def test_default_rule_set_is_what_the_tests_expect(db: asyncpg.Connection[
     assert {r["id"] for r in rows if r["protected"]} == PROTECTED
     grouped = {r["id"] for r in rows if r["definition"]["group_by"] == "clinic"}
     assert grouped == CLINIC_GROUPED
+    by_report = {r["id"] for r in rows if r["definition"]["group_by"] == "report"}
+    assert by_report == REPORT_GROUPED
     assert {r["id"] for r in rows if r["definition"]["pattern"]} == PATTERNS
     assert {r["id"] for r in rows if r["definition"]["dea_deadlines"]} == {THEFT}
     # The cluster counts distinct patients; the other patterns count reports.
@@ -847,20 +862,24 @@ async def test_doses_off_the_label_are_refused_before_any_rule_runs(
 
 
 DEA_CASES = [
-    # incident, discovered_at, DEA notice due (one business day later), as the case name
-    ("theft", "2026-01-15T12:00:00Z", "2026-01-16T12:00:00Z"),  # Thursday: Friday
-    ("loss", "2026-01-16T12:00:00Z", "2026-01-19T12:00:00Z"),  # Friday: Monday
-    ("theft", "2026-01-17T08:00:00Z", "2026-01-19T08:00:00Z"),  # Saturday: Monday
-    ("loss", "2026-01-18T23:00:00Z", "2026-01-19T23:00:00Z"),  # Sunday: Monday
-    ("theft", "2026-01-19T07:30:00Z", "2026-01-20T07:30:00Z"),  # Monday: Tuesday
-    ("loss", "2026-01-16T10:00:00+01:00", "2026-01-19T09:00:00Z"),  # Friday, with an offset
+    # incident, discovered_at, DEA notice due (the end of the next business day) and
+    # Form 106 due (the end of the 45th day), in UTC: the clinic has no time zone.
+    # Monday 19 January 2026 is Martin Luther King Jr. Day, a federal holiday.
+    ("theft", "2026-01-15T12:00:00Z", "2026-01-16T23:59:59Z", "2026-03-01T23:59:59Z"),  # Thu
+    ("loss", "2026-01-16T12:00:00Z", "2026-01-20T23:59:59Z", "2026-03-02T23:59:59Z"),  # Fri
+    ("theft", "2026-01-17T08:00:00Z", "2026-01-20T23:59:59Z", "2026-03-03T23:59:59Z"),  # Sat
+    ("loss", "2026-01-18T23:00:00Z", "2026-01-20T23:59:59Z", "2026-03-04T23:59:59Z"),  # Sun
+    ("theft", "2026-01-19T07:30:00Z", "2026-01-20T23:59:59Z", "2026-03-05T23:59:59Z"),  # Mon
+    ("theft", "2026-01-20T07:30:00Z", "2026-01-21T23:59:59Z", "2026-03-06T23:59:59Z"),  # Tue
+    # Friday 10:00 at +01:00 is Friday 09:00 UTC.
+    ("loss", "2026-01-16T10:00:00+01:00", "2026-01-20T23:59:59Z", "2026-03-02T23:59:59Z"),
 ]
 
 
 async def test_theft_and_loss_carry_dea_deadlines(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
-    for incident, discovered_at, notice_due in DEA_CASES:
+    for incident, discovered_at, notice_due, form106_due in DEA_CASES:
         body = make("stock", incident_type=incident, discovered_at=discovered_at)
         report = await create_report(client, nurse, body)
         assert report["patient_ref"] is None
@@ -869,9 +888,9 @@ async def test_theft_and_loss_carry_dea_deadlines(
         )
         assert alert is not None, discovered_at
         await assert_opened(db, alert, report["id"])
-        discovered = datetime.fromisoformat(discovered_at)
         assert alert["dea_notice_due"] == datetime.fromisoformat(notice_due), discovered_at
-        assert alert["dea_form106_due"] == discovered + timedelta(days=45), discovered_at
+        assert alert["dea_form106_due"] == datetime.fromisoformat(form106_due), discovered_at
+        assert alert["dea_clock_zone"] is None, discovered_at
         await resolve_all(db)
 
 
@@ -905,7 +924,7 @@ async def test_a_theft_stored_as_a_misuse_concern_still_fires_on_amendment(
     assert await links(db, alert["id"]) == {(report["id"], 2)}
     await assert_opened(db, alert, report["id"])
     # The misuse concern's time (Thursday 15 January, 12:00 UTC) is the discovery.
-    assert alert["dea_notice_due"] == datetime(2026, 1, 16, 12, 0, tzinfo=UTC)
+    assert alert["dea_notice_due"] == datetime(2026, 1, 16, 23, 59, 59, tzinfo=UTC)
     # A stock concern of old is no patient's misuse: it does not count for the patient.
     later = make("mis", patient_ref="PT-L", occurred_at="2026-01-20T12:00:00Z")
     (concern,) = await post_all(client, nurse, [later])
@@ -1225,7 +1244,7 @@ async def test_stock_incidents_never_feed_patient_rules(
         ],
     )
     for theft in thefts:
-        assert await fired(db, theft) <= CLINIC_GROUPED
+        assert await fired(db, theft) <= CLINIC_GROUPED | REPORT_GROUPED
     assert await rule_alerts(db, REPEATED) == []
     assert await rule_alerts(db, "any-iv-ketamine") == []
     patient_alerts = await db.fetch("SELECT group_key FROM alerts WHERE group_by = 'patient'")
@@ -1365,6 +1384,23 @@ async def test_same_patient_at_another_clinic_is_another_alert(
 async def test_clinic_grouped_rules_join_reports(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
 ) -> None:
+    tampered = {"incident_type": "device_tampered", **NO_QUANTITIES}
+    first, second = await post_all(
+        client,
+        nurse,
+        [make("stock", **tampered), make("stock", discovered_at=at(20), **tampered)],
+    )
+    alert = await only_alert(db, TAMPERED)
+    assert alert["report_count"] == 2
+    assert await links(db, alert["id"]) == {(first, 1), (second, 1)}
+    assert await event_actions(db, alert["id"]) == ["opened", "matched"]
+
+
+async def test_report_grouped_rules_never_join_reports(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], nurse: dict[str, str]
+) -> None:
+    """Every theft or loss is an alert of its own, with its own DEA clocks, even while
+    the first one's alert is open."""
     first, second = await post_all(
         client,
         nurse,
@@ -1373,11 +1409,17 @@ async def test_clinic_grouped_rules_join_reports(
             make("stock", incident_type="loss", discovered_at=at(20)),
         ],
     )
-    alert = await only_alert(db, THEFT)
-    assert alert["report_count"] == 2
-    assert await links(db, alert["id"]) == {(first, 1), (second, 1)}
-    # The deadlines stay those of the first discovery.
-    assert alert["dea_notice_due"] == datetime(2026, 1, 16, 12, 0, tzinfo=UTC)
+    alerts = await rule_alerts(db, THEFT)
+    assert [await links(db, a["id"]) for a in alerts] == [{(first, 1)}, {(second, 1)}]
+    for alert, report_id in zip(alerts, (first, second), strict=True):
+        await assert_opened(db, alert, report_id)
+        assert alert["report_count"] == 1
+    # Each counts from its own discovery: Thursday 15 January (due Friday), and Sunday
+    # 25 January (due Monday).
+    assert [a["dea_notice_due"] for a in alerts] == [
+        datetime(2026, 1, 16, 23, 59, 59, tzinfo=UTC),
+        datetime(2026, 1, 26, 23, 59, 59, tzinfo=UTC),
+    ]
 
 
 # --- rules are data ---------------------------------------------------------------

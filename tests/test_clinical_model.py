@@ -163,7 +163,7 @@ async def test_a_missing_vial_names_no_patient(
     again = await create_report(client, nurse, stock_report(discovered_at="2026-01-16T08:00:00Z"))
     assert await fired(db, again["id"]) == {"controlled-substance-theft-or-loss": "critical"}
     groups = await db.fetch("SELECT DISTINCT group_by FROM alerts")
-    assert [g["group_by"] for g in groups] == ["clinic"]
+    assert [g["group_by"] for g in groups] == ["report"]
     fhir = await client.get(f"{REPORTS}/{view['id']}/fhir", headers=nurse)
     assert fhir.status_code == 409, fhir.text
     assert "stock" in fhir.json()["detail"].lower()

@@ -19,7 +19,8 @@ from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
 
 # Each default rule and its version: migration 0005 made three rules protected, and
-# migration 0007 (the clinical model) revised eleven and added the rules at version 1.
+# migration 0007 (the clinical model) revised eleven and added the rules at version 1;
+# migration 0008 grouped the theft-or-loss rule by report.
 DEFAULT_VERSIONS = {
     "bp-pre-dose-hold": 2,
     "bp-ctcae-grade-3": 2,
@@ -51,7 +52,7 @@ DEFAULT_VERSIONS = {
     "serious-adverse-event": 2,
     "dast10-moderate": 1,
     "pattern-patient-misuse": 1,
-    "controlled-substance-theft-or-loss": 3,
+    "controlled-substance-theft-or-loss": 4,
     "inventory-discrepancy": 2,
     "pattern-of-discrepancies": 2,
     "suspected-staff-diversion": 1,

@@ -23,7 +23,9 @@ from safetyreport.auth.users import (
     add_clinic,
     add_user,
     disable_user,
+    list_clinics,
     revoke_sessions,
+    set_clinic_timezone,
     set_password,
 )
 from safetyreport.db.embedded import EmbeddedPostgresMissing, owner_url
@@ -140,13 +142,52 @@ async def _with_conn(url: str, fn: Any) -> Any:
         await conn.close()
 
 
+def _no_zone_warning(code: str) -> str:
+    return (
+        f"warning: clinic {code} has no time zone: its DEA due times are counted in UTC;"
+        f" set it with 'safetyreport clinic set-timezone {code} ZONE'"
+    )
+
+
 def cmd_clinic_add(args: argparse.Namespace) -> int:
     async def run(conn: Any) -> int:
-        result: int = await add_clinic(conn, args.code, args.name, SYSTEM_CLI)
+        result: int = await add_clinic(
+            conn, args.code, args.name, SYSTEM_CLI, timezone=args.timezone
+        )
         return result
 
     asyncio.run(_with_conn(owner_url(_settings()), run))
-    print(f"clinic {args.code} created")
+    print(f"clinic {args.code} created" + (f" in {args.timezone}" if args.timezone else ""))
+    if args.timezone is None:
+        print(_no_zone_warning(args.code), file=sys.stderr)
+    return 0
+
+
+def cmd_clinic_set_timezone(args: argparse.Namespace) -> int:
+    async def run(conn: Any) -> None:
+        await set_clinic_timezone(conn, args.code, args.zone, SYSTEM_CLI)
+
+    asyncio.run(_with_conn(owner_url(_settings()), run))
+    print(f"clinic {args.code} is in {args.zone}")
+    return 0
+
+
+def cmd_clinic_list(args: argparse.Namespace) -> int:
+    async def run(conn: Any) -> list[Any]:
+        return await list_clinics(conn)
+
+    clinics = asyncio.run(_with_conn(owner_url(_settings()), run))
+    width = max([len("CODE"), *(len(c["code"]) for c in clinics)])
+    zone_width = max(
+        [len("TIME ZONE"), len("(not set)"), *(len(c["timezone"] or "") for c in clinics)]
+    )
+    print(f"{'CODE':<{width}}  {'TIME ZONE':<{zone_width}}  NAME")
+    for clinic in clinics:
+        zone = clinic["timezone"] or "(not set)"
+        print(f"{clinic['code']:<{width}}  {zone:<{zone_width}}  {clinic['name']}")
+    for clinic in clinics:
+        if clinic["timezone"] is None:
+            print(_no_zone_warning(clinic["code"]), file=sys.stderr)
     return 0
 
 
@@ -305,7 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     clinic_add = clinic.add_parser("add", help="create a clinic")
     clinic_add.add_argument("code")
     clinic_add.add_argument("--name", required=True)
+    clinic_add.add_argument(
+        "--timezone",
+        help="the clinic's IANA time zone, e.g. America/Los_Angeles (its DEA business days)",
+    )
     clinic_add.set_defaults(func=cmd_clinic_add)
+    clinic_zone = clinic.add_parser("set-timezone", help="set a clinic's IANA time zone (audited)")
+    clinic_zone.add_argument("code")
+    clinic_zone.add_argument("zone", help="e.g. America/Los_Angeles")
+    clinic_zone.set_defaults(func=cmd_clinic_set_timezone)
+    clinic.add_parser(
+        "list", help="list clinics with their time zones; warns of those without one"
+    ).set_defaults(func=cmd_clinic_list)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     user_add = user.add_parser("add", help="create a user; the password is read from stdin")

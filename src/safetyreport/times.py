@@ -1,12 +1,17 @@
-"""Times are stored and shown in UTC; every time from a client must carry an offset."""
+"""Times are stored and shown in UTC; every time from a client must carry an offset.
+
+A clinic's IANA time zone says where its local days (the DEA's business days) fall.
+"""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
+from zoneinfo import available_timezones
 
 from safetyreport.errors import FieldError, ValidationFailed
 
-__all__ = ["require_utc", "utc_time_error"]
+__all__ = ["check_timezone", "require_utc", "utc_time_error"]
 
 
 def utc_time_error(field: str, value: datetime) -> FieldError | None:
@@ -28,3 +33,21 @@ def require_utc(field: str, value: datetime) -> datetime:
     if error is not None:
         raise ValidationFailed([error])
     return value.astimezone(UTC)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    # Without the files beside the zones in a system's zoneinfo that are no place's zone.
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
+def check_timezone(name: str, field: str = "timezone") -> str:
+    """``name`` if it is an IANA time zone (``America/Los_Angeles``), else ValidationFailed."""
+    # Only the IANA names: not a path, nor a file such as "localtime" beside them.
+    if name not in _zones():
+        raise ValidationFailed.one(
+            field,
+            "timezone",
+            f"{name!r} is not an IANA time zone; give one such as America/Los_Angeles",
+        )
+    return name

@@ -21,8 +21,10 @@ class World:
         self.db = db
         self.client = client
 
-    async def clinic(self, code: str, name: str | None = None) -> str:
-        await add_clinic(self.db, code, name or f"Clinic {code}", SYSTEM_CLI)
+    async def clinic(
+        self, code: str, name: str | None = None, *, timezone: str | None = None
+    ) -> str:
+        await add_clinic(self.db, code, name or f"Clinic {code}", SYSTEM_CLI, timezone=timezone)
         return code
 
     async def user(

@@ -5,8 +5,9 @@ Pattern rules count the reports, or the distinct patients, of one group (clinic,
 patient within a clinic) in a time window that match their condition; their condition
 may use ``alert_severity``, the most severe single-report alert a report raised. A
 match opens an alert, or attaches the report to the unresolved alert of the same rule
-and group. A report that concerns no patient (a stock incident) is never grouped by
-patient, nor counted as one by a pattern of distinct patients.
+and group (a rule grouped by report gives every matching report its own). A report
+that concerns no patient (a stock incident) is never grouped by patient, nor counted
+as one by a pattern of distinct patients.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from safetyreport import audit
-from safetyreport.alerts import events
+from safetyreport.alerts import dea, events
 from safetyreport.alerts.conditions import All, AnyOf, Compare, Condition, Not
 from safetyreport.alerts.limits import OFF_LOOP_EVALUATIONS
 from safetyreport.alerts.rules import (
@@ -37,7 +38,6 @@ from safetyreport.db.pool import Conn
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.settings import AlertSettings
 
-DEA_FORM_106_DAYS = 45
 _T = TypeVar("_T")
 
 
@@ -92,14 +92,6 @@ class StoredReport:
 class Outcome:
     opened: list[uuid.UUID] = field(default_factory=list)
     attached: list[uuid.UUID] = field(default_factory=list)
-
-
-def next_business_day(moment: datetime) -> datetime:
-    """One business day later (Saturdays and Sundays skipped; public holidays are not)."""
-    later = moment + timedelta(days=1)
-    while later.weekday() >= 5:
-        later += timedelta(days=1)
-    return later
 
 
 # The rules in force are read in every report's transaction (a change applies to the very
@@ -310,11 +302,15 @@ def _densest_window(
 
 _UPSERT = """
 INSERT INTO alerts (id, rule_id, rule_version, clinic_id, group_by, group_key, from_pattern,
-                    severity, status, ack_deadline, dea_notice_due, dea_form106_due)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', now() + $9::interval, $10, $11)
+                    severity, status, ack_deadline, dea_notice_due, dea_form106_due,
+                    dea_clock_zone)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', now() + $9::interval, $10, $11, $12)
 ON CONFLICT (rule_id, clinic_id, group_key) WHERE status <> 'resolved'
 DO UPDATE SET last_seen_at = now(), updated_at = now(), revision = alerts.revision + 1
 RETURNING id, (xmax = 0) AS opened
+"""
+_RESET_CLOCKS = """
+UPDATE alerts SET dea_notice_due = $2, dea_form106_due = $3, dea_clock_zone = $4 WHERE id = $1
 """
 # Link the reports and recount them in one statement. Its snapshot does not show the
 # links it inserts, so the count adds them to those already there. The upsert above
@@ -337,6 +333,17 @@ WHERE id = $1 RETURNING report_count
 """
 
 
+def _group_key(rule: Rule, report: StoredReport) -> str:
+    """The group whose open alert a match joins: the patient, the clinic, or (group_by
+    report) the report itself, so that every matching report has an alert of its own."""
+    if rule.definition.group_by == "report":
+        return str(report.id)
+    if rule.definition.group_by == "clinic":
+        return "clinic"
+    assert report.patient_ref is not None, "patient rules are not run on reports without one"
+    return report.patient_ref
+
+
 async def _raise(
     conn: Conn,
     rule: Rule,
@@ -347,9 +354,13 @@ async def _raise(
     client_addr: str | None,
     settings: AlertSettings,
 ) -> None:
-    group_key = report.patient_ref if rule.definition.group_by == "patient" else "clinic"
-    assert group_key is not None, "patient rules are not run on reports without a patient"
-    dea = rule.definition.dea_deadlines
+    group_key = _group_key(rule, report)
+    # The DEA clocks start at the discovery, in the clinic's time zone.
+    clocks = (
+        await dea.clinic_clocks(conn, report.clinic_id, report.occurred_at)
+        if rule.definition.dea_deadlines
+        else None
+    )
     row = await conn.fetchrow(
         _UPSERT,
         uuid.uuid4(),
@@ -361,11 +372,18 @@ async def _raise(
         rule.definition.pattern is not None,
         rule.severity,
         settings.ack_deadlines.get(rule.severity),
-        next_business_day(report.occurred_at) if dea else None,
-        report.occurred_at + timedelta(days=DEA_FORM_106_DAYS) if dea else None,
+        clocks.notice_due if clocks else None,
+        clocks.form106_due if clocks else None,
+        clocks.zone if clocks else None,
     )
     assert row is not None
     alert_id: uuid.UUID = row["id"]
+    if clocks and rule.definition.group_by == "report" and not row["opened"]:
+        # The report's own alert, matched again by an amendment: its clocks follow the
+        # discovery time as amended.
+        await conn.execute(
+            _RESET_CLOCKS, alert_id, clocks.notice_due, clocks.form106_due, clocks.zone
+        )
     count = await conn.fetchval(
         _LINK_AND_COUNT, alert_id, [r for r, _ in reports], [v for _, v in reports]
     )

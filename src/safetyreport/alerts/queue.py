@@ -5,21 +5,21 @@ one alert at once get one winner and a Conflict for the other, never an overwrit
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from safetyreport import audit
-from safetyreport.alerts import events
+from safetyreport.alerts import dea, events
 from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL
 from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, Status
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
-from safetyreport.errors import Conflict, NotFound, ValidationFailed
+from safetyreport.errors import Conflict, FieldError, NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.settings import AlertSettings
 from safetyreport.times import require_utc
@@ -181,7 +181,8 @@ UPDATE alerts SET assigned_to = $2, revision = revision + 1, updated_at = now() 
 """
 _RESOLVE = """
 UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = $2,
-                  resolution_reason = $3, ack_deadline = NULL,
+                  resolution_reason = $3, ack_deadline = NULL, dea_notified_on = $4,
+                  dea_form106_number = $5, dea_not_reportable_reason = $6,
                   revision = revision + 1, updated_at = now()
 WHERE id = $1
 """
@@ -210,7 +211,7 @@ async def _apply(
     elif action == "assigned":
         await conn.execute(_ASSIGN, alert_id, value)
     elif action == "resolved":
-        await conn.execute(_RESOLVE, alert_id, principal.id, value)
+        await conn.execute(_RESOLVE, alert_id, principal.id, *value)
     elif action == "noted":
         await conn.execute(_TOUCH, alert_id)
     elif action == "reopened":
@@ -322,6 +323,59 @@ async def assign(
     )
 
 
+class DeaResolution(msgspec.Struct, frozen=True, kw_only=True):
+    """What resolving a theft or loss alert records: when the DEA was notified and the
+    Form 106 number, or why the incident was not reportable."""
+
+    notified_on: date | None = None
+    form106_number: str | None = None
+    not_reportable_reason: str | None = None
+
+
+_DEA_FIELDS = ("dea_notified_on", "dea_form106_number", "dea_not_reportable_reason")
+
+
+def _check_dea_resolution(found: DeaResolution, row: asyncpg.Record) -> list[FieldError]:
+    """Why ``found`` cannot resolve the alert ``row``; [] if it can.
+
+    An alert with DEA clocks (a theft or loss) needs the notice date and the Form 106
+    number, or a reason it was not reportable; any other alert takes none of them.
+    """
+    given = dict(zip(_DEA_FIELDS, msgspec.structs.astuple(found), strict=True))
+    if row["dea_notice_due"] is None:
+        return [
+            FieldError(name, "not_dea", "only a theft or loss alert (with DEA clocks) takes this")
+            for name, value in given.items()
+            if value is not None
+        ]
+    reported = (found.notified_on, found.form106_number)
+    if found.not_reportable_reason is not None:
+        if reported == (None, None):
+            return []
+        return [
+            FieldError(
+                "dea_not_reportable_reason",
+                "either",
+                "give the DEA notice date and Form 106 number, or a reason the incident"
+                " was not reportable, not both",
+            )
+        ]
+    needed = (
+        "a theft or loss alert is resolved with the date the DEA was notified and the"
+        " Form 106 number, or with dea_not_reportable_reason saying why it was not reportable"
+    )
+    errors = [
+        FieldError(name, "required", needed)
+        for name in ("dea_notified_on", "dea_form106_number")
+        if given[name] is None
+    ]
+    if found.notified_on is not None and found.notified_on > dea.today_in(row["dea_clock_zone"]):
+        errors.append(
+            FieldError("dea_notified_on", "future", "the DEA notice date is not in the future")
+        )
+    return errors
+
+
 async def resolve(
     conn: Conn,
     caller: Caller,
@@ -330,16 +384,27 @@ async def resolve(
     *,
     revision: int | None,
     settings: AlertSettings,
+    dea_resolution: DeaResolution | None = None,
 ) -> AlertDetail:
-    """Resolve an alert, saying why."""
+    """Resolve an alert, saying why; a theft or loss alert also records the DEA notice
+    date and Form 106 number, or why it was not reportable."""
+    found = dea_resolution or DeaResolution()
+    # Whether an alert has DEA clocks never changes, so it is checked before the lock.
+    errors = _check_dea_resolution(found, await _load(conn, caller.principal, alert_id))
+    if errors:
+        raise ValidationFailed(errors)
+    details: dict[str, Any] = {"reason": reason}
+    for name, value in zip(_DEA_FIELDS, msgspec.structs.astuple(found), strict=True):
+        if value is not None:
+            details[name] = value.isoformat() if isinstance(value, date) else value
     return await _transition(
         conn,
         caller,
         alert_id,
         "resolved",
         expected_revision=revision,
-        value=reason,
-        details={"reason": reason},
+        value=(reason, *msgspec.structs.astuple(found)),
+        details=details,
         settings=settings,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import Annotated, Any
 
 import msgspec
@@ -35,6 +36,16 @@ class Assign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class WithReason(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reason: Reason
     revision: int | None = None
+
+
+class Resolve(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    reason: Reason
+    revision: int | None = None
+    # A theft or loss alert (one with DEA clocks) needs the date the DEA was notified and
+    # the Form 106 number, or a reason it was not reportable; other alerts take none.
+    dea_notified_on: date | None = None
+    dea_form106_number: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    dea_not_reportable_reason: Reason | None = None
 
 
 class Note(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -119,9 +130,11 @@ class AlertController(Controller):
         caller: CallerDep,
         app_state: StateDep,
         alert_id: FromPath[uuid.UUID],
-        data: JSONBody[WithReason],
+        data: JSONBody[Resolve],
     ) -> queue.AlertDetail:
-        """Resolve an alert; a reason is required."""
+        """Resolve an alert; a reason is required. A theft or loss alert also needs the
+        date the DEA was notified and the Form 106 number, or a reason it was not
+        reportable."""
         return await queue.resolve(
             db,
             caller,
@@ -129,6 +142,11 @@ class AlertController(Controller):
             data.reason,
             revision=data.revision,
             settings=app_state.settings.alerts,
+            dea_resolution=queue.DeaResolution(
+                notified_on=data.dea_notified_on,
+                form106_number=data.dea_form106_number,
+                not_reportable_reason=data.dea_not_reportable_reason,
+            ),
         )
 
     @post("/{alert_id:uuid}/reopen", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))

@@ -62,8 +62,9 @@ class Definition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # Report kinds the rule looks at; empty means every kind.
     kinds: list[ReportKind] = msgspec.field(default_factory=list)
     pattern: Pattern | None = None
-    # New matches attach to the open alert of the same rule and group.
-    group_by: Literal["clinic", "patient"] = "patient"
+    # New matches attach to the open alert of the same rule and group; "report": every
+    # report that matches is an alert of its own (a theft: its own DEA clocks).
+    group_by: Literal["clinic", "patient", "report"] = "patient"
     # Theft and loss: carry the DEA due dates (21 CFR 1301.76(b)).
     dea_deadlines: bool = False
 
@@ -139,6 +140,12 @@ def parse_rule_input(raw: Any, *, with_id: bool) -> RuleInput:
             [FieldError(_error_path(message), rule_of(message), message)]
         ) from None
     parse_condition(rule.definition.when, "definition.when")
+    if rule.definition.group_by == "report" and rule.definition.pattern is not None:
+        raise ValidationFailed.one(
+            "definition.group_by",
+            "pattern",
+            "a pattern counts the reports of a clinic or a patient; group_by report has one",
+        )
     if isinstance(rule, RuleCreate) and rule.id in RESERVED_IDS:
         raise ValidationFailed.one("id", "reserved", f"{rule.id} is not a rule id")
     return rule
@@ -191,7 +198,8 @@ def loosening(
 
     Not looser means: enabled; severity at least the rule's; a condition that is the
     rule's, or ``{"any": [<the rule's condition>, ...]}`` (it may only add ways to fire);
-    the rule's kinds or more; the same pattern and grouping; DEA deadlines kept.
+    the rule's kinds or more; the same pattern; the same grouping, or one alert per report
+    (never fewer alerts than the rule); DEA deadlines kept.
     """
     base = network.definition
     mine = override.definition
@@ -209,8 +217,10 @@ def loosening(
         problems.append(("definition.kinds", "the kinds include the rule's"))
     if not base.kinds and mine.kinds:
         problems.append(("definition.kinds", "the rule looks at every kind, so must this"))
-    if (base.pattern, base.group_by) != (mine.pattern, mine.group_by):
-        problems.append(("definition.pattern", "pattern and group_by stay the rule's"))
+    if base.pattern != mine.pattern or mine.group_by not in (base.group_by, "report"):
+        problems.append(
+            ("definition.pattern", "pattern and group_by stay the rule's (or group_by report)")
+        )
     if base.dea_deadlines and not mine.dea_deadlines:
         problems.append(("definition.dea_deadlines", "DEA deadlines stay on"))
     return [

@@ -7,10 +7,12 @@ looks the same wherever it is shown.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 import msgspec
+
+from safetyreport.alerts.dea import NO_ZONE_WARNING
 
 Status = Literal["open", "acknowledged", "resolved"]
 
@@ -38,19 +40,34 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     resolution_reason: str | None
     dea_notice_due: datetime | None
     dea_form106_due: datetime | None
+    # The clinic's time zone the DEA due times were counted in (the times themselves are
+    # UTC); null with a warning when the clinic had none and they were counted in UTC.
+    dea_clock_zone: str | None
+    dea_clock_warning: str | None
+    # Recorded when a theft or loss alert is resolved: when the DEA was notified and the
+    # Form 106 number, or why the incident was not reportable.
+    dea_notified_on: date | None
+    dea_form106_number: str | None
+    dea_not_reportable_reason: str | None
     revision: int
 
 
 # The columns of AlertView, plus the alert's clinic_id (for scoping), from ``alerts a``
 # joined as ALERT_JOINS joins it.
-ALERT_COLUMNS = """
+ALERT_COLUMNS = f"""
        a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
        a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
        a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
        ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
        res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
-       a.dea_form106_due, a.revision, a.clinic_id
+       a.dea_form106_due, a.dea_clock_zone,
+       CASE WHEN a.dea_notice_due IS NOT NULL AND a.dea_clock_zone IS NULL
+            THEN '{NO_ZONE_WARNING}' END AS dea_clock_warning,
+       a.dea_notified_on, a.dea_form106_number, a.dea_not_reportable_reason,
+       a.revision, a.clinic_id
 """
+# The warning is written into the SQL as a literal.
+assert "'" not in NO_ZONE_WARNING
 ALERT_JOINS = """
 JOIN alert_rules r ON r.id = a.rule_id
 JOIN clinics c ON c.id = a.clinic_id

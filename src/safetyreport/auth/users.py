@@ -12,6 +12,7 @@ from safetyreport.auth.passwords import check_policy, hash_password
 from safetyreport.auth.permissions import ROLES, Role
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound, ValidationFailed
+from safetyreport.times import check_timezone
 
 
 class ClinicView(msgspec.Struct, frozen=True):
@@ -108,12 +109,20 @@ def normalise_username(username: str) -> str:
     return username.strip().lower()
 
 
-async def add_clinic(conn: Conn, code: str, name: str, actor: audit.Actor) -> int:
-    """Create a clinic and its audit chain, audited on the new chain."""
+async def add_clinic(
+    conn: Conn, code: str, name: str, actor: audit.Actor, *, timezone: str | None = None
+) -> int:
+    """Create a clinic (with its IANA time zone, if given) and its audit chain, audited
+    on the new chain."""
+    if timezone is not None:
+        check_timezone(timezone)
     async with conn.transaction():
         try:
             clinic_id: int = await conn.fetchval(
-                "INSERT INTO clinics (code, name) VALUES ($1, $2) RETURNING id", code, name
+                "INSERT INTO clinics (code, name, timezone) VALUES ($1, $2, $3) RETURNING id",
+                code,
+                name,
+                timezone,
             )
         except asyncpg.UniqueViolationError:
             raise ValidationFailed.one("code", "unique", f"clinic {code} already exists") from None
@@ -129,10 +138,39 @@ async def add_clinic(conn: Conn, code: str, name: str, actor: audit.Actor) -> in
                 object_type="clinic",
                 object_id=code,
                 clinic=code,
-                details={"code": code, "name": name},
+                details={"code": code, "name": name, "timezone": timezone},
             ),
         )
     return clinic_id
+
+
+async def set_clinic_timezone(conn: Conn, code: str, timezone: str, actor: audit.Actor) -> None:
+    """Set a clinic's IANA time zone (where its DEA clocks count business days), audited
+    on the clinic's chain with the zone it had."""
+    check_timezone(timezone)
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT id, timezone FROM clinics WHERE code = $1 FOR UPDATE", code
+        )
+        if row is None:
+            raise NotFound(f"no clinic {code}")
+        await conn.execute("UPDATE clinics SET timezone = $2 WHERE id = $1", row["id"], timezone)
+        await audit.append(
+            conn,
+            audit.AuditEvent(
+                actor=actor,
+                action="clinic.timezone_set",
+                object_type="clinic",
+                object_id=code,
+                clinic=code,
+                details={"timezone": timezone, "previous": row["timezone"]},
+            ),
+        )
+
+
+async def list_clinics(conn: Conn) -> list[asyncpg.Record]:
+    """Every clinic's code, name and time zone (None: never set), by code."""
+    return await conn.fetch("SELECT code, name, timezone FROM clinics ORDER BY code")
 
 
 async def add_user(
