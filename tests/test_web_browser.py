@@ -42,7 +42,7 @@ from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.pool import connect
 from tests.helpers.postgres import Databases, with_database
 from tests.helpers.processes import ServeProcess, serving
-from tests.helpers.reports import bp_report
+from tests.helpers.reports import bp_report, stock_report
 from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
@@ -516,6 +516,30 @@ async def test_a_nurse_finds_a_patients_reports_and_opens_one_to_correct_it(
     await expect(page.locator("#recent-list")).to_contain_text("No report of patient")
     await page.get_by_role("button", name="Show recent").click()
     await expect(page.locator("#recent-heading")).to_have_text(re.compile("Recent reports"))
+
+
+async def test_an_officer_resolves_a_theft_with_its_dea_details(
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
+) -> None:
+    """A theft alert is resolved with the date the DEA was notified and the Form 106
+    number (or why it was not reportable): the page asks for them and shows them."""
+    lot = f"LOT-{uuid.uuid4().hex[:6].upper()}"
+    report = await api_report(served, stock_report("C1", lot=lot))
+    alert_id = await db.fetchval(
+        "SELECT alert_id FROM alert_reports WHERE report_id = $1::uuid", report["id"]
+    )
+    page = await sign_in(context, OFFICER)
+    await page.goto(f"/alerts/{alert_id}")
+    resolve = page.locator('form[data-action="resolve"]')
+    await resolve.get_by_label("Reason for resolving").fill("Reported to the DEA.")
+    await resolve.get_by_role("button", name="Resolve").click()
+    await expect(page.locator("#resolve-dea-notified-error")).to_be_visible()
+    await check_and_capture(page, "officer-alert-detail-dea")
+    await resolve.get_by_label("Date the DEA was notified").fill("2026-01-16")
+    await resolve.get_by_label("Form 106 number").fill("F106-2026-0042")
+    await resolve.get_by_role("button", name="Resolve").click()
+    await expect(page.locator(".status-chip")).to_have_text("Resolved")
+    await expect(page.locator(".facts")).to_contain_text("Form 106 number F106-2026-0042")
 
 
 async def test_the_servers_errors_speak_the_forms_words(

@@ -11,10 +11,18 @@ const errorBox = document.getElementById("action-error");
 const BODIES = {
   acknowledge: () => ({}),
   assign: (form) => ({ user: form.elements.user.value.trim() }),
-  resolve: (form) => ({ reason: form.elements.reason.value.trim() }),
+  resolve: (form) => ({ reason: form.elements.reason.value.trim(), ...deaResolution(form) }),
   reopen: (form) => ({ reason: form.elements.reason.value.trim() }),
   notes: (form) => ({ text: form.elements.text.value.trim() }),
 };
+// A theft or loss alert's DEA details, those filled in (the server says which it needs).
+function deaResolution(form) {
+  const names = ["dea_notified_on", "dea_form106_number", "dea_not_reportable_reason"];
+  return Object.fromEntries(
+    names.filter((name) => form.elements[name]?.value.trim()).map((name) => [name, form.elements[name].value.trim()]),
+  );
+}
+
 // Notes do not change the alert's state, so they carry no revision.
 const WITH_REVISION = new Set(["acknowledge", "assign", "resolve", "reopen"]);
 
@@ -47,9 +55,12 @@ async function submit(form) {
       return;
     }
     if (result.status === 422 && result.data?.errors) {
+      // Said beside the fields, in the form's words.
       showErrors(form, result.data.errors);
+      errorBox.textContent = "Nothing was changed: please check the marked fields.";
+    } else {
+      errorBox.textContent = problemMessage(result) + (result.status === 409 ? " Reload the page to see the latest state." : "");
     }
-    errorBox.textContent = problemMessage(result) + (result.status === 409 ? " Reload the page to see the latest state." : "");
     errorBox.hidden = false;
   } catch (error) {
     errorBox.textContent = "No connection: nothing was changed. Try again when the network is back.";

@@ -90,7 +90,8 @@ function buildCard(alert) {
 }
 
 function metaText(alert) {
-  const group = alert.group_by === "patient" ? `patient ${alert.group_key}` : "whole clinic";
+  const group =
+    alert.group_by === "patient" ? `patient ${alert.group_key}` : alert.group_by === "report" ? "one incident" : "whole clinic";
   const reports = `${alert.report_count} report${alert.report_count === 1 ? "" : "s"}`;
   return `${alert.clinic} · ${group} · ${reports} · first ${formatLocal(alert.first_seen_at)} · last ${formatLocal(alert.last_seen_at)}`;
 }
