@@ -485,7 +485,7 @@ async def test_clinic_and_user_creation_are_audited(world: World) -> None:
         (1, "clinic.created", "C2"),
         (2, "user.created", "otto"),
     ]
-    assert clinic_chain[0]["details"] == {"code": "C2", "name": "Clinic Two"}
+    assert clinic_chain[0]["details"] == {"code": "C2", "name": "Clinic Two", "timezone": None}
     assert clinic_chain[1]["actor"] == SYSTEM_CLI.name
     assert clinic_chain[1]["details"]["role"] == "nurse"
     global_chain = await chain_rows(world.db, "global")
