@@ -137,7 +137,8 @@ CHANGED_BY_0007 = {
 
 
 def default_version(rule_id: str) -> int:
-    return 1 + (rule_id in PROTECTED_BY_0005) + (rule_id in CHANGED_BY_0007)
+    # Migration 0009 gave every default rule its guidance: a version more.
+    return 2 + (rule_id in PROTECTED_BY_0005) + (rule_id in CHANGED_BY_0007)
 
 
 Builder = Callable[..., dict[str, Any]]
@@ -153,6 +154,18 @@ ACK_WITHIN = {
     "critical": timedelta(minutes=15),
     "urgent": timedelta(minutes=60),
     "high": timedelta(hours=24),
+}
+# Rules that set their own acknowledgement minutes (migration 0009): the pre-dose hold
+# and every critical rule; the others take their severity's.
+ACK_MINUTES = {
+    "bp-pre-dose-hold": 5,
+    "bp-hypertensive-crisis": 5,
+    "target-organ-symptom": 5,
+    "respiratory-depression": 5,
+    "sedation-loss-of-consciousness": 5,
+    "suicidal-behaviour": 5,
+    "serious-adverse-event": 10,
+    "controlled-substance-theft-or-loss": 10,
 }
 TOLERANCE = timedelta(seconds=5)
 BASE = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -224,7 +237,8 @@ async def post_all(
 
 
 def assert_deadline(alert: asyncpg.Record) -> None:
-    expected = ACK_WITHIN.get(alert["severity"])
+    minutes = ACK_MINUTES.get(alert["rule_id"])
+    expected = ACK_WITHIN.get(alert["severity"]) if minutes is None else timedelta(minutes=minutes)
     if expected is None:
         assert alert["ack_deadline"] is None, alert
         return
@@ -1203,9 +1217,9 @@ async def test_stock_incidents_never_feed_patient_rules(
     """A stock incident names no patient: no rule grouped by patient runs on it or
     counts it, not even one on any kind whose condition it meets."""
     await db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
         " definition) VALUES ('any-iv-ketamine', 1, 'IV ketamine', 'high', 'Any report of"
-        " IV ketamine', true, $1)",
+        " IV ketamine', 'Check the dose', true, $1)",
         {
             "kinds": [],
             "when": {"field": "drug", "op": "==", "value": "ketamine_iv"},
@@ -1246,9 +1260,9 @@ async def test_stock_incidents_are_no_patients_for_a_distinct_patient_count(
     """A clinic pattern that counts distinct patients counts none for a stock incident,
     even when the incident meets its condition."""
     await db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
         " definition) VALUES ('iv-patients', 1, 'IV ketamine patients', 'high', 'Two"
-        " patients on IV ketamine', true, $1)",
+        " patients on IV ketamine', 'Check the doses', true, $1)",
         {
             "kinds": [],
             "when": {"field": "drug", "op": "==", "value": "ketamine_iv"},
@@ -1500,8 +1514,9 @@ BROKEN_DEFINITIONS = [
 
 async def add_broken_rule(db: asyncpg.Connection[Any], definition: dict[str, Any]) -> None:
     await db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
-        " definition) VALUES ('broken', 1, 'Broken', 'high', 'Rejected at evaluation', true, $1)",
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
+        " definition) VALUES ('broken', 1, 'Broken', 'high', 'Rejected at evaluation', '-',"
+        " true, $1)",
         definition,
     )
 

@@ -133,6 +133,7 @@ def _rule_body(f: Foreign) -> dict[str, Any]:
         "name": "probe",
         "severity": "info",
         "description": "probe",
+        "guidance": "probe",
         "definition": {"when": {"field": "systolic", "op": ">", "value": 999}},
     }
 
@@ -368,6 +369,7 @@ async def foreign_rules(base_url: str, officer: dict[str, str]) -> int:
             "name": FOREIGN_TEXT,
             "severity": "info",
             "description": FOREIGN_TEXT,
+            "guidance": FOREIGN_TEXT,
             "definition": {"when": {"field": "systolic", "op": ">", "value": 999}},
         }
         created = await http.post("/api/v1/rules", json=own, headers=officer)
@@ -378,7 +380,8 @@ async def foreign_rules(base_url: str, officer: dict[str, str]) -> int:
         ):
             network = (await http.get(f"/api/v1/rules/{network_id}", headers=officer)).json()
             override = {
-                **{k: network[k] for k in ("name", "severity", "definition")},
+                **{k: network[k] for k in ("name", "severity", "definition", "ack_minutes")},
+                "guidance": FOREIGN_TEXT,
                 "id": rule_id,
                 "clinics": [FOREIGN],
                 "overrides": network_id,

@@ -20,6 +20,8 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     rule_id: str
     rule_version: int
     rule_name: str
+    # The rule's guidance: what to do now.
+    guidance: str
     severity: str
     status: Status
     escalation_level: int
@@ -38,18 +40,23 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     resolution_reason: str | None
     dea_notice_due: datetime | None
     dea_form106_due: datetime | None
+    # A hold overridden at the chair: why, by whom, when (null while it holds).
+    override_reason: str | None
+    overridden_by: str | None
+    overridden_at: datetime | None
     revision: int
 
 
 # The columns of AlertView, plus the alert's clinic_id (for scoping), from ``alerts a``
 # joined as ALERT_JOINS joins it.
 ALERT_COLUMNS = """
-       a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
+       a.id, a.rule_id, a.rule_version, r.name AS rule_name, r.guidance, a.severity, a.status,
        a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
        a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
        ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
        res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
-       a.dea_form106_due, a.revision, a.clinic_id
+       a.dea_form106_due, a.override_reason, ovr.username AS overridden_by, a.overridden_at,
+       a.revision, a.clinic_id
 """
 ALERT_JOINS = """
 JOIN alert_rules r ON r.id = a.rule_id
@@ -57,4 +64,5 @@ JOIN clinics c ON c.id = a.clinic_id
 LEFT JOIN users ack ON ack.id = a.acknowledged_by
 LEFT JOIN users asg ON asg.id = a.assigned_to
 LEFT JOIN users res ON res.id = a.resolved_by
+LEFT JOIN users ovr ON ovr.id = a.overridden_by
 """
