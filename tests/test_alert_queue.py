@@ -407,9 +407,10 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
     assert [r["version"] for r in view["reports"]] == [1, 1]
     assert view["reports"][0]["id"] == str(first)
     assert len({r["id"] for r in view["reports"]}) == 2
+    # The second crisis renewed the critical alert (open again, a new deadline).
     assert [(e["actor"], e["action"]) for e in view["history"]] == [
         ("nina", "opened"),
-        ("nina", "matched"),
+        ("nina", "renewed"),
         ("olga", "acknowledged"),
     ]
     opened = view["history"][0]["details"]

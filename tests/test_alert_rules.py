@@ -959,13 +959,13 @@ async def test_bp_cluster_fires_on_the_third_patient_within_7_days(
     assert alert["report_count"] == 3
     assert await links(db, alert["id"]) == {(first, 1), (second, 1), (third, 1)}
     await assert_opened(db, alert, third)
-    # A fourth joins the open cluster alert.
+    # A fourth joins the open cluster alert and, the alert being urgent, renews it.
     (fourth,) = await post_all(client, nurse, [high_bp("PT-D", 8)])
     again = await only_alert(db, CLUSTER)
     assert again["id"] == alert["id"]
     assert again["report_count"] == 4
     assert (fourth, 1) in await links(db, alert["id"])
-    assert await event_actions(db, alert["id"]) == ["opened", "matched"]
+    assert await event_actions(db, alert["id"]) == ["opened", "renewed"]
 
 
 async def test_bp_cluster_counts_systolic_180_only(
