@@ -149,6 +149,7 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
     ("POST", "/api/v1/alerts/{alert_id:uuid}/resolve"): lambda f: {"reason": "probe"},
     ("POST", "/api/v1/alerts/{alert_id:uuid}/reopen"): lambda f: {"reason": "probe"},
     ("POST", "/api/v1/alerts/{alert_id:uuid}/notes"): lambda f: {"text": "probe"},
+    ("POST", "/api/v1/alerts/{alert_id:uuid}/override"): lambda f: {"reason": "probe"},
     ("PUT", "/api/v1/rules/{rule_id:str}"): _rule_body,
     ("POST", "/api/v1/rules/{rule_id:str}/disable"): None,
     ("POST", "/api/v1/rules/changes/{change_id:int}/approve"): None,

@@ -467,9 +467,9 @@ async def test_the_migrate_command_records_rule_versions_from_migrations_once(
     s: Scoped, database_url: str, tmp_path: Any
 ) -> None:
     """The default rules (migration 0003), their protection (0005), the clinical model
-    (0007) and their guidance (0009) arrived without an audit entry; the migrate command records each version once,
-    in every clinic's chain and the global one (they are network rules), and marks it
-    recorded."""
+    (0007) and their guidance (0009) arrived without an audit entry; the migrate command
+    records each version once, in every clinic's chain and the global one (they are
+    network rules), and marks it recorded."""
     result = await run_cli("migrate", env=cli_env(database_url, tmp_path / "data"))
     assert result.code == 0, result.stderr
     rows = await s.db.fetch(
