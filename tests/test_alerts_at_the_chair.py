@@ -66,7 +66,9 @@ def hold(patient: str = "PT-1") -> dict[str, Any]:
 
 
 async def alert_row(db: asyncpg.Connection[Any], alert_id: str) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT * FROM alerts WHERE id = $1::uuid", alert_id)
+    row: asyncpg.Record | None = await db.fetchrow(
+        "SELECT * FROM alerts WHERE id = $1::uuid", alert_id
+    )
     assert row is not None
     return row
 
