@@ -352,6 +352,14 @@ async def test_ack_minutes_out_of_range_is_422(
     assert [e["field"] for e in response.json()["errors"]] == ["ack_minutes"]
 
 
+async def test_ack_minutes_written_as_a_whole_float_are_minutes(
+    client: AsyncTestClient[Any], users: dict[str, Headers]
+) -> None:
+    response = await client.post(RULES, json=urgent_rule(ack_minutes=7.0), headers=users["adam"])
+    assert response.status_code == 201, response.text
+    assert response.json()["ack_minutes"] == 7
+
+
 async def test_guidance_is_shown_and_versioned(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], users: dict[str, Headers]
 ) -> None:

@@ -156,6 +156,10 @@ def parse_rule_input(raw: Any, *, with_id: bool) -> RuleInput:
         raise ValidationFailed.one(
             "$", "limit", f"a rule is at most {MAX_RULE_BYTES} bytes of JSON (this is {size})"
         )
+    minutes = raw.get("ack_minutes") if isinstance(raw, dict) else None
+    if isinstance(minutes, float) and minutes.is_integer():
+        # 5.0 is the integer 5 in JSON (and in JSON Schema), though msgspec reads a float.
+        raw = {**raw, "ack_minutes": int(minutes)}
     try:
         rule = msgspec.convert(raw, target)
     except msgspec.ValidationError as exc:
