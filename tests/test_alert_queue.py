@@ -414,7 +414,7 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
         ("olga", "acknowledged"),
     ]
     opened = view["history"][0]["details"]
-    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 3)
+    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 4)
     assert opened["report_id"] == str(first)
     assert view["dea_notice_due"] is None
     assert view["dea_form106_due"] is None
