@@ -226,7 +226,8 @@ async def test_list_is_most_severe_first_then_oldest_first(q: Queue) -> None:
     ]
     first = page["items"][0]
     assert first["rule_id"] == CRISIS
-    assert first["rule_version"] == 3  # protected by 0005, a hypertensive emergency by 0007
+    # Protected by 0005, a hypertensive emergency by 0007, given its guidance by 0009.
+    assert first["rule_version"] == 4
     assert first["rule_name"] == "Hypertensive emergency"
     assert first["clinic"] == "C1"
     assert first["status"] == "open"
@@ -398,7 +399,7 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
     await q.ok("olga", alert_id, "acknowledge")
     view = await q.read("olga", alert_id)
     assert view["id"] == alert_id
-    assert (view["rule_id"], view["rule_version"], view["severity"]) == (CRISIS, 3, "critical")
+    assert (view["rule_id"], view["rule_version"], view["severity"]) == (CRISIS, 4, "critical")
     assert view["status"] == "acknowledged"
     assert view["report_count"] == 2
     assert [r["kind"] for r in view["reports"]] == ["blood_pressure", "blood_pressure"]
@@ -406,13 +407,14 @@ async def test_detail_shows_reports_history_and_rule_version(q: Queue) -> None:
     assert [r["version"] for r in view["reports"]] == [1, 1]
     assert view["reports"][0]["id"] == str(first)
     assert len({r["id"] for r in view["reports"]}) == 2
+    # The second crisis renewed the critical alert (open again, a new deadline).
     assert [(e["actor"], e["action"]) for e in view["history"]] == [
         ("nina", "opened"),
-        ("nina", "matched"),
+        ("nina", "renewed"),
         ("olga", "acknowledged"),
     ]
     opened = view["history"][0]["details"]
-    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 3)
+    assert (opened["rule_id"], opened["rule_version"]) == (CRISIS, 4)
     assert opened["report_id"] == str(first)
     for name in (
         "dea_notice_due",
@@ -607,10 +609,11 @@ async def test_reopen_starts_the_clock_again(q: Queue) -> None:
         assert view[name] is None, name
     assert view["history"][-1]["action"] == "reopened"
     assert view["history"][-1]["details"] == {"reason": "headache since"}
-    # The deadline is the critical one (15 minutes by default), counted from the reopening.
+    # The deadline is the rule's (5 minutes for a hypertensive emergency), counted from
+    # the reopening.
     row = await q.row(alert_id)
-    assert row["ack_deadline"] - row["updated_at"] == timedelta(minutes=15)
-    assert row["ack_deadline"] > row["first_seen_at"] + timedelta(minutes=15)
+    assert row["ack_deadline"] - row["updated_at"] == timedelta(minutes=5)
+    assert row["ack_deadline"] > row["first_seen_at"] + timedelta(minutes=5)
     [entry] = await audit_rows(q.db, "alert.reopened", alert_id)
     assert (entry["actor"], entry["chain"]) == ("omar", "clinic:C1")
     assert entry["details"]["reason"] == "headache since"

@@ -143,8 +143,9 @@ CHANGED_BY_0008 = {THEFT}
 
 
 def default_version(rule_id: str) -> int:
+    # Migration 0009 gave every default rule its guidance: a version more.
     return (
-        1
+        2
         + (rule_id in PROTECTED_BY_0005)
         + (rule_id in CHANGED_BY_0007)
         + (rule_id in CHANGED_BY_0008)
@@ -164,6 +165,18 @@ ACK_WITHIN = {
     "critical": timedelta(minutes=15),
     "urgent": timedelta(minutes=60),
     "high": timedelta(hours=24),
+}
+# Rules that set their own acknowledgement minutes (migration 0009): the pre-dose hold
+# and every critical rule; the others take their severity's.
+ACK_MINUTES = {
+    "bp-pre-dose-hold": 5,
+    "bp-hypertensive-crisis": 5,
+    "target-organ-symptom": 5,
+    "respiratory-depression": 5,
+    "sedation-loss-of-consciousness": 5,
+    "suicidal-behaviour": 5,
+    "serious-adverse-event": 10,
+    "controlled-substance-theft-or-loss": 10,
 }
 TOLERANCE = timedelta(seconds=5)
 BASE = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -235,7 +248,8 @@ async def post_all(
 
 
 def assert_deadline(alert: asyncpg.Record) -> None:
-    expected = ACK_WITHIN.get(alert["severity"])
+    minutes = ACK_MINUTES.get(alert["rule_id"])
+    expected = ACK_WITHIN.get(alert["severity"]) if minutes is None else timedelta(minutes=minutes)
     if expected is None:
         assert alert["ack_deadline"] is None, alert
         return
@@ -964,13 +978,13 @@ async def test_bp_cluster_fires_on_the_third_patient_within_7_days(
     assert alert["report_count"] == 3
     assert await links(db, alert["id"]) == {(first, 1), (second, 1), (third, 1)}
     await assert_opened(db, alert, third)
-    # A fourth joins the open cluster alert.
+    # A fourth joins the open cluster alert and, the alert being urgent, renews it.
     (fourth,) = await post_all(client, nurse, [high_bp("PT-D", 8)])
     again = await only_alert(db, CLUSTER)
     assert again["id"] == alert["id"]
     assert again["report_count"] == 4
     assert (fourth, 1) in await links(db, alert["id"])
-    assert await event_actions(db, alert["id"]) == ["opened", "matched"]
+    assert await event_actions(db, alert["id"]) == ["opened", "renewed"]
 
 
 async def test_bp_cluster_counts_systolic_180_only(
@@ -1222,9 +1236,9 @@ async def test_stock_incidents_never_feed_patient_rules(
     """A stock incident names no patient: no rule grouped by patient runs on it or
     counts it, not even one on any kind whose condition it meets."""
     await db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
         " definition) VALUES ('any-iv-ketamine', 1, 'IV ketamine', 'high', 'Any report of"
-        " IV ketamine', true, $1)",
+        " IV ketamine', 'Check the dose', true, $1)",
         {
             "kinds": [],
             "when": {"field": "drug", "op": "==", "value": "ketamine_iv"},
@@ -1265,9 +1279,9 @@ async def test_stock_incidents_are_no_patients_for_a_distinct_patient_count(
     """A clinic pattern that counts distinct patients counts none for a stock incident,
     even when the incident meets its condition."""
     await db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
         " definition) VALUES ('iv-patients', 1, 'IV ketamine patients', 'high', 'Two"
-        " patients on IV ketamine', true, $1)",
+        " patients on IV ketamine', 'Check the doses', true, $1)",
         {
             "kinds": [],
             "when": {"field": "drug", "op": "==", "value": "ketamine_iv"},
@@ -1542,8 +1556,9 @@ BROKEN_DEFINITIONS = [
 
 async def add_broken_rule(db: asyncpg.Connection[Any], definition: dict[str, Any]) -> None:
     await db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
-        " definition) VALUES ('broken', 1, 'Broken', 'high', 'Rejected at evaluation', true, $1)",
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
+        " definition) VALUES ('broken', 1, 'Broken', 'high', 'Rejected at evaluation', '-',"
+        " true, $1)",
         definition,
     )
 

@@ -145,6 +145,7 @@ def _rule_body(f: Foreign) -> dict[str, Any]:
         "name": "probe",
         "severity": "info",
         "description": "probe",
+        "guidance": "probe",
         "definition": {"when": {"field": "systolic", "op": ">", "value": 999}},
     }
 
@@ -160,6 +161,7 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
     ("POST", "/api/v1/alerts/{alert_id:uuid}/resolve"): lambda f: {"reason": "probe"},
     ("POST", "/api/v1/alerts/{alert_id:uuid}/reopen"): lambda f: {"reason": "probe"},
     ("POST", "/api/v1/alerts/{alert_id:uuid}/notes"): lambda f: {"text": "probe"},
+    ("POST", "/api/v1/alerts/{alert_id:uuid}/override"): lambda f: {"reason": "probe"},
     ("PUT", "/api/v1/rules/{rule_id:str}"): _rule_body,
     ("POST", "/api/v1/rules/{rule_id:str}/disable"): None,
     ("POST", "/api/v1/rules/changes/{change_id:int}/approve"): None,
@@ -407,6 +409,7 @@ async def foreign_rules(base_url: str, officer: dict[str, str]) -> int:
             "name": FOREIGN_TEXT,
             "severity": "info",
             "description": FOREIGN_TEXT,
+            "guidance": FOREIGN_TEXT,
             "definition": {"when": {"field": "systolic", "op": ">", "value": 999}},
         }
         created = await http.post("/api/v1/rules", json=own, headers=officer)
@@ -417,7 +420,8 @@ async def foreign_rules(base_url: str, officer: dict[str, str]) -> int:
         ):
             network = (await http.get(f"/api/v1/rules/{network_id}", headers=officer)).json()
             override = {
-                **{k: network[k] for k in ("name", "severity", "definition")},
+                **{k: network[k] for k in ("name", "severity", "definition", "ack_minutes")},
+                "guidance": FOREIGN_TEXT,
                 "id": rule_id,
                 "clinics": [FOREIGN],
                 "overrides": network_id,

@@ -164,8 +164,8 @@ async def test_an_overdue_critical_alert_escalates_once(
     after = await alert(db, alert_id)
     assert (after["status"], after["escalation_level"]) == ("open", 1)
     assert after["revision"] == before["revision"] + 1
-    # A new 15-minute deadline, counted from the moment of escalation.
-    assert start + timedelta(minutes=15) <= after["ack_deadline"] <= end + timedelta(minutes=15)
+    # A new deadline of the rule's 5 minutes, counted from the moment of escalation.
+    assert start + timedelta(minutes=5) <= after["ack_deadline"] <= end + timedelta(minutes=5)
 
     [event] = await escalations(db, alert_id)
     assert event["actor"] == "system:escalation"
@@ -256,7 +256,7 @@ async def test_info_alerts_never_escalate(
     ("systolic", "severity", "deadlines", "expected"),
     [
         (180, "urgent", {}, timedelta(minutes=60)),
-        (185, "critical", {"critical": timedelta(minutes=5)}, timedelta(minutes=5)),
+        (185, "critical", {"critical": timedelta(minutes=3)}, timedelta(minutes=3)),
         (180, "urgent", {"urgent": timedelta(minutes=7)}, timedelta(minutes=7)),
     ],
 )
@@ -272,6 +272,8 @@ async def test_the_new_deadline_follows_the_severity(
     expected: timedelta,
 ) -> None:
     rule = {"urgent": "bp-severe-hypertension", "critical": CRISIS}[severity]
+    # A rule that sets no minutes of its own takes its severity's.
+    await db.execute("UPDATE alert_rules SET ack_minutes = NULL WHERE id = $1", rule)
     symptoms = ["chest_pain"] if severity == "critical" else []
     body = bp_report(systolic=systolic, diastolic=100, symptoms=symptoms)
     alert_id = await raise_alert(client, db, nurse, body, rule)
@@ -298,6 +300,8 @@ async def test_a_severity_without_a_deadline_escalates_once_and_then_waits(
 ) -> None:
     """Deadline passed, then the severity's deadline was configured away: no new one."""
     alert_id = await raise_alert(client, db, nurse, crisis())
+    # The rule's own minutes would give it one: this rule takes its severity's.
+    await db.execute("UPDATE alert_rules SET ack_minutes = NULL WHERE id = $1", CRISIS)
     await make_overdue(db, alert_id)
     deadlines = {k: v for k, v in alert_settings.ack_deadlines.items() if k != "critical"}
     configured = replace(alert_settings, ack_deadlines=deadlines)

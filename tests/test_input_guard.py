@@ -163,6 +163,7 @@ async def test_nul_in_rule_fields_is_422(
         "name": "Tachycardia",
         "severity": "high",
         "description": "Pulse above 120 bpm.",
+        "guidance": "Recheck the pulse.",
         "definition": {
             "kinds": ["blood_pressure"],
             "when": {"field": "pulse", "op": ">", "value": 120},

@@ -21,8 +21,9 @@ from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
 
 CRISIS = "bp-hypertensive-crisis"
-# Protected by migration 0005 (version 2), revised by migration 0007 (version 3).
-CRISIS_VERSION = 3
+# Protected by migration 0005 (version 2), revised by migration 0007 (version 3), given
+# its guidance by migration 0009 (version 4).
+CRISIS_VERSION = 4
 RESP = "respiratory-depression"
 MARKED = "bp-markedly-abnormal"
 ATTACKER_TEXT = "ATTACKER-TEXT: call 555-0100 now"
@@ -63,7 +64,8 @@ class Scoped(RulesAs):
     async def body_of(self, rule_id: str) -> dict[str, Any]:
         view = await self.rule(rule_id)
         return {
-            k: copy.deepcopy(view[k]) for k in ("name", "severity", "description", "definition")
+            k: copy.deepcopy(view[k])
+            for k in ("name", "severity", "description", "guidance", "ack_minutes", "definition")
         }
 
     async def fired(self, nurse: str, body: dict[str, Any]) -> set[str]:
@@ -109,6 +111,7 @@ def clinic_rule(rule_id: str, clinics: list[str] | None, **changes: Any) -> dict
         "name": ATTACKER_TEXT,
         "severity": "critical",
         "description": ATTACKER_TEXT,
+        "guidance": ATTACKER_TEXT,
         "definition": {
             "kinds": ["blood_pressure"],
             "when": {"field": "systolic", "op": ">", "value": 0},
@@ -347,9 +350,9 @@ async def test_a_loosened_override_in_the_database_does_not_silence_a_protected_
     and the protected rule stays in force at that clinic."""
     demo = await s.db.fetchval("SELECT id FROM clinics WHERE code = 'DEMO'")
     await s.db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled, definition,"
-        " clinic_ids, overrides_rule_id)"
-        " SELECT 'demo-quiet', 1, name, severity, description, true,"
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
+        " definition, clinic_ids, overrides_rule_id)"
+        " SELECT 'demo-quiet', 1, name, severity, description, guidance, true,"
         ' jsonb_set(definition, \'{when}\', \'{"field": "systolic", "op": ">", "value": 999}\'),'
         " ARRAY[$1::bigint], id FROM alert_rules WHERE id = $2",
         demo,
@@ -438,8 +441,8 @@ async def test_enabled_rules_per_clinic_are_limited(s: Scoped) -> None:
     room = limits.MAX_ENABLED_RULES_PER_CLINIC - defaults
     demo = await s.db.fetchval("SELECT id FROM clinics WHERE code = 'DEMO'")
     await s.db.execute(
-        "INSERT INTO alert_rules (id, version, name, severity, description, enabled, definition,"
-        " clinic_ids) SELECT 'filler-' || i, 1, 'f', 'info', 'f', true,"
+        "INSERT INTO alert_rules (id, version, name, severity, description, guidance, enabled,"
+        " definition, clinic_ids) SELECT 'filler-' || i, 1, 'f', 'info', 'f', 'f', true,"
         ' \'{"when": {"field": "systolic", "op": ">", "value": 999}}\', ARRAY[$1::bigint]'
         " FROM generate_series(1, $2) AS i",
         demo,
@@ -464,16 +467,16 @@ async def test_the_migrate_command_records_rule_versions_from_migrations_once(
     s: Scoped, database_url: str, tmp_path: Any
 ) -> None:
     """The default rules (migration 0003), their protection (0005), the clinical model
-    (0007) and the theft rule grouped by report (0008) arrived without an audit entry;
-    the migrate command records each version once, in every clinic's chain and the
-    global one (they are network rules), and marks it recorded."""
+    (0007), the theft rule grouped by report (0008) and their guidance (0009) arrived
+    without an audit entry; the migrate command records each version once, in every
+    clinic's chain and the global one (they are network rules), and marks it recorded."""
     result = await run_cli("migrate", env=cli_env(database_url, tmp_path / "data"))
     assert result.code == 0, result.stderr
     rows = await s.db.fetch(
         "SELECT chain, object_id, details FROM audit_entries WHERE action = 'rule.migrated'"
     )
     versions = await s.db.fetchval("SELECT count(*) FROM alert_rule_versions")
-    assert versions == 55
+    assert versions == 92
     assert len(rows) == versions * 3
     assert {r["chain"] for r in rows} == {"clinic:DEMO", "clinic:OTHER", "global"}
     crisis = sorted(
@@ -481,7 +484,7 @@ async def test_the_migrate_command_records_rule_versions_from_migrations_once(
         for r in rows
         if r["object_id"] == CRISIS and r["chain"] == "global"
     )
-    assert crisis == [(1, False), (2, True), (3, True)]
+    assert crisis == [(1, False), (2, True), (3, True), (4, True)]
     assert (
         await s.db.fetchval("SELECT count(*) FROM alert_rule_versions WHERE audited_at IS NULL")
         == 0

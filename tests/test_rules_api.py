@@ -18,49 +18,52 @@ from tests.helpers.reports import audit_rows, bp_report, create_report, send_con
 from tests.helpers.rules import RULES, RulesAs, Users
 from tests.helpers.world import World
 
-# Each default rule and its version: migration 0005 made three rules protected, and
-# migration 0007 (the clinical model) revised eleven and added the rules at version 1;
-# migration 0008 grouped the theft-or-loss rule by report.
+# Each default rule and its version: migration 0005 made three rules protected,
+# migration 0007 (the clinical model) revised eleven and added the rules at version 1,
+# migration 0008 grouped the theft-or-loss rule by report, and migration 0009 gave every
+# rule its guidance (and some their acknowledgement minutes).
 DEFAULT_VERSIONS = {
-    "bp-pre-dose-hold": 2,
-    "bp-ctcae-grade-3": 2,
-    "bp-markedly-abnormal": 2,
-    "bp-severe-hypertension": 1,
-    "bp-hypertensive-crisis": 3,
-    "target-organ-symptom": 1,
-    "hypotension": 1,
-    "hypotension-severe": 1,
-    "heart-rate": 1,
-    "heart-rate-severe": 1,
-    "breathing-impaired": 1,
-    "respiratory-depression": 3,
-    "sedation-moaa-s-3": 2,
-    "sedation-moaa-s-1": 2,
-    "sedation-loss-of-consciousness": 2,
-    "dissociation-present": 2,
-    "not-resolved-at-120-minutes": 1,
-    "suicidal-behaviour": 1,
-    "suicidal-ideation": 1,
-    "emergence-rescue-medication": 1,
-    "emergence-ed-transfer": 1,
-    "vomiting-while-sedated": 1,
-    "fall": 1,
-    "urological-symptoms": 1,
-    "urological-haematuria": 1,
-    "pregnancy-exposure": 1,
-    "dose-off-protocol": 1,
-    "serious-adverse-event": 2,
-    "dast10-moderate": 1,
-    "pattern-patient-misuse": 1,
-    "controlled-substance-theft-or-loss": 4,
-    "inventory-discrepancy": 2,
-    "pattern-of-discrepancies": 2,
-    "suspected-staff-diversion": 1,
-    "device-tampered": 1,
-    "pattern-blood-pressure-cluster": 2,
-    "pattern-patient-repeated-urgent": 1,
+    "bp-pre-dose-hold": 3,
+    "bp-ctcae-grade-3": 3,
+    "bp-markedly-abnormal": 3,
+    "bp-severe-hypertension": 2,
+    "bp-hypertensive-crisis": 4,
+    "target-organ-symptom": 2,
+    "hypotension": 2,
+    "hypotension-severe": 2,
+    "heart-rate": 2,
+    "heart-rate-severe": 2,
+    "breathing-impaired": 2,
+    "respiratory-depression": 4,
+    "sedation-moaa-s-3": 3,
+    "sedation-moaa-s-1": 3,
+    "sedation-loss-of-consciousness": 3,
+    "dissociation-present": 3,
+    "not-resolved-at-120-minutes": 2,
+    "suicidal-behaviour": 2,
+    "suicidal-ideation": 2,
+    "emergence-rescue-medication": 2,
+    "emergence-ed-transfer": 2,
+    "vomiting-while-sedated": 2,
+    "fall": 2,
+    "urological-symptoms": 2,
+    "urological-haematuria": 2,
+    "pregnancy-exposure": 2,
+    "dose-off-protocol": 2,
+    "serious-adverse-event": 3,
+    "dast10-moderate": 2,
+    "pattern-patient-misuse": 2,
+    "controlled-substance-theft-or-loss": 5,
+    "inventory-discrepancy": 3,
+    "pattern-of-discrepancies": 3,
+    "suspected-staff-diversion": 2,
+    "device-tampered": 2,
+    "pattern-blood-pressure-cluster": 3,
+    "pattern-patient-repeated-urgent": 2,
 }
 DEFAULT_RULES = set(DEFAULT_VERSIONS)
+# What a rule's body holds (besides its id and scope).
+RULE_FIELDS = ("name", "severity", "description", "guidance", "ack_minutes", "definition")
 PROTECTED = {
     "bp-hypertensive-crisis",
     "target-organ-symptom",
@@ -110,6 +113,7 @@ def pulse_rule(**overrides: Any) -> dict[str, Any]:
         "name": "Tachycardia",
         "severity": "high",
         "description": "Pulse above 120 bpm. Source: convention.",
+        "guidance": "Recheck the pulse in 5 minutes and tell the prescriber if it stays high.",
         "definition": {
             "kinds": ["blood_pressure"],
             "when": {"field": "pulse", "op": ">", "value": 120},
@@ -212,6 +216,8 @@ async def test_list_has_the_default_rules_each_citing_a_source(r: Rules) -> None
             "name",
             "severity",
             "description",
+            "guidance",
+            "ack_minutes",
             "enabled",
             "definition",
             "updated_at",
@@ -241,7 +247,7 @@ async def test_read_one_rule(r: Rules) -> None:
     view = await r.get("olga", "bp-hypertensive-crisis")
     assert view["id"] == "bp-hypertensive-crisis"
     assert view["name"] == "Hypertensive emergency"
-    assert view["version"] == 3
+    assert view["version"] == default_version("bp-hypertensive-crisis")
     # On any kind: vital signs may be given on every report about a patient.
     assert view["definition"]["kinds"] == []
     assert view["definition"]["group_by"] == "patient"
@@ -349,7 +355,7 @@ async def test_a_safety_officer_may_create_a_rule(r: Rules) -> None:
 async def test_changing_a_default_rule_takes_effect(r: Rules) -> None:
     # The crisis rule is protected: the change takes effect once a second admin approves.
     crisis = await r.get("adam", "bp-hypertensive-crisis")
-    body = {k: crisis[k] for k in ("name", "severity", "description", "definition")}
+    body = {k: crisis[k] for k in RULE_FIELDS}
     body["severity"] = "urgent"
     response = await r.update("adam", "bp-hypertensive-crisis", body)
     assert response.status_code == 202, response.text
@@ -369,7 +375,7 @@ async def test_a_disabled_rule_can_be_enabled_again(r: Rules) -> None:
     report = await r.report(patient_ref="PT-1", systolic=170, diastolic=112)
     assert await r.alert_of(report, marked) is None
     current = await r.get("adam", marked)
-    body = {k: current[k] for k in ("name", "severity", "description", "definition")}
+    body = {k: current[k] for k in RULE_FIELDS}
     response = await r.update("adam", marked, {**body, "enabled": True})
     assert response.status_code == 200, response.text
     # Disabled and enabled again: two versions more.
@@ -483,6 +489,7 @@ async def test_an_unknown_top_level_field_is_422_naming_it(r: Rules) -> None:
 MISSING = [
     pytest.param(_mutate(["definition", "when"], _DELETE), "when", id="when"),
     pytest.param(_mutate(["description"], _DELETE), "description", id="description"),
+    pytest.param(_mutate(["guidance"], _DELETE), "guidance", id="guidance"),
     pytest.param(_mutate(["severity"], _DELETE), "severity", id="severity"),
 ]
 
@@ -541,8 +548,9 @@ async def test_two_creates_of_one_id_at_once_are_201_and_422(
     try:
         # What the other create does, not yet committed when this one checks the id.
         await other_conn.execute(
-            "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
-            " definition) VALUES ('tachycardia', 1, 'other', 'info', 'other', true,"
+            "INSERT INTO alert_rules (id, version, name, severity, description, guidance,"
+            " enabled, definition) VALUES ('tachycardia', 1, 'other', 'info', 'other', 'other',"
+            " true,"
             ' \'{"when": {"field": "pulse", "op": ">", "value": 200}}\')'
         )
         pending = asyncio.ensure_future(send_concurrently(r.client, [request]))
@@ -563,9 +571,9 @@ async def test_disable_keeps_a_concurrent_update(
     concurrent = other_conn.transaction()
     await concurrent.start()
     try:
-        # A concurrent update to version 2 (another threshold), not yet committed.
+        # A concurrent update to a new version (another threshold), not yet committed.
         await other_conn.execute(
-            "UPDATE alert_rules SET version = 2, definition = jsonb_set(definition,"
+            "UPDATE alert_rules SET version = version + 1, definition = jsonb_set(definition,"
             " '{when,value}', '2') WHERE id = 'sedation-moaa-s-1'"
         )
         pending = asyncio.ensure_future(send_concurrently(r.client, [request]))
@@ -575,7 +583,7 @@ async def test_disable_keeps_a_concurrent_update(
     [response] = await pending
     assert response.status_code == 200, response.text
     view = await r.get("adam", "sedation-moaa-s-1")
-    assert (view["version"], view["enabled"]) == (3, False)
+    assert (view["version"], view["enabled"]) == (default_version("sedation-moaa-s-1") + 2, False)
     assert view["definition"]["when"]["value"] == 2
 
 

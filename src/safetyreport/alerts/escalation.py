@@ -41,7 +41,8 @@ JOIN clinics c ON c.id = due.clinic_id
 # Claim and escalate in one statement. SKIP LOCKED: an alert another transaction holds
 # (another escalation batch, an acknowledgement) is left to it; READ COMMITTED re-checks
 # the WHERE clause on rows changed meanwhile, so an alert escalated by a batch that just
-# committed is no longer due. A severity without a deadline gets none (NULL).
+# committed is no longer due. The next deadline is the rule's minutes, else the
+# severity's; a severity without a deadline gets none (NULL).
 _ESCALATE = """
 WITH due AS (
     SELECT id, ack_deadline FROM alerts
@@ -52,9 +53,11 @@ WITH due AS (
 )
 UPDATE alerts a
 SET escalation_level = a.escalation_level + 1,
-    ack_deadline = now() + (SELECT d.deadline
-                            FROM unnest($3::text[], $4::interval[]) AS d(severity, deadline)
-                            WHERE d.severity = a.severity),
+    ack_deadline = now() + coalesce(
+        (SELECT r.ack_minutes * interval '1 minute' FROM alert_rules r WHERE r.id = a.rule_id),
+        (SELECT d.deadline
+         FROM unnest($3::text[], $4::interval[]) AS d(severity, deadline)
+         WHERE d.severity = a.severity)),
     revision = a.revision + 1,
     updated_at = now()
 FROM due

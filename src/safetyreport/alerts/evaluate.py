@@ -31,9 +31,11 @@ from safetyreport.alerts.rules import (
     SEVERITY_RANK,
     SEVERITY_RANK_SQL,
     Rule,
+    ack_window,
     compile_rule,
     in_force,
 )
+from safetyreport.audit.chain import format_time
 from safetyreport.db.pool import Conn
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.settings import AlertSettings
@@ -92,6 +94,10 @@ class StoredReport:
 class Outcome:
     opened: list[uuid.UUID] = field(default_factory=list)
     attached: list[uuid.UUID] = field(default_factory=list)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else format_time(value)
 
 
 # The rules in force are read in every report's transaction (a change applies to the very
@@ -307,7 +313,20 @@ INSERT INTO alerts (id, rule_id, rule_version, clinic_id, group_by, group_key, f
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', now() + $9::interval, $10, $11, $12)
 ON CONFLICT (rule_id, clinic_id, group_key) WHERE status <> 'resolved'
 DO UPDATE SET last_seen_at = now(), updated_at = now(), revision = alerts.revision + 1
-RETURNING id, (xmax = 0) AS opened
+RETURNING id, (xmax = 0) AS opened, severity, status, ack_deadline, report_count
+"""
+# Severities whose alert, when a new report joins it, is open again with a new deadline.
+RENEWING_SEVERITIES = frozenset({"critical", "urgent"})
+# A new report joined: the alert is open again (an acknowledgement no longer covers it),
+# its deadline starts again from now, and an override of a hold no longer stands (the new
+# reading needs its own decision). The upsert above holds the row's lock.
+_RENEW = """
+UPDATE alerts SET status = 'open', acknowledged_at = NULL, acknowledged_by = NULL,
+                  ack_deadline = now() + $2::interval, override_reason = NULL,
+                  overridden_by = NULL, overridden_at = NULL,
+                  revision = revision + 1, updated_at = now()
+WHERE id = $1
+RETURNING ack_deadline
 """
 _RESET_CLOCKS = """
 UPDATE alerts SET dea_notice_due = $2, dea_form106_due = $3, dea_clock_zone = $4 WHERE id = $1
@@ -371,7 +390,7 @@ async def _raise(
         group_key,
         rule.definition.pattern is not None,
         rule.severity,
-        settings.ack_deadlines.get(rule.severity),
+        ack_window(rule.ack_minutes, rule.severity, settings),
         clocks.notice_due if clocks else None,
         clocks.form106_due if clocks else None,
         clocks.zone if clocks else None,
@@ -396,6 +415,17 @@ async def _raise(
         "report_count": count,
     }
     action = "opened" if row["opened"] else "matched"
+    joined = not row["opened"] and count > row["report_count"]
+    if joined and (row["severity"] in RENEWING_SEVERITIES or rule.definition.hold):
+        action = "renewed"
+        deadline = await conn.fetchval(
+            _RENEW, alert_id, ack_window(rule.ack_minutes, row["severity"], settings)
+        )
+        details.update(
+            status_was=row["status"],
+            deadline_was=_iso(row["ack_deadline"]),
+            next_deadline=_iso(deadline),
+        )
     await events.record(
         conn,
         alert_id=alert_id,

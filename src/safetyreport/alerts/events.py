@@ -14,8 +14,9 @@ from safetyreport.settings import AlertSettings
 
 # LISTEN/NOTIFY channel; the payload is the event id (notifications carry ids, not data).
 CHANNEL = "alert_events"
-# Events that notify someone outside the service.
-NOTIFYING_EVENTS = frozenset({"opened", "escalated"})
+# Events that notify someone outside the service ("renewed": a new report joined a
+# critical or urgent alert, or a hold, and its deadline started again).
+NOTIFYING_EVENTS = frozenset({"opened", "escalated", "renewed"})
 
 # The alert as the notification payload shows it, the event inserted, and its NOTIFY, in
 # one statement (an alert that does not exist gives no row and inserts nothing).

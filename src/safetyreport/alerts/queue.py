@@ -1,6 +1,7 @@
 """The alert queue: listing, reading and working alerts (acknowledge, assign, resolve,
-reopen, notes). Every transition is audited with who and when; two people acting on
-one alert at once get one winner and a Conflict for the other, never an overwrite."""
+reopen, notes, the override of a hold). Every transition is audited with who and when;
+two people acting on one alert at once get one winner and a Conflict for the other,
+never an overwrite."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import msgspec
 
 from safetyreport import audit
 from safetyreport.alerts import dea, events
-from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL
+from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL, ack_window
 from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, Status
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
@@ -170,6 +171,7 @@ _ALLOWED_FROM: dict[str, frozenset[str]] = {
     "resolved": frozenset({"open", "acknowledged"}),
     "reopened": frozenset({"resolved"}),
     "noted": frozenset({"open", "acknowledged", "resolved"}),
+    "overridden": frozenset({"open", "acknowledged"}),
 }
 _ACKNOWLEDGE = """
 UPDATE alerts SET status = 'acknowledged', acknowledged_at = now(), acknowledged_by = $2,
@@ -197,6 +199,18 @@ WHERE id = $1
 """
 
 
+# Overriding a hold records who decided to dose despite it, and why; the alert stays in
+# the queue for the safety officer (the status is not changed).
+_OVERRIDE = """
+UPDATE alerts SET override_reason = $3, overridden_by = $2, overridden_at = now(),
+                  revision = revision + 1, updated_at = now()
+WHERE id = $1
+"""
+_RULE = """
+SELECT ack_minutes, definition @> '{"hold": true}'::jsonb AS hold FROM alert_rules WHERE id = $1
+"""
+
+
 async def _apply(
     conn: Conn,
     row: asyncpg.Record,
@@ -214,9 +228,18 @@ async def _apply(
         await conn.execute(_RESOLVE, alert_id, principal.id, *value)
     elif action == "noted":
         await conn.execute(_TOUCH, alert_id)
+    elif action == "overridden":
+        rule = await conn.fetchrow(_RULE, row["rule_id"])
+        if rule is None or not rule["hold"]:
+            raise Conflict(f"{row['rule_id']} is not a hold: there is nothing to override")
+        if row["overridden_at"] is not None:
+            raise Conflict(f"the hold was already overridden by {row['overridden_by']}")
+        await conn.execute(_OVERRIDE, alert_id, principal.id, value)
     elif action == "reopened":
+        minutes = await conn.fetchval(_RULE, row["rule_id"])
+        deadline = ack_window(minutes, row["severity"], settings)
         try:
-            await conn.execute(_REOPEN, alert_id, settings.ack_deadlines.get(row["severity"]))
+            await conn.execute(_REOPEN, alert_id, deadline)
         except asyncpg.UniqueViolationError:
             raise Conflict(
                 "another alert of this rule and group is open; work that one instead"
@@ -425,6 +448,32 @@ async def reopen(
         alert_id,
         "reopened",
         expected_revision=revision,
+        details={"reason": reason},
+        settings=settings,
+    )
+
+
+async def override(
+    conn: Conn,
+    caller: Caller,
+    alert_id: uuid.UUID,
+    reason: str,
+    *,
+    revision: int | None,
+    settings: AlertSettings,
+) -> AlertDetail:
+    """Record that the patient is dosed despite a hold (the pre-dose hold), and why.
+
+    Only an alert of a hold rule (``definition.hold``) can be overridden, once; a new
+    report that joins the alert clears the override (the new reading needs its own).
+    """
+    return await _transition(
+        conn,
+        caller,
+        alert_id,
+        "overridden",
+        expected_revision=revision,
+        value=reason,
         details={"reason": reason},
         settings=settings,
     )

@@ -16,7 +16,7 @@ from msgspec import Meta
 from safetyreport.alerts import queue, rule_changes, rules
 from safetyreport.alerts.view import Status
 from safetyreport.auth.http import require_roles
-from safetyreport.auth.permissions import ALERT_READERS, ALERT_WORKERS, allow
+from safetyreport.auth.permissions import ALERT_READERS, ALERT_WORKERS, REPORT_WRITERS, allow
 from safetyreport.caller import Caller
 from safetyreport.request_context import CallerDep, DbDep, StateDep
 
@@ -160,6 +160,26 @@ class AlertController(Controller):
     ) -> queue.AlertDetail:
         """Reopen a resolved alert; a reason is required and the deadline starts again."""
         return await queue.reopen(
+            db,
+            caller,
+            alert_id,
+            data.reason,
+            revision=data.revision,
+            settings=app_state.settings.alerts,
+        )
+
+    @post("/{alert_id:uuid}/override", status_code=HTTP_200_OK, opt=allow(REPORT_WRITERS))
+    async def override(
+        self,
+        db: DbDep,
+        caller: CallerDep,
+        app_state: StateDep,
+        alert_id: FromPath[uuid.UUID],
+        data: JSONBody[WithReason],
+    ) -> queue.AlertDetail:
+        """Dose despite a hold (the pre-dose hold), saying why: by a nurse or safety officer
+        of the alert's clinic. 409 for an alert that is not a hold, or already overridden."""
+        return await queue.override(
             db,
             caller,
             alert_id,

@@ -147,8 +147,10 @@ def _input_of(rule: RuleCreate) -> RuleInput:
         name=rule.name,
         severity=rule.severity,
         description=rule.description,
+        guidance=rule.guidance,
         definition=rule.definition,
         enabled=rule.enabled,
+        ack_minutes=rule.ack_minutes,
     )
 
 

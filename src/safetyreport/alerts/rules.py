@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -32,6 +32,7 @@ from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import AppError, FieldError, NotFound, ValidationFailed, rule_of
 from safetyreport.reports.types import ReportKind
+from safetyreport.settings import AlertSettings
 
 Severity = Literal["info", "high", "urgent", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "high": 1, "urgent": 2, "critical": 3}
@@ -67,14 +68,26 @@ class Definition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     group_by: Literal["clinic", "patient", "report"] = "patient"
     # Theft and loss: carry the DEA due dates (21 CFR 1301.76(b)).
     dea_deadlines: bool = False
+    # A hold (the pre-dose hold): dosing waits until a nurse records an override with a
+    # reason on the alert. A flag rather than a rule id, so that a clinic's override of
+    # the hold, or a hold of its own, is a hold too.
+    hold: bool = False
+
+
+Guidance = Annotated[str, Meta(min_length=1, max_length=1000)]
+AckMinutes = Annotated[int, Meta(ge=1, le=1440)]
 
 
 class RuleInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=200)]
     severity: Severity
     description: Annotated[str, Meta(min_length=1, max_length=4000)]
+    # What to do now, in one or two sentences: shown at the chair with the alert.
+    guidance: Guidance
     definition: Definition
     enabled: bool = True
+    # Minutes to acknowledge an alert of this rule; absent: the severity's setting.
+    ack_minutes: AckMinutes | None = None
 
 
 class RuleCreate(RuleInput, frozen=True, kw_only=True):
@@ -94,6 +107,9 @@ class RuleView(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     severity: Severity
     description: str
+    guidance: str
+    # Minutes to acknowledge; null: the severity's setting (SAFETYREPORT_ACK_MINUTES_*).
+    ack_minutes: int | None
     enabled: bool
     definition: Definition
     updated_at: datetime
@@ -119,9 +135,18 @@ class Rule:
     overrides: str | None = None
     protected: bool = False
     nodes: int = 1
+    ack_minutes: int | None = None
 
     def applies_to(self, kind: str) -> bool:
         return not self.definition.kinds or kind in self.definition.kinds
+
+
+def ack_window(ack_minutes: int | None, severity: str, settings: AlertSettings) -> timedelta | None:
+    """How long an alert may wait for an acknowledgement: the rule's minutes when it sets
+    them, else the severity's setting (None: it never escalates)."""
+    if ack_minutes is not None:
+        return timedelta(minutes=ack_minutes)
+    return settings.ack_deadlines.get(severity)
 
 
 def parse_rule_input(raw: Any, *, with_id: bool) -> RuleInput:
@@ -132,6 +157,10 @@ def parse_rule_input(raw: Any, *, with_id: bool) -> RuleInput:
         raise ValidationFailed.one(
             "$", "limit", f"a rule is at most {MAX_RULE_BYTES} bytes of JSON (this is {size})"
         )
+    minutes = raw.get("ack_minutes") if isinstance(raw, dict) else None
+    if isinstance(minutes, float) and minutes.is_integer():
+        # 5.0 is the integer 5 in JSON (and in JSON Schema), though msgspec reads a float.
+        raw = {**raw, "ack_minutes": int(minutes)}
     try:
         rule = msgspec.convert(raw, target)
     except msgspec.ValidationError as exc:
@@ -183,6 +212,7 @@ def compile_rule(row: Any) -> Rule:
         overrides=row.get("overrides_rule_id"),
         protected=row.get("protected", False),
         nodes=node_count(condition),
+        ack_minutes=row.get("ack_minutes"),
     )
 
 
@@ -223,6 +253,14 @@ def loosening(
         )
     if base.dea_deadlines and not mine.dea_deadlines:
         problems.append(("definition.dea_deadlines", "DEA deadlines stay on"))
+    if base.hold and not mine.hold:
+        problems.append(("definition.hold", "the hold stays on"))
+    if network.ack_minutes is not None and (
+        override.ack_minutes is None or override.ack_minutes > network.ack_minutes
+    ):
+        problems.append(
+            ("ack_minutes", f"acknowledgement within {network.ack_minutes} minutes or sooner")
+        )
     return [
         FieldError(
             f"{field_prefix}{field}",
@@ -289,8 +327,10 @@ def _looser_cached(base: Rule, override: Rule) -> bool:
             name="-",
             severity=override.severity,  # type: ignore[arg-type]
             description="-",
+            guidance="-",
             definition=override.definition,
             enabled=override.enabled,
+            ack_minutes=override.ack_minutes,
         )
         found = _looser[key] = bool(loosening(base, as_input))
     return found
@@ -301,7 +341,7 @@ def _looser_cached(base: Rule, override: Rule) -> bool:
 CANDIDATES_SQL = """
 SELECT r.id, r.version, r.severity, r.enabled, r.clinic_ids IS NULL AS network,
        r.overrides_rule_id, r.protected OR coalesce(b.protected, false) AS protected,
-       r.definition::text AS definition
+       r.ack_minutes, r.definition::text AS definition
 FROM alert_rules r LEFT JOIN alert_rules b ON b.id = r.overrides_rule_id
 WHERE (r.clinic_ids IS NULL AND r.enabled) OR r.clinic_ids @> ARRAY[$1::bigint]
 ORDER BY r.id
@@ -369,6 +409,8 @@ class StoredRule:
     name: str
     severity: Severity
     description: str
+    guidance: str
+    ack_minutes: int | None
     enabled: bool
     definition: Definition
     updated_at: datetime
@@ -382,8 +424,10 @@ class StoredRule:
             "name": self.name,
             "severity": self.severity,
             "description": self.description,
+            "guidance": self.guidance,
             "definition": self.definition,
             "enabled": self.enabled,
+            "ack_minutes": self.ack_minutes,
         }
         return RuleInput(**{**fields, **changes})
 
@@ -399,6 +443,8 @@ class StoredRule:
             name=self.name,
             severity=self.severity,
             description=self.description,
+            guidance=self.guidance,
+            ack_minutes=self.ack_minutes,
             enabled=self.enabled,
             definition=self.definition,
             updated_at=self.updated_at,
@@ -411,8 +457,8 @@ class StoredRule:
 # A rule is visible to a user when it is a network rule or lists one of her clinics ($1;
 # NULL for users granted every clinic). Other clinics' rules do not exist for her.
 _SELECT_RULES = """
-SELECT r.id, r.version, r.name, r.severity, r.description, r.enabled, r.definition,
-       r.updated_at, r.clinic_ids, r.overrides_rule_id,
+SELECT r.id, r.version, r.name, r.severity, r.description, r.guidance, r.ack_minutes,
+       r.enabled, r.definition, r.updated_at, r.clinic_ids, r.overrides_rule_id,
        r.protected OR coalesce(b.protected, false) AS protected,
        CASE WHEN r.clinic_ids IS NOT NULL THEN
            ARRAY(SELECT c.code FROM clinics c WHERE c.id = ANY(r.clinic_ids) ORDER BY c.code)
@@ -429,6 +475,8 @@ def _stored(row: Any) -> StoredRule:
         name=row["name"],
         severity=row["severity"],
         description=row["description"],
+        guidance=row["guidance"],
+        ack_minutes=row["ack_minutes"],
         enabled=row["enabled"],
         definition=msgspec.convert(row["definition"], Definition),
         updated_at=row["updated_at"],
@@ -486,9 +534,10 @@ class Approval:
 _SAVE_VERSION = """
 INSERT INTO alert_rule_versions
     (rule_id, version, name, severity, description, enabled, definition, changed_by,
-     clinic_ids, overrides_rule_id, protected, approved_by, change_id, audited_at)
+     clinic_ids, overrides_rule_id, protected, approved_by, change_id, audited_at,
+     guidance, ack_minutes)
 SELECT id, version, name, severity, description, enabled, definition, $2,
-       clinic_ids, overrides_rule_id, protected, $3, $4, now()
+       clinic_ids, overrides_rule_id, protected, $3, $4, now(), guidance, ack_minutes
 FROM alert_rules WHERE id = $1
 """
 
@@ -509,8 +558,8 @@ async def save_rule(
     if create:
         inserted = await conn.fetchval(
             "INSERT INTO alert_rules (id, version, name, severity, description, enabled,"
-            " definition, clinic_ids, overrides_rule_id)"
-            " VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8)"
+            " definition, clinic_ids, overrides_rule_id, guidance, ack_minutes)"
+            " VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             " ON CONFLICT (id) DO NOTHING RETURNING id",
             rule_id,
             rule.name,
@@ -520,13 +569,16 @@ async def save_rule(
             definition,
             scope.clinic_ids,
             scope.overrides,
+            rule.guidance,
+            rule.ack_minutes,
         )
         if inserted is None:
             raise ValidationFailed.one("id", "unique", f"rule {rule_id} already exists")
     else:
         updated = await conn.fetchval(
             "UPDATE alert_rules SET version = version + 1, name = $2, severity = $3,"
-            " description = $4, enabled = $5, definition = $6, updated_at = now()"
+            " description = $4, enabled = $5, definition = $6, guidance = $7,"
+            " ack_minutes = $8, updated_at = now()"
             " WHERE id = $1 RETURNING version",
             rule_id,
             rule.name,
@@ -534,6 +586,8 @@ async def save_rule(
             rule.description,
             rule.enabled,
             definition,
+            rule.guidance,
+            rule.ack_minutes,
         )
         if updated is None:
             raise NotFound(f"no rule {rule_id}")

@@ -22,6 +22,8 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     rule_id: str
     rule_version: int
     rule_name: str
+    # The rule's guidance: what to do now.
+    guidance: str
     severity: str
     status: Status
     escalation_level: int
@@ -49,13 +51,17 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     dea_notified_on: date | None
     dea_form106_number: str | None
     dea_not_reportable_reason: str | None
+    # A hold overridden at the chair: why, by whom, when (null while it holds).
+    override_reason: str | None
+    overridden_by: str | None
+    overridden_at: datetime | None
     revision: int
 
 
 # The columns of AlertView, plus the alert's clinic_id (for scoping), from ``alerts a``
 # joined as ALERT_JOINS joins it.
 ALERT_COLUMNS = f"""
-       a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.severity, a.status,
+       a.id, a.rule_id, a.rule_version, r.name AS rule_name, r.guidance, a.severity, a.status,
        a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
        a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
        ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
@@ -64,6 +70,7 @@ ALERT_COLUMNS = f"""
        CASE WHEN a.dea_notice_due IS NOT NULL AND a.dea_clock_zone IS NULL
             THEN '{NO_ZONE_WARNING}' END AS dea_clock_warning,
        a.dea_notified_on, a.dea_form106_number, a.dea_not_reportable_reason,
+       a.override_reason, ovr.username AS overridden_by, a.overridden_at,
        a.revision, a.clinic_id
 """
 # The warning is written into the SQL as a literal.
@@ -74,4 +81,5 @@ JOIN clinics c ON c.id = a.clinic_id
 LEFT JOIN users ack ON ack.id = a.acknowledged_by
 LEFT JOIN users asg ON asg.id = a.assigned_to
 LEFT JOIN users res ON res.id = a.resolved_by
+LEFT JOIN users ovr ON ovr.id = a.overridden_by
 """

@@ -159,6 +159,8 @@ MIGRATION_ACTOR = audit.Actor(name="system:migration")
 _UNAUDITED_VERSIONS = """
 SELECT v.rule_id, v.version, v.name, v.severity, v.description, v.enabled, v.definition,
        v.overrides_rule_id, v.protected, v.clinic_ids,
+       -- Columns of later migrations, read so that a database without them still works.
+       to_jsonb(v) ->> 'guidance' AS guidance, (to_jsonb(v) ->> 'ack_minutes')::int AS ack_minutes,
        CASE WHEN v.clinic_ids IS NOT NULL THEN
            ARRAY(SELECT c.code FROM clinics c WHERE c.id = ANY(v.clinic_ids) ORDER BY c.code)
        END AS clinics
@@ -197,7 +199,15 @@ async def audit_migrated_rule_versions(conn: Conn) -> int:
                     "version": row["version"],
                     "rule": {
                         name: row[name]
-                        for name in ("name", "severity", "description", "enabled", "definition")
+                        for name in (
+                            "name",
+                            "severity",
+                            "description",
+                            "guidance",
+                            "ack_minutes",
+                            "enabled",
+                            "definition",
+                        )
                     },
                     "clinics": row["clinics"],
                     "overrides": row["overrides_rule_id"],

@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from safetyreport.alerts.evaluate import StoredReport, evaluate_report
+from safetyreport.alerts.raised import RaisedAlert, raised_alerts
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
@@ -64,6 +65,9 @@ class ReportView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     body: dict[str, Any]
     # Every version, oldest first; only on the single-report view.
     history: list[ReportVersionView] | None = None
+    # Only in the answer to a submission or an amendment: every alert the report raised
+    # or joined, most severe first, with what to do now.
+    alerts: list[RaisedAlert] | None = None
 
 
 class ReportPage(msgspec.Struct, frozen=True):
@@ -190,9 +194,9 @@ async def _run_rules(
     clinic_id: int,
     body: ReportBody,
     alert_settings: AlertSettings,
-) -> None:
+) -> list[RaisedAlert]:
     stored = msgspec.to_builtins(body)
-    await evaluate_report(
+    outcome = await evaluate_report(
         conn,
         StoredReport(
             id=report_id,
@@ -208,6 +212,7 @@ async def _run_rules(
         client_addr=caller.address,
         settings=alert_settings,
     )
+    return await raised_alerts(conn, outcome)
 
 
 # The report and its first version in one statement (the foreign key of the version is
@@ -274,7 +279,7 @@ async def insert_report(
             "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
         },
     )
-    await _run_rules(conn, caller, report_id, 1, clinic_id, body, alert_settings)
+    alerts = await _run_rules(conn, caller, report_id, 1, clinic_id, body, alert_settings)
     read_back = _as_read_back(stored)
     return ReportView(
         id=report_id,
@@ -302,6 +307,7 @@ async def insert_report(
                 body=read_back,
             )
         ],
+        alerts=alerts,
     )
 
 
@@ -383,8 +389,10 @@ async def amend_report(
         clinic=row["clinic"],
         details={"version": version, "reason": reason, "changes": changed},
     )
-    await _run_rules(conn, caller, report_id, version, row["clinic_id"], body, alert_settings)
-    return await _detail(conn, report_id)
+    alerts = await _run_rules(
+        conn, caller, report_id, version, row["clinic_id"], body, alert_settings
+    )
+    return msgspec.structs.replace(await _detail(conn, report_id), alerts=alerts)
 
 
 async def read_report(conn: Conn, caller: Caller, report_id: uuid.UUID) -> ReportView:
