@@ -309,7 +309,13 @@ def _override(base: Any, group_by: str) -> RuleInput:
         "dea_deadlines": True,
     }
     return parse_rule_input(
-        {"name": "mine", "severity": "critical", "description": "-", "definition": definition},
+        {
+            "name": "mine",
+            "severity": "critical",
+            "description": "-",
+            "guidance": "Report it to the DEA.",
+            "definition": definition,
+        },
         with_id=False,
     )
 
@@ -329,6 +335,7 @@ def test_a_pattern_cannot_group_by_report() -> None:
         "name": "n",
         "severity": "high",
         "description": "d",
+        "guidance": "g",
         "definition": {
             "when": {"field": "incident_type", "op": "==", "value": "theft"},
             "pattern": {"min_count": 2, "window_days": 7},
