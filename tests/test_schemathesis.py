@@ -124,6 +124,12 @@ BEYOND_SCHEMA: dict[str, Callable[[Error], bool]] = {
         e["rule"] in {"fatal_with_death", "death_with_fatal", "not_ongoing_if_resolved"}
     ),
     "a stock concern is a stock incident": lambda e: e["rule"] == "use_stock_incident",
+    # Resolving: a theft or loss alert's DEA details, only on such an alert (its clocks
+    # are stored data), either the notice or a reason, the notice not after today.
+    "the DEA details of a theft or loss alert": lambda e: (
+        str(e["field"]).startswith("dea_")
+        and e["rule"] in {"required", "either", "future", "not_dea"}
+    ),
     "occurred_at not in the future": lambda e: e["rule"] == "not_in_future",
     "until later than from": lambda e: e["rule"] == "after_from",
     "a clinic of the user's": lambda e: e["rule"] == "member",
