@@ -236,7 +236,8 @@ async def _apply(
             raise Conflict(f"the hold was already overridden by {row['overridden_by']}")
         await conn.execute(_OVERRIDE, alert_id, principal.id, value)
     elif action == "reopened":
-        minutes = await conn.fetchval(_RULE, row["rule_id"])
+        rule = await conn.fetchrow(_RULE, row["rule_id"])
+        minutes = rule["ack_minutes"] if rule is not None else None
         deadline = ack_window(minutes, row["severity"], settings)
         try:
             await conn.execute(_REOPEN, alert_id, deadline)

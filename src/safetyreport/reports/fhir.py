@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from safetyreport.errors import Conflict
-from safetyreport.reports.grading import hypertension_reading_grade
+from safetyreport.reports.grading import hypertension_reading_grade, is_severe_pressure
 from safetyreport.reports.service import ReportView
 from safetyreport.reports.types import (
     AdverseEvent,
@@ -118,12 +118,10 @@ UROLOGICAL_TERMS = {
     "pelvic_pain": "Pelvic pain",
     "frequency": "Pollakiuria",
 }
-# Thresholds from docs/clinical-rules.md: ACC/AHA 2017 severe elevation at 180/120;
+# Thresholds from docs/clinical-rules.md (severe elevation, 180/120, is grading's):
 # hypotension below 90/60; heart rate below 50 or above 130; respiratory depression at a
 # rate below 8/min or SpO2 below 90 % (the critical breathing rule); MOAA/S 3 or less is
 # sedation beyond lethargy.
-SEVERE_SYSTOLIC = 180
-SEVERE_DIASTOLIC = 120
 HYPOTENSION_SYSTOLIC = 90
 HYPOTENSION_DIASTOLIC = 60
 BRADYCARDIA_PULSE = 50
@@ -163,7 +161,7 @@ def blood_pressure_term(body: BloodPressure) -> str:
     grade = hypertension_reading_grade(body.systolic, body.diastolic, body.symptoms)
     if grade == 4:
         return "Hypertensive emergency"
-    if body.systolic >= SEVERE_SYSTOLIC or body.diastolic >= SEVERE_DIASTOLIC:
+    if is_severe_pressure(body.systolic, body.diastolic):
         return "Hypertensive urgency"
     if body.syncope:
         return "Syncope"

@@ -18,6 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+# ACC/AHA 2017 severe elevation: with a target-organ symptom, a hypertensive emergency.
+SEVERE_SYSTOLIC = 180
+SEVERE_DIASTOLIC = 120
+
+
+def is_severe_pressure(systolic: int, diastolic: int) -> bool:
+    """At or above 180 systolic or 120 diastolic (ACC/AHA 2017 severe hypertension)."""
+    return systolic >= SEVERE_SYSTOLIC or diastolic >= SEVERE_DIASTOLIC
+
 
 def _systolic_grade(systolic: int) -> int:
     if systolic >= 160:
@@ -40,6 +49,6 @@ def _diastolic_grade(diastolic: int) -> int:
 
 
 def hypertension_reading_grade(systolic: int, diastolic: int, symptoms: Collection[str]) -> int:
-    if symptoms and (systolic >= 180 or diastolic >= 120):
+    if symptoms and is_severe_pressure(systolic, diastolic):
         return 4
     return max(_systolic_grade(systolic), _diastolic_grade(diastolic))
