@@ -25,7 +25,7 @@ HOLD = "bp-pre-dose-hold"
 CRISIS = "bp-hypertensive-crisis"
 GRADE_3 = "bp-ctcae-grade-3"
 WEBHOOK = "http://127.0.0.1:9/hook"
-RAISED_FIELDS = {"id", "rule", "severity", "title", "status", "guidance"}
+RAISED_FIELDS = {"id", "rule", "severity", "title", "status", "guidance", "hold", "override_reason"}
 
 
 @pytest.fixture
@@ -122,6 +122,11 @@ async def test_the_answer_and_its_replay_carry_the_alerts(
         assert set(alert) == RAISED_FIELDS
     assert by_rule(answer)[HOLD]["guidance"].startswith("Do not dose.")
     assert by_rule(answer)[CRISIS]["severity"] == "critical"
+    # The hold says so, for the tablet's "do not dose"; nothing is overridden yet.
+    assert {a["rule"]: (a["hold"], a["override_reason"]) for a in alerts} == {
+        HOLD: (True, None),
+        CRISIS: (False, None),
+    }
 
     replayed = await post_report(client, users["nina"], body, key="chair-key-1")
     assert replayed.status_code == 201, replayed.text
@@ -419,8 +424,15 @@ async def test_a_nurse_overrides_a_hold_with_a_reason(
     )
     assert again.status_code == 409, again.text
 
+    # An amendment of the same report is no new reading: its answer shows the override.
+    response = await amend(client, users["nina"], report["id"], {"reason": "typo", "pulse": 70})
+    assert response.status_code == 201, response.text
+    [amended] = response.json()["alerts"]
+    assert (amended["hold"], amended["override_reason"]) == (True, reason)
+
     # A new reading above the criteria holds again: the override no longer stands.
-    await create_report(client, users["nina"], hold())
+    again_held = await create_report(client, users["nina"], hold())
+    assert again_held["alerts"][0]["override_reason"] is None
     renewed = await alert_row(db, raised["id"])
     assert (renewed["override_reason"], renewed["overridden_at"]) == (None, None)
     assert (await events(db, raised["id"]))[-1]["action"] == "renewed"

@@ -4,11 +4,12 @@ chair: what fired, how severe, and what to do now."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import msgspec
 
 from safetyreport.alerts.evaluate import Outcome
-from safetyreport.alerts.rules import SEVERITY_RANK
+from safetyreport.alerts.rules import SEVERITY_RANK, Definition
 from safetyreport.alerts.view import Status
 from safetyreport.db.pool import Conn
 
@@ -23,10 +24,15 @@ class RaisedAlert(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
     # What to do now (the rule's guidance).
     guidance: str
+    # A hold (the pre-dose hold): dosing waits until an override with a reason is recorded.
+    hold: bool
+    # The reason of the override recorded on a hold; null while it holds (and otherwise).
+    override_reason: str | None
 
 
 _RAISED = """
-SELECT a.id, a.rule_id AS rule, a.severity, r.name AS title, a.status, r.guidance
+SELECT a.id, a.rule_id AS rule, a.severity, r.name AS title, a.status, r.guidance,
+       r.definition, a.override_reason
 FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
 WHERE a.id = ANY($1::uuid[])
 """
@@ -40,6 +46,14 @@ async def raised_alerts(conn: Conn, outcome: Outcome) -> list[RaisedAlert]:
     if not order:
         return []
     rows = {r["id"]: r for r in await conn.fetch(_RAISED, order)}
-    alerts = [RaisedAlert(**dict(rows[i])) for i in order if i in rows]
+    alerts = [_raised(rows[i]) for i in order if i in rows]
     position = {a.id: n for n, a in enumerate(alerts)}
     return sorted(alerts, key=lambda a: (-SEVERITY_RANK[a.severity], position[a.id]))
+
+
+def _raised(row: Any) -> RaisedAlert:
+    fields = dict(row)
+    # Whether the rule in force is a hold, as the override (queue.override) judges it: the
+    # rule's current definition, read as evaluate reads it.
+    definition = msgspec.convert(fields.pop("definition"), Definition)
+    return RaisedAlert(**fields, hold=definition.hold)
