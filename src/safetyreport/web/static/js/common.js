@@ -226,8 +226,14 @@ const IDLE_MS = Number(document.body.dataset.idleSeconds || 0) * 1000;
 const IDLE_MARGIN_MS = 30000;
 const IDLE_CHECK_MS = 15000;
 
-/** Delete every page the service worker kept (it keeps them in sr-pages-<version>). */
+/** Delete every page the service worker kept (it keeps them in sr-pages-<version>), and
+ * the kept answers of sent reports (the action cards, see outbox.js). */
 export async function forgetPages() {
+  try {
+    await (await import("./outbox.js")).forgetAnswers();
+  } catch (error) {
+    console.warn("could not forget the kept answers:", error);
+  }
   if (!("caches" in window)) {
     return;
   }

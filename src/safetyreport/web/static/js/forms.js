@@ -314,11 +314,16 @@ export function showIsoTimes(form) {
   }
 }
 
-/** Set the status line under a form: kind is "ok", "warn", "error" or "". */
+/** Set the status line under a form: kind is "ok", "warn", "error" or "", with
+ * "lasting" for a message the nurse dismisses herself (its button is then shown). */
 export function formStatus(form, message, kind = "") {
   const el = form.querySelector(".form-status");
   if (el) {
     el.textContent = message;
     el.className = `form-status ${kind}`.trim();
+  }
+  const dismiss = form.querySelector(".clear-status");
+  if (dismiss) {
+    dismiss.hidden = !(message && kind.split(" ").includes("lasting"));
   }
 }

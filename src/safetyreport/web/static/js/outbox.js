@@ -10,12 +10,18 @@
 // ``sendQueued`` is the one sender: the report page calls it (and draws the outbox from
 // its hooks), and every other signed-in page of a reporting user calls it on load, so a
 // user's reports leave the tablet when she signs in again, wherever she lands.
+//
+// The server's answer to a report that raised alerts is kept (store "answers") until the
+// nurse has seen its action cards on the report page: a report sent in the background,
+// from another page or another tab, still shows what to do about it. An answer is
+// {key, user, kind, body, reportId, alerts, sentAt}, alerts as the 201 lists them.
 
 import { api, problemMessage, setCsrfToken } from "./common.js";
 
 const DB_NAME = "safetyreport";
-const DB_VERSION = 1;
+const DB_VERSION = 2;
 const STORE = "outbox";
+const ANSWERS = "answers";
 
 let dbPromise = null;
 
@@ -25,27 +31,38 @@ function openDb() {
       const request = indexedDB.open(DB_NAME, DB_VERSION);
       request.onupgradeneeded = () => {
         const db = request.result;
-        if (!db.objectStoreNames.contains(STORE)) {
-          db.createObjectStore(STORE, { keyPath: "key" });
+        for (const name of [STORE, ANSWERS]) {
+          if (!db.objectStoreNames.contains(name)) {
+            db.createObjectStore(name, { keyPath: "key" });
+          }
         }
       };
-      request.onsuccess = () => resolve(request.result);
+      request.onsuccess = () => {
+        const db = request.result;
+        // A newer page (a new version of this script) upgrades the database: let it.
+        db.onversionchange = () => {
+          db.close();
+          dbPromise = null;
+        };
+        resolve(db);
+      };
       request.onerror = () => reject(request.error);
     });
   }
   return dbPromise;
 }
 
-// Run ``work(store)`` in one transaction; resolves when it has committed.
-async function withStore(mode, work) {
+// Run ``work(store)`` in one transaction on ``name`` (or ``work(tx)`` on several names);
+// resolves when it has committed.
+async function withStore(mode, work, name = STORE) {
   const db = await openDb();
   return new Promise((resolve, reject) => {
-    const tx = db.transaction(STORE, mode);
+    const tx = db.transaction(name, mode);
     let result;
     tx.oncomplete = () => resolve(result);
     tx.onerror = () => reject(tx.error);
     tx.onabort = () => reject(tx.error || new Error("outbox transaction aborted"));
-    const request = work(tx.objectStore(STORE));
+    const request = work(Array.isArray(name) ? tx : tx.objectStore(name));
     if (request) {
       request.onsuccess = () => { result = request.result; };
     }
@@ -74,6 +91,38 @@ export function add(entry, replacedKey = null) {
     }
     return store.put(entry);
   });
+}
+
+// --- answers with alerts ----------------------------------------------------------
+
+/** ``user``'s kept answers, oldest first. */
+export async function answers(user) {
+  const kept = await withStore("readonly", (store) => store.getAll(), ANSWERS);
+  return (kept || []).filter((a) => a.user === user).sort((a, b) => a.sentAt.localeCompare(b.sentAt));
+}
+
+export function putAnswer(answer) {
+  return withStore("readwrite", (store) => store.put(answer), ANSWERS);
+}
+
+export function removeAnswer(key) {
+  return withStore("readwrite", (store) => store.delete(key), ANSWERS);
+}
+
+/** Forget every kept answer: they name patients, and the session that saw them ended. */
+export function forgetAnswers() {
+  return withStore("readwrite", (store) => store.clear(), ANSWERS);
+}
+
+/** The entry leaves the outbox and, if its answer raised alerts, the answer is kept: in
+ * one commit, so no answer is lost between the two. */
+function settle(entry, answer) {
+  return withStore("readwrite", (tx) => {
+    tx.objectStore(STORE).delete(entry.key);
+    if (answer.alerts.length) {
+      tx.objectStore(ANSWERS).put(answer);
+    }
+  }, [STORE, ANSWERS]);
 }
 
 export async function update(key, changes) {
@@ -129,9 +178,18 @@ async function sendOne(entry, hooks) {
     clearTimeout(timer);
   }
   if (result.ok) {
-    await remove(entry.key);
-    hooks.sent?.({ ...entry, state: "sent" });
-    return { state: "sent" };
+    const answer = {
+      key: entry.key,
+      user: entry.user,
+      kind: entry.kind,
+      body: entry.body,
+      reportId: result.data?.id || null,
+      alerts: result.data?.alerts || [],
+      sentAt: new Date().toISOString(),
+    };
+    await settle(entry, answer);
+    hooks.sent?.({ ...entry, state: "sent", answer });
+    return { state: "sent", answer };
   }
   if (result.status === 401) {
     hooks.session?.("signed-out");
@@ -188,8 +246,9 @@ let next = null;
 
 /**
  * Send ``user``'s queued entries, oldest first; resolves to a Map key -> {state, errors?}
- * of the entries this round tried. Hooks (all optional): ``changed()`` after the outbox
- * changed, ``sent(entry)`` for each entry the server took, ``session(state)`` with
+ * of the entries this round tried (a sent one with its ``answer``). Hooks (all optional):
+ * ``changed()`` after the outbox changed, ``sent(entry)`` for each entry the server took
+ * (with its ``answer``: the report's id and alerts), ``session(state)`` with
  * "ok", "signed-out" or "unavailable".
  */
 export function sendQueued(user, hooks = {}) {

@@ -13,6 +13,7 @@ import {
   clearErrors, fillForm, formStatus, readForm, resetForm, showErrors, watchConditions,
 } from "./forms.js";
 import * as outbox from "./outbox.js";
+import { alertSentence, keyValues, showCards, subjectOf } from "./chair.js";
 
 const RETRY_MS = 20000;
 // A new report's time is "now" when its form opens. A form left idle this long takes
@@ -26,6 +27,8 @@ const STATE_LABELS = { queued: "Queued", sending: "Sending", sent: "Sent", faile
 
 const forms = [...document.querySelectorAll("form.report-form")];
 const sentThisVisit = [];
+// Reports sent from a form on this page: their confirmation speaks of their alerts.
+const submittedHere = new Set();
 let signedOut = false;
 
 const formFor = (kind) => forms.find((f) => f.dataset.kind === kind);
@@ -128,6 +131,7 @@ async function submit(form) {
     };
     await outbox.add(entry, form.dataset.replaces || null);
     form.dataset.replaces = entry.key;
+    submittedHere.add(entry.key);
     formStatus(form, "Saved on this tablet. Sending…", "warn");
     await render();
     const outcome = (await flush()).get(entry.key);
@@ -140,8 +144,13 @@ async function submit(form) {
 function reportOutcome(form, entry, outcome) {
   if (outcome?.state === "sent") {
     openForm(form);
-    formStatus(form, `Report sent: ${summary(entry)}.`, "ok");
-    announce("Report sent.");
+    // It stays (role=status, so it is heard) until the next submission or "Dismiss".
+    const alerts = outcome.answer?.alerts || [];
+    const sent = `Report sent: ${keyValues(entry.kind, entry.body)}, ${subjectOf(entry.body)}.`;
+    formStatus(form, `${sent} ${alertSentence(entry.body, alerts)}`, "ok lasting");
+    if (alerts.length) {
+      document.getElementById("chair-alerts").scrollIntoView({ block: "start" });
+    }
   } else if (outcome?.state === "failed") {
     // Kept in the form (and in the outbox, as failed) for the nurse to correct; the
     // corrected report gets a new key and replaces the refused one.
@@ -225,6 +234,7 @@ async function render() {
   section.hidden = items.length === 0;
   document.getElementById("outbox-summary").textContent = outboxSummary(mine);
   document.body.dataset.outbox = String(mine.filter((e) => e.state !== "failed").length);
+  await showCards(currentUser, submittedHere);
 }
 
 function outboxSummary(mine) {
@@ -315,6 +325,10 @@ function init() {
     form.querySelector(".clear-form").addEventListener("click", () => {
       openForm(form);
       formStatus(form, "");
+    });
+    form.querySelector(".clear-status").addEventListener("click", () => {
+      formStatus(form, "");
+      form.querySelector('button[type="submit"]').focus();
     });
   }
   for (const radio of document.querySelectorAll('input[name="kind-picker"]')) {
