@@ -10,11 +10,15 @@ import re
 from typing import Any
 
 import asyncpg
+import httpx
+import pytest
 from playwright.async_api import BrowserContext, Page, Request, expect
 
 from tests.helpers.browser import (
     BROWSER_MARKS,
     NURSE,
+    OFFICER,
+    api_token,
     browser,
     check_and_capture,
     context,
@@ -27,6 +31,7 @@ from tests.helpers.browser import (
     submit,
     web_database,
 )
+from tests.helpers.processes import ServeProcess
 
 pytestmark = BROWSER_MARKS
 # The module's fixtures, imported from the helper (pytest finds them by name here).
@@ -202,3 +207,38 @@ async def test_the_confirmation_stays_after_a_corrected_422(
     await expect(status(page)).to_have_text(
         f"Report sent: BP 118/76 (after dose), {calm}. No alert raised."
     )
+
+
+# It uses the served process itself (the officer's API call): marked here too, as the suite
+# layout check looks for the mark on the test.
+@pytest.mark.end_to_end
+async def test_a_hold_overridden_elsewhere_is_said_in_plain_words_and_may_go(
+    context: BrowserContext, db: asyncpg.Connection[Any], served: ServeProcess
+) -> None:
+    page = await sign_in(context, NURSE)
+    ref = patient("ELSE")
+    await fill_blood_pressure(page, ref, "150", "95")
+    await form(page, "blood_pressure").get_by_label("Before dose").check()
+    await submit(page, "blood_pressure")
+    hold = card(page, HOLD)
+    await expect(hold.get_by_role("heading")).to_have_text(f"Do not dose {ref}")
+
+    # The safety officer records the override first, from her own screen.
+    alert_id = (await alert_of(db, HOLD, ref))["id"]
+    token = await api_token(served, OFFICER)
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+        response = await http.post(
+            f"/api/v1/alerts/{alert_id}/override",
+            json={"reason": "Prescriber assessed the patient."},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 200, response.text
+
+    await hold.get_by_label("Reason for dosing despite the hold").fill("Recheck 136/86.")
+    await hold.get_by_role("button", name="Record override").click()
+    await expect(hold.locator(".error")).to_have_text(
+        f"Not recorded: the hold was already overridden by {OFFICER}."
+    )
+    assert (await alert_of(db, HOLD, ref))["override_reason"] == "Prescriber assessed the patient."
+    await hold.get_by_role("button", name=re.compile(r"^Dismiss")).click()
+    await expect(hold).to_have_count(0)

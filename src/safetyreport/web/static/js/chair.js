@@ -113,7 +113,7 @@ async function changeAlert(user, alertId, change) {
   }
 }
 
-function overrideForm(user, alert, id) {
+function overrideForm(user, alert, id, answerBody) {
   const reason = h("textarea", {
     id: `${id}-reason`, name: "reason", rows: 3, maxlength: 2000,
     "aria-describedby": `${id}-hint ${id}-error`,
@@ -152,6 +152,11 @@ function overrideForm(user, alert, id) {
         return;
       }
       fail(overrideProblem(result));
+      if ((result.status === 409 || result.status === 404) && !form.parentElement.querySelector(".dismiss")) {
+        // Decided elsewhere (overridden by someone else, or not hers to decide): the card
+        // may go, or it would stay pinned for good.
+        form.after(dismissButton(user, alert, subjectOf(answerBody)));
+      }
     } catch (problem) {
       if (!(problem instanceof NetworkError)) {
         throw problem;
@@ -224,7 +229,7 @@ function card(user, { answer, alert }) {
     h("p", { class: "card-subject" },
       `${held ? `${alert.title}. ` : ""}${capital(whom(answer.body))} · ${keyValues(answer.kind, answer.body)} · sent ${formatLocal(answer.sentAt)}`),
     h("p", { class: "guidance" }, alert.guidance),
-    held ? overrideForm(user, alert, id) : done,
+    held ? overrideForm(user, alert, id, answer.body) : done,
     held ? null : dismissButton(user, alert, subject),
   );
   el.dataset.shown = JSON.stringify([alert, answer.key]);
