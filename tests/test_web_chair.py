@@ -24,6 +24,7 @@ from tests.helpers.browser import (
     context,
     db,
     fill_blood_pressure,
+    fill_dissociation,
     form,
     patient,
     served,
@@ -40,6 +41,22 @@ __all__ = ["browser", "context", "db", "served", "web_database"]
 CRISIS = "bp-hypertensive-crisis"
 HOLD = "bp-pre-dose-hold"
 NOTIFIED = "the safety officer has been notified."
+
+
+# The patients of the answers the tablet keeps for the action cards.
+_KEPT = """() => new Promise((resolve, reject) => {
+  const open = indexedDB.open("safetyreport-answers");
+  open.onerror = () => reject(open.error);
+  open.onupgradeneeded = () => open.result.createObjectStore("answers", { keyPath: "key" });
+  open.onsuccess = () => {
+    const request = open.result.transaction("answers").objectStore("answers").getAll();
+    request.onerror = () => reject(request.error);
+    request.onsuccess = () => {
+      resolve(request.result.map((a) => a.body.patient_ref));
+      open.result.close();
+    };
+  };
+})"""
 
 
 def card(page: Page, rule: str) -> Any:
@@ -117,6 +134,12 @@ async def test_a_report_sent_in_the_background_shows_its_cards(
     await expect(crisis).to_be_visible()
     await expect(crisis).to_contain_text(ref)
     await expect(crisis.locator(".guidance")).to_have_text(await guidance(db, CRISIS))
+    assert await page.evaluate(_KEPT) == [ref]
+
+    # They name a patient: signing out forgets them (a shared tablet).
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(re.compile(r"/login$"))
+    assert await page.evaluate(_KEPT) == []
 
 
 async def test_a_pre_dose_hold_says_do_not_dose_until_an_override_with_a_reason(
@@ -242,3 +265,15 @@ async def test_a_hold_overridden_elsewhere_is_said_in_plain_words_and_may_go(
     assert (await alert_of(db, HOLD, ref))["override_reason"] == "Prescriber assessed the patient."
     await hold.get_by_role("button", name=re.compile(r"^Dismiss")).click()
     await expect(hold).to_have_count(0)
+
+
+async def test_the_confirmation_sums_up_each_kind(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    page = await sign_in(context, NURSE)
+    ref = patient("DS")
+    await fill_dissociation(page, ref)
+    await submit(page, "dissociation")
+    await expect(form(page, "dissociation").locator(".form-status")).to_have_text(
+        re.compile(rf"^Report sent: MOAA/S 4, moderate, {ref}\. (No alert raised\.|.*notified\.)")
+    )

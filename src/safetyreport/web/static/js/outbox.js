@@ -11,58 +11,50 @@
 // its hooks), and every other signed-in page of a reporting user calls it on load, so a
 // user's reports leave the tablet when she signs in again, wherever she lands.
 //
-// The server's answer to a report that raised alerts is kept (store "answers") until the
-// nurse has seen its action cards on the report page: a report sent in the background,
-// from another page or another tab, still shows what to do about it. An answer is
+// The server's answer to a report that raised alerts is kept (database
+// "safetyreport-answers") until the nurse dismisses its action cards on the report page:
+// a report sent in the background, from another page or another tab, still shows what
+// to do about it. An answer is
 // {key, user, kind, body, reportId, alerts, sentAt}, alerts as the 201 lists them.
 
 import { api, problemMessage, setCsrfToken } from "./common.js";
 
-const DB_NAME = "safetyreport";
-const DB_VERSION = 2;
 const STORE = "outbox";
 const ANSWERS = "answers";
+// Each store in a database of its own, so adding the answers needed no upgrade of the
+// outbox's database (an upgrade waits for every open tab of the old page to close).
+const DATABASES = { [STORE]: "safetyreport", [ANSWERS]: "safetyreport-answers" };
+const DB_VERSION = 1;
 
-let dbPromise = null;
+const opened = {};
 
-function openDb() {
-  if (!dbPromise) {
-    dbPromise = new Promise((resolve, reject) => {
-      const request = indexedDB.open(DB_NAME, DB_VERSION);
+function openDb(store) {
+  if (!opened[store]) {
+    opened[store] = new Promise((resolve, reject) => {
+      const request = indexedDB.open(DATABASES[store], DB_VERSION);
       request.onupgradeneeded = () => {
         const db = request.result;
-        for (const name of [STORE, ANSWERS]) {
-          if (!db.objectStoreNames.contains(name)) {
-            db.createObjectStore(name, { keyPath: "key" });
-          }
+        if (!db.objectStoreNames.contains(store)) {
+          db.createObjectStore(store, { keyPath: "key" });
         }
       };
-      request.onsuccess = () => {
-        const db = request.result;
-        // A newer page (a new version of this script) upgrades the database: let it.
-        db.onversionchange = () => {
-          db.close();
-          dbPromise = null;
-        };
-        resolve(db);
-      };
+      request.onsuccess = () => resolve(request.result);
       request.onerror = () => reject(request.error);
     });
   }
-  return dbPromise;
+  return opened[store];
 }
 
-// Run ``work(store)`` in one transaction on ``name`` (or ``work(tx)`` on several names);
-// resolves when it has committed.
-async function withStore(mode, work, name = STORE) {
-  const db = await openDb();
+// Run ``work(store)`` in one transaction on ``store``; resolves when it has committed.
+async function withStore(mode, work, store = STORE) {
+  const db = await openDb(store);
   return new Promise((resolve, reject) => {
-    const tx = db.transaction(name, mode);
+    const tx = db.transaction(store, mode);
     let result;
     tx.oncomplete = () => resolve(result);
     tx.onerror = () => reject(tx.error);
     tx.onabort = () => reject(tx.error || new Error("outbox transaction aborted"));
-    const request = work(Array.isArray(name) ? tx : tx.objectStore(name));
+    const request = work(tx.objectStore(store));
     if (request) {
       request.onsuccess = () => { result = request.result; };
     }
@@ -114,15 +106,14 @@ export function forgetAnswers() {
   return withStore("readwrite", (store) => store.clear(), ANSWERS);
 }
 
-/** The entry leaves the outbox and, if its answer raised alerts, the answer is kept: in
- * one commit, so no answer is lost between the two. */
-function settle(entry, answer) {
-  return withStore("readwrite", (tx) => {
-    tx.objectStore(STORE).delete(entry.key);
-    if (answer.alerts.length) {
-      tx.objectStore(ANSWERS).put(answer);
-    }
-  }, [STORE, ANSWERS]);
+/** The entry leaves the outbox, its answer kept first if it raised alerts: should the
+ * tablet stop between the two, the entry is sent again with its key, and the replayed
+ * answer takes the same place. */
+async function settle(entry, answer) {
+  if (answer.alerts.length) {
+    await putAnswer(answer);
+  }
+  await remove(entry.key);
 }
 
 export async function update(key, changes) {
