@@ -135,6 +135,9 @@ async def test_a_report_sent_in_the_background_shows_its_cards(
     await expect(crisis).to_contain_text(ref)
     await expect(crisis.locator(".guidance")).to_have_text(await guidance(db, CRISIS))
     assert await page.evaluate(_KEPT) == [ref]
+    # The form that saved it says it has gone, and what it raised.
+    await expect(status(page)).to_contain_text(f"Report sent: BP 210/125 (after dose), {ref}.")
+    await expect(status(page)).to_contain_text(NOTIFIED)
 
     # They name a patient: signing out forgets them (a shared tablet).
     await page.get_by_role("button", name="Sign out").click()

@@ -29,6 +29,8 @@ const forms = [...document.querySelectorAll("form.report-form")];
 const sentThisVisit = [];
 // Reports sent from a form on this page: their confirmation speaks of their alerts.
 const submittedHere = new Set();
+// Reports saved on this tablet from a form while offline: key -> {form, the status it showed}.
+const savedFrom = new Map();
 let signedOut = false;
 
 const formFor = (kind) => forms.find((f) => f.dataset.kind === kind);
@@ -144,11 +146,8 @@ async function submit(form) {
 function reportOutcome(form, entry, outcome) {
   if (outcome?.state === "sent") {
     openForm(form);
-    // It stays (role=status, so it is heard) until the next submission or "Dismiss".
-    const alerts = outcome.answer?.alerts || [];
-    const sent = `Report sent: ${keyValues(entry.kind, entry.body)}, ${subjectOf(entry.body)}.`;
-    formStatus(form, `${sent} ${alertSentence(entry.body, alerts)}`, "ok lasting");
-    if (alerts.length) {
+    confirmSent(form, entry, outcome.answer);
+    if (outcome.answer?.alerts.length) {
       document.getElementById("chair-alerts").scrollIntoView({ block: "start" });
     }
   } else if (outcome?.state === "failed") {
@@ -163,6 +162,24 @@ function reportOutcome(form, entry, outcome) {
     const why = signedOut ? "You are signed out" : "No connection";
     formStatus(form, `${why}: the report is saved on this tablet and will be sent automatically.`, "warn");
     announce("Report saved on this tablet.");
+    savedFrom.set(entry.key, { form, status: form.querySelector(".form-status").textContent });
+  }
+}
+
+/** The confirmation under the form: it stays (role=status, so it is heard) until the
+ * next submission, "Clear form" or its own "Dismiss". */
+function confirmSent(form, entry, answer) {
+  const sent = `Report sent: ${keyValues(entry.kind, entry.body)}, ${subjectOf(entry.body)}.`;
+  formStatus(form, `${sent} ${alertSentence(entry.body, answer?.alerts || [])}`, "ok lasting");
+}
+
+/** A report saved while offline was sent later: its form says so, unless the nurse has
+ * moved on (the form shows something else by now). */
+function confirmSentLater(entry) {
+  const saved = savedFrom.get(entry.key);
+  savedFrom.delete(entry.key);
+  if (saved && saved.form.querySelector(".form-status").textContent === saved.status) {
+    confirmSent(saved.form, entry, entry.answer);
   }
 }
 
@@ -185,7 +202,10 @@ function correct(entry) {
 
 const sendHooks = {
   changed: () => render(),
-  sent: (entry) => { sentThisVisit.unshift(entry); },
+  sent: (entry) => {
+    sentThisVisit.unshift(entry);
+    confirmSentLater(entry);
+  },
   session: (state) => { signedOut = state === "signed-out"; },
 };
 
