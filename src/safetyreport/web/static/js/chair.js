@@ -198,7 +198,9 @@ function dismissButton(user, alert, subject) {
   button.addEventListener("click", async () => {
     await changeAlert(user, alert.id, () => null);
     await showCards(user);
-    (section().querySelector(".action-card .dismiss, .action-card textarea") || section().querySelector("h2"))?.focus();
+    // Focus stays near: the next card, else (none left) the report form's kind picker.
+    const next = section().querySelector(".action-card .dismiss, .action-card textarea");
+    (next || document.querySelector('input[name="kind-picker"]:checked'))?.focus();
   });
   return button;
 }

@@ -180,6 +180,8 @@ function confirmSentLater(entry) {
   savedFrom.delete(entry.key);
   if (saved && saved.form.querySelector(".form-status").textContent === saved.status) {
     confirmSent(saved.form, entry, entry.answer);
+  } else {
+    submittedHere.delete(entry.key); // no confirmation speaks of its cards: announce them
   }
 }
 
@@ -254,7 +256,12 @@ async function render() {
   section.hidden = items.length === 0;
   document.getElementById("outbox-summary").textContent = outboxSummary(mine);
   document.body.dataset.outbox = String(mine.filter((e) => e.state !== "failed").length);
-  await showCards(currentUser, submittedHere);
+  try {
+    await showCards(currentUser, submittedHere);
+  } catch (error) {
+    // Storage trouble: the outbox above is drawn all the same; the cards at the next render.
+    console.warn("could not show the action cards:", error);
+  }
 }
 
 function outboxSummary(mine) {
