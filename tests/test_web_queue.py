@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import asyncpg
-from playwright.async_api import BrowserContext, Locator, Page, expect
+from playwright.async_api import BrowserContext, Locator, Page, Route, expect
 
 from tests.helpers.browser import (
     BROWSER_MARKS,
@@ -66,6 +66,23 @@ async def alerts_of(db: asyncpg.Connection[Any], ref: str) -> dict[str, str]:
     """rule id -> alert id of a patient's alerts."""
     rows = await db.fetch("SELECT rule_id, id::text FROM alerts WHERE group_key = $1", ref)
     return {r["rule_id"]: r["id"] for r in rows}
+
+
+def with_triggered_by(alerts: dict[str, str]) -> Any:
+    """A route handler giving the heart-rate alert the values that raised it, the fall an
+    empty text, and leaving the others without the field (as a service without it)."""
+    given = {alerts["heart-rate"]: "pulse 135/min", alerts["fall"]: ""}
+
+    async def handle(route: Route) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        for item in body["items"]:
+            item.pop("triggered_by", None)
+            if item["id"] in given:
+                item["triggered_by"] = given[item["id"]]
+        await route.fulfill(response=response, json=body)
+
+    return handle
 
 
 async def live_queue(context: BrowserContext) -> Page:
@@ -169,6 +186,7 @@ async def test_a_patients_alerts_show_together_at_their_highest_severity(
     await api_report(served, crisis(ref, occurred_at="2026-01-15T10:45:00+01:00"))
     alerts = await alerts_of(db, ref)
     assert {"heart-rate", "breathing-impaired", "fall", "bp-hypertensive-crisis"} <= set(alerts)
+    await context.route(re.compile(r"/api/v1/alerts\?"), with_triggered_by(alerts))
 
     page = await live_queue(context)
     group = page.locator(
@@ -185,6 +203,12 @@ async def test_a_patients_alerts_show_together_at_their_highest_severity(
     await expect(crisis_row.locator(".sev-tag")).to_have_text("◆ critical")
     await expect(crisis_row.locator(".guidance")).not_to_be_empty()
     await expect(crisis_row.locator(".time-left")).to_have_text(re.compile(r"^\d+ (s|min) left$"))
+    # The values that raised it, where the service says; nothing where it does not.
+    await expect(row(page, alerts["heart-rate"]).locator(".triggered")).to_have_text(
+        "Triggered by: pulse 135/min"
+    )
+    for rule in ("fall", "bp-hypertensive-crisis"):
+        await expect(row(page, alerts[rule]).locator(".triggered")).to_be_hidden()
     fall_row = row(page, alerts["fall"])
     await expect(fall_row.locator(".sev-tag")).to_have_text("● high")
     await expect(fall_row.locator(".time-left")).to_have_text(re.compile(r" left$"))

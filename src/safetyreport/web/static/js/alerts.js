@@ -454,6 +454,24 @@ function shortTime(value) {
   return text.slice(0, 10) === formatLocal(new Date(serverNow())).slice(0, 10) ? text.slice(11) : text;
 }
 
+/** The server's errors in the form's words: the API's field names become the labels, and
+ * a message several fields share is said once (returned as ``shared``), not beside each. */
+function inFormWords(form, errors) {
+  const labels = new Map(
+    [...form.querySelectorAll(".field[data-field]")].map((f) => [f.dataset.field, f.querySelector("label").textContent]),
+  );
+  const say = (text) => text.replace(/\bdea_[a-z0-9_]+\b/g, (name) => (labels.has(name) ? `“${labels.get(name)}”` : name));
+  const times = new Map();
+  for (const { message: text } of errors) {
+    times.set(text, (times.get(text) || 0) + 1);
+  }
+  const shared = [...times].filter(([, n]) => n > 1).map(([text]) => `${say(text)}.`);
+  return {
+    shared,
+    errors: errors.map((e) => ({ ...e, message: times.get(e.message) > 1 ? "Needed: see below." : say(e.message) })),
+  };
+}
+
 function assignedText(alert) {
   const parts = [`${alert.report_count} report${alert.report_count === 1 ? "" : "s"}`,
     `first ${shortTime(alert.first_seen_at)}`];
@@ -705,10 +723,11 @@ async function act(row, action, body) {
       announce(`Alert ${action === "resolve" ? "resolved" : "acknowledged"}.`);
     } else if (result.status === 422 && result.data?.errors) {
       // Said beside the fields (the DEA details of a theft or loss), else below the row.
-      if (!showFieldErrors(row, result.data.errors)) {
-        message(row, result.data.errors.map((e) => e.message).join(" "));
+      const { errors, shared } = inFormWords(row.querySelector(".resolve-form"), result.data.errors);
+      if (!showFieldErrors(row, errors)) {
+        message(row, errors.map((e) => e.message).join(" "));
       } else {
-        message(row, "Nothing was changed: please check the marked fields.");
+        message(row, `Nothing was changed: ${shared.length ? shared.join(" ") : "please check the marked fields."}`);
       }
     } else {
       message(row, problemMessage(result));
