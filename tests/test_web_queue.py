@@ -8,15 +8,21 @@ Chromium, a fresh browser context per test and patient references no other test 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import asyncpg
+import httpx
 from playwright.async_api import BrowserContext, Locator, Page, Route, expect
 
+from safetyreport.audit.chain import SYSTEM_CLI
+from safetyreport.auth.users import add_user
 from tests.helpers.browser import (
     BROWSER_MARKS,
     OFFICER,
+    OTHER_NURSE,
     api_report,
+    api_token,
     browser,
     check_and_capture,
     context,
@@ -28,6 +34,7 @@ from tests.helpers.browser import (
 )
 from tests.helpers.processes import ServeProcess
 from tests.helpers.reports import adverse_report, bp_report, stock_report
+from tests.helpers.world import PASSWORD
 
 pytestmark = BROWSER_MARKS
 # The module's fixtures, imported from the helper (pytest finds them by name here).
@@ -324,3 +331,47 @@ async def test_a_theft_is_resolved_from_the_queue_with_its_dea_details(
     )
     assert row_ is not None
     assert tuple(row_) == ("resolved", "F106-2026-0077")
+
+
+async def test_the_clinic_filter_and_a_new_alert_of_a_clinic_filtered_out(
+    context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
+) -> None:
+    """An officer of two clinics filters to one; a new alert of the other is still in
+    the bar, and its link shows every clinic again and leads to its row."""
+    officer = f"otto{patient('x')[-6:].lower()}"
+    await add_user(
+        db,
+        username=officer,
+        password=PASSWORD,
+        role="safety_officer",
+        clinics=["C1", "C2"],
+        all_clinics=False,
+        actor=SYSTEM_CLI,
+    )
+    here, there = patient("HERE"), patient("THERE")
+    await api_report(served, crisis(here))
+    token = await api_token(served, OTHER_NURSE)
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+        response = await http.post(
+            "/api/v1/reports",
+            json=bp_report("C2", patient_ref=there, systolic=185, symptoms=["chest_pain"]),
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert response.status_code == 201, response.text
+
+    page = await sign_in(context, officer)
+    await expect(page.locator("#stream-status")).to_have_attribute("data-state", "live")
+    groups = page.locator("section.alert-group")
+    await expect(groups.filter(has_text=here)).to_have_count(1)
+    await page.get_by_label("Clinic").select_option("C2")
+    await expect(groups.filter(has_text=here)).to_have_count(0)
+    await expect(groups.filter(has_text=there)).to_have_count(1)
+
+    late = patient("LATE")
+    await api_report(served, crisis(late))
+    late_id = (await alerts_of(db, late))["bp-hypertensive-crisis"]
+    await expect(row(page, late_id)).to_have_count(0)
+    await page.locator("#new-bar").get_by_role("link", name=re.compile(late)).click()
+    await expect(page.get_by_label("Clinic")).to_have_value("")
+    await expect(row(page, late_id)).to_be_focused()
+    await expect(groups.filter(has_text=here)).to_have_count(1)
