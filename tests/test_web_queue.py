@@ -363,7 +363,7 @@ async def test_the_clinic_filter_and_a_new_alert_of_a_clinic_filtered_out(
     await expect(page.locator("#stream-status")).to_have_attribute("data-state", "live")
     groups = page.locator("section.alert-group")
     await expect(groups.filter(has_text=here)).to_have_count(1)
-    await page.get_by_label("Clinic").select_option("C2")
+    await page.get_by_label("Clinic", exact=True).select_option("C2")
     await expect(groups.filter(has_text=here)).to_have_count(0)
     await expect(groups.filter(has_text=there)).to_have_count(1)
 
@@ -372,6 +372,6 @@ async def test_the_clinic_filter_and_a_new_alert_of_a_clinic_filtered_out(
     late_id = (await alerts_of(db, late))["bp-hypertensive-crisis"]
     await expect(row(page, late_id)).to_have_count(0)
     await page.locator("#new-bar").get_by_role("link", name=re.compile(late)).click()
-    await expect(page.get_by_label("Clinic")).to_have_value("")
+    await expect(page.get_by_label("Clinic", exact=True)).to_have_value("")
     await expect(row(page, late_id)).to_be_focused()
     await expect(groups.filter(has_text=here)).to_have_count(1)

@@ -679,12 +679,28 @@ async function load() {
       await loadStatus(status);
     }
     errorEl.hidden = true;
+    if (statusFilter.value === "unresolved" && !clinicFilter?.value) {
+      forgetGone();
+    }
   } catch (error) {
     errorEl.textContent = `Could not load the alerts: ${error.message}`;
     errorEl.hidden = false;
   }
   forgetHandled();
   render();
+}
+
+/** Every unresolved alert was loaded: a new one not among them was resolved meanwhile. */
+function forgetGone() {
+  const before = unseen.size;
+  for (const id of unseen) {
+    if (!alerts.has(id)) {
+      unseen.delete(id);
+    }
+  }
+  if (unseen.size !== before) {
+    saveUnseen();
+  }
 }
 
 /** An alert acknowledged or resolved (here or by someone else) is no longer new. */
