@@ -526,15 +526,18 @@ async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
     # Severe hypertension with a target-organ symptom: a hypertensive emergency, critical.
     crisis = bp_report("C1", patient_ref=ref, systolic=185, diastolic=112, symptoms=["chest_pain"])
     await api_report(served, crisis)
-    card = page.locator("li.alert-card", has_text=ref)
+    card = page.locator("section.alert-group", has_text=ref).locator("li.alert-row")
     await expect(card).to_have_count(1)
     assert await page.evaluate("window.__notReloaded === true")
-    await expect(card.locator(".badge")).to_have_text("critical")
-    await expect(card.locator(".deadline")).to_contain_text("left")
-    # Most severe first.
-    severities = await page.locator("li.alert-card .badge").all_inner_texts()
-    ranks = [RANK[s.lower()] for s in severities]
-    assert ranks == sorted(ranks, reverse=True), severities
+    await expect(card.locator(".sev-tag")).to_have_text("◆ critical")
+    await expect(card.locator(".time-left")).to_contain_text("left")
+    # Each group at the highest severity of its alerts.
+    for group in await page.locator("section.alert-group").all():
+        severities = await group.locator("li.alert-row").evaluate_all(
+            "(rows) => rows.map((r) => r.dataset.severity)"
+        )
+        top = max(severities, key=lambda s: RANK[s])
+        assert await group.get_attribute("data-severity") == top, severities
 
     await card.get_by_role("button", name="Acknowledge").click()
     await expect(card).to_have_attribute("data-status", "acknowledged")
@@ -542,11 +545,15 @@ async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
 
     await card.get_by_role("button", name="Resolve…").click()
     await card.get_by_role("button", name="Resolve alert").click()
-    await expect(card.locator(".error")).to_have_text("Say why the alert is resolved.")
+    await expect(card.locator("[data-field='reason'] .error")).to_have_text(
+        "Say why the alert is resolved."
+    )
     await card.get_by_label("Reason for resolving").fill("Rechecked: 150/90, physician informed")
     await card.get_by_role("button", name="Resolve alert").click()
     # Resolved alerts leave the queue of unresolved ones.
-    await expect(page.locator("li.alert-card", has_text=ref)).to_have_count(0)
+    await expect(
+        page.locator("section.alert-group", has_text=ref).locator("li.alert-row")
+    ).to_have_count(0)
     assert await page.evaluate("window.__notReloaded === true")
 
     row = await db.fetchrow(
@@ -559,8 +566,8 @@ async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
 
     # The detail page: its report and history; notes, reopening and assigning.
     await page.get_by_label("Show").select_option("resolved")
-    resolved = page.locator("li.alert-card", has_text=ref)
-    await resolved.get_by_role("link", name="Details").click()
+    resolved = page.locator("section.alert-group", has_text=ref).locator("li.alert-row")
+    await resolved.locator("a.rule-link").click()
     history = page.locator(".history")
     await expect(history).to_contain_text("Acknowledged by olga")
     await expect(history).to_contain_text("Rechecked: 150/90")
@@ -688,16 +695,22 @@ async def test_keyboard_sign_in_and_screenshots_of_every_page(
         await expect(page).to_have_url(re.compile(r"/login$"))
 
         await sign_in_on(page, OFFICER)
-        await expect(page.locator("li.alert-card", has_text=ref)).to_have_count(1)
+        await expect(
+            page.locator("section.alert-group", has_text=ref).locator("li.alert-row")
+        ).to_have_count(1)
         await check_and_capture(page, "officer-alert-queue")
         await (
-            page.locator("li.alert-card", has_text=ref)
+            page.locator("section.alert-group", has_text=ref)
+            .locator("li.alert-row")
             .get_by_role("button", name="Resolve…")
             .click()
         )
         await check_and_capture(page, "officer-alert-queue-resolving")
         await (
-            page.locator("li.alert-card", has_text=ref).get_by_role("link", name="Details").click()
+            page.locator("section.alert-group", has_text=ref)
+            .locator("li.alert-row")
+            .locator("a.rule-link")
+            .click()
         )
         await expect(page.get_by_role("heading", name="History")).to_be_visible()
         await check_and_capture(page, "officer-alert-detail")

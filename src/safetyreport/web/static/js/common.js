@@ -30,9 +30,14 @@ function learnClock(response) {
 /**
  * Call the API with the session cookie. Unsafe methods carry the CSRF token.
  * Returns {status, ok, data, response}; a network failure throws (NetworkError).
+ * ``cache`` is fetch's cache mode: "no-store" for what must be current even on a page
+ * reached by the Back button (Chrome then prefers its HTTP cache, however old).
  */
-export async function api(method, url, { json, body, headers = {}, signal } = {}) {
+export async function api(method, url, { json, body, headers = {}, signal, cache } = {}) {
   const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "same-origin", signal };
+  if (cache) {
+    init.cache = cache;
+  }
   if (method !== "GET" && method !== "HEAD") {
     init.headers[CSRF_HEADER] = csrfToken;
   }
