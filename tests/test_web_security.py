@@ -406,6 +406,18 @@ async def test_report_pages_show_a_stock_incident_without_a_patient_and_old_stoc
     assert 'value="theft"' not in new_form
 
 
+async def test_api_answers_with_patient_data_are_never_cached(
+    client: AsyncTestClient[Any], people: dict[str, str]
+) -> None:
+    await form_login(client, people["safety_officer"])
+    for path in ("/api/v1/alerts", "/api/v1/reports", "/api/v1/me"):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        # Without it a browser's back button showed a stale queue from its HTTP cache.
+        assert response.headers["cache-control"] == "no-store", path
+    assert (await client.get("/static/js/alerts.js")).headers["cache-control"] == "no-cache"
+
+
 async def test_static_assets_and_the_service_worker_are_served(
     client: AsyncTestClient[Any],
 ) -> None:

@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 import asyncpg
-from litestar import Litestar
+from litestar import Litestar, Response
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -107,6 +107,15 @@ def _end_streams_on_shutdown_signal(broker: AlertBroker) -> None:
         signal.signal(signum, handler)
 
 
+async def never_cached_unless_said(response: Response[Any]) -> Response[Any]:
+    """Answers hold patient data: no browser or proxy keeps one (without this, a browser's
+    back button showed a stale alert queue from its HTTP cache). Static files and the
+    service worker's script say otherwise for themselves."""
+    if "cache-control" not in {name.lower() for name in response.headers}:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
 
@@ -187,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Requests that need no sign-in: a token bucket per address (see auth.ratelimit).
         guards=[anonymous_rate_limit(settings.auth)],
         request_max_body_size=256 * 1024,
+        after_request=never_cached_unless_said,
         openapi_config=OpenAPIConfig(
             title="safetyreport",
             version=__version__,
