@@ -49,7 +49,7 @@ PageStatus = Literal["pending", "sent", "failed", "cancelled"]
 
 # The clinic scope ($1: NULL for admins of every clinic) and optional filters.
 _PAGES = """
-SELECT p.id, p.alert_id, c.code AS clinic, p.level, p.position, u.username, p.email,
+SELECT p.id, p.alert_id, c.code AS clinic, p.renewal, p.level, p.position, u.username, p.email,
        p.subject, p.status, p.attempts, p.created_at, p.sent_at, p.next_attempt_at,
        coalesce((SELECT jsonb_agg(jsonb_build_object(
                      'attempted_at', a.attempted_at, 'error', a.error,
@@ -103,6 +103,8 @@ class PageView(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     alert_id: uuid.UUID
     clinic: str
+    # How many times the alert had been renewed (a new report joined it) when paged.
+    renewal: int
     # The alert's escalation level this page is for (0: when it opened).
     level: int
     # The roster position paged.
