@@ -601,9 +601,7 @@ async def test_a_renewed_alert_pages_again_with_a_link_to_the_public_url(
 ) -> None:
     mailbox, port = smtp
     paged = with_paging(settings, port)
-    paged = replace(
-        paged, paging=replace(paged.paging, public_url="https://safety.clinic.example")
-    )
+    paged = replace(paged, paging=replace(paged.paging, public_url="https://safety.clinic.example"))
     await seed(db)
     # The app runs with paging off; this test runs the pager's rounds itself.
     async with running_app(settings) as http:

@@ -26,7 +26,6 @@ from safetyreport import audit
 from safetyreport.alerts import dea, events
 from safetyreport.alerts.conditions import All, AnyOf, Compare, Condition, Not
 from safetyreport.alerts.limits import OFF_LOOP_EVALUATIONS
-from safetyreport.alerts.triggers import trigger_values
 from safetyreport.alerts.rules import (
     CANDIDATES_SQL,
     SEVERITY_RANK,
@@ -36,6 +35,7 @@ from safetyreport.alerts.rules import (
     compile_rule,
     in_force,
 )
+from safetyreport.alerts.triggers import trigger_values
 from safetyreport.audit.chain import format_time
 from safetyreport.db.pool import Conn
 from safetyreport.reports.types import dose_mg_per_kg

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import msgspec
 
+from safetyreport.alerts import queue
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import FieldError, ValidationFailed
@@ -32,15 +33,6 @@ SELECT o.position, u.username, u.role, o.email
 FROM on_call o JOIN users u ON u.id = o.user_id
 WHERE o.clinic_id = $1
 ORDER BY o.position
-"""
-# Who may be on call for a clinic: its enabled safety officers and admins, the people
-# who can acknowledge its alerts.
-_ELIGIBLE = """
-SELECT u.id, u.username FROM users u
-WHERE u.username = ANY($1::text[]) AND u.disabled_at IS NULL
-  AND u.role IN ('safety_officer', 'admin')
-  AND (u.all_clinics OR EXISTS (
-        SELECT 1 FROM user_clinics uc WHERE uc.user_id = u.id AND uc.clinic_id = $2))
 """
 _CLEAR = "DELETE FROM on_call WHERE clinic_id = $1"
 _INSERT = "INSERT INTO on_call (clinic_id, position, user_id, email) VALUES ($1, $2, $3, $4)"
@@ -188,7 +180,8 @@ async def replace_roster(
     Pages already sent stay as they were; the next page goes by the new roster.
     """
     clinic_id = _clinic_id(caller, clinic)
-    rows = await conn.fetch(_ELIGIBLE, [e.user for e in update.entries], clinic_id)
+    # Who may be on call: the people who can acknowledge the clinic's alerts.
+    rows = await queue.clinic_alert_workers(conn, clinic_id, [e.user for e in update.entries])
     found = {r["username"]: r["id"] for r in rows}
     _check(update, found)
     before = await _roster(conn, clinic, clinic_id)

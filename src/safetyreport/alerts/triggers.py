@@ -85,7 +85,8 @@ def describe(values: Mapping[str, Any]) -> str:
         del rest["systolic"], rest["diastolic"]
     known = [f for f in _LABELS if f in rest]
     others = sorted(f for f in rest if f not in _LABELS)
-    parts.extend(describe_one(f, rest[f]) for f in (*known, *others) if rest[f] is not None)
+    # An empty list (no symptoms) named by a condition did not trigger it.
+    parts.extend(describe_one(f, rest[f]) for f in (*known, *others) if rest[f] not in (None, []))
     return ", ".join(parts)
 
 
