@@ -1004,7 +1004,8 @@ async def test_the_alert_shows_its_most_recent_reports_values_and_each_reports_o
     )
     assert await q.crisis("PT-M") == first
     view = await q.read("olga", first)
-    assert [r["triggered_by"] for r in view["reports"]] == [
+    # (Linked at once, the three are in no particular order.)
+    assert sorted(r["triggered_by"] for r in view["reports"]) == [
         "BP 190/95 mmHg, symptoms chest pain",
         "BP 185/100 mmHg, symptoms chest pain",
     ]
@@ -1085,3 +1086,23 @@ async def test_assignees_of_another_clinics_alert_are_404_and_nurses_are_refused
     assert refused.status_code == 403
     aude = await q.as_("aude")
     assert (await q.client.get(f"{ALERTS}/{alert_id}/assignees", headers=aude)).status_code == 403
+
+
+async def test_a_pattern_alert_shows_what_each_counted_report_contributed(q: Queue) -> None:
+    for n, systolic in enumerate((181, 182, 183)):
+        await q.report(bp_report(patient_ref=f"PT-CL{n}", systolic=systolic, diastolic=100))
+    alert_id = await q.db.fetchval(
+        "SELECT id FROM alerts WHERE rule_id = 'pattern-blood-pressure-cluster'"
+    )
+    assert alert_id is not None
+    view = await q.read("olga", str(alert_id))
+    # The cluster's condition names the phase and the systolic pressure.
+    # (Linked at once, the three are in no particular order.)
+    assert sorted(r["triggered_by"] for r in view["reports"]) == [
+        f"BP {systolic}/100 mmHg, phase post dose" for systolic in (181, 182, 183)
+    ]
+    assert min(view["reports"], key=lambda r: r["triggered_by"])["trigger_values"] == {
+        "phase": "post_dose",
+        "systolic": 181,
+        "diastolic": 100,
+    }

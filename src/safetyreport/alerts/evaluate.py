@@ -35,7 +35,7 @@ from safetyreport.alerts.rules import (
     compile_rule,
     in_force,
 )
-from safetyreport.alerts.triggers import trigger_values
+from safetyreport.alerts.triggers import shown, trigger_values
 from safetyreport.audit.chain import format_time
 from safetyreport.db.pool import Conn
 from safetyreport.reports.types import dose_mg_per_kg
@@ -179,9 +179,10 @@ WHERE r.clinic_id = $1
   AND ($4::text IS NULL OR r.patient_ref = $4)
   AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5::text[]))
 """
-# Of each body only the fields the condition names ($6), so that the many candidates of
-# a busy clinic are not sent and decoded whole. Facts a condition does not name cannot
-# change what it says; an absent field and a null one read alike (see conditions).
+# Of each body only the fields the condition names and its trigger values show ($6), so
+# that the many candidates of a busy clinic are not sent and decoded whole. Facts a
+# condition does not name cannot change what it says; an absent field and a null one read
+# alike (see conditions).
 _CANDIDATE_COLUMNS = """
 SELECT r.id, r.current_version, r.kind, r.occurred_at, r.patient_ref,
        v.hypertension_reading_grade,
@@ -225,7 +226,8 @@ async def _pattern_matches(conn: Conn, rule: Rule, report: StoredReport) -> list
         timedelta(days=pattern.window_days),
         report.patient_ref if rule.definition.group_by == "patient" else None,
         list(rule.definition.kinds),
-        sorted(body_fields(named)),
+        # Also what the trigger values show beside them (the other half of a pressure).
+        sorted(body_fields(shown(named))),
     )
     matching = await _off_loop_if_heavy(len(rows) * rule.nodes, _matching_rows, rule, rows)
     by_patient = pattern.count == "patients"

@@ -38,13 +38,18 @@ _LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def trigger_values(named: Iterable[str], facts: Mapping[str, Any]) -> dict[str, Any]:
-    """The facts a condition names (``named``) that the report has, with the other half
-    of a blood pressure; absent and null facts are left out."""
+def shown(named: Iterable[str]) -> set[str]:
+    """The facts kept for a condition that names ``named``: those, and the other half of
+    a blood pressure."""
     wanted = set(named)
     for name in list(wanted):
         wanted.update(_COMPANIONS.get(name, ()))
-    return {name: facts[name] for name in sorted(wanted) if facts.get(name) is not None}
+    return wanted
+
+
+def trigger_values(named: Iterable[str], facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts of ``shown(named)`` that the report has; absent and null ones left out."""
+    return {name: facts[name] for name in sorted(shown(named)) if facts.get(name) is not None}
 
 
 def _value(value: Any) -> str:
