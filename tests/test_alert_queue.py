@@ -23,6 +23,7 @@ from litestar.testing import AsyncTestClient
 from safetyreport.auth.permissions import Role
 from safetyreport.db.pool import connect
 from tests.helpers.reports import (
+    amend,
     audit_rows,
     bp_report,
     create_report,
@@ -965,3 +966,143 @@ async def test_reading_and_listing_are_audited(q: Queue) -> None:
     # A refused read is not a read.
     await q.client.get(f"{ALERTS}/{alert_id}", headers=await q.as_("otto"))
     assert len(await audit_rows(q.db, "alert.read", alert_id)) == 2
+
+
+# --- what triggered an alert, what an amendment changed, who may take it ----------------
+
+
+async def test_an_alert_shows_the_values_that_triggered_it(q: Queue) -> None:
+    alert_id = await q.raise_alert(
+        bp_report(patient_ref="PT-T", systolic=210, diastolic=125, pulse=88),
+        "bp-severe-hypertension",
+    )
+    view = await q.read("olga", alert_id)
+    # The facts the rule's condition names (systolic, diastolic, symptoms): the pulse,
+    # which it does not name, is not among them; nor are the absent symptoms.
+    assert view["trigger_values"] == {"systolic": 210, "diastolic": 125}
+    assert view["triggered_by"] == "BP 210/125 mmHg"
+    [report] = view["reports"]
+    assert report["trigger_values"] == {"systolic": 210, "diastolic": 125}
+    assert report["triggered_by"] == "BP 210/125 mmHg"
+    assert report["changes"] == []
+    [listed] = [a for a in (await q.listing("olga"))["items"] if a["id"] == alert_id]
+    assert (listed["trigger_values"], listed["triggered_by"]) == (
+        {"systolic": 210, "diastolic": 125},
+        "BP 210/125 mmHg",
+    )
+    stored = await q.db.fetchval(
+        "SELECT trigger_values FROM alert_reports WHERE alert_id = $1::uuid", alert_id
+    )
+    assert stored == {"systolic": 210, "diastolic": 125}
+
+
+async def test_the_alert_shows_its_most_recent_reports_values_and_each_reports_own(
+    q: Queue,
+) -> None:
+    first = await q.raise_alert(
+        bp_report(patient_ref="PT-M", systolic=190, diastolic=95, symptoms=["chest_pain"])
+    )
+    assert await q.crisis("PT-M") == first
+    view = await q.read("olga", first)
+    # (Linked at once, the three are in no particular order.)
+    assert sorted(r["triggered_by"] for r in view["reports"]) == [
+        "BP 190/95 mmHg, symptoms chest pain",
+        "BP 185/100 mmHg, symptoms chest pain",
+    ]
+    assert view["triggered_by"] == "BP 185/100 mmHg, symptoms chest pain"
+
+
+async def test_an_amendment_shows_what_it_changed(q: Queue) -> None:
+    alert_id = await q.raise_alert(
+        bp_report(patient_ref="PT-A", systolic=185, diastolic=100, symptoms=["chest_pain"])
+    )
+    report_id = str(
+        await q.db.fetchval(
+            "SELECT report_id FROM alert_reports WHERE alert_id = $1::uuid", alert_id
+        )
+    )
+    response = await amend(
+        q.client,
+        await q.as_("nina"),
+        report_id,
+        {"reason": "misread the cuff", "systolic": 210, "diastolic": 125},
+    )
+    assert response.status_code == 201, response.text
+    view = await q.read("olga", alert_id)
+    first, amended = view["reports"]
+    assert (first["version"], amended["version"]) == (1, 2)
+    assert first["changes"] == []
+    assert amended["changes"] == [
+        {"field": "diastolic", "before": 100, "after": 125},
+        {"field": "systolic", "before": 185, "after": 210},
+    ]
+    assert amended["triggered_by"] == "BP 210/125 mmHg, symptoms chest pain"
+    assert view["triggered_by"] == "BP 210/125 mmHg, symptoms chest pain"
+
+
+async def test_links_made_before_trigger_values_were_kept_show_none(q: Queue) -> None:
+    alert_id = await q.crisis("PT-O")
+    # As migration 0011 leaves the links made before it.
+    await q.db.execute(
+        "UPDATE alert_reports SET trigger_values = '{}' WHERE alert_id = $1::uuid", alert_id
+    )
+    view = await q.read("olga", alert_id)
+    assert (view["trigger_values"], view["triggered_by"]) == ({}, "")
+    assert [(r["trigger_values"], r["triggered_by"]) for r in view["reports"]] == [({}, "")]
+
+
+async def test_assignees_are_the_clinics_enabled_officers_and_admins(q: Queue) -> None:
+    alert_id = await q.crisis()
+    for name in ("omar", "otto", "aude", "adam", "nina"):
+        await q.user(name)
+    await q.world.user("gone", "safety_officer", ["C1"])
+    await q.db.execute("UPDATE users SET disabled_at = now() WHERE username = 'gone'")
+    response = await q.client.get(f"{ALERTS}/{alert_id}/assignees", headers=await q.as_("olga"))
+    assert response.status_code == 200, response.text
+    # Not the nurse, the auditor, C2's officer, nor a disabled officer.
+    assert response.json() == {
+        "items": [
+            {"username": "adam", "role": "admin"},
+            {"username": "olga", "role": "safety_officer"},
+            {"username": "omar", "role": "safety_officer"},
+        ]
+    }
+    # Each of them can be assigned; the list and the assignment agree.
+    for person in response.json()["items"]:
+        view = await q.ok("olga", alert_id, "assign", {"user": person["username"]})
+        assert view["assigned_to"] == person["username"]
+
+
+async def test_assignees_of_another_clinics_alert_are_404_and_nurses_are_refused(
+    q: Queue,
+) -> None:
+    alert_id = await q.crisis()
+    otto = await q.as_("otto")
+    hidden = await q.client.get(f"{ALERTS}/{alert_id}/assignees", headers=otto)
+    absent = await q.client.get(f"{ALERTS}/{uuid.uuid4()}/assignees", headers=otto)
+    assert (hidden.status_code, absent.status_code) == (404, 404)
+    nina = await q.as_("nina")
+    refused = await q.client.get(f"{ALERTS}/{alert_id}/assignees", headers=nina)
+    assert refused.status_code == 403
+    aude = await q.as_("aude")
+    assert (await q.client.get(f"{ALERTS}/{alert_id}/assignees", headers=aude)).status_code == 403
+
+
+async def test_a_pattern_alert_shows_what_each_counted_report_contributed(q: Queue) -> None:
+    for n, systolic in enumerate((181, 182, 183)):
+        await q.report(bp_report(patient_ref=f"PT-CL{n}", systolic=systolic, diastolic=100))
+    alert_id = await q.db.fetchval(
+        "SELECT id FROM alerts WHERE rule_id = 'pattern-blood-pressure-cluster'"
+    )
+    assert alert_id is not None
+    view = await q.read("olga", str(alert_id))
+    # The cluster's condition names the phase and the systolic pressure.
+    # (Linked at once, the three are in no particular order.)
+    assert sorted(r["triggered_by"] for r in view["reports"]) == [
+        f"BP {systolic}/100 mmHg, phase post dose" for systolic in (181, 182, 183)
+    ]
+    assert min(view["reports"], key=lambda r: r["triggered_by"])["trigger_values"] == {
+        "phase": "post_dose",
+        "systolic": 181,
+        "diastolic": 100,
+    }

@@ -60,6 +60,7 @@ VALID_ENV = {
     "SAFETYREPORT_SMTP_TLS": "tls",
     "SAFETYREPORT_SMTP_USERNAME": "pager",
     "SAFETYREPORT_SMTP_PASSWORD": "smtp-password",
+    "SAFETYREPORT_PUBLIC_URL": "https://safety.clinic.example",
 }
 # Variables that are only valid together with another one.
 NEEDS = {

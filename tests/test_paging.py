@@ -561,3 +561,115 @@ def test_paging_is_off_without_an_smtp_host() -> None:
 def test_smtp_settings_are_checked(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://safety.clinic.example", "https://safety.clinic.example"),
+        ("https://safety.clinic.example/", "https://safety.clinic.example"),
+        ("http://127.0.0.1:8000/safety/", "http://127.0.0.1:8000/safety"),
+        ("", None),
+    ],
+)
+def test_the_public_url_is_read_without_its_trailing_slash(raw: str, expected: str | None) -> None:
+    assert Settings.from_env({"SAFETYREPORT_PUBLIC_URL": raw}).paging.public_url == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "ftp://safety.clinic.example",
+        "safety.clinic.example",
+        "https://",
+        "https://safety.clinic.example/?next=/alerts",
+        "https://safety.clinic.example/#top",
+        "https://user:secret@safety.clinic.example",
+    ],
+)
+def test_a_public_url_that_is_not_plain_http_or_https_is_refused(raw: str) -> None:
+    with pytest.raises(SettingsError, match="SAFETYREPORT_PUBLIC_URL"):
+        Settings.from_env({"SAFETYREPORT_PUBLIC_URL": raw})
+
+
+def of_alert(mailbox: Mailbox, alert_id: uuid.UUID) -> list[tuple[list[str], EmailMessage]]:
+    return [(to, m) for to, m in mailbox.received() if f"Alert:     {alert_id}" in m.get_content()]
+
+
+async def test_a_renewed_alert_pages_again_with_a_link_to_the_public_url(
+    db: asyncpg.Connection[Any], settings: Settings, smtp: tuple[Mailbox, int]
+) -> None:
+    mailbox, port = smtp
+    paged = with_paging(settings, port)
+    paged = replace(paged, paging=replace(paged.paging, public_url="https://safety.clinic.example"))
+    await seed(db)
+    # The app runs with paging off; this test runs the pager's rounds itself.
+    async with running_app(settings) as http:
+        await set_roster(http, ROSTER)
+        [alert_id] = await raise_alerts(http, db, "PT-001")
+        pool = await create_pool(app_url(settings, settings.database.url or ""), max_size=2)
+        try:
+            await page_round(pool, paged.paging, paged.alerts)
+            olga = await login(http, "olga")
+            acknowledged = await http.post(
+                f"/api/v1/alerts/{alert_id}/acknowledge", json={}, headers=olga
+            )
+            assert acknowledged.status_code == 200, acknowledged.text
+            # Acknowledged: nothing more to page.
+            await page_round(pool, paged.paging, paged.alerts)
+            assert len(of_alert(mailbox, alert_id)) == 1
+            # A second crisis reading joins the acknowledged alert: it is open again and
+            # the on-call person is paged again.
+            response = await http.post(
+                "/api/v1/reports",
+                json=bp_report(
+                    patient_ref="PT-001", systolic=185, diastolic=100, symptoms=["chest_pain"]
+                ),
+                headers={**await login(http, "nina"), "Idempotency-Key": "crisis-again"},
+            )
+            assert response.status_code == 201, response.text
+            await page_round(pool, paged.paging, paged.alerts)
+            # Nothing new: the renewal's page is not written twice.
+            await page_round(pool, paged.paging, paged.alerts)
+        finally:
+            await pool.close()
+
+    # (Another alert the second reading raised, if any, is paged on its own.)
+    received = of_alert(mailbox, alert_id)
+    assert [to for to, _ in received] == [["olga@c1.example"], ["olga@c1.example"]]
+    first, again = (m for _, m in received)
+    link = f"https://safety.clinic.example/alerts/{alert_id}"
+    assert link in first.get_content()
+    assert link in again.get_content()
+    assert "renewed" not in str(first["Subject"])
+    assert "renewed" in str(again["Subject"])
+    rows = [r for r in await pages(db) if r["alert_id"] == alert_id]
+    assert [(r["alert_id"], r["renewal"], r["level"], r["status"]) for r in rows] == [
+        (alert_id, 0, 0, "sent"),
+        (alert_id, 1, 0, "sent"),
+    ]
+    paged_events = await db.fetch(
+        "SELECT (details->>'renewal')::int AS renewal FROM alert_events"
+        " WHERE alert_id = $1 AND action = 'paged' ORDER BY id",
+        alert_id,
+    )
+    assert [e["renewal"] for e in paged_events] == [0, 1]
+
+
+async def test_without_a_public_url_the_page_gives_the_alerts_path(
+    db: asyncpg.Connection[Any], settings: Settings, smtp: tuple[Mailbox, int]
+) -> None:
+    mailbox, port = smtp
+    paged = with_paging(settings, port)
+    assert paged.paging.public_url is None
+    await seed(db)
+    async with running_app(settings) as http:
+        await set_roster(http, ROSTER)
+        [alert_id] = await raise_alerts(http, db, "PT-001")
+    pool = await create_pool(app_url(settings, settings.database.url or ""), max_size=2)
+    try:
+        await page_round(pool, paged.paging, paged.alerts)
+    finally:
+        await pool.close()
+    [(_, page)] = mailbox.received()
+    assert f"Open it:   /alerts/{alert_id}\r\n" in page.get_content()

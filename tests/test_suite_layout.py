@@ -147,9 +147,15 @@ def process_starting_definitions(tree: ast.Module) -> set[str]:
         starting |= more
 
 
+# Marks defined elsewhere that include end_to_end (tests/helpers/browser.py).
+END_TO_END_MARK_SETS = frozenset({"BROWSER_MARKS"})
+
+
 def is_end_to_end_mark(node: ast.AST) -> bool:
     return any(
-        isinstance(child, ast.Attribute) and child.attr == "end_to_end" for child in ast.walk(node)
+        (isinstance(child, ast.Attribute) and child.attr == "end_to_end")
+        or (isinstance(child, ast.Name) and child.id in END_TO_END_MARK_SETS)
+        for child in ast.walk(node)
     )
 
 
@@ -175,6 +181,20 @@ def unmarked_process_tests(tree: ast.Module) -> list[str]:
         and (names_used(node) | parameters(node)) & (starting | PROCESS_STARTERS)
         and not any(is_end_to_end_mark(d) for d in node.decorator_list)
     ]
+
+
+def test_the_mark_sets_taken_as_end_to_end_include_it() -> None:
+    tree = parse(TESTS / "helpers" / "browser.py")
+    found = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name) and target.id in END_TO_END_MARK_SETS
+    }
+    assert set(found) == END_TO_END_MARK_SETS
+    for value in found.values():
+        assert any(isinstance(c, ast.Attribute) and c.attr == "end_to_end" for c in ast.walk(value))
 
 
 @pytest.mark.parametrize("path", all_test_modules(), ids=lambda p: p.name)

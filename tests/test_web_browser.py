@@ -578,7 +578,7 @@ async def test_officer_sees_a_new_alert_live_and_acknowledges_and_resolves_it(
     await page.get_by_label("Reason for reopening").fill("BP up again at discharge")
     await page.get_by_role("button", name="Reopen").click()
     await expect(page.locator(".status-chip")).to_have_text("Open")
-    await page.get_by_label("Assign to (username)").fill(OFFICER)
+    await page.get_by_label("Assign to", exact=True).select_option(OFFICER)
     await page.get_by_role("button", name="Assign").click()
     await expect(page.locator("dt:text-is('Assigned to') + dd")).to_have_text(OFFICER)
     actions = await db.fetch(

@@ -56,6 +56,7 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_SMTP_TLS",
     "SAFETYREPORT_SMTP_USERNAME",
     "SAFETYREPORT_SMTP_PASSWORD",
+    "SAFETYREPORT_PUBLIC_URL",
 )
 
 
@@ -153,6 +154,9 @@ class PagingSettings:
     tls: SmtpTls = "starttls"
     username: str | None = None
     password: str | None = None
+    # Where people open the service (https://safety.clinic.example): page emails link to
+    # {public_url}/alerts/{id}; without it they give the path alone.
+    public_url: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -344,7 +348,28 @@ def _paging_settings(env: dict[str, str]) -> PagingSettings:
         tls=tls,
         username=username,
         password=password,
+        public_url=_public_url(env),
     )
+
+
+def _public_url(env: dict[str, str]) -> str | None:
+    """SAFETYREPORT_PUBLIC_URL without its trailing slash: http(s), a host, no query."""
+    name = "SAFETYREPORT_PUBLIC_URL"
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+    except ValueError:
+        raise SettingsError(f"{name} is malformed") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise SettingsError(f"{name} must be http(s)://host[/path], got {raw!r}")
+    if parts.query or parts.fragment or "?" in raw or "#" in raw:
+        raise SettingsError(f"{name} takes no query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(f"{name} takes no credentials")
+    return raw.rstrip("/")
 
 
 # An HMAC key shorter than this is guessable offline from one signed body.

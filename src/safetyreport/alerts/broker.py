@@ -28,7 +28,7 @@ import asyncpg
 import msgspec
 
 from safetyreport.alerts.events import CHANNEL
-from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView
+from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, alert_fields
 from safetyreport.db.pool import SERVER_SETTINGS, Conn, init_connection
 
 _log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class StreamEvent:
             at=row["at"],
             actor=row["actor"],
             details=row["details"],
-            alert=msgspec.convert(dict(row), AlertView),
+            alert=AlertView(**alert_fields(row)),
         )
         return cls(row["event_id"], row["clinic_id"], _encoder.encode(payload).decode())
 

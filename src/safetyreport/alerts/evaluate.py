@@ -35,6 +35,7 @@ from safetyreport.alerts.rules import (
     compile_rule,
     in_force,
 )
+from safetyreport.alerts.triggers import shown, trigger_values
 from safetyreport.audit.chain import format_time
 from safetyreport.db.pool import Conn
 from safetyreport.reports.types import dose_mg_per_kg
@@ -142,9 +143,8 @@ async def evaluate_report(
     single = [r for r in rules if r.definition.pattern is None]
     fired = await _off_loop_if_heavy(sum(r.nodes for r in single), _holding, single, facts)
     for rule in fired:
-        await _raise(
-            conn, rule, report, [(report.id, report.version)], outcome, actor, client_addr, settings
-        )
+        linked = [(report.id, report.version, trigger_values(_named_fields(rule.condition), facts))]
+        await _raise(conn, rule, report, linked, outcome, actor, client_addr, settings)
     top = max(fired, key=lambda r: SEVERITY_RANK[r.severity], default=None)
     facts = report.facts(top.severity if top else None)
     for rule in rules:
@@ -179,9 +179,10 @@ WHERE r.clinic_id = $1
   AND ($4::text IS NULL OR r.patient_ref = $4)
   AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5::text[]))
 """
-# Of each body only the fields the condition names ($6), so that the many candidates of
-# a busy clinic are not sent and decoded whole. Facts a condition does not name cannot
-# change what it says; an absent field and a null one read alike (see conditions).
+# Of each body only the fields the condition names and its trigger values show ($6), so
+# that the many candidates of a busy clinic are not sent and decoded whole. Facts a
+# condition does not name cannot change what it says; an absent field and a null one read
+# alike (see conditions).
 _CANDIDATE_COLUMNS = """
 SELECT r.id, r.current_version, r.kind, r.occurred_at, r.patient_ref,
        v.hypertension_reading_grade,
@@ -205,10 +206,13 @@ def _named_fields(condition: Condition) -> set[str]:
     return set().union(*(_named_fields(c) for c in condition.conditions))
 
 
-async def _pattern_matches(
-    conn: Conn, rule: Rule, report: StoredReport
-) -> list[tuple[uuid.UUID, int]]:
-    """The most matching reports of the report's group in one window that includes it.
+# A report linked to an alert: id, version, and its trigger values (see triggers.py).
+_Linked = tuple[uuid.UUID, int, dict[str, Any]]
+
+
+async def _pattern_matches(conn: Conn, rule: Rule, report: StoredReport) -> list[_Linked]:
+    """The most matching reports of the report's group in one window that includes it,
+    each with the facts the condition names as its trigger values.
 
     Reports arrive late from tablets, so the window may lie before or after the report.
     """
@@ -222,7 +226,8 @@ async def _pattern_matches(
         timedelta(days=pattern.window_days),
         report.patient_ref if rule.definition.group_by == "patient" else None,
         list(rule.definition.kinds),
-        sorted(body_fields(named)),
+        # Also what the trigger values show beside them (the other half of a pressure).
+        sorted(body_fields(shown(named))),
     )
     matching = await _off_loop_if_heavy(len(rows) * rule.nodes, _matching_rows, rule, rows)
     by_patient = pattern.count == "patients"
@@ -242,10 +247,11 @@ def _holding(rules: list[Rule], facts: dict[str, Any]) -> list[Rule]:
     return [r for r in rules if r.condition.holds(facts)]
 
 
-_Match = tuple[datetime, uuid.UUID, int, str | None]
+_Match = tuple[datetime, uuid.UUID, int, str | None, dict[str, Any]]
 
 
 def _matching_rows(rule: Rule, rows: list[Any]) -> list[_Match]:
+    named = _named_fields(rule.condition)
     matching: list[_Match] = []
     for row in rows:
         # As StoredReport.facts, from the named fields of the body.
@@ -256,8 +262,9 @@ def _matching_rows(rule: Rule, rows: list[Any]) -> list[_Match]:
             row["alert_severity"],
         )
         if rule.condition.holds(facts):
+            values = trigger_values(named, facts)
             matching.append(
-                (row["occurred_at"], row["id"], row["current_version"], row["patient_ref"])
+                (row["occurred_at"], row["id"], row["current_version"], row["patient_ref"], values)
             )
     return matching
 
@@ -277,7 +284,7 @@ def _densest_window(
     min_count: int,
     *,
     by_patient: bool,
-) -> list[tuple[uuid.UUID, int]]:
+) -> list[_Linked]:
     """The reports in the fullest window [start, start + window) that contains ``at``,
     if it holds ``min_count`` or more (reports, or distinct patients ``by_patient``).
 
@@ -290,7 +297,7 @@ def _densest_window(
     best: tuple[int, int] | None = None  # (start index, end index) of the fullest
     best_count = 0
     end = 0
-    for start, (start_time, _, _, _) in enumerate(ordered):
+    for start, (start_time, *_) in enumerate(ordered):
         while end < len(ordered) and ordered[end][0] < start_time + window:
             patients[ordered[end][3]] += 1
             end += 1
@@ -303,7 +310,7 @@ def _densest_window(
             del patients[leaving]
     if best is None or best_count < min_count:
         return []
-    return [(rid, v) for _, rid, v, _ in ordered[best[0] : best[1]]]
+    return [(rid, v, values) for _, rid, v, _, values in ordered[best[0] : best[1]]]
 
 
 _UPSERT = """
@@ -319,9 +326,11 @@ RETURNING id, (xmax = 0) AS opened, severity, status, ack_deadline, report_count
 RENEWING_SEVERITIES = frozenset({"critical", "urgent"})
 # A new report joined: the alert is open again (an acknowledgement no longer covers it),
 # its deadline starts again from now, and an override of a hold no longer stands (the new
-# reading needs its own decision). The upsert above holds the row's lock.
+# reading needs its own decision), and it is paged again (``renewals`` is part of a
+# page's key, see paging.py). The upsert above holds the row's lock.
 _RENEW = """
 UPDATE alerts SET status = 'open', acknowledged_at = NULL, acknowledged_by = NULL,
+                  renewals = renewals + 1,
                   ack_deadline = now() + $2::interval, override_reason = NULL,
                   overridden_by = NULL, overridden_at = NULL,
                   revision = revision + 1, updated_at = now()
@@ -336,8 +345,9 @@ UPDATE alerts SET dea_notice_due = $2, dea_form106_due = $3, dea_clock_zone = $4
 # locked the alert, so nobody else links to it meanwhile.
 _LINK_AND_COUNT = """
 WITH linked AS (
-    INSERT INTO alert_reports (alert_id, report_id, report_version)
-    SELECT $1, r.id, r.version FROM unnest($2::uuid[], $3::int[]) AS r(id, version)
+    INSERT INTO alert_reports (alert_id, report_id, report_version, trigger_values)
+    SELECT $1, r.id, r.version, coalesce($4::jsonb -> r.id::text, '{}')
+    FROM unnest($2::uuid[], $3::int[]) AS r(id, version)
     ON CONFLICT DO NOTHING
     RETURNING report_id
 )
@@ -367,7 +377,7 @@ async def _raise(
     conn: Conn,
     rule: Rule,
     report: StoredReport,
-    reports: list[tuple[uuid.UUID, int]],
+    reports: list[_Linked],
     outcome: Outcome,
     actor: audit.Actor,
     client_addr: str | None,
@@ -404,7 +414,11 @@ async def _raise(
             _RESET_CLOCKS, alert_id, clocks.notice_due, clocks.form106_due, clocks.zone
         )
     count = await conn.fetchval(
-        _LINK_AND_COUNT, alert_id, [r for r, _ in reports], [v for _, v in reports]
+        _LINK_AND_COUNT,
+        alert_id,
+        [r for r, _, _ in reports],
+        [v for _, v, _ in reports],
+        {str(r): values for r, _, values in reports},
     )
     details = {
         "rule_id": rule.id,

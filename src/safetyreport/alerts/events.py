@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from safetyreport import audit
+from safetyreport.alerts.triggers import describe
 from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS
 from safetyreport.db.pool import Conn
 from safetyreport.settings import AlertSettings
@@ -56,6 +57,7 @@ async def record(
     row = await conn.fetchrow(_RECORD, alert_id, actor.name, action, details, CHANNEL)
     assert row is not None
     alert = {k: v for k, v in row.items() if k != "event_id"}
+    alert["triggered_by"] = describe(alert["trigger_values"])
     event_id: int = row["event_id"]
     await audit.append(
         conn,

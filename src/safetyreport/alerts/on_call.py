@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import msgspec
 
+from safetyreport.alerts import queue
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import FieldError, ValidationFailed
@@ -33,15 +34,6 @@ FROM on_call o JOIN users u ON u.id = o.user_id
 WHERE o.clinic_id = $1
 ORDER BY o.position
 """
-# Who may be on call for a clinic: its enabled safety officers and admins, the people
-# who can acknowledge its alerts.
-_ELIGIBLE = """
-SELECT u.id, u.username FROM users u
-WHERE u.username = ANY($1::text[]) AND u.disabled_at IS NULL
-  AND u.role IN ('safety_officer', 'admin')
-  AND (u.all_clinics OR EXISTS (
-        SELECT 1 FROM user_clinics uc WHERE uc.user_id = u.id AND uc.clinic_id = $2))
-"""
 _CLEAR = "DELETE FROM on_call WHERE clinic_id = $1"
 _INSERT = "INSERT INTO on_call (clinic_id, position, user_id, email) VALUES ($1, $2, $3, $4)"
 
@@ -49,7 +41,7 @@ PageStatus = Literal["pending", "sent", "failed", "cancelled"]
 
 # The clinic scope ($1: NULL for admins of every clinic) and optional filters.
 _PAGES = """
-SELECT p.id, p.alert_id, c.code AS clinic, p.level, p.position, u.username, p.email,
+SELECT p.id, p.alert_id, c.code AS clinic, p.renewal, p.level, p.position, u.username, p.email,
        p.subject, p.status, p.attempts, p.created_at, p.sent_at, p.next_attempt_at,
        coalesce((SELECT jsonb_agg(jsonb_build_object(
                      'attempted_at', a.attempted_at, 'error', a.error,
@@ -103,6 +95,8 @@ class PageView(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     alert_id: uuid.UUID
     clinic: str
+    # How many times the alert had been renewed (a new report joined it) when paged.
+    renewal: int
     # The alert's escalation level this page is for (0: when it opened).
     level: int
     # The roster position paged.
@@ -186,7 +180,8 @@ async def replace_roster(
     Pages already sent stay as they were; the next page goes by the new roster.
     """
     clinic_id = _clinic_id(caller, clinic)
-    rows = await conn.fetch(_ELIGIBLE, [e.user for e in update.entries], clinic_id)
+    # Who may be on call: the people who can acknowledge the clinic's alerts.
+    rows = await queue.clinic_alert_workers(conn, clinic_id, [e.user for e in update.entries])
     found = {r["username"]: r["id"] for r in rows}
     _check(update, found)
     before = await _roster(conn, clinic, clinic_id)

@@ -3,15 +3,17 @@
 An open critical or urgent alert at escalation level L pages the person at position
 L + 1 of its clinic's roster (``on_call``): the first when it opens, the next each time
 escalation (``escalation.py``) raises its level because nobody acknowledged it in time.
-Past the end of the roster it starts again from the first: someone is always paged. An
-acknowledged or resolved alert pages no one.
+Past the end of the roster it starts again from the first: someone is always paged. A
+renewed alert (a new report joined it, ``evaluate.py``; ``alerts.renewals`` counts these)
+pages the person at its level again. An acknowledged or resolved alert pages no one.
 
 One background task (``paging``) does two things each round, each in transactions of
 its own:
 
 1. It writes a page (an outbox row in ``pages``) for each open alert whose current level
-   has none, and records it as a ``paged`` event on the alert (its history, the live
-   stream, the audit trail). ``UNIQUE (alert_id, level)`` makes this idempotent, so
+   and renewal has none, and records it as a ``paged`` event on the alert (its history,
+   the live stream, the audit trail). ``UNIQUE (alert_id, renewal, level)`` makes this
+   idempotent, so
    several service processes write each page once. Pages still waiting when their
    alert is acknowledged or resolved are cancelled.
 2. It claims due pages with a lease (``FOR UPDATE SKIP LOCKED``, as webhooks.py does),
@@ -67,7 +69,7 @@ PAGING_TASK = "paging"
 # a clinic with no roster gives OFFSET NULL over no rows (no page) rather than an error.
 _NEEDING_PAGE = """
 SELECT a.id, a.clinic_id, c.code AS clinic, c.name AS clinic_name, a.rule_id,
-       r.name AS rule_name, a.severity, a.escalation_level, a.first_seen_at,
+       r.name AS rule_name, a.severity, a.escalation_level, a.renewals, a.first_seen_at,
        a.ack_deadline, a.report_count, o.position, o.user_id, o.email, u.username
 FROM alerts a
 JOIN clinics c ON c.id = a.clinic_id
@@ -85,7 +87,8 @@ JOIN LATERAL (
 JOIN users u ON u.id = o.user_id
 WHERE a.status = 'open' AND a.severity = ANY($2::text[])
   AND NOT EXISTS (SELECT 1 FROM pages p
-                  WHERE p.alert_id = a.id AND p.level = a.escalation_level)
+                  WHERE p.alert_id = a.id AND p.renewal = a.renewals
+                    AND p.level = a.escalation_level)
 ORDER BY a.first_seen_at
 LIMIT $1
 """
@@ -96,9 +99,10 @@ FROM alerts a
 WHERE p.status = 'pending' AND a.id = p.alert_id AND a.status <> 'open'
 """
 _INSERT_PAGE = """
-INSERT INTO pages (id, alert_id, clinic_id, level, position, user_id, email, subject, body)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (alert_id, level) DO NOTHING
+INSERT INTO pages (id, alert_id, clinic_id, renewal, level, position, user_id, email,
+                   subject, body)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (alert_id, renewal, level) DO NOTHING
 """
 # The lease is taken by pushing next_attempt_at forward; the attempt is counted here so
 # that retries stay bounded across crashes.
@@ -153,11 +157,21 @@ def _one_line(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-def _compose(row: asyncpg.Record) -> tuple[str, str]:
-    """The subject and body of the page for an alert at its current level."""
+def alert_link(alert_id: uuid.UUID, public_url: str | None) -> str:
+    """The alert's page: a full URL with SAFETYREPORT_PUBLIC_URL, else the path."""
+    return f"{public_url or ''}/alerts/{alert_id}"
+
+
+def _compose(row: asyncpg.Record, public_url: str | None) -> tuple[str, str]:
+    """The subject and body of the page for an alert at its current level and renewal."""
     severity = str(row["severity"]).upper()
     level = row["escalation_level"]
-    again = "" if level == 0 else f" (escalated, level {level})"
+    why = []
+    if row["renewals"]:
+        why.append("renewed: a new report joined it")
+    if level:
+        why.append(f"escalated, level {level}")
+    again = f" ({'; '.join(why)})" if why else ""
     subject = _one_line(f"[{severity}] {row['clinic']}: {row['rule_name']}{again}")
     deadline = row["ack_deadline"]
     lines = [
@@ -167,7 +181,7 @@ def _compose(row: asyncpg.Record) -> tuple[str, str]:
         f"Severity:  {row['severity']}",
         f"Rule:      {row['rule_name']} ({row['rule_id']})",
         f"Alert:     {row['id']}",
-        f"Open it:   /alerts/{row['id']}",
+        f"Open it:   {alert_link(row['id'], public_url)}",
         f"Raised:    {format_time(row['first_seen_at'])}",
         f"Reports:   {row['report_count']}",
         f"Acknowledge by: {format_time(deadline) if deadline else 'no deadline'}",
@@ -179,9 +193,16 @@ def _compose(row: asyncpg.Record) -> tuple[str, str]:
     return subject, "\n".join(lines) + "\n"
 
 
-async def enqueue_pages(conn: Conn, settings: AlertSettings, *, limit: int = BATCH_SIZE) -> int:
-    """Write a page for each open critical or urgent alert whose level has none, and
-    cancel pending pages of alerts no longer open; how many were written.
+async def enqueue_pages(
+    conn: Conn,
+    settings: AlertSettings,
+    *,
+    limit: int = BATCH_SIZE,
+    public_url: str | None = None,
+) -> int:
+    """Write a page for each open critical or urgent alert whose level (in its current
+    renewal) has none, and cancel pending pages of alerts no longer open; how many were
+    written. ``public_url``: where the email's link points (SAFETYREPORT_PUBLIC_URL).
 
     Each page is also an event on its alert (history, live stream, audit entry).
     """
@@ -193,13 +214,14 @@ async def enqueue_pages(conn: Conn, settings: AlertSettings, *, limit: int = BAT
     await audit.lock_chains(conn, sorted({r["clinic"] for r in rows}))
     written = 0
     for row in rows:
-        subject, body = _compose(row)
+        subject, body = _compose(row, public_url)
         page_id = uuid.uuid4()
         status = await conn.execute(
             _INSERT_PAGE,
             page_id,
             row["id"],
             row["clinic_id"],
+            row["renewals"],
             row["escalation_level"],
             row["position"],
             row["user_id"],
@@ -218,6 +240,7 @@ async def enqueue_pages(conn: Conn, settings: AlertSettings, *, limit: int = BAT
             details={
                 "page_id": str(page_id),
                 "level": row["escalation_level"],
+                "renewal": row["renewals"],
                 "position": row["position"],
                 "user": row["username"],
             },
@@ -324,7 +347,7 @@ async def deliver_due(pool: asyncpg.Pool, paging: PagingSettings, alerts: AlertS
 async def page_round(pool: asyncpg.Pool, paging: PagingSettings, alerts: AlertSettings) -> int:
     """Write the pages now due, then deliver; the work done (pages written and claimed)."""
     async with transaction(pool) as conn:
-        written = await enqueue_pages(conn, alerts)
+        written = await enqueue_pages(conn, alerts, public_url=paging.public_url)
     return written + await deliver_due(pool, paging, alerts)
 
 

@@ -15,7 +15,9 @@ import msgspec
 from safetyreport import audit
 from safetyreport.alerts import dea, events
 from safetyreport.alerts.rules import SEVERITY_RANK, SEVERITY_RANK_SQL, ack_window
-from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, Status
+from safetyreport.alerts.triggers import describe
+from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, Status, alert_fields
+from safetyreport.auth.permissions import ALERT_WORKERS
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
@@ -26,6 +28,14 @@ from safetyreport.settings import AlertSettings
 from safetyreport.times import require_utc
 
 
+class ReportChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One field an amendment changed; null before: added, null after: removed."""
+
+    field: str
+    before: Any
+    after: Any
+
+
 class AlertReportView(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     version: int
@@ -34,6 +44,12 @@ class AlertReportView(msgspec.Struct, frozen=True, kw_only=True):
     patient_ref: str | None
     occurred_at: datetime
     added_at: datetime
+    # What this report version contributed: the facts the rule's condition names, and the
+    # same in words ({} and "" for links made before these were kept).
+    trigger_values: dict[str, Any]
+    triggered_by: str
+    # For an amendment (version > 1): what it changed against the version before.
+    changes: list[ReportChange]
 
 
 class AlertEventView(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,8 +85,13 @@ SELECT {ALERT_COLUMNS}, {SEVERITY_RANK_SQL} AS severity_rank
 FROM alerts a {ALERT_JOINS}
 """  # noqa: S608 (constant SQL fragments, no input)
 _REPORTS = """
-SELECT r.id, ar.report_version AS version, r.kind, r.patient_ref, r.occurred_at, ar.added_at
-FROM alert_reports ar JOIN reports r ON r.id = ar.report_id
+SELECT r.id, ar.report_version AS version, r.kind, r.patient_ref, r.occurred_at, ar.added_at,
+       ar.trigger_values, v.body, prev.body AS previous_body
+FROM alert_reports ar
+JOIN reports r ON r.id = ar.report_id
+JOIN report_versions v ON v.report_id = ar.report_id AND v.version = ar.report_version
+LEFT JOIN report_versions prev
+       ON prev.report_id = ar.report_id AND prev.version = ar.report_version - 1
 WHERE ar.alert_id = $1 ORDER BY ar.added_at, r.id, ar.report_version
 """
 _HISTORY = """
@@ -78,11 +99,10 @@ SELECT id, at, actor, action, details FROM alert_events WHERE alert_id = $1 ORDE
 """
 # The queue's first sort key.
 _RANK = SEVERITY_RANK_SQL
-_VIEW_FIELDS = frozenset(AlertView.__struct_fields__)
 
 
 def _view(row: asyncpg.Record) -> AlertView:
-    return AlertView(**{k: v for k, v in dict(row).items() if k in _VIEW_FIELDS})
+    return AlertView(**alert_fields(row))
 
 
 async def _load(conn: Conn, principal: Principal, alert_id: uuid.UUID) -> asyncpg.Record:
@@ -93,11 +113,46 @@ async def _load(conn: Conn, principal: Principal, alert_id: uuid.UUID) -> asyncp
     return found
 
 
+def _flat(body: dict[str, Any]) -> dict[str, Any]:
+    """A body's fields, each field of an object in it as ``object.field`` (``cssrs.q4``)."""
+    flat: dict[str, Any] = {}
+    for name, value in body.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{inner}": item for inner, item in value.items()})
+        else:
+            flat[name] = value
+    return flat
+
+
+def amendment_changes(before: dict[str, Any], after: dict[str, Any]) -> list[ReportChange]:
+    """The fields that differ between two versions of a report body, in name order."""
+    old, new = _flat(before), _flat(after)
+    return [
+        ReportChange(field=name, before=old.get(name), after=new.get(name))
+        for name in sorted(old.keys() | new.keys())
+        if old.get(name) != new.get(name)
+    ]
+
+
+def _report_view(row: asyncpg.Record) -> AlertReportView:
+    previous = row["previous_body"]
+    return AlertReportView(
+        id=row["id"],
+        version=row["version"],
+        kind=row["kind"],
+        patient_ref=row["patient_ref"],
+        occurred_at=row["occurred_at"],
+        added_at=row["added_at"],
+        trigger_values=row["trigger_values"],
+        triggered_by=describe(row["trigger_values"]),
+        changes=[] if previous is None else amendment_changes(previous, row["body"]),
+    )
+
+
 async def _detail(conn: Conn, row: asyncpg.Record) -> AlertDetail:
-    reports = [AlertReportView(**dict(r)) for r in await conn.fetch(_REPORTS, row["id"])]
+    reports = [_report_view(r) for r in await conn.fetch(_REPORTS, row["id"])]
     history = [AlertEventView(**dict(e)) for e in await conn.fetch(_HISTORY, row["id"])]
-    fields = {k: v for k, v in dict(row).items() if k in _VIEW_FIELDS}
-    return AlertDetail(**fields, reports=reports, history=history)
+    return AlertDetail(**alert_fields(row), reports=reports, history=history)
 
 
 async def read_alert(conn: Conn, caller: Caller, alert_id: uuid.UUID) -> AlertDetail:
@@ -495,21 +550,50 @@ async def add_note(
     )
 
 
+# The people who work a clinic's alerts ($1): its enabled users of the ALERT_WORKERS roles
+# ($2), safety officers and admins. Assignees and the on-call roster (on_call.py) are
+# drawn from them. $3: only these usernames (NULL: all of them).
+CLINIC_ALERT_WORKERS = """
+SELECT u.id, u.username, u.role FROM users u
+WHERE u.disabled_at IS NULL
+  AND u.role = ANY($2::text[])
+  AND (u.all_clinics OR EXISTS (
+        SELECT 1 FROM user_clinics uc WHERE uc.user_id = u.id AND uc.clinic_id = $1))
+  AND ($3::text[] IS NULL OR u.username = ANY($3::text[]))
+ORDER BY u.username
+"""
+
+
+async def clinic_alert_workers(
+    conn: Conn, clinic_id: int, usernames: list[str] | None = None
+) -> list[asyncpg.Record]:
+    """The clinic's enabled safety officers and admins (of ``usernames`` if given)."""
+    return await conn.fetch(CLINIC_ALERT_WORKERS, clinic_id, list(ALERT_WORKERS), usernames)
+
+
+class Assignee(msgspec.Struct, frozen=True, kw_only=True):
+    username: str
+    role: str
+
+
+class AssigneeList(msgspec.Struct, frozen=True):
+    items: list[Assignee]
+
+
+async def assignees(conn: Conn, caller: Caller, alert_id: uuid.UUID) -> AssigneeList:
+    """Who the alert may be assigned to: the enabled safety officers and admins who can
+    see its clinic, by username. Another clinic's alert is 404."""
+    row = await _load(conn, caller.principal, alert_id)
+    people = await clinic_alert_workers(conn, row["clinic_id"])
+    return AssigneeList([Assignee(username=p["username"], role=p["role"]) for p in people])
+
+
 async def assignee_id(conn: Conn, username: str, clinic_id: int) -> int:
     """The id of a safety officer or admin who may see the clinic, or ValidationFailed."""
-    user_id: int | None = await conn.fetchval(
-        """
-        SELECT u.id FROM users u
-        WHERE u.username = $1 AND u.disabled_at IS NULL
-          AND u.role IN ('safety_officer', 'admin')
-          AND (u.all_clinics OR EXISTS (
-                SELECT 1 FROM user_clinics uc WHERE uc.user_id = u.id AND uc.clinic_id = $2))
-        """,
-        username,
-        clinic_id,
-    )
-    if user_id is None:
+    found = await clinic_alert_workers(conn, clinic_id, [username])
+    if not found:
         raise ValidationFailed.one(
             "user", "assignable", "no safety officer or admin of this clinic has that username"
         )
+    user_id: int = found[0]["id"]
     return user_id

@@ -90,6 +90,14 @@ class AlertController(Controller):
         """One alert with its reports and its history."""
         return await queue.read_alert(db, caller, alert_id)
 
+    @get("/{alert_id:uuid}/assignees", opt=allow(ALERT_WORKERS))
+    async def assignees(
+        self, db: DbDep, caller: CallerDep, alert_id: FromPath[uuid.UUID]
+    ) -> queue.AssigneeList:
+        """Who the alert may be assigned to: the enabled safety officers and admins who can
+        see its clinic, by username."""
+        return await queue.assignees(db, caller, alert_id)
+
     @post("/{alert_id:uuid}/acknowledge", status_code=HTTP_200_OK, opt=allow(ALERT_WORKERS))
     async def acknowledge(
         self,

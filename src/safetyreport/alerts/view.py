@@ -7,12 +7,15 @@ looks the same wherever it is shown.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
+import asyncpg
 import msgspec
 
 from safetyreport.alerts.dea import NO_ZONE_WARNING
+from safetyreport.alerts.triggers import describe
 
 Status = Literal["open", "acknowledged", "resolved"]
 
@@ -31,6 +34,11 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     group_by: str
     group_key: str
     report_count: int
+    # The values that triggered the alert in its most recent report (the facts its rule's
+    # condition names), and the same in words: "BP 210/125 mmHg" ({} and "" for alerts
+    # raised before these were kept).
+    trigger_values: dict[str, Any]
+    triggered_by: str
     first_seen_at: datetime
     last_seen_at: datetime
     ack_deadline: datetime | None
@@ -63,6 +71,9 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
 ALERT_COLUMNS = f"""
        a.id, a.rule_id, a.rule_version, r.name AS rule_name, r.guidance, a.severity, a.status,
        a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
+       coalesce((SELECT ar.trigger_values FROM alert_reports ar WHERE ar.alert_id = a.id
+                 ORDER BY ar.added_at DESC, ar.report_version DESC, ar.report_id
+                 LIMIT 1), '{{}}') AS trigger_values,
        a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
        ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
        res.username AS resolved_by, a.resolution_reason, a.dea_notice_due,
@@ -72,7 +83,7 @@ ALERT_COLUMNS = f"""
        a.dea_notified_on, a.dea_form106_number, a.dea_not_reportable_reason,
        a.override_reason, ovr.username AS overridden_by, a.overridden_at,
        a.revision, a.clinic_id
-"""
+"""  # noqa: S608 (constant SQL fragments, no input)
 # The warning is written into the SQL as a literal.
 assert "'" not in NO_ZONE_WARNING
 ALERT_JOINS = """
@@ -83,3 +94,13 @@ LEFT JOIN users asg ON asg.id = a.assigned_to
 LEFT JOIN users res ON res.id = a.resolved_by
 LEFT JOIN users ovr ON ovr.id = a.overridden_by
 """
+
+_FIELDS = frozenset(AlertView.__struct_fields__)
+
+
+def alert_fields(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
+    """The fields of AlertView from a row selected with ALERT_COLUMNS (extra columns are
+    left out), with ``triggered_by`` put into words."""
+    fields = {k: v for k, v in row.items() if k in _FIELDS}
+    fields["triggered_by"] = describe(row["trigger_values"])
+    return fields

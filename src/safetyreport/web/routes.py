@@ -230,7 +230,10 @@ class WebController(Controller):
         self, db: DbDep, page: PageDep, alert_id: FromPath[uuid.UUID]
     ) -> Template:
         alert = await queue.read_alert(db, page.caller, alert_id)
-        return page.render("alert_detail.html", alert=alert, kind_labels=KIND_LABELS)
+        people = await queue.assignees(db, page.caller, alert_id)
+        return page.render(
+            "alert_detail.html", alert=alert, assignees=people.items, kind_labels=KIND_LABELS
+        )
 
     @get("/audit", guards=[require_page_role], opt=allow(AUDIT_READERS))
     async def audit_page(self, page: PageDep) -> Template:

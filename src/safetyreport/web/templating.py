@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
+from safetyreport.alerts.triggers import describe_change
 from safetyreport.web.assets import TEMPLATE_DIR
 
 
@@ -34,6 +36,11 @@ def number(value: object) -> object:
     return value
 
 
+def change(value: Any) -> str:
+    """An amendment's change of one field (a ReportChange): "systolic 150 → 210"."""
+    return describe_change(value.field, value.before, value.after)
+
+
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     environment = Environment(
         loader=FileSystemLoader(TEMPLATE_DIR),
@@ -44,5 +51,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters.update(utc=utc_text, iso=iso, humanize=humanize, number=number)
+    environment.filters.update(
+        utc=utc_text, iso=iso, humanize=humanize, number=number, change=change
+    )
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
