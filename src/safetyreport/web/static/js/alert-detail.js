@@ -2,11 +2,14 @@
 // posts to the API with the revision shown, so acting on a stale page answers 409
 // instead of overwriting someone else's change; success reloads the page.
 
-import { api, countdownText, problemMessage } from "./common.js";
+import { api, countdownText, forgetUnseenAlert, problemMessage } from "./common.js";
 import { clearErrors, showErrors } from "./forms.js";
 
 const root = document.getElementById("alert");
 const errorBox = document.getElementById("action-error");
+
+// Opened, however she got here: no longer new in the queue.
+forgetUnseenAlert(root.dataset.alertId);
 
 const BODIES = {
   acknowledge: () => ({}),

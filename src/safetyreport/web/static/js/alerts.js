@@ -9,7 +9,7 @@
 // notification if she allowed them. The unseen ids live in sessionStorage, so a reload
 // keeps them. Rows are updated in place, so an open "resolve" form or the focus survive.
 
-import { announce, api, currentUser, formatLocal, h, problemMessage, serverNow } from "./common.js";
+import { announce, api, formatLocal, h, problemMessage, serverNow, UNSEEN_ALERTS_KEY } from "./common.js";
 
 const SEVERITIES = ["critical", "urgent", "high", "info"];
 const SEVERITY_RANK = { critical: 3, urgent: 2, high: 1, info: 0 };
@@ -20,7 +20,7 @@ const MAX_PAGES = 10;
 // Stream events that make an alert new to the officer: raised, or open again with its
 // deadline started again.
 const NEW_ACTIONS = new Set(["opened", "renewed"]);
-const UNSEEN_KEY = `safetyreport-unseen-alerts:${currentUser}`;
+const UNSEEN_KEY = UNSEEN_ALERTS_KEY;
 const SOUND_KEY = "safetyreport-queue-sound";
 const DEA_FIELDS = ["dea_notified_on", "dea_form106_number", "dea_not_reportable_reason"];
 

@@ -16,6 +16,21 @@ export const currentUser = document.body.dataset.user || "";
 // countdowns to deadlines do not depend on a tablet's clock being right.
 let clockOffsetMs = 0;
 
+// The alerts new to this officer that she has not opened yet (ids, in this tab's session
+// storage): the queue keeps them, an alert's page forgets its own.
+export const UNSEEN_ALERTS_KEY = `safetyreport-unseen-alerts:${currentUser}`;
+
+export function forgetUnseenAlert(id) {
+  try {
+    const ids = JSON.parse(sessionStorage.getItem(UNSEEN_ALERTS_KEY) || "[]");
+    if (ids.includes(id)) {
+      sessionStorage.setItem(UNSEEN_ALERTS_KEY, JSON.stringify(ids.filter((other) => other !== id)));
+    }
+  } catch (error) {
+    // Storage unavailable or unreadable: nothing was kept.
+  }
+}
+
 export function serverNow() {
   return Date.now() + clockOffsetMs;
 }
