@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from safetyreport.audit import offline
-from safetyreport.audit.chain import SYSTEM_CLI
+from safetyreport.audit.chain import SYSTEM_CLI, format_time
 from safetyreport.audit.checkpoints import check_against_database, latest, sign_heads
 from safetyreport.audit.restores import RESTORED, record_restore
 from safetyreport.audit.signing import load_signer
@@ -102,12 +102,20 @@ async def test_a_recorded_restore_explains_the_entries_written_since(
     assert "the database was restored from backup 20261202-120000F" in finding
     assert f"(recorded at global#{restore.seq})" in finding
     assert f"which kept {CHAIN} up to #{signed.seq - 2}" in finding
-    entry = await world.db.fetchrow(
-        "SELECT actor, object_id, details FROM audit_entries WHERE action = $1", RESTORED
-    )
-    assert entry is not None
-    assert (entry["actor"], entry["object_id"]) == ("system:cli", "20261202-120000F")
-    assert entry["details"]["heads"][CHAIN] == signed.seq - 2
+    # The global chain holds every chain's head as restored; each clinic's chain, its own.
+    entries = {
+        r["chain"]: r
+        for r in await world.db.fetch(
+            "SELECT chain, actor, object_id, details FROM audit_entries WHERE action = $1",
+            RESTORED,
+        )
+    }
+    assert set(entries) == {"global", CHAIN}
+    assert all(e["actor"] == "system:cli" for e in entries.values())
+    assert all(e["object_id"] == "20261202-120000F" for e in entries.values())
+    assert entries["global"]["details"]["heads"][CHAIN] == signed.seq - 2
+    assert entries[CHAIN]["details"]["head"] == signed.seq - 2
+    assert entries[CHAIN]["details"]["target_time"] == format_time(target)
 
 
 async def test_a_restore_does_not_excuse_a_head_signed_before_its_target(

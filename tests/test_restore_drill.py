@@ -283,6 +283,13 @@ async def test_restore_to_a_point_in_time(drill: Drill) -> None:
             return not await db.fetchval("SELECT pg_is_in_recovery()")
 
         await eventually(promoted, "the restored server to finish recovery")
+
+        # It archives its new timeline from its own folder (scripts/backup restore set that).
+        async def archiving() -> bool:
+            return bool(await db.fetchval("SELECT archived_count > 0 FROM pg_stat_archiver"))
+
+        await eventually(archiving, "the restored server to archive its timeline history")
+        assert await db.fetchval("SELECT failed_count FROM pg_stat_archiver") == 0
         assert {str(r["id"]) for r in await db.fetch("SELECT id FROM reports")} == kept
         assert not kept & lost
 
@@ -309,12 +316,12 @@ async def test_restore_to_a_point_in_time(drill: Drill) -> None:
             label,
         )
         assert recorded.code == 0, recorded.stderr
-        entry = await db.fetchrow(
-            "SELECT actor, details FROM audit_entries WHERE action = 'database.restored'"
+        entries = await db.fetch(
+            "SELECT chain, actor, details FROM audit_entries WHERE action = 'database.restored'"
         )
-        assert entry is not None
-        assert entry["actor"] == "system:cli"
-        assert entry["details"]["backup"] == label
+        assert {e["chain"] for e in entries} == {"global", "clinic:C1", "clinic:C2"}
+        assert all(e["actor"] == "system:cli" for e in entries)
+        assert all(e["details"]["backup"] == label for e in entries)
 
         # The service writes again: the chains grow into sequence numbers the checkpoint
         # after T signed with other entries. The recorded restore explains that too.

@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     record_restore = audit.add_parser(
         "record-restore",
         help="after a restore from backup: record it (backup, target time, each chain's "
-        "head then) in the global audit chain",
+        "head then) in every audit chain",
     )
     record_restore.add_argument(
         "--target-time", required=True, help="the time restored to, with offset (ISO 8601)"

@@ -5,7 +5,8 @@ committed after that time. A checkpoint signed after it then names a head the ch
 longer holds or, once the chain grew again, a sequence number now taken by another
 entry. A truncation looks the same. The operator records the restore (which backup, to
 which time, and each chain's head at that time) in the global chain, so the verifier can
-name the cause. The checkpoint is still reported: the entries after it are gone.
+name the cause; each clinic's chain records it too, for the clinic's own auditor. The
+checkpoint is still reported: the entries after it are gone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from datetime import datetime
 
 import msgspec
 
-from safetyreport.audit.chain import GLOBAL_CHAIN, Actor, AuditEvent, append, format_time
+from safetyreport.audit.chain import (
+    GLOBAL_CHAIN,
+    Actor,
+    AuditEvent,
+    append_for_each_clinic,
+    chain_for,
+    format_time,
+)
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ValidationFailed
 from safetyreport.times import require_utc
@@ -60,7 +68,7 @@ class Restore(msgspec.Struct, frozen=True, kw_only=True):
 async def record_restore(
     conn: Conn, actor: Actor, target_time: datetime, backup: str | None
 ) -> Restore:
-    """Record in the global chain that the database was restored to ``target_time``."""
+    """Record in every chain that the database was restored to ``target_time``."""
     target = require_utc("target_time", target_time)
     async with conn.transaction():
         now: datetime = await conn.fetchval("SELECT clock_timestamp()")
@@ -71,20 +79,29 @@ async def record_restore(
         heads = {r["chain"]: r["seq"] for r in await conn.fetch(_HEADS_AT, target)}
         # The newest commit replayed, while the restored server has not restarted since.
         replayed: datetime | None = await conn.fetchval("SELECT pg_last_xact_replay_timestamp()")
-        seq = await append(
-            conn,
-            AuditEvent(
+        restored = {
+            "target_time": format_time(target),
+            "backup": backup,
+            "last_replayed_commit": format_time(replayed) if replayed else None,
+        }
+
+        def event_for(clinic: str | None) -> AuditEvent:
+            # Each clinic's auditor sees the restore in the clinic's own chain; the
+            # global chain's entry holds every chain's head.
+            chain = chain_for(clinic)
+            scope = {"heads": heads} if clinic is None else {"head": heads.get(chain, 0)}
+            return AuditEvent(
                 actor=actor,
                 action=RESTORED,
                 object_type="database",
                 object_id=backup,
-                details={
-                    "target_time": format_time(target),
-                    "backup": backup,
-                    "heads": heads,
-                    "last_replayed_commit": format_time(replayed) if replayed else None,
-                },
-            ),
+                details=restored | scope,
+            )
+
+        clinics = [None, *(c.removeprefix("clinic:") for c in heads if c != GLOBAL_CHAIN)]
+        await append_for_each_clinic(conn, clinics, event_for)
+        seq: int = await conn.fetchval(
+            "SELECT last_seq FROM audit_chains WHERE chain = $1", GLOBAL_CHAIN
         )
     return Restore(seq=seq, target_time=target, backup=backup, heads=heads)
 
