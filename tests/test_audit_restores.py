@@ -7,6 +7,7 @@ auditor's checkpoints say of it before and after the restore is recorded.
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -143,3 +144,38 @@ async def test_a_restore_is_recorded_with_a_past_time_with_offset(world: World) 
     with pytest.raises(ValidationFailed) as naive:
         await record_restore(world.db, SYSTEM_CLI, datetime(2026, 1, 1), None)  # noqa: DTZ001
     assert naive.value.errors[0].rule == "offset_required"
+
+
+async def test_an_export_names_the_recorded_restore_behind_a_checkpoint(
+    world: World, nurse: Headers, settings: Settings
+) -> None:
+    """Offline, the export's own restore entry explains the checkpoint: behind, not
+    rewritten, and not a pass."""
+    signed = await signed_head(world.db, settings)
+    target = await cut_chain_after(world.db, CHAIN, signed.seq - 2)
+    await record_restore(world.db, SYSTEM_CLI, target, "20261202-120000F")
+    for i in range(3):
+        await create_report(world.client, nurse, bp_report("C1", patient_ref=f"NEW-{i}"))
+    await world.user("audrey", "auditor", all_clinics=True)
+    auditor = await world.login("audrey")
+    export = await world.client.get(
+        "/api/v1/audit/export", headers=auditor, params={"clinic": "C1"}
+    )
+    public_key = offline.load_public_key(load_signer(settings).public_pem)
+
+    result = offline.verify_export(io.BytesIO(export.content), public_key, [signed])
+
+    assert result.problems == []
+    assert not result.ok
+    (finding,) = result.behind
+    assert f"checkpoint {CHAIN}#{signed.seq}" in finding
+    assert f"restored to {format_time(target)}, which kept {CHAIN} up to #{signed.seq - 2}" in (
+        finding
+    )
+    # A head signed before the restored time that the export contradicts is still a rewrite.
+    forged = offline.Checkpoint(
+        chain=CHAIN, seq=signed.seq - 3, hash="ab" * 32, signed_at=format_time(target)
+    )
+    result = offline.verify_export(io.BytesIO(export.content), public_key, [forged])
+    assert result.behind == []
+    assert any("the chain was rewritten since" in p for p in result.problems)

@@ -280,11 +280,6 @@ def cmd_user_totp_reset(args: argparse.Namespace) -> int:
     return 0
 
 
-# ``audit verify``'s exit status when the chains verify but are behind a signed head
-# (a restore or a truncation): not tampering, not a pass either.
-EXIT_BEHIND = 3
-
-
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Verify an export offline (EXPORT given), or else the live database's chains."""
     if args.export:
@@ -332,7 +327,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             f"{verdict[status]}: {report.entries} entries in "
             f"{len(report.chains)} chains, {len(given)} checkpoints given"
         )
-    return {"verified": 0, "broken": 1, "behind": EXIT_BEHIND}[status]
+    # Behind a signed head (a restore or a truncation): not tampering, not a pass either.
+    return {"verified": 0, "broken": 1, "behind": offline.EXIT_BEHIND}[status]
 
 
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
