@@ -9,12 +9,13 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from safetyreport.audit import VerifyReport, checkpoints, offline, verify_chains
+from safetyreport.audit import VerifyReport, checkpoints, offline, restores, service, verify_chains
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.audit.signing import key_file, load_signer
 from safetyreport.auth import totp
@@ -295,14 +296,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
-    async def run(conn: Any) -> tuple[VerifyReport, list[str]]:
+    async def run(conn: Any) -> tuple[VerifyReport, checkpoints.Findings]:
         return await verify_chains(conn), await checkpoints.check_against_database(conn, given)
 
-    report, problems = asyncio.run(_with_conn(owner_url(_settings()), run))
-    problems = report.checkpoints + problems
+    report, findings = asyncio.run(_with_conn(owner_url(_settings()), run))
+    problems = report.checkpoints + findings.broken
     ok = report.ok and not problems
+    status = "broken" if not ok else "behind" if findings.behind else "verified"
     if args.json:
-        document = {**msgspec.to_builtins(report), "ok": ok, "checkpoints": problems}
+        document = {
+            **msgspec.to_builtins(report),
+            "ok": ok and not findings.behind,
+            "status": status,
+            "checkpoints": problems,
+            "behind": findings.behind,
+        }
         print(msgspec.json.encode(document).decode())
     else:
         for chain in report.chains:
@@ -312,11 +320,51 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 print(f"BROKEN  {chain.chain}: entry {chain.broken_seq}: {chain.problem}")
         for problem in problems:
             print(f"BROKEN  {problem}")
+        for finding in findings.behind:
+            print(f"BEHIND  {finding}")
+        verdict = {"verified": "verified", "broken": "FAILED", "behind": "BEHIND A SIGNED HEAD"}
         print(
-            f"{'verified' if ok else 'FAILED'}: {report.entries} entries in "
+            f"{verdict[status]}: {report.entries} entries in "
             f"{len(report.chains)} chains, {len(given)} checkpoints given"
         )
-    return 0 if ok else 1
+    # Behind a signed head (a restore or a truncation): not tampering, not a pass either.
+    return {"verified": 0, "broken": 1, "behind": offline.EXIT_BEHIND}[status]
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Sign every chain head now; write the newest checkpoint of each chain to a file."""
+    settings = _settings()
+    signer = load_signer(settings)
+
+    async def run(conn: Any) -> list[checkpoints.SignedCheckpoint]:
+        return await service.sign_all_checkpoints(conn, SYSTEM_CLI, signer)
+
+    signed = asyncio.run(_with_conn(owner_url(settings), run))
+    document = msgspec.json.format(msgspec.json.encode(signed)) + b"\n"
+    if args.output == "-":
+        sys.stdout.buffer.write(document)
+    else:
+        Path(args.output).write_bytes(document)
+        print(f"{len(signed)} signed chain heads (key {signer.key_id}) written to {args.output}")
+    return 0
+
+
+def cmd_audit_record_restore(args: argparse.Namespace) -> int:
+    """Record in the audit trail that the database was restored from a backup."""
+    try:
+        target = datetime.fromisoformat(args.target_time)
+    except ValueError:
+        print("error: --target-time: give an ISO 8601 time with an offset", file=sys.stderr)
+        return 2
+
+    async def run(conn: Any) -> restores.Restore:
+        return await restores.record_restore(conn, SYSTEM_CLI, target, args.backup)
+
+    restore = asyncio.run(_with_conn(owner_url(_settings()), run))
+    print(f"recorded: {restore.describe()}")
+    for chain, seq in sorted(restore.heads.items()):
+        print(f"  {chain}: restored up to #{seq}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,6 +444,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline.add_arguments(verify, export_required=False)
     verify.set_defaults(func=cmd_audit_verify)
+    checkpoint = audit.add_parser(
+        "checkpoint",
+        help="sign every chain head now; write the newest checkpoint of each chain to a file "
+        "(keep it outside the database, for --checkpoint)",
+    )
+    checkpoint.add_argument("--output", default="-", help="the file to write (default: stdout)")
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+    record_restore = audit.add_parser(
+        "record-restore",
+        help="after a restore from backup: record it (backup, target time, each chain's "
+        "head then) in every audit chain",
+    )
+    record_restore.add_argument(
+        "--target-time", required=True, help="the time restored to, with offset (ISO 8601)"
+    )
+    record_restore.add_argument("--backup", help="the label of the backup restored from")
+    record_restore.set_defaults(func=cmd_audit_record_restore)
     return parser
 
 

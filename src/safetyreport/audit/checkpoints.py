@@ -17,6 +17,7 @@ import msgspec
 
 from safetyreport.audit.chain import GENESIS_HASH, format_time
 from safetyreport.audit.offline import CHECKPOINT_FORMAT, Checkpoint
+from safetyreport.audit.restores import Restore, recorded_restores
 from safetyreport.audit.signing import Signer
 from safetyreport.background import Periodic
 from safetyreport.db.pool import Conn
@@ -48,6 +49,7 @@ SELECT DISTINCT ON (chain) {_COLUMNS} FROM audit_checkpoints{{where}}
 ORDER BY chain, seq DESC, id DESC
 """  # noqa: S608 (constant SQL fragments; only a Where's conditions are added)
 _LIST = f"SELECT {_COLUMNS} FROM audit_checkpoints{{where}} ORDER BY id DESC LIMIT {{limit}}"  # noqa: S608
+_HEADS = "SELECT chain, last_seq FROM audit_chains"
 # Stored checkpoints whose head is no longer in the chain as it was signed.
 _CONTRADICTED = """
 SELECT p.chain, p.seq, p.signed_at
@@ -141,27 +143,67 @@ async def contradicted(conn: Conn, chains: list[str] | None = None) -> list[str]
     ]
 
 
-async def check_against_database(conn: Conn, checkpoints: list[Checkpoint]) -> list[str]:
-    """Problems with the live chains given an auditor's (already verified) checkpoints."""
-    problems = []
-    for cp in checkpoints:
+class Findings(msgspec.Struct, frozen=True, kw_only=True):
+    """What an auditor's checkpoints say of the live chains."""
+
+    # The chain was rewritten since a checkpoint: tampering.
+    broken: list[str] = msgspec.field(default_factory=list)
+    # The chain is behind a signed head: a restore or a truncation dropped its end.
+    behind: list[str] = msgspec.field(default_factory=list)
+
+
+def _behind(cp: Checkpoint, head: int, restores: list[Restore]) -> str:
+    """The finding for a signed head the chain no longer holds: never called tampering."""
+    finding = f"checkpoint {cp.chain}#{cp.seq} (signed at {cp.signed_at}): the chain is behind "
+    signed_at = datetime.fromisoformat(cp.signed_at)
+    cause = next((r for r in reversed(restores) if r.dropped(cp.chain, cp.seq, signed_at)), None)
+    if cause is not None:
+        kept = cause.heads.get(cp.chain, 0)
+        return (
+            f"{finding}this signed head: {cause.describe()}, which kept {cp.chain} up to "
+            f"#{kept}; the entries after it that this checkpoint covers are not in the database"
+        )
+    return (
+        f"{finding}this signed head (it ends at #{head}): a restore or a truncation removed "
+        "entries from its end; no restore is recorded (if the database was restored, "
+        "record it with 'safetyreport audit record-restore')"
+    )
+
+
+async def check_against_database(conn: Conn, given: list[Checkpoint]) -> Findings:
+    """What an auditor's (already verified) checkpoints say of the live chains.
+
+    A head the chain holds unchanged is fine. A head past the chain's end, or one a
+    recorded restore dropped (its sequence number may be taken again since), is behind.
+    Anything else means the chain was rewritten.
+    """
+    heads = {r["chain"]: r["last_seq"] for r in await conn.fetch(_HEADS)}
+    restores = await recorded_restores(conn)
+    findings = Findings()
+    for cp in given:
+        head = heads.get(cp.chain, 0)
         if cp.seq == 0:
             stored: Any = GENESIS_HASH
         else:
             stored = await conn.fetchval(
                 "SELECT hash FROM audit_entries WHERE chain = $1 AND seq = $2", cp.chain, cp.seq
             )
-        if stored is None:
-            problems.append(
+        if stored is not None and stored.hex() == cp.hash:
+            continue
+        signed_at = datetime.fromisoformat(cp.signed_at)
+        if cp.seq > head or any(r.dropped(cp.chain, cp.seq, signed_at) for r in restores):
+            findings.behind.append(_behind(cp, head, restores))
+        elif stored is None:
+            findings.broken.append(
                 f"checkpoint {cp.chain}#{cp.seq} (signed at {cp.signed_at}): that entry is "
                 "no longer in the chain"
             )
-        elif stored.hex() != cp.hash:
-            problems.append(
+        else:
+            findings.broken.append(
                 f"checkpoint {cp.chain}#{cp.seq} (signed at {cp.signed_at}): the entry "
                 "differs from the signed head: the chain was rewritten since"
             )
-    return problems
+    return findings
 
 
 async def write_due_checkpoints(conn: Conn, signer: Signer) -> int:

@@ -36,6 +36,7 @@ import sys
 import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +50,10 @@ from cryptography.hazmat.primitives.serialization import (
 
 EXPORT_FORMAT = "safetyreport-audit-export/1"
 CHECKPOINT_FORMAT = "safetyreport-audit-checkpoint/1"
+# The action of the entry that records a restore from backup (audit/restores.py).
+RESTORED_ACTION = "database.restored"
+# The exit status when the export verifies but is behind a given checkpoint.
+EXIT_BEHIND = 3
 GENESIS_HEX = "00" * 32
 MAX_GAPS_NAMED = 20
 CONTENT_KEY = b',"content":'
@@ -151,6 +156,8 @@ class Checkpoint:
     # links without a gap from there to the chain's last exported entry.
     met: bool = False
     gap_after: int | None = None
+    # Why the export's entry at or after the signed head does not match it, if it does not.
+    mismatch: str | None = None
 
 
 @dataclass
@@ -161,6 +168,8 @@ class Result:
     chains: dict[str, ChainSeen] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
     checkpoints: int = 0
+    # Checkpoints the chain is behind: a recorded restore dropped the entries they signed.
+    behind: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +186,8 @@ class _Verifier:
         for cp in checkpoints:  # copies: reading an export marks where it meets each one
             self.checkpoints.setdefault(cp.chain, []).append(replace(cp, met=False, gap_after=None))
         self._last: tuple[str, int] | None = None
+        # Restores recorded in the export, by chain: (the chain's head kept, target time).
+        self.restores: dict[str, list[tuple[int, str]]] = {}
 
     def problem(self, message: str) -> None:
         self.result.problems.append(message)
@@ -207,7 +218,25 @@ class _Verifier:
                 if parsed.get(key) != value:
                     self.problem(f"{name}: its {key} differs from the one in its content")
             self.columns_match(name, entry, parsed)
+            self.note_restore(chain, parsed)
         self.order_and_link(name, chain, seq, prev_hash, hash_hex)
+
+    def note_restore(self, chain: str, content: dict[str, Any]) -> None:
+        """A recorded restore (``database.restored``): the chain's head it kept, and when."""
+        details = content.get("details")
+        if content.get("action") != RESTORED_ACTION or not isinstance(details, dict):
+            return
+        head = details.get("head", (details.get("heads") or {}).get(chain, 0))
+        target = details.get("target_time")
+        if isinstance(head, int) and isinstance(target, str):
+            self.restores.setdefault(chain, []).append((head, target))
+
+    def dropped_by_restore(self, cp: Checkpoint) -> tuple[int, str] | None:
+        """The recorded restore (head kept, target time) that dropped ``cp``'s head, if any."""
+        for head, target in self.restores.get(cp.chain, ()):
+            if cp.seq > head and _later(cp.signed_at, target):
+                return head, target
+        return None
 
     def columns_match(self, name: str, entry: dict[str, Any], content: dict[str, Any]) -> None:
         """CSV rows show the content's fields as columns; each must say the same."""
@@ -246,17 +275,18 @@ class _Verifier:
         for cp in self.checkpoints.get(chain, ()):
             if cp.met and seen.entries and seq != seen.last_seq + 1 and cp.gap_after is None:
                 cp.gap_after = seen.last_seq
+            # Judged at the end, when every restore the export records is known.
             if seq == cp.seq:
                 cp.met = True
                 if hash_hex != cp.hash:
-                    self.problem(
+                    cp.mismatch = (
                         f"{name} differs from the checkpoint signed at {cp.signed_at}: "
                         "the chain was rewritten since"
                     )
             elif seq == cp.seq + 1 and not cp.met:
                 cp.met = True
                 if prev != cp.hash:
-                    self.problem(
+                    cp.mismatch = (
                         f"{name} does not link to the head signed at {cp.signed_at} "
                         f"(entry {chain}#{cp.seq}): the chain was rewritten since"
                     )
@@ -330,7 +360,18 @@ class _Verifier:
         for chain, cps in sorted(self.checkpoints.items()):
             for cp in cps:
                 seen = self.result.chains.get(chain)
-                if not cp.met or seen is None:
+                restore = self.dropped_by_restore(cp)
+                if restore is not None:
+                    head, target = restore
+                    self.result.behind.append(
+                        f"checkpoint {chain}#{cp.seq} (signed at {cp.signed_at}): the chain "
+                        f"is behind this signed head: the database was restored to {target}, "
+                        f"which kept {chain} up to #{head} (recorded in the export); the "
+                        "entries after it that this checkpoint covers are not in the database"
+                    )
+                elif cp.mismatch is not None:
+                    self.problem(cp.mismatch)
+                elif not cp.met or seen is None:
                     self.problem(
                         f"checkpoint {chain}#{cp.seq} (signed at {cp.signed_at}) is not in "
                         "this export: export a range that includes it"
@@ -342,8 +383,16 @@ class _Verifier:
                     )
         if self.result.manifest is None and not any("manifest" in p for p in self.result.problems):
             self.problem("the export has no manifest: its last line must be the manifest")
-        self.result.ok = not self.result.problems
+        self.result.ok = not self.result.problems and not self.result.behind
         return self.result
+
+
+def _later(first: str, second: str) -> bool:
+    """Whether time ``first`` is after ``second`` (ISO 8601 with offsets); False if unreadable."""
+    try:
+        return datetime.fromisoformat(first) > datetime.fromisoformat(second)
+    except (TypeError, ValueError):
+        return False
 
 
 def _entry_fields(entry: Any) -> tuple[str, int, str, str, str] | str:
@@ -537,7 +586,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, export_required: bool) -> 
 def run(
     export: str, public_key_file: str | None, checkpoint_files: list[str], *, as_json: bool
 ) -> int:
-    """Verify ``export``; print the result; return the exit status (0 verified, 1 not)."""
+    """Verify ``export``; print the result; return the exit status: 0 verified, 1 not,
+    3 (EXIT_BEHIND) verified but behind a given checkpoint (a recorded restore)."""
     if not public_key_file:
         print("error: give the service's public key with --public-key", file=sys.stderr)
         return 2
@@ -554,14 +604,24 @@ def run(
     else:
         for problem in result.problems:
             print(f"FAIL  {problem}")
+        for finding in result.behind:
+            print(f"BEHIND  {finding}")
         for chain, seen in sorted(result.chains.items()):
             print(f"      {chain}: entries {seen.first_seq}-{seen.last_seq} ({seen.entries})")
-        verdict = "verified" if result.ok else "NOT VERIFIED"
+        verdict = (
+            "verified"
+            if result.ok
+            else "BEHIND A SIGNED HEAD"
+            if not result.problems
+            else "NOT VERIFIED"
+        )
         print(
             f"{verdict}: {result.entries} entries in {len(result.chains)} chains, "
             f"{result.checkpoints} checkpoints, key {key_id(public_key)}"
         )
-    return 0 if result.ok else 1
+    if result.ok:
+        return 0
+    return 1 if result.problems else EXIT_BEHIND
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from safetyreport.audit import checkpoints, offline
+from safetyreport.audit.chain import Actor, AuditEvent, append
 from safetyreport.audit.export import readable_chains
 from safetyreport.audit.signing import Signer
 from safetyreport.audit.verify import VerifyReport, verify_chains
@@ -91,6 +92,25 @@ async def sign_checkpoints(
         details={"signed": signed, "key_id": signer.key_id},
     )
     return await checkpoints.latest(conn, chains)
+
+
+async def sign_all_checkpoints(
+    conn: Conn, actor: Actor, signer: Signer
+) -> list[checkpoints.SignedCheckpoint]:
+    """Sign every chain head now, for a system actor (the command line); the newest
+    checkpoint of every chain."""
+    async with conn.transaction():
+        signed = await checkpoints.sign_heads(conn, signer)
+        await append(
+            conn,
+            AuditEvent(
+                actor=actor,
+                action="audit.checkpoints_signed",
+                object_type="audit_trail",
+                details={"signed": signed, "key_id": signer.key_id},
+            ),
+        )
+        return await checkpoints.latest(conn, None)
 
 
 async def list_checkpoints(
