@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
@@ -29,6 +30,7 @@ from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.permissions import Role
 from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.settings import PagingSettings, Settings, SettingsError
+from tests.helpers.processes import serving
 from tests.helpers.reports import adverse_report, bp_report
 from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
@@ -448,3 +450,46 @@ async def test_ready_on_a_primary_and_not_without_a_database(settings: Settings)
         assert response.status_code == 503, response.text
         assert response.json() == {"status": "not ready", "database": "unreachable"}
         assert int(response.headers["Retry-After"]) > 0
+
+
+# --- several worker processes ------------------------------------------------------------
+
+
+@pytest.mark.end_to_end  # starts `safetyreport serve --workers 2`
+async def test_every_scrape_adds_up_every_workers_counts(
+    db: asyncpg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    """Whichever worker answers a scrape, it counts what every worker did."""
+    await seed(db)
+    env = {"SAFETYREPORT_METRICS_TOKEN": TOKEN}
+    async with serving(database_url, tmp_path, env=env, workers=2) as service:
+
+        async def once(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            # A connection of its own each time: the kernel hands it to either worker.
+            async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as http:
+                return await http.request(method, path, **kwargs)
+
+        reports = 6
+        for n in range(reports):
+            login = await once(
+                "POST", "/api/v1/auth/login", json={"username": "nina", "password": PASSWORD}
+            )
+            nurse = {"Authorization": f"Bearer {login.json()['token']}"}
+            response = await once(
+                "POST",
+                "/api/v1/reports",
+                json=bp_report(patient_ref=f"PT-{n:03}"),
+                headers={**nurse, "Idempotency-Key": f"key-{n}"},
+            )
+            assert response.status_code == 201, response.text
+        for _ in range(6):
+            response = await once("GET", "/metrics", headers=SCRAPER)
+            assert response.status_code == 200, response.text
+            scraped = Scrape(response.text)
+            stored = scraped.value("safetyreport_reports_stored_total", kind="blood_pressure")
+            assert stored == reports, response.text
+            posted = scraped.value(
+                "safetyreport_http_requests_total", route="/api/v1/reports", status="201"
+            )
+            assert posted == reports
+            assert scraped.find("safetyreport_database_primary") == 1

@@ -8,6 +8,7 @@ fixed set (a report kind, a severity, an outcome, a task's name).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,11 +16,16 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from safetyreport.metrics.facts import AlertEvent, Delivery, Fact, ReportStored
 
 PREFIX = "safetyreport"
+# Set by ``safetyreport serve --workers N`` (N > 1) for its workers, before they import
+# prometheus_client: their counters then live in files there, and a scrape that any one
+# worker answers adds up every worker's (prometheus_client's multiprocess mode).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +189,12 @@ class Metrics:
             registry=registry,
         )
         self._scrape_time = _ScrapeTime()
-        registry.register(self._scrape_time)
+        self._exposed = registry
+        if os.environ.get(MULTIPROCESS_DIR):
+            # Every worker's counters from the files; this worker's scrape-time gauges.
+            self._exposed = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self._exposed)  # type: ignore[no-untyped-call]
+        self._exposed.register(self._scrape_time)
 
     def count(self, fact: Fact) -> None:
         match fact:
@@ -205,4 +216,4 @@ class Metrics:
     def render(self, snapshot: Snapshot) -> bytes:
         # Set and read without an await between: a concurrent scrape cannot interleave.
         self._scrape_time.snapshot = snapshot
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
