@@ -7,6 +7,7 @@ registry of its own, but the delta says what the action moved.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import email.policy
@@ -29,6 +30,9 @@ from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.permissions import Role
 from safetyreport.auth.users import add_clinic, add_user
+from safetyreport.db.pool import create_pool
+from safetyreport.metrics import sampling
+from safetyreport.metrics.registry import PoolUsage
 from safetyreport.settings import PagingSettings, Settings, SettingsError
 from tests.helpers.processes import serving
 from tests.helpers.reports import adverse_report, bp_report
@@ -432,6 +436,29 @@ async def test_the_database_the_pools_and_the_tasks_are_shown(settings: Settings
     tasks = {labels["task"] for labels in scraped.labels_of("safetyreport_background_task_running")}
     assert {"idempotency purge", "escalation", "audit checkpoints"} <= tasks, tasks
     assert scraped.find("safetyreport_background_task_running", task="escalation") == 1
+
+
+async def test_the_pool_tells_its_waiters(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire():
+            waiting = asyncio.create_task(_hold(pool))
+
+            async def queued() -> bool:
+                return sampling.pool_usage(pool).waiting == 1
+
+            await eventually(queued, "the second acquisition to wait")
+            assert sampling.pool_usage(pool) == PoolUsage(size=1, idle=0, max_size=1, waiting=1)
+        await waiting
+        usage = sampling.pool_usage(pool)
+        assert (usage.waiting, usage.in_use) == (0, 0)
+    finally:
+        await pool.close()
+
+
+async def _hold(pool: asyncpg.Pool) -> None:
+    async with pool.acquire():
+        pass
 
 
 async def test_ready_on_a_primary_and_not_without_a_database(settings: Settings) -> None:
