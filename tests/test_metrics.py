@@ -399,12 +399,16 @@ async def test_routes_are_labelled_by_template_and_no_patient_reference_shows(
         assert listed.status_code == 200, listed.text
         unknown = await http.get(f"/nothing/here/{PATIENT}/{report_id}", headers=nurse)
         assert unknown.status_code == 404
+        invented = await http.request("PT-METHOD", f"/api/v1/reports/{report_id}")
+        assert invented.status_code in (400, 405), invented.text
         scraped = await scrape(http)
     requests = "safetyreport_http_requests_total"
     routes = {labels["route"] for labels in scraped.labels_of(requests)}
     assert "/api/v1/reports/{report_id}" in routes
     assert "unmatched" in routes
     assert all(r == "unmatched" or r.startswith("/") for r in routes), routes
+    methods = {labels["method"] for labels in scraped.labels_of(requests)}
+    assert methods == {"GET", "POST", "other"}, methods
     assert not [r for r in routes if report_id in r or PATIENT in r]
     assert scraped.value(requests, route="/api/v1/reports/{report_id}", status="200") == 1
     assert scraped.value(requests, route="/api/v1/reports", method="POST", status="201") == 1

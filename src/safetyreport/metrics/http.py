@@ -2,7 +2,8 @@
 
 It wraps the whole app (``Litestar.asgi_handler``, as ``front_door`` does), so requests
 that match no route are counted too, as ``unmatched``: a raw path would put report ids
-and patient references in labels, and let any client create new series.
+and patient references in labels, and let any client create new series (so would an
+invented method: it is counted as ``other``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from safetyreport.metrics.facts import counting_into
 from safetyreport.metrics.registry import Metrics
 
 UNMATCHED = "unmatched"
+# Any other method a client invents is "other": labels take values from fixed sets only.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def counting_requests(app: ASGIApp, metrics: Metrics) -> ASGIApp:
@@ -42,6 +45,7 @@ def counting_requests(app: ASGIApp, metrics: Metrics) -> ASGIApp:
         finally:
             # Set by Litestar's router once the path matched a route; the template only.
             route = scope.get("path_template") or UNMATCHED
-            metrics.request(scope["method"], route, status, time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            metrics.request(method, route, status, time.perf_counter() - started)
 
     return counted
