@@ -113,6 +113,9 @@ class Probe:
 
 PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/health"): "liveness; says nothing of any clinic",
+    ("GET", "/health/ready"): "readiness for a load balancer; says nothing of any clinic",
+    ("GET", "/metrics"): "for a Prometheus scraper with the metrics token (404 without one); "
+    "counts by route template, kind and severity, never a clinic's data",
     ("POST", "/api/v1/auth/login"): "signing in",
     ("GET", "/login"): "the login form",
     ("POST", "/login"): "the login form, posted",

@@ -61,6 +61,7 @@ VALID_ENV = {
     "SAFETYREPORT_SMTP_USERNAME": "pager",
     "SAFETYREPORT_SMTP_PASSWORD": "smtp-password",
     "SAFETYREPORT_PUBLIC_URL": "https://safety.clinic.example",
+    "SAFETYREPORT_METRICS_TOKEN": "a-scraper-token-of-at-least-32-characters",
 }
 # Variables that are only valid together with another one.
 NEEDS = {

@@ -41,10 +41,14 @@ from safetyreport.db.migrations import load_migrations
 from safetyreport.db.pool import Conn, connection, create_pool
 from safetyreport.errors import EXCEPTION_HANDLERS, ServiceUnavailable, document_problems
 from safetyreport.front_door import front_door
-from safetyreport.health import health
+from safetyreport.health import health, ready
 from safetyreport.idempotency import purge_expired
 from safetyreport.input_guard import reject_unstorable_input
 from safetyreport.logs import configure_logging, request_logging_middleware
+from safetyreport.metrics import routes as metrics_routes
+from safetyreport.metrics.facts import counting_into
+from safetyreport.metrics.http import counting_requests
+from safetyreport.metrics.registry import Metrics
 from safetyreport.reports.routes import ReportController
 from safetyreport.request_context import DEPENDENCIES
 from safetyreport.settings import Settings
@@ -118,6 +122,7 @@ async def never_cached_unless_said(response: Response[Any]) -> Response[Any]:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -151,6 +156,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if pager is not None:
                 runner.add(pager)
             resources.push_async_callback(runner.stop)
+            # The tasks count what they commit into this app's metrics.
+            counting_into(metrics.count)
             runner.start()
             if not await broker.wait_listening():
                 _log.warning("serving without the alert listener for now; it keeps retrying")
@@ -162,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 signer=signer,
                 export_pool=export_pool,
                 background=runner,
+                metrics=metrics,
             )
             yield
 
@@ -170,6 +178,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             health,
+            ready,
+            metrics_routes.metrics,
             AuthController,
             ReportController,
             AuditController,
@@ -220,5 +230,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Every operation needs the bearer token, except those open to anyone.
     document_problems(app, security=[{"bearer": []}])
     # Outside routing, so unknown paths and /schema get the Host check and nosniff too.
-    app.asgi_handler = front_door(app.asgi_handler, settings.allowed_hosts)
+    app.asgi_handler = front_door(
+        counting_requests(app.asgi_handler, metrics), settings.allowed_hosts
+    )
     return app

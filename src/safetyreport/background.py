@@ -34,6 +34,7 @@ import asyncpg
 import msgspec
 
 from safetyreport.db.pool import Conn, transaction
+from safetyreport.metrics import facts
 
 _log = logging.getLogger(__name__)
 
@@ -256,7 +257,9 @@ class BackgroundRunner:
         assert self.pool is not None  # checked in add()
         if isinstance(task, Periodic):
             async with transaction(self.pool) as conn:
-                done = await task.unit(conn)
+                with facts.pending(conn) as written:
+                    done = await task.unit(conn)
+            facts.committed(*written)
         else:
             done = await task.unit(self.pool)
         heartbeat()

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -103,6 +104,7 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from safetyreport.metrics.registry import MULTIPROCESS_DIR
     from safetyreport.server import server_config
 
     config = server_config(settings, host, port, workers)
@@ -117,7 +119,11 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
     # for the client's delayed ACK (Kludex/uvicorn#3149). Rewrap it as TCP.
     bound = config.bind_socket()
     sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
-    Multiprocess(config, sockets=[sock]).run()
+    # The workers count into files of this run's own folder, so that /metrics, whichever
+    # worker answers it, adds up all of them (see metrics.registry).
+    with tempfile.TemporaryDirectory(prefix="safetyreport-metrics-") as folder:
+        os.environ[MULTIPROCESS_DIR] = folder
+        Multiprocess(config, sockets=[sock]).run()
 
 
 def _exit_cleanly_on_signals() -> None:

@@ -8,7 +8,8 @@ Registered once on the app (``DEPENDENCIES``), so handlers never dig in the requ
 - ``db``: a pooled connection already inside a transaction. Litestar commits it after the
   handler returns and before the response is sent (a response the client sees is
   stored), and rolls it back when the handler raises; everything the handler's service
-  writes, audit entries included, goes in that one transaction;
+  writes, audit entries included, goes in that one transaction, and what the metrics count
+  of it is counted once it has committed (``metrics.facts``);
 - ``snapshot``: another pooled connection, in a read-only repeatable-read transaction,
   for reads that must see one instant however long they take (verifying the trail).
 """
@@ -25,6 +26,7 @@ from litestar.params import SkipValidation
 from safetyreport.auth.http import principal_of
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn, read_snapshot, transaction
+from safetyreport.metrics import facts
 from safetyreport.state import AppState, app_state, client_address
 
 # Handlers annotate the parameters with these, under the names ``db``, ``snapshot``,
@@ -50,7 +52,9 @@ def provide_caller(request: ASGIConnection[Any, Any, Any, Any], address: Address
 
 async def provide_db(app_state: StateDep) -> AsyncIterator[Conn]:
     async with transaction(app_state.pool) as conn:
-        yield conn
+        with facts.pending(conn) as written:
+            yield conn
+    facts.committed(*written)  # reached only once the transaction has committed
 
 
 async def provide_snapshot(app_state: StateDep) -> AsyncIterator[Conn]:

@@ -57,6 +57,7 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_SMTP_USERNAME",
     "SAFETYREPORT_SMTP_PASSWORD",
     "SAFETYREPORT_PUBLIC_URL",
+    "SAFETYREPORT_METRICS_TOKEN",
 )
 
 
@@ -214,6 +215,8 @@ class Settings:
     api_reference: bool = True
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
     paging: PagingSettings = field(default_factory=PagingSettings)
+    # The bearer token a Prometheus scraper sends for GET /metrics; None: /metrics is off.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -266,6 +269,7 @@ class Settings:
             api_reference=_on_off(env, "SAFETYREPORT_API_REFERENCE", default=True),
             capacity=_capacity_settings(env),
             paging=_paging_settings(env),
+            metrics_token=_metrics_token(env),
         )
 
 
@@ -370,6 +374,19 @@ def _public_url(env: dict[str, str]) -> str | None:
     if parts.username is not None or parts.password is not None:
         raise SettingsError(f"{name} takes no credentials")
     return raw.rstrip("/")
+
+
+# A bearer token shorter than this could be guessed (e.g. `openssl rand -hex 32` gives 64).
+MIN_METRICS_TOKEN_CHARS = 32
+
+
+def _metrics_token(env: dict[str, str]) -> str | None:
+    token = (env.get("SAFETYREPORT_METRICS_TOKEN") or "").strip() or None
+    if token is not None and len(token) < MIN_METRICS_TOKEN_CHARS:
+        raise SettingsError(
+            f"SAFETYREPORT_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_CHARS} characters"
+        )
+    return token
 
 
 # An HMAC key shorter than this is guessable offline from one signed body.

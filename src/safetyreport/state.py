@@ -12,6 +12,7 @@ from safetyreport.alerts.broker import AlertBroker
 from safetyreport.audit.signing import Signer
 from safetyreport.background import BackgroundRunner
 from safetyreport.limits import Slots
+from safetyreport.metrics.registry import Metrics
 from safetyreport.settings import Settings
 
 
@@ -26,6 +27,8 @@ class AppState:
     export_pool: asyncpg.Pool
     # The background tasks (their state shows in /health).
     background: BackgroundRunner
+    # What GET /metrics shows (a registry of this app's own).
+    metrics: Metrics
     # Caps per process (see CapacitySettings): beyond them, 429.
     exports: Slots = field(init=False)
     upload_verifications: Slots = field(init=False)

@@ -11,6 +11,7 @@ from safetyreport import audit
 from safetyreport.alerts.triggers import describe
 from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS
 from safetyreport.db.pool import Conn
+from safetyreport.metrics import facts
 from safetyreport.settings import AlertSettings
 
 # LISTEN/NOTIFY channel; the payload is the event id (notifications carry ids, not data).
@@ -59,6 +60,7 @@ async def record(
     alert = {k: v for k, v in row.items() if k != "event_id"}
     alert["triggered_by"] = describe(alert["trigger_values"])
     event_id: int = row["event_id"]
+    facts.record(conn, facts.AlertEvent(action, alert["severity"]))
     await audit.append(
         conn,
         audit.AuditEvent(

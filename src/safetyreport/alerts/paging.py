@@ -49,6 +49,7 @@ from safetyreport.alerts.webhooks import retry_delay
 from safetyreport.audit.chain import format_time
 from safetyreport.background import PeriodicOnPool
 from safetyreport.db.pool import Conn, transaction
+from safetyreport.metrics import facts
 from safetyreport.settings import AlertSettings, PagingSettings
 
 _log = logging.getLogger(__name__)
@@ -303,21 +304,22 @@ def _elapsed_ms(started: float) -> int:
 
 async def _record(
     conn: Conn, page: ClaimedPage, outcome: PageOutcome, settings: AlertSettings
-) -> None:
+) -> facts.Delivery:
+    """Record the attempt and what follows from it; which that is, for the metrics."""
     await conn.execute(
         _INSERT_ATTEMPT, page.id, outcome.attempted_at, outcome.error, outcome.duration_ms
     )
     if outcome.error is None:
         await conn.execute(_MARK_SENT, page.id)
-    elif page.attempts >= settings.delivery_max_attempts:
+        return facts.Delivery("page", "delivered")
+    if page.attempts >= settings.delivery_max_attempts:
         await conn.execute(_MARK_FAILED, page.id, page.attempts)
         _log.error(
             "page %s failed after %d attempts (last: %s)", page.id, page.attempts, outcome.error
         )
-    else:
-        await conn.execute(
-            _RETRY_LATER, page.id, page.attempts, retry_delay(page.attempts, settings)
-        )
+        return facts.Delivery("page", "failed")
+    await conn.execute(_RETRY_LATER, page.id, page.attempts, retry_delay(page.attempts, settings))
+    return facts.Delivery("page", "retrying")
 
 
 async def _deliver_one(
@@ -325,7 +327,8 @@ async def _deliver_one(
 ) -> None:
     outcome = await send(paging, page)
     async with transaction(pool) as conn:
-        await _record(conn, page, outcome, alerts)
+        delivery = await _record(conn, page, outcome, alerts)
+    facts.committed(delivery)
 
 
 async def deliver_due(pool: asyncpg.Pool, paging: PagingSettings, alerts: AlertSettings) -> int:

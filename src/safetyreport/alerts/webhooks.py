@@ -45,6 +45,7 @@ import msgspec
 from safetyreport import __version__
 from safetyreport.background import PeriodicOnPool
 from safetyreport.db.pool import Conn, transaction
+from safetyreport.metrics import facts
 from safetyreport.settings import AlertSettings
 
 _log = logging.getLogger(__name__)
@@ -244,7 +245,10 @@ async def send(http: httpx.AsyncClient, secret: str, note: Claimed) -> Outcome:
     return Outcome(attempted_at, _elapsed_ms(started), status_code=status)
 
 
-async def _record(conn: Conn, note: Claimed, outcome: Outcome, settings: AlertSettings) -> None:
+async def _record(
+    conn: Conn, note: Claimed, outcome: Outcome, settings: AlertSettings
+) -> facts.Delivery:
+    """Record the attempt and what follows from it; which that is, for the metrics."""
     await conn.execute(
         _INSERT_ATTEMPT,
         note.id,
@@ -255,7 +259,8 @@ async def _record(conn: Conn, note: Claimed, outcome: Outcome, settings: AlertSe
     )
     if outcome.delivered:
         await conn.execute(_MARK_DELIVERED, note.id)
-    elif note.attempts >= settings.delivery_max_attempts:
+        return facts.Delivery("webhook", "delivered")
+    if note.attempts >= settings.delivery_max_attempts:
         await conn.execute(_MARK_FAILED, note.id, note.attempts)
         _log.warning(
             "notification %s to %s failed after %d attempts (last: %s)",
@@ -264,10 +269,9 @@ async def _record(conn: Conn, note: Claimed, outcome: Outcome, settings: AlertSe
             note.attempts,
             outcome.error or f"HTTP {outcome.status_code}",
         )
-    else:
-        await conn.execute(
-            _RETRY_LATER, note.id, note.attempts, retry_delay(note.attempts, settings)
-        )
+        return facts.Delivery("webhook", "failed")
+    await conn.execute(_RETRY_LATER, note.id, note.attempts, retry_delay(note.attempts, settings))
+    return facts.Delivery("webhook", "retrying")
 
 
 async def _deliver_one(
@@ -279,7 +283,8 @@ async def _deliver_one(
 ) -> None:
     outcome = await send(http, secret, note)
     async with transaction(pool) as conn:
-        await _record(conn, note, outcome, settings)
+        delivery = await _record(conn, note, outcome, settings)
+    facts.committed(delivery)
 
 
 async def deliver_due(

@@ -17,6 +17,7 @@ from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import NotFound, ValidationFailed
+from safetyreport.metrics import facts
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.reports.grading import hypertension_reading_grade
 from safetyreport.reports.types import (
@@ -280,6 +281,7 @@ async def insert_report(
         },
     )
     alerts = await _run_rules(conn, caller, report_id, 1, clinic_id, body, alert_settings)
+    facts.record(conn, facts.ReportStored(stored["kind"]))
     read_back = _as_read_back(stored)
     return ReportView(
         id=report_id,

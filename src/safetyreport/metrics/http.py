@@ -1,0 +1,51 @@
+"""Counting HTTP requests by route template, and giving each request the app's metrics.
+
+It wraps the whole app (``Litestar.asgi_handler``, as ``front_door`` does), so requests
+that match no route are counted too, as ``unmatched``: a raw path would put report ids
+and patient references in labels, and let any client create new series (so would an
+invented method: it is counted as ``other``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from safetyreport.errors import status_of
+from safetyreport.metrics.facts import counting_into
+from safetyreport.metrics.registry import Metrics
+
+UNMATCHED = "unmatched"
+# Any other method a client invents is "other": labels take values from fixed sets only.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def counting_requests(app: ASGIApp, metrics: Metrics) -> ASGIApp:
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        counting_into(metrics.count)  # what this request's transaction commits
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        except Exception as exc:
+            status = status_of(exc)
+            raise
+        finally:
+            # Set by Litestar's router once the path matched a route; the template only.
+            route = scope.get("path_template") or UNMATCHED
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            metrics.request(method, route, status, time.perf_counter() - started)
+
+    return counted
