@@ -69,6 +69,37 @@ class TimedPool(asyncpg.Pool):
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
+# The server a connection is on stopped being the primary (a failover or switchover
+# demoted it, shut it down or lost it), or no server is the primary right now. With a
+# multi-host DATABASE_URL (target_session_attrs=read-write, docs/operations.md) every
+# new connection goes to the current primary, so the pool drops the connections it holds
+# (``expire_connections``: idle ones at once, busy ones when released) rather than lend
+# each dead or read-only one out once more. The request is answered 503 with Retry-After
+# (errors.py); the client's retry reaches the new primary.
+PRIMARY_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a write reached a demoted server
+    asyncpg.exceptions.TargetServerAttributeNotMatched,  # no host is read-write (yet)
+    asyncpg.PostgresConnectionError,  # class 08: the connection is gone
+    asyncpg.OperatorInterventionError,  # class 57: admin or crash shutdown, starting up
+    asyncpg.InterfaceError,  # "connection is closed" on our side
+    # A connection lost mid-statement can leave asyncpg's protocol confused ("cannot
+    # switch to state 12; another operation is in progress"): that connection is done.
+    asyncpg.InternalClientError,
+    ConnectionError,  # refused or reset
+)
+
+
+@contextlib.asynccontextmanager
+async def _acquired(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection; the pool's connections are expired when the primary is lost."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except PRIMARY_LOST:
+        await pool.expire_connections()
+        raise
+
+
 # Without a setting (the CLI, tools): wait up to this long for a pooled connection.
 DEFAULT_ACQUIRE_TIMEOUT = 5.0
 
@@ -111,7 +142,7 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     """A pooled connection without a transaction, for one statement that commits by itself
     (resolving a session token on every request: a BEGIN and COMMIT would double its
     round trips)."""
-    async with pool.acquire() as conn:
+    async with _acquired(pool) as conn:
         yield conn
 
 
@@ -122,7 +153,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     tasks get theirs here too. With ``connection`` and ``read_snapshot``, the only code
     that acquires from a pool.
     """
-    async with pool.acquire() as conn:
+    async with _acquired(pool) as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
@@ -145,7 +176,7 @@ async def read_snapshot(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     dependency would go back to the pool before the body is sent.
     """
     async with (
-        pool.acquire() as conn,
+        _acquired(pool) as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         yield conn
