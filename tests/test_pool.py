@@ -61,6 +61,13 @@ async def test_a_busy_pool_raises_timeout_instead_of_waiting(
             id="cleanup-database-down",
         ),
         pytest.param(_group_caused_by(NotAuthenticated("no token")), 401, id="cleanup-cause"),
+        # A failover under way (docs/operations.md#high-availability-patroni).
+        pytest.param(asyncpg.ReadOnlySQLTransactionError("read-only"), 503, id="demoted"),
+        pytest.param(
+            asyncpg.exceptions.TargetServerAttributeNotMatched("no read-write host"),
+            503,
+            id="no-primary",
+        ),
     ],
 )
 def test_the_request_log_names_the_status_the_client_gets(exc: Exception, status: int) -> None:
@@ -88,4 +95,46 @@ async def test_a_transaction_whose_connection_dies_reports_the_error_that_ended_
             assert await conn.fetchval("SELECT 1") == 1
     finally:
         await killer.close()
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(asyncpg.ReadOnlySQLTransactionError("read-only"), id="demoted"),
+        pytest.param(asyncpg.AdminShutdownError("terminating connection"), id="shut-down"),
+        pytest.param(asyncpg.ConnectionDoesNotExistError("closed"), id="connection-lost"),
+    ],
+)
+async def test_losing_the_primary_drops_every_pooled_connection(
+    database_url: str, error: Exception
+) -> None:
+    """After a failover the pool's other connections lead to the old primary: it drops
+    them all, and the next request connects to the new one (the multi-host URL's
+    read-write host)."""
+    pool = await create_pool(database_url, min_size=2, max_size=2, acquire_timeout=BOUND)
+    try:
+        async with pool.acquire() as first, pool.acquire() as second:
+            before = {first.get_server_pid(), second.get_server_pid()}
+        with pytest.raises(type(error)):
+            async with transaction(pool):
+                raise error
+        async with pool.acquire() as first, pool.acquire() as second:
+            after = {first.get_server_pid(), second.get_server_pid()}
+        assert not before & after, "a connection of before the failover was lent again"
+    finally:
+        await pool.close()
+
+
+async def test_an_ordinary_error_keeps_the_pooled_connections(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=1, acquire_timeout=BOUND)
+    try:
+        async with pool.acquire() as conn:
+            before = conn.get_server_pid()
+        with pytest.raises(asyncpg.UniqueViolationError):
+            async with transaction(pool):
+                raise asyncpg.UniqueViolationError("duplicate key")
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == before
+    finally:
         await pool.close()
