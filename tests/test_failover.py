@@ -11,9 +11,10 @@ escalates them meanwhile, and an alert stream is open. Then the primary is
 Afterwards every acknowledged report exists exactly once with its audit entry and its
 alerts, no alert was escalated twice, ``safetyreport audit verify`` passes with the
 signed checkpoints taken before the failover, the service answered 503 with
-Retry-After (never 500) while no primary was available, and the alert stream resumed
-with Last-Event-ID and missed no event. The time without a primary and the p99 latency
-around it are printed (``-s``), not asserted: timing is never a pass/fail criterion.
+Retry-After (never 500) while no primary was available, and the alert stream, cut as
+the primary goes, resumed with Last-Event-ID and missed no event. The time without a
+primary and the p99 latency around it are printed (``-s``), not asserted: timing is
+never a pass/fail criterion.
 
 One cluster for the module (``ha_cluster``); each test has a database of its own.
 """
@@ -159,6 +160,8 @@ class StreamWatch:
     headers: dict[str, str]
     ids: list[int] = field(default_factory=list)
     reconnects: int = 0
+    # Set: hang up at the next line and reconnect, as a tablet that lost its network does.
+    hang_up: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(30)) as http:
@@ -172,6 +175,9 @@ class StreamWatch:
                             async for line in response.aiter_lines():
                                 if line.startswith("id:"):
                                     self.ids.append(int(line[3:].strip()))
+                                if self.hang_up.is_set():
+                                    self.hang_up.clear()
+                                    break
                 self.reconnects += 1
                 await asyncio.sleep(0.5)
 
@@ -241,11 +247,15 @@ async def _under_load(
             old = cluster.leader()
             assert old is not None, cluster.members()
             started = time.monotonic()
+            # The stream is cut with the primary: it must resume with Last-Event-ID (a
+            # replay from the new primary) once the service can reach one again.
+            stream.hang_up.set()
             await asyncio.to_thread(disrupt, old)
             new = await asyncio.to_thread(wait_for_leader, cluster, old, NEW_LEADER_SECONDS)
             leader_at = time.monotonic()
             await clients
             report_timings(f"{name} ({old} -> {new})", load, started, leader_at)
+            print(f"{name}: the alert stream was resumed {stream.reconnects} times")
 
             async def every_deadline_passed() -> bool:
                 return await escalations.once() == 0
@@ -262,6 +272,7 @@ async def _under_load(
     assert load.failures["503"] > 0, f"the clients never saw the outage: {load.outcome()}"
     assert load.unavailable_without_retry_after == 0, load.outcome()
     assert not request_errors(service.stderr()), request_errors(service.stderr())[:3]
+    assert stream.reconnects >= 1, "the alert stream was never resumed"
     db = await connect(url)
     try:
         await assert_stored_exactly_once(db, load)
