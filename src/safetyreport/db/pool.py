@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -100,6 +102,49 @@ async def _acquired(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
         raise
 
 
+# Each host of a multi-host DATABASE_URL gets this long to connect and show that it is
+# writable. asyncpg's own connect timeout covers the hosts together, so one that accepts
+# TCP but never answers (a frozen machine listed first) would hold every new connection
+# although another host is the primary by now.
+HOST_CONNECT_SECONDS = 3.0
+_NEXT_HOST_ERRORS = (
+    OSError,  # refused, unreachable, reset; TimeoutError (this host's deadline) too
+    asyncpg.PostgresError,  # starting up, shutting down, no such database (yet) there
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # TargetServerAttributeNotMatched: not read-write
+)
+
+
+def single_host_urls(url: str) -> list[str]:
+    """``url`` once per host it names, in order (``[url]`` when it names one host)."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    names = hosts.split(",")
+    if len(names) < 2:
+        return [url]
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{name}")) for name in names]
+
+
+async def connect_to_primary(url: str, **kwargs: Any) -> asyncpg.Connection[Any]:
+    """``asyncpg.connect``, with a deadline per host of a multi-host URL (its
+    ``target_session_attrs`` checked on each); the last host's error if none will do."""
+    urls = single_host_urls(url)
+    if len(urls) == 1:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(url, **kwargs)
+        return conn
+    last: BaseException | None = None
+    for one in urls:
+        try:
+            async with asyncio.timeout(HOST_CONNECT_SECONDS):
+                conn = await asyncpg.connect(one, **kwargs)
+        except _NEXT_HOST_ERRORS as exc:
+            last = exc
+        else:
+            return conn
+    assert last is not None
+    raise last
+
+
 # Without a setting (the CLI, tools): wait up to this long for a pooled connection.
 DEFAULT_ACQUIRE_TIMEOUT = 5.0
 
@@ -120,6 +165,7 @@ async def create_pool(
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
+        connect=connect_to_primary,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
         init=init_connection,
@@ -132,7 +178,7 @@ async def create_pool(
 
 
 async def connect(url: str) -> asyncpg.Connection[Any]:
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
+    conn = await connect_to_primary(url, server_settings=SERVER_SETTINGS)
     await init_connection(conn)
     return conn
 
