@@ -195,6 +195,10 @@ def test_the_backoff_is_capped_and_jittered() -> None:
         (asyncpg.DeadlockDetectedError("deadlock detected"), True),
         (asyncpg.SerializationError("could not serialize access"), True),
         (asyncpg.TooManyConnectionsError("too many clients"), True),
+        # A failover: a write on a demoted server, no read-write host yet, a confused protocol.
+        (asyncpg.ReadOnlySQLTransactionError("read-only transaction"), True),
+        (asyncpg.exceptions.TargetServerAttributeNotMatched("no read-write host"), True),
+        (asyncpg.InternalClientError("cannot switch to state 12"), True),
         (asyncpg.UndefinedTableError('relation "x" does not exist'), False),
         (asyncpg.InsufficientPrivilegeError("permission denied"), False),
         (asyncpg.UniqueViolationError("duplicate key"), False),

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from safetyreport.db.embedded import app_url
 from safetyreport.settings import APP_DB_ROLE, ENVIRONMENT_VARIABLES, Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,3 +357,19 @@ def test_settings_from_a_full_environment() -> None:
 def test_settings_reject_invalid_numbers(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+MULTI_HOST = (
+    "postgresql://owner@db1:5432,db2:5433,db3:5434/safetyreport?target_session_attrs=read-write"
+)
+
+
+def test_a_multi_host_url_keeps_every_host_and_the_primary_only_for_the_app_role() -> None:
+    """A Patroni cluster's nodes in one URL (docs/operations.md#high-availability-patroni):
+    the service's own connections name every host and still ask for the writable one."""
+    settings = Settings.from_env({"DATABASE_URL": MULTI_HOST, "SAFETYREPORT_APP_DB_PASSWORD": "p"})
+    assert settings.database.url == MULTI_HOST
+    assert app_url(settings, MULTI_HOST) == (
+        f"postgresql://{APP_DB_ROLE}:p@db1:5432,db2:5433,db3:5434/safetyreport"
+        "?target_session_attrs=read-write"
+    )

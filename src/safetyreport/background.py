@@ -57,6 +57,12 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,
     # Class 53: too many connections, out of memory, disk full: may pass by itself.
     asyncpg.InsufficientResourcesError,
+    # A failover under way: a write reached a demoted server (25006), or no host of a
+    # multi-host DATABASE_URL is read-write yet. The next run reaches the new primary.
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+    # asyncpg's protocol confused by a connection lost mid-statement.
+    asyncpg.InternalClientError,
 )
 
 

@@ -153,6 +153,15 @@ _DATABASE_DOWN = (
     asyncpg.InterfaceError,
     OSError,
     TimeoutError,
+    # A failover under way (docs/operations.md): a write reached a server that was just
+    # demoted, or no server is the primary yet. The pool drops those connections
+    # (db.pool.PRIMARY_LOST); the retry reaches the new primary.
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+    # The primary killed mid-statement can leave asyncpg's protocol state confused
+    # ("cannot switch to state 12; another operation is in progress"): the connection
+    # is done for, the next one is fine.
+    asyncpg.InternalClientError,
 )
 
 # PostgreSQL refuses U+0000 in text (22021) and in jsonb (22P05).

@@ -29,7 +29,7 @@ import msgspec
 
 from safetyreport.alerts.events import CHANNEL
 from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS, AlertView, alert_fields
-from safetyreport.db.pool import SERVER_SETTINGS, Conn, init_connection
+from safetyreport.db.pool import SERVER_SETTINGS, Conn, connect_to_primary, init_connection
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ PROBE_TIMEOUT_SECONDS = 10.0
 START_WAIT_SECONDS = 5.0
 # Event ids already published, remembered so a catch-up never publishes one twice.
 RECENT_IDS = 10_000
+# A catch-up looks back this many ids below the highest one published: an event can
+# be stored below it without its NOTIFY having reached us (a transaction that committed
+# after a later-numbered one while the listener was away; or one whose server went down
+# between its commit and its NOTIFY, as in a failover). Well under RECENT_IDS.
+CATCH_UP_LOOKBACK = 1_000
 
 _LISTENER_SETTINGS = {**SERVER_SETTINGS, "application_name": LISTENER_NAME}
 # What connecting may raise when the database cannot be reached or refuses us.
@@ -242,7 +247,7 @@ class AlertBroker:
 
     async def _connect(self) -> asyncpg.Connection[Any]:
         try:
-            conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            conn = await connect_to_primary(
                 self.url, server_settings=_LISTENER_SETTINGS, timeout=CONNECT_TIMEOUT_SECONDS
             )
         except _CONNECT_ERRORS as exc:
@@ -269,10 +274,11 @@ class AlertBroker:
             ids, gone = await self._next_batch(conn, lost)
             if self._subscribers:
                 self._pending.update(ids)
-            elif ids:
+            else:
                 # Nobody to tell: skip the fetch. A stream that opens later replays what
                 # it missed from the database (Last-Event-ID), not from this process.
-                self._high = max(self._high or 0, *ids)
+                for event_id in ids:
+                    self._remember(event_id)
             if self._pending:
                 await self._publish_pending(conn)
             if gone:
@@ -309,11 +315,13 @@ class AlertBroker:
             return
         if self._pending:
             await self._publish_pending(conn)
+        after = max(0, self._high - CATCH_UP_LOOKBACK)
         while True:
-            rows = await conn.fetch(EVENTS_AFTER, self._high, None, PAGE_SIZE)
-            self._publish_rows(rows)
+            rows = await conn.fetch(EVENTS_AFTER, after, None, PAGE_SIZE)
+            self._publish_rows(rows)  # skips the ids already published
             if len(rows) < PAGE_SIZE:
                 return
+            after = rows[-1]["event_id"]
 
     async def _publish_pending(self, conn: asyncpg.Connection[Any]) -> None:
         rows = await conn.fetch(EVENTS_BY_ID, sorted(self._pending))

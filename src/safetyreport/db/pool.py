@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -69,6 +71,80 @@ class TimedPool(asyncpg.Pool):
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
+# The server a connection is on stopped being the primary (a failover or switchover
+# demoted it, shut it down or lost it), or no server is the primary right now. With a
+# multi-host DATABASE_URL (target_session_attrs=read-write, docs/operations.md) every
+# new connection goes to the current primary, so the pool drops the connections it holds
+# (``expire_connections``: idle ones at once, busy ones when released) rather than lend
+# each dead or read-only one out once more. The request is answered 503 with Retry-After
+# (errors.py); the client's retry reaches the new primary.
+PRIMARY_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a write reached a demoted server
+    asyncpg.exceptions.TargetServerAttributeNotMatched,  # no host is read-write (yet)
+    asyncpg.PostgresConnectionError,  # class 08: the connection is gone
+    asyncpg.OperatorInterventionError,  # class 57: admin or crash shutdown, starting up
+    asyncpg.InterfaceError,  # "connection is closed" on our side
+    # A connection lost mid-statement can leave asyncpg's protocol confused ("cannot
+    # switch to state 12; another operation is in progress"): that connection is done.
+    asyncpg.InternalClientError,
+    ConnectionError,  # refused or reset
+)
+
+
+@contextlib.asynccontextmanager
+async def _acquired(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection; the pool's connections are expired when the primary is lost."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except PRIMARY_LOST:
+        await pool.expire_connections()
+        raise
+
+
+# Each host of a multi-host DATABASE_URL gets this long to connect and show that it is
+# writable. asyncpg's own connect timeout covers the hosts together, so one that accepts
+# TCP but never answers (a frozen machine listed first) would hold every new connection
+# although another host is the primary by now.
+HOST_CONNECT_SECONDS = 3.0
+_NEXT_HOST_ERRORS = (
+    OSError,  # refused, unreachable, reset; TimeoutError (this host's deadline) too
+    asyncpg.PostgresError,  # starting up, shutting down, no such database (yet) there
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # TargetServerAttributeNotMatched: not read-write
+)
+
+
+def single_host_urls(url: str) -> list[str]:
+    """``url`` once per host it names, in order (``[url]`` when it names one host)."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    names = hosts.split(",")
+    if len(names) < 2:
+        return [url]
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{name}")) for name in names]
+
+
+async def connect_to_primary(url: str, **kwargs: Any) -> asyncpg.Connection[Any]:
+    """``asyncpg.connect``, with a deadline per host of a multi-host URL (its
+    ``target_session_attrs`` checked on each); the last host's error if none will do."""
+    urls = single_host_urls(url)
+    if len(urls) == 1:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(url, **kwargs)
+        return conn
+    last: BaseException | None = None
+    for one in urls:
+        try:
+            async with asyncio.timeout(HOST_CONNECT_SECONDS):
+                conn = await asyncpg.connect(one, **kwargs)
+        except _NEXT_HOST_ERRORS as exc:
+            last = exc
+        else:
+            return conn
+    assert last is not None
+    raise last
+
+
 # Without a setting (the CLI, tools): wait up to this long for a pooled connection.
 DEFAULT_ACQUIRE_TIMEOUT = 5.0
 
@@ -89,6 +165,7 @@ async def create_pool(
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
+        connect=connect_to_primary,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
         init=init_connection,
@@ -101,7 +178,7 @@ async def create_pool(
 
 
 async def connect(url: str) -> asyncpg.Connection[Any]:
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
+    conn = await connect_to_primary(url, server_settings=SERVER_SETTINGS)
     await init_connection(conn)
     return conn
 
@@ -111,7 +188,7 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     """A pooled connection without a transaction, for one statement that commits by itself
     (resolving a session token on every request: a BEGIN and COMMIT would double its
     round trips)."""
-    async with pool.acquire() as conn:
+    async with _acquired(pool) as conn:
         yield conn
 
 
@@ -122,7 +199,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     tasks get theirs here too. With ``connection`` and ``read_snapshot``, the only code
     that acquires from a pool.
     """
-    async with pool.acquire() as conn:
+    async with _acquired(pool) as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
@@ -145,7 +222,7 @@ async def read_snapshot(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     dependency would go back to the pool before the body is sent.
     """
     async with (
-        pool.acquire() as conn,
+        _acquired(pool) as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         yield conn
