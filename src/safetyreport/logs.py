@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 
-from safetyreport.errors import status_of
+from safetyreport.observed import run_observed
 
 _encoder = msgspec.json.Encoder()
 # Attributes every record has; anything else was passed with ``extra=`` and is logged.
@@ -63,23 +62,8 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         http_scope: HTTPScope = scope
-        started = time.perf_counter()
-        status = 500
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_wrapper)
-        except Exception as exc:
-            # Raised by a middleware inside this one (authentication): Litestar turns it into
-            # a response outside of it, so log the status that response will carry.
-            status = status_of(exc)
-            raise
-        finally:
+        def log(status: int, seconds: float) -> None:
             user = scope.get("user")
             client = scope.get("client")
             _request_log.info(
@@ -88,10 +72,12 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
                     "method": http_scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                     "client": client[0] if client else None,
                     "user": getattr(user, "username", None),
                 },
             )
+
+        await run_observed(app, scope, receive, send, log)
 
     return middleware

@@ -8,14 +8,12 @@ invented method: it is counted as ``other``).
 
 from __future__ import annotations
 
-import time
-
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
-from safetyreport.errors import status_of
 from safetyreport.metrics.facts import counting_into
 from safetyreport.metrics.registry import Metrics
+from safetyreport.observed import run_observed
 
 UNMATCHED = "unmatched"
 # Any other method a client invents is "other": labels take values from fixed sets only.
@@ -28,24 +26,13 @@ def counting_requests(app: ASGIApp, metrics: Metrics) -> ASGIApp:
             await app(scope, receive, send)
             return
         counting_into(metrics.count)  # what this request's transaction commits
-        started = time.perf_counter()
-        status = 500
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_wrapper)
-        except Exception as exc:
-            status = status_of(exc)
-            raise
-        finally:
+        def count(status: int, seconds: float) -> None:
             # Set by Litestar's router once the path matched a route; the template only.
             route = scope.get("path_template") or UNMATCHED
             method = scope["method"] if scope["method"] in METHODS else "other"
-            metrics.request(method, route, status, time.perf_counter() - started)
+            metrics.request(method, route, status, seconds)
+
+        await run_observed(app, scope, receive, send, count)
 
     return counted
