@@ -35,6 +35,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from safetyreport.db.migrations import migrate
 from safetyreport.db.pool import connect
@@ -393,3 +394,36 @@ async def test_switchover_under_load_moves_the_service_to_the_new_primary(
         ha_cluster.switchover(old, candidate)
 
     await _under_load(ha_cluster, cluster_url, tmp_path, "switchover", switchover)
+
+
+@pytest.mark.timeout(120)
+async def test_a_process_on_a_standby_is_not_ready_and_says_so_in_its_metrics(
+    ha_cluster: HaCluster, cluster_url: str, tmp_path: Path
+) -> None:
+    """A load balancer takes out an instance whose database is a replica: /health/ready
+    answers 503 with Retry-After while /health (liveness) stays 200."""
+    standby = ha_cluster.sync_standby()
+    assert standby is not None, ha_cluster.members()
+    database = cluster_url.rsplit("/", 1)[1].split("?")[0]
+    token = "m" * 40
+    env = {"SAFETYREPORT_METRICS_TOKEN": token}
+    on_standby = ha_cluster.node_url(standby, database)
+    async with (
+        # A replica takes no migration: the schema came with the primary's WAL.
+        serving(on_standby, tmp_path, "standby", "--no-migrate", env=env) as service,
+        httpx.AsyncClient(base_url=service.base_url, timeout=10) as http,
+    ):
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["database"] == "replica"
+        assert ready.headers["retry-after"]
+        assert (await http.get("/health")).status_code == 200
+        metrics = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert metrics.status_code == 200
+        primary = [
+            sample.value
+            for family in text_string_to_metric_families(metrics.text)
+            for sample in family.samples
+            if sample.name == "safetyreport_database_primary"
+        ]
+        assert primary == [0.0], primary
