@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import httpx
@@ -44,6 +44,7 @@ from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import create_pool, transaction
 from safetyreport.settings import APP_DB_ROLE, Settings
 from tests.helpers.reports import bp_report
+from tests.helpers.service import running_app
 from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
@@ -156,18 +157,6 @@ def without_sender(settings: Settings) -> Settings:
     """Notifications are still enqueued, but the app's own sender (which refuses to run
     without a secret) delivers nothing: as if no sender were running."""
     return replace(settings, alerts=replace(settings.alerts, webhook_secret=None))
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan (and so its sender) on this test's event loop."""
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=cast("Any", app))
-    async with (
-        app.lifespan(),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as http,
-    ):
-        yield http
 
 
 @contextlib.asynccontextmanager

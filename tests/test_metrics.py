@@ -8,12 +8,11 @@ registry of its own, but the delta says what the action moved.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email
 import email.policy
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from safetyreport.metrics.registry import PoolUsage
 from safetyreport.settings import PagingSettings, Settings, SettingsError
 from tests.helpers.processes import serving
 from tests.helpers.reports import adverse_report, bp_report
+from tests.helpers.service import running_app
 from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
@@ -52,18 +52,6 @@ Labels = dict[str, str]
 
 def with_metrics(settings: Settings) -> Settings:
     return replace(settings, metrics_token=TOKEN)
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan (and so its background tasks) on this test's loop."""
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=cast("Any", app))
-    async with (
-        app.lifespan(),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as http,
-    ):
-        yield http
 
 
 class Scrape:

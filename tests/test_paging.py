@@ -9,13 +9,12 @@ reading); a deadline passes by moving it into the past, then escalation runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email
 import email.policy
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from email.message import EmailMessage
@@ -29,7 +28,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from safetyreport.alerts.escalation import escalate_due
 from safetyreport.alerts.paging import PAGING_TASK, page_round, paging_task
-from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.permissions import Role
 from safetyreport.auth.users import add_clinic, add_user
@@ -37,6 +35,7 @@ from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import create_pool, transaction
 from safetyreport.settings import PagingSettings, Settings, SettingsError
 from tests.helpers.reports import bp_report
+from tests.helpers.service import running_app
 from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
@@ -105,18 +104,6 @@ def with_paging(settings: Settings, port: int, *, max_attempts: int = 3) -> Sett
 
 
 # --- the service ----------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan (and so its pager) on this test's event loop."""
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=cast("Any", app))
-    async with (
-        app.lifespan(),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as http,
-    ):
-        yield http
 
 
 async def seed(db: asyncpg.Connection[Any]) -> None:

@@ -1,16 +1,21 @@
-"""Seeding a service's database and signing in to a running service over HTTP."""
+"""Seeding a service's database, running the app in the test's process, and signing in to a
+running service over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
+from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.auth.permissions import Role
 from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.db.pool import connect
+from safetyreport.settings import Settings
 from tests.helpers.world import PASSWORD
 
 
@@ -51,3 +56,16 @@ async def login(base_url: str, username: str, password: str = PASSWORD) -> dict[
     assert response.status_code == 200, response.text
     token: Any = response.json()["token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan (and so its background tasks: the webhook sender, the
+    pager, ...) on this test's event loop, and a client that calls it in-process."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=cast("Any", app))
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as http,
+    ):
+        yield http
