@@ -642,7 +642,11 @@ function renderCounts(visible, groupCount) {
 
 function tick() {
   for (const [id, row] of rows) {
-    updateTime(row, alerts.get(id));
+    // A reload clears the alerts before the list comes back; its rows go at the next render.
+    const alert = alerts.get(id);
+    if (alert) {
+      updateTime(row, alert);
+    }
   }
 }
 
