@@ -27,7 +27,7 @@ import pytest
 import uvicorn
 from litestar import Litestar
 
-from safetyreport.alerts import stream
+from safetyreport.alerts import events, stream
 from safetyreport.alerts.broker import LISTENER_NAME, LISTENER_TASK, AlertBroker
 from safetyreport.app import create_app
 from safetyreport.audit.chain import SYSTEM_CLI
@@ -35,6 +35,7 @@ from safetyreport.auth.permissions import Role
 from safetyreport.auth.users import add_clinic, add_user
 from safetyreport.background import BackgroundRunner, LongLived
 from safetyreport.db.embedded import app_url
+from safetyreport.db.pool import connect
 from safetyreport.settings import Settings
 from tests.helpers.reports import bp_report
 from tests.helpers.waiting import eventually
@@ -335,6 +336,44 @@ async def test_reconnecting_with_last_event_id_catches_up_without_repeats(
         latest = await visible_event_ids(db, "C1", missed[-1])
         # Then the new events: nothing older, nothing twice.
         assert [event_id(await olga.alert()) for _ in latest] == latest
+
+
+async def note(conn: asyncpg.Connection[Any], alert_id: uuid.UUID, settings: Settings) -> int:
+    """An event on ``alert_id`` recorded in ``conn``'s transaction; its id."""
+    return await events.record(
+        conn,
+        alert_id=alert_id,
+        actor=SYSTEM_CLI,
+        action="noted",
+        details={"note": "for the stream"},
+        settings=settings.alerts,
+    )
+
+
+async def test_resuming_replays_an_event_numbered_below_last_event_id_that_committed_after_it(
+    live: Live, db: asyncpg.Connection[Any], database_url: str, settings: Settings
+) -> None:
+    nurse1, nurse2, admin = await live.logins("nina", "nadia", "adam")
+    await live.submit(nurse1, "C1", patient="PT-001")
+    await live.submit(nurse2, "C2", patient="PT-002")
+    alerts = dict(
+        await db.fetch("SELECT c.code, a.id FROM alerts a JOIN clinics c ON c.id = a.clinic_id")
+    )
+    slow = await connect(database_url)
+    try:
+        async with slow.transaction():
+            late = await note(slow, alerts["C1"], settings)  # numbered first ...
+            async with db.transaction():
+                seen = await note(db, alerts["C2"], settings)  # ... committed first
+    finally:
+        await slow.close()
+    assert late < seen
+
+    # A client that saw ``seen`` resumes from it: it is sent ``late``, then only what is new.
+    async with following(live, admin, last_event_id=seen) as adam:
+        assert event_id(await adam.alert()) == late
+        await live.submit(nurse1, "C1", patient="PT-003")
+        assert event_id(await adam.alert()) > seen
 
 
 async def test_last_event_id_from_the_query_and_the_header_wins(

@@ -78,8 +78,24 @@ EVENTS_AFTER = (
     + "WHERE e.id > $1 AND ($2::bigint[] IS NULL OR e.clinic_id = ANY($2::bigint[]))"
     + " ORDER BY e.id LIMIT $3"
 )
+# Events numbered below $1 that committed after it (migration 0012): their transaction
+# was still running when event $1 was inserted. Bounded by the catch-up's look-back.
+LATE_EVENTS = (
+    _EVENT_SELECT  # noqa: S608 (constant SQL fragments, no input)
+    + "WHERE e.id < $1 AND e.id >= $1 - $3"
+    + " AND e.xid >= (SELECT running_since FROM alert_events WHERE id = $1)"
+    + " AND ($2::bigint[] IS NULL OR e.clinic_id = ANY($2::bigint[]))"
+    + " ORDER BY e.id"
+)
 LATEST_EVENT_ID = "SELECT coalesce(max(id), 0) FROM alert_events"
 PROBE = "SELECT 1"
+# A write of our own whose commit waits for the synchronous standby whatever the
+# session's setting (see ``confirm_durable``, migration 0012); one statement, one round trip.
+_DURABILITY_BARRIER = """
+INSERT INTO replication_barriers (backend_pid, at)
+SELECT pg_backend_pid(), now() FROM set_config('synchronous_commit', 'on', true)
+ON CONFLICT (backend_pid) DO UPDATE SET at = excluded.at
+"""
 
 
 class ListenerCannotConnect(ConnectionError):
@@ -124,11 +140,35 @@ class StreamEvent:
         return cls(row["event_id"], row["clinic_id"], _encoder.encode(payload).decode())
 
 
+async def confirm_durable(conn: Conn) -> None:
+    """Return once what ``conn`` has read is on the synchronous standby, if there is one.
+
+    Call it after reading events and before sending them anywhere. A commit whose wait
+    for the standby was cut short (its backend terminated while the server shut down for
+    a switchover, or its wait cancelled) is visible on the primary without being on the
+    standby, and the failover then loses it: streaming it would tell clients of an event
+    the database no longer holds. A commit of our own after the read waits until the
+    standby has every WAL record before it, that commit included; without synchronous
+    replication it returns as soon as it is flushed locally. If the server goes away
+    meanwhile the connection fails, and nothing read is sent.
+    """
+    await conn.execute(_DURABILITY_BARRIER)
+
+
 async def events_after(
     conn: Conn, clinics: list[int] | None, after: int, limit: int = PAGE_SIZE
 ) -> list[StreamEvent]:
     """Up to ``limit`` stored events after ``after`` that ``clinics`` may see (None: all)."""
     rows = await conn.fetch(EVENTS_AFTER, after, clinics, limit)
+    await confirm_durable(conn)
+    return [StreamEvent.from_row(row) for row in rows]
+
+
+async def late_events(conn: Conn, clinics: list[int] | None, after: int) -> list[StreamEvent]:
+    """Events numbered below ``after`` that committed after it, which a client resuming
+    with Last-Event-ID ``after`` has not seen (or, rarely, has: it may see one again)."""
+    rows = await conn.fetch(LATE_EVENTS, after, clinics, CATCH_UP_LOOKBACK)
+    await confirm_durable(conn)
     return [StreamEvent.from_row(row) for row in rows]
 
 
@@ -318,6 +358,7 @@ class AlertBroker:
         after = max(0, self._high - CATCH_UP_LOOKBACK)
         while True:
             rows = await conn.fetch(EVENTS_AFTER, after, None, PAGE_SIZE)
+            await confirm_durable(conn)
             self._publish_rows(rows)  # skips the ids already published
             if len(rows) < PAGE_SIZE:
                 return
@@ -325,7 +366,8 @@ class AlertBroker:
 
     async def _publish_pending(self, conn: asyncpg.Connection[Any]) -> None:
         rows = await conn.fetch(EVENTS_BY_ID, sorted(self._pending))
-        # Cleared only now: if the fetch failed, the next connection fetches them again.
+        await confirm_durable(conn)
+        # Cleared only now: if either failed, the next connection fetches them again.
         self._pending.clear()
         self._publish_rows(rows)
 

@@ -3,8 +3,10 @@
 A subscription replays the events after ``Last-Event-ID`` from the table, then streams
 the live ones the broker (``alerts.broker``) offers it. Delivery is at least once and
 the SSE id is the event id, so a client that lost its stream reconnects with the last
-id it saw. Each subscription is audited (who, Last-Event-ID, events replayed) in the
-chain of every clinic whose events it may carry.
+id it saw; the replay then includes the events numbered below it that committed after
+it (ids follow insertion, not commit order), and only events the synchronous standby
+has (``broker.confirm_durable``). Each subscription is audited (who, Last-Event-ID,
+events replayed) in the chain of every clinic whose events it may carry.
 
 The stream outlives the request's transaction, so it takes pooled connections of its
 own, briefly, through the db layer: one per replayed page, one per audit entry, one per
@@ -27,6 +29,7 @@ from safetyreport.alerts.broker import (
     StreamEvent,
     Subscription,
     events_after,
+    late_events,
 )
 from safetyreport.auth.service import hash_token
 from safetyreport.caller import Caller
@@ -132,7 +135,12 @@ async def _record_interrupted(
 async def _replay(
     pool: asyncpg.Pool, clinics: list[int] | None, after: int
 ) -> AsyncIterator[StreamEvent]:
-    """Stored events after ``after`` that ``clinics`` may see, a page at a time."""
+    """Stored events after ``after`` that ``clinics`` may see, a page at a time: first
+    those numbered below it that committed after it (``late_events``)."""
+    async with connection(pool) as conn:
+        late = await late_events(conn, clinics, after)
+    for event in late:
+        yield event
     while True:
         # A pooled connection per page, never held while the client reads.
         async with connection(pool) as conn:
