@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ha-cluster"
+BACKUP_SCRIPT = SCRIPT.with_name("backup")
 # Within the ports the tests may use; an operator's cluster has the script's default.
 PORT_BASE = 25450
 NODES = ("node1", "node2", "node3")
@@ -32,30 +33,40 @@ def patroni_installed() -> bool:
     return bool(shutil.which("patroni") and shutil.which("etcd"))
 
 
+def run_checked(args: list[str], env: dict[str, str] | None = None) -> str:
+    """Run a command to completion (killed after SCRIPT_SECONDS); its output, or fail."""
+    result = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=SCRIPT_SECONDS, check=False
+    )
+    assert result.returncode == 0, f"{' '.join(args)}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
 @dataclass
 class HaCluster:
     root: Path
     port_base: int = PORT_BASE
+    # Every node archives its WAL with pgBackRest into this repository (--backup-repo).
+    backup_repo: Path | None = None
 
-    def _script(self, command: str) -> str:
+    def _script(self, command: str, *options: str) -> str:
         env = {**os.environ, "HA_CLUSTER_PORT_BASE": str(self.port_base)}
-        result = subprocess.run(
-            [SCRIPT, command, str(self.root)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_SECONDS,
-            check=False,
-        )
-        assert result.returncode == 0, f"ha-cluster {command}: {result.stdout}{result.stderr}"
-        return result.stdout
+        return run_checked([str(SCRIPT), command, *options, str(self.root)], env)
 
     def start(self) -> None:
         """Start what is not running (a node killed earlier rejoins) and wait until healthy."""
-        self._script("start")
+        if self.backup_repo is None:
+            self._script("start")
+        else:
+            self._script("start", "--backup-repo", str(self.backup_repo))
 
     def stop(self) -> None:
         self._script("stop")
+
+    def backup(self, *args: str) -> str:
+        """``scripts/backup ARGS`` on the cluster's pgBackRest configuration; its output."""
+        env = {**os.environ, "SAFETYREPORT_PGBACKREST_CONFIG": str(self.root / "pgbackrest.conf")}
+        return run_checked([str(BACKUP_SCRIPT), *args], env)
 
     def pg_port(self, name: str) -> int:
         return self.port_base + 10 + NODES.index(name)
