@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import pwd
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,6 +34,7 @@ from tests.helpers.ha import (
     run_checked,
     wait_for_leader,
 )
+from tests.helpers.postgres import PG15_BIN, as_server_owner, free_ports
 
 pytestmark = [
     pytest.mark.cluster,
@@ -46,36 +44,15 @@ pytestmark = [
     pytest.mark.timeout(480),
 ]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # The cluster takes PORT_BASE + 0/1 (etcd), + 10..12 (PostgreSQL), + 20..22 (Patroni);
 # the restored server one of RESTORE_PORTS.
 PORT_BASE = 25600
 RESTORE_PORTS = range(PORT_BASE + 30, PORT_BASE + 100)
 NEW_LEADER_SECONDS = 90.0
 WAIT_SECONDS = 60.0
-OWNER = "postgres"
 STANZA = "safetyreport"
 # The server's timeline: the first 8 hex digits of its current WAL file's name.
 TIMELINE = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
-
-
-def as_owner(*args: str) -> list[str]:
-    """The command, run as the postgres user when we are root (PostgreSQL refuses root)."""
-    if os.geteuid() == 0:
-        pwd.getpwnam(OWNER)  # KeyError: no postgres system user to run PostgreSQL as
-        return ["runuser", "-u", OWNER, "--", *args]
-    return list(args)
-
-
-def free_port() -> int:
-    for port in RESTORE_PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip(f"no free port in {RESTORE_PORTS}")
 
 
 @pytest.fixture
@@ -90,7 +67,9 @@ def cluster() -> Iterator[HaCluster]:
         try:
             restored = folder / "restored"
             if (restored / "postmaster.pid").exists():
-                stop = as_owner(str(PG_BIN / "pg_ctl"), "-D", str(restored), "-m", "immediate")
+                stop = as_server_owner(
+                    str(PG15_BIN / "pg_ctl"), "-D", str(restored), "-m", "immediate"
+                )
                 with contextlib.suppress(subprocess.SubprocessError):
                     subprocess.run([*stop, "stop"], check=False, timeout=60, capture_output=True)
             cluster.stop()
@@ -190,9 +169,9 @@ async def test_backup_from_a_standby_restores_across_a_switchover(cluster: HaClu
         "--archive",
         "off",
     )
-    port = free_port()
+    [port] = free_ports(RESTORE_PORTS, 1)
     log = cluster.root / "restored.log"  # the cluster's folder: the postgres user's
-    pg_ctl = as_owner(str(PG_BIN / "pg_ctl"), "-D", str(restored), "-l", str(log))
+    pg_ctl = as_server_owner(str(PG15_BIN / "pg_ctl"), "-D", str(restored), "-l", str(log))
     await asyncio.to_thread(run_checked, [*pg_ctl, "-w", "-o", f"-p {port}", "start"])
     copy = f"postgresql://postgres@127.0.0.1:{port}/safetyreport"
 

@@ -17,7 +17,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +31,7 @@ from safetyreport.app import create_app
 from safetyreport.audit.signing import load_signer
 from safetyreport.db.pool import connect
 from safetyreport.settings import DatabaseSettings, Settings
+from tests.helpers.postgres import PG15_BIN, SERVER_OWNER, as_server_owner, free_ports
 from tests.helpers.processes import CliResult, cli_env, run_cli
 from tests.helpers.reports import bp_report, create_report
 from tests.helpers.waiting import eventually
@@ -39,30 +39,23 @@ from tests.helpers.world import World
 
 pytestmark = [pytest.mark.cluster, pytest.mark.end_to_end, pytest.mark.timeout(300)]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BACKUP_SCRIPT = Path(__file__).parents[1] / "scripts" / "backup"
 # The ports this test may use (its own range: other tests start clusters too).
 PORTS = range(25500, 25600)
 COMMAND_SECONDS = 120.0
-OWNER = "postgres"
 
 
 def missing_tools() -> str | None:
     if shutil.which("pgbackrest") is None:
         return "pgbackrest is not installed (apt-get install pgbackrest; .ci/run does)"
-    if not (PG_BIN / "initdb").exists():
-        return f"PostgreSQL 15 is not installed in {PG_BIN}"
+    if not (PG15_BIN / "initdb").exists():
+        return f"PostgreSQL 15 is not installed in {PG15_BIN}"
     if os.geteuid() == 0:
         try:
-            pwd.getpwnam(OWNER)
+            pwd.getpwnam(SERVER_OWNER)
         except KeyError:
-            return f"run as root, the test needs the {OWNER} system user to run PostgreSQL"
+            return f"run as root, the test needs the {SERVER_OWNER} system user to run PostgreSQL"
     return None
-
-
-def as_owner(*args: str) -> list[str]:
-    """The command, run as the postgres user when we are root (PostgreSQL refuses root)."""
-    return ["runuser", "-u", OWNER, "--", *args] if os.geteuid() == 0 else list(args)
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> str:
@@ -83,20 +76,6 @@ async def run(*args: str, env: dict[str, str] | None = None) -> str:
     text = out.decode(errors="replace")
     assert proc.returncode == 0, f"{' '.join(args)} exited with {proc.returncode}:\n{text}"
     return text
-
-
-def free_ports(count: int) -> list[int]:
-    found = []
-    for port in PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    pytest.skip(f"no {count} free ports in {PORTS}")
 
 
 @dataclass(frozen=True)
@@ -125,14 +104,16 @@ class Drill:
 
     async def start(self, data: Path, port: int) -> None:
         await run(
-            *as_owner(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", f"{data}.log", "-w"),
+            *as_server_owner(str(PG15_BIN / "pg_ctl"), "-D", str(data), "-l", f"{data}.log", "-w"),
             "-o",
             f"-p {port}",
             "start",
         )
 
     async def stop(self, data: Path) -> None:
-        await run(*as_owner(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"))
+        await run(
+            *as_server_owner(str(PG15_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        )
 
     def settings(self, port: int) -> Settings:
         base = Settings.from_env({})
@@ -152,13 +133,15 @@ def drill_folder() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="safetyreport-restore-drill-"))
     try:
         if os.geteuid() == 0:
-            shutil.chown(root, OWNER, OWNER)
+            shutil.chown(root, SERVER_OWNER, SERVER_OWNER)
         root.chmod(0o755)
         yield root
     finally:
         for data in root.glob("data*"):
             if (data / "postmaster.pid").exists():
-                stop = as_owner(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+                stop = as_server_owner(
+                    str(PG15_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"
+                )
                 with contextlib.suppress(subprocess.SubprocessError):
                     subprocess.run(stop, check=False, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
@@ -169,7 +152,7 @@ async def drill() -> AsyncIterator[Drill]:
     if (reason := missing_tools()) is not None:
         pytest.skip(reason)
     with drill_folder() as root:
-        drill = Drill(root, free_ports(2))
+        drill = Drill(root, free_ports(PORTS, 2))
         yield drill
 
 
@@ -177,7 +160,9 @@ async def init_primary(drill: Drill) -> Path:
     """initdb, archiving as scripts/backup sets it, the stanza, the schema: a primary."""
     data = drill.root / "data"
     await run(
-        *as_owner(str(PG_BIN / "initdb"), "-N", "-D", str(data), "-A", "trust", "-U", "postgres")
+        *as_server_owner(
+            str(PG15_BIN / "initdb"), "-N", "-D", str(data), "-A", "trust", "-U", "postgres"
+        )
     )
     await drill.backup(
         "configure",

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pwd
 import shutil
+import socket
 import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 from safetyreport.db.embedded import embedded_owner_url
 from safetyreport.db.pool import connect
@@ -97,3 +102,32 @@ class Databases:
         if self._spare is not None:
             self.release(await self._spare)
         await asyncio.gather(*self._drops)
+
+
+# The machine's PostgreSQL 15 (Debian's), whose binaries the cluster tests run servers of
+# their own with, as the user that owns them.
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+SERVER_OWNER = "postgres"
+
+
+def as_server_owner(*args: str) -> list[str]:
+    """The command, run as the postgres user when we are root (PostgreSQL refuses root)."""
+    if os.geteuid() != 0:
+        return list(args)
+    pwd.getpwnam(SERVER_OWNER)  # KeyError: no postgres system user to run PostgreSQL as
+    return ["runuser", "-u", SERVER_OWNER, "--", *args]
+
+
+def free_ports(ports: range, count: int) -> list[int]:
+    """``count`` ports of ``ports`` that nothing listens on now (the test skips if none)."""
+    found: list[int] = []
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    pytest.skip(f"no {count} free ports in {ports}")
