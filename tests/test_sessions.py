@@ -306,16 +306,17 @@ async def test_an_observation_raises_what_the_equivalent_report_raises(
         {"observed_at": iso(dosed_at + timedelta(minutes=40)), **vitals},
     )
     assert observed.status_code == 201, observed.text
-    common = {
+    common: dict[str, Any] = {
         "patient_ref": "PT-REP",
         "drug": "esketamine_nasal",
         "age_band": "under_65",
         "minutes_after_dose": 40,
+        **vitals,
     }
     if report_kind == "blood_pressure":
-        body = bp_report(**common, phase="post_dose", **vitals)
+        body = bp_report("C1", **common, phase="post_dose")
     else:
-        body = dissociation_report(**common, respiratory_depression=False, **vitals)
+        body = dissociation_report("C1", **common, respiratory_depression=False)
     report = await create_report(client, nina, body)
     assert expected in rules_of(observed.json())
     assert rules_of(observed.json()) == rules_of(report)
