@@ -251,7 +251,7 @@ KNOWN = [
         "positive_data_acceptance",
         frozenset({("POST", REPORTS), *SESSION_WRITES}),
         # Absent, or sent empty: no key either way.
-        lambda c, r: r.status_code == 400 and not (c.headers or {}).get("Idempotency-Key"),
+        lambda c, r: r.status_code == 400 and not dict(c.headers or {}).get("Idempotency-Key"),
         IDEMPOTENCY_KEY,
     ),
     Known(
