@@ -146,6 +146,9 @@ BEYOND_SCHEMA: dict[str, Callable[[Error], bool]] = {
     # carries a vital sign; a dose waits for an open hold (the error's rule is the hold's
     # id) unless overridden; the fitness-to-leave criteria read the stored session.
     "an observation with a vital sign": lambda e: e["rule"] == "no_vitals",
+    "a report's session of its clinic and patient": lambda e: (
+        e["field"] == "session_id" and e["rule"] in {"session", "same_patient"}
+    ),
     "no dose while a hold is open": lambda e: e["field"] == "override_reason",
     "the fitness-to-leave criteria": lambda e: (
         e["rule"]

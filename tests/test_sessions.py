@@ -509,3 +509,36 @@ async def test_another_clinics_session_is_not_found(
     # The auditor may read but not write.
     refused = await post(client, SESSIONS, users["aude"], session_body())
     assert refused.status_code == 403
+
+
+# --- reports linked to a session ---------------------------------------------------------
+
+
+async def test_a_report_links_to_a_session_of_its_clinic_and_patient(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], users: dict[str, Headers]
+) -> None:
+    nina = users["nina"]
+    own = await open_session(client, nina, session_body("PT-L"))
+    foreign = await open_session(client, users["nora"], session_body("PT-L", clinic="C2"))
+    linked = await create_report(client, nina, bp_report(patient_ref="PT-L", session_id=own["id"]))
+    assert linked["body"]["session_id"] == own["id"]
+    other_patient = await post(
+        client, "/api/v1/reports", nina, bp_report(patient_ref="PT-X", session_id=own["id"])
+    )
+    assert errors_of(other_patient) == [("session_id", "same_patient")]
+    other_clinic = await post(
+        client, "/api/v1/reports", nina, bp_report(patient_ref="PT-L", session_id=foreign["id"])
+    )
+    assert errors_of(other_clinic) == [("session_id", "session")]
+    unknown = await post(
+        client, "/api/v1/reports", nina, bp_report(patient_ref="PT-L", session_id=str(uuid.uuid4()))
+    )
+    assert errors_of(unknown) == [("session_id", "session")]
+    # An amendment is held to the same.
+    amended = await client.post(
+        f"/api/v1/reports/{linked['id']}/amendments",
+        json={"reason": "wrong session", "session_id": foreign["id"]},
+        headers=nina,
+    )
+    assert errors_of(amended) == [("session_id", "session")]
+    assert await db.fetchval("SELECT count(*) FROM reports") == 1

@@ -247,6 +247,22 @@ async def session_for_write(conn: Conn, caller: Caller, session_id: uuid.UUID) -
     return DoseContext(drug=row["drug"], weight_kg=row["weight_kg"])
 
 
+async def check_report_session(
+    conn: Conn, session_id: uuid.UUID, clinic_id: int, patient_ref: str
+) -> None:
+    """A report's ``session_id`` must name a session of the report's clinic and patient;
+    ValidationFailed otherwise (another clinic's session is not told apart from none)."""
+    row = await conn.fetchrow(
+        "SELECT clinic_id, patient_ref FROM treatment_sessions WHERE id = $1", session_id
+    )
+    if row is None or row["clinic_id"] != clinic_id:
+        raise ValidationFailed.one(
+            "session_id", "session", f"no treatment session {session_id} at this clinic"
+        )
+    if row["patient_ref"] != patient_ref:
+        raise ValidationFailed.one("session_id", "same_patient", "the session is another patient's")
+
+
 # --- the rules ---------------------------------------------------------------------------
 
 
