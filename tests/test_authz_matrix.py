@@ -76,6 +76,8 @@ class Foreign:
     rule_ids: tuple[str, ...] = ()
     change_ids: tuple[int, ...] = ()
     page_ids: tuple[str, ...] = ()
+    # Its treatment session.
+    session_ids: tuple[str, ...] = ()
 
     def markers(self) -> set[str]:
         """Strings that only the foreign clinic's data contains."""
@@ -85,6 +87,7 @@ class Foreign:
             *self.notification_ids,
             *self.rule_ids,
             *self.page_ids,
+            *self.session_ids,
             FOREIGN_ON_CALL,
             FOREIGN_PATIENT,
             FOREIGN_TEXT,
@@ -135,6 +138,7 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
     "rule_id": lambda f: f.rule_ids[0],
     "change_id": lambda f: str(f.change_ids[0]),
     "clinic": lambda f: FOREIGN,
+    "session_id": lambda f: f.session_ids[0],
 }
 # Path parameters naming objects that belong to no clinic: (value, why that is fine).
 GLOBAL_IDS: dict[str, tuple[str, str]] = {}
@@ -169,6 +173,23 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
     ("POST", "/api/v1/rules/{rule_id:str}/disable"): None,
     ("POST", "/api/v1/rules/changes/{change_id:int}/approve"): None,
     ("POST", "/api/v1/rules/changes/{change_id:int}/reject"): None,
+    ("POST", "/api/v1/sessions/{session_id:uuid}/dose"): lambda f: {
+        "dose_mg": 56,
+        "dosed_at": "2026-01-15T10:00:00Z",
+    },
+    ("POST", "/api/v1/sessions/{session_id:uuid}/observations"): lambda f: {
+        "observed_at": "2026-01-15T10:40:00Z",
+        "systolic": 150,
+        "diastolic": 90,
+    },
+    ("POST", "/api/v1/sessions/{session_id:uuid}/discharge"): lambda f: {
+        "discharged_at": "2026-01-15T12:10:00Z",
+        "moaa_s": 5,
+        "systolic": 130,
+        "diastolic": 80,
+        "escort": True,
+        "override_reason": "probe",
+    },
     # Emptying the roster would show in foreign_state().
     ("PUT", "/api/v1/clinics/{clinic:str}/on-call"): lambda f: {"entries": []},
 }
@@ -178,6 +199,27 @@ def _foreign_report(f: Foreign) -> dict[str, Any]:
     return bp_report(
         FOREIGN, patient_ref="PT-PROBE", systolic=190, diastolic=100, symptoms=["chest_pain"]
     )
+
+
+def _foreign_session(f: Foreign) -> dict[str, Any]:
+    return session_body(FOREIGN, "PT-PROBE")
+
+
+def session_body(clinic: str, patient_ref: str) -> dict[str, Any]:
+    """A treatment session with a checklist within every limit."""
+    return {
+        "clinic": clinic,
+        "patient_ref": patient_ref,
+        "drug": "esketamine_nasal",
+        "checklist": {
+            "systolic": 124,
+            "diastolic": 80,
+            "fasting": True,
+            "cns_depressants": False,
+            "pregnancy_possible": False,
+            "transport_arranged": True,
+        },
+    }
 
 
 SEEN_NOTHING = Probe(denied=False)
@@ -198,6 +240,15 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         # as tests/test_isolation.py pins), indistinguishable from a clinic that does
         # not exist; nothing is stored (checked at the end).
         Probe(body=_foreign_report, also_refused=frozenset({422}))
+    ],
+    ("GET", "/api/v1/sessions"): [
+        Probe(query={"clinic": FOREIGN}),
+        SEEN_NOTHING,
+        Probe(query={"patient_ref": FOREIGN_PATIENT}, denied=False),
+    ],
+    ("POST", "/api/v1/sessions"): [
+        # As for reports: a clinic of someone else's is invalid input (422 on "clinic").
+        Probe(body=_foreign_session, also_refused=frozenset({422}))
     ],
     ("GET", "/api/v1/reports/export"): [
         *(Probe(query={"clinic": FOREIGN, "format": fmt}) for fmt in EXPORT_FORMATS),
@@ -368,6 +419,13 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
             )
             assert created.status_code == 201, created.text
             report_ids.append(created.json()["id"])
+        opened = await http.post(
+            "/api/v1/sessions",
+            json=session_body(FOREIGN, FOREIGN_PATIENT),
+            headers={**nurse, "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert opened.status_code == 201, opened.text
+        session_ids = (opened.json()["id"],)
         alerts = (await http.get("/api/v1/alerts", headers=officer)).json()["items"]
         assert alerts, "the foreign reports raised no alert"
         for alert in alerts:
@@ -399,6 +457,7 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
         (FOREIGN_RULE, FOREIGN_OVERRIDE, FOREIGN_PROTECTED),
         (change_id,),
         tuple(r["id"] for r in pages),
+        session_ids,
     )
 
 
@@ -472,6 +531,9 @@ async def foreign_state(db: asyncpg.Connection[Any]) -> list[Any]:
         UNION ALL
         SELECT 'rule', r.id, concat_ws('/', r.version, r.enabled)
           FROM alert_rules r JOIN clinics c ON c.id = ANY(r.clinic_ids) WHERE c.code = $1
+        UNION ALL
+        SELECT 'session', s.id::text, concat_ws('/', s.updated_at, s.dosed_at, s.discharged_at)
+          FROM treatment_sessions s JOIN clinics c ON c.id = s.clinic_id WHERE c.code = $1
         UNION ALL
         SELECT 'on call', o.position::text, concat_ws('/', o.user_id, o.email)
           FROM on_call o JOIN clinics c ON c.id = o.clinic_id WHERE c.code = $1
@@ -618,3 +680,7 @@ async def test_no_role_reaches_another_clinics_data(
     assert after == before, "the foreign clinic's data changed"
     stored = await db.fetchval("SELECT count(*) FROM reports WHERE patient_ref = 'PT-PROBE'")
     assert stored == 0, "a report for the foreign clinic was stored"
+    opened = await db.fetchval(
+        "SELECT count(*) FROM treatment_sessions WHERE patient_ref = 'PT-PROBE'"
+    )
+    assert opened == 0, "a session for the foreign clinic was stored"

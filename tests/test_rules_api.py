@@ -60,6 +60,7 @@ DEFAULT_VERSIONS = {
     "device-tampered": 2,
     "pattern-blood-pressure-cluster": 3,
     "pattern-patient-repeated-urgent": 2,
+    "discharge-override": 1,
 }
 DEFAULT_RULES = set(DEFAULT_VERSIONS)
 # What a rule's body holds (besides its id and scope).
@@ -207,7 +208,7 @@ async def test_list_has_the_default_rules_each_citing_a_source(r: Rules) -> None
     assert set(page) == {"items", "next_cursor"}
     assert page["next_cursor"] is None
     items = page["items"]
-    assert len(items) == len(DEFAULT_RULES) == 37
+    assert len(items) == len(DEFAULT_RULES) == 38
     assert {item["id"] for item in items} == DEFAULT_RULES
     for item in items:
         assert set(item) == {

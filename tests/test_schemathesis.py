@@ -142,6 +142,26 @@ BEYOND_SCHEMA: dict[str, Callable[[Error], bool]] = {
     ),
     "an amendment that changes something": lambda e: e["rule"] == "no_change",
     "a cursor the service gave": lambda e: (e["field"], e["rule"]) == ("cursor", "format"),
+    # Treatment sessions (docs/clinical-rules.md, Treatment sessions): an observation
+    # carries a vital sign; a dose waits for an open hold (the error's rule is the hold's
+    # id) unless overridden; the fitness-to-leave criteria read the stored session.
+    "an observation with a vital sign": lambda e: e["rule"] == "no_vitals",
+    "a report's session of its clinic and patient": lambda e: (
+        e["field"] == "session_id" and e["rule"] in {"session", "same_patient"}
+    ),
+    "no dose while a hold is open": lambda e: e["field"] == "override_reason",
+    "the fitness-to-leave criteria": lambda e: (
+        e["rule"]
+        in {
+            "monitored_120_minutes",
+            "blood_pressure_35_to_50_minutes",
+            "required_at_discharge",
+            "moaa_s_5",
+            "above_hold_level",
+            "escort",
+            "after_dose",
+        }
+    ),
     # PostgreSQL cannot store U+0000; JSON strings may hold it.
     "text without NUL characters": lambda e: e["rule"] == "no_nul",
     # JSON Schema counts 172.0 as an integer; msgspec does not.
@@ -213,8 +233,8 @@ class Known:
 
 
 IDEMPOTENCY_KEY = (
-    "POST /api/v1/reports needs an Idempotency-Key header (400 without), but the schema "
-    "documents the header as optional"
+    "POST /api/v1/reports (and the writes of /api/v1/sessions) needs an Idempotency-Key "
+    "header (400 without), but the schema documents the header as optional"
 )
 AMENDMENT_BODY = (
     "an amendment body needs a reason and fields of the report's kind, but the schema "
@@ -222,11 +242,19 @@ AMENDMENT_BODY = (
 )
 REPORTS = "/api/v1/reports"
 AMEND = "/api/v1/reports/{report_id}/amendments"
+SESSION_WRITES = {
+    ("POST", "/api/v1/sessions"),
+    *(
+        ("POST", f"/api/v1/sessions/{{session_id}}/{step}")
+        for step in ("dose", "observations", "discharge")
+    ),
+}
 KNOWN = [
     Known(
         "positive_data_acceptance",
-        frozenset({("POST", REPORTS)}),
-        lambda c, r: r.status_code == 400 and "Idempotency-Key" not in (c.headers or {}),
+        frozenset({("POST", REPORTS), *SESSION_WRITES}),
+        # Absent, or sent empty: no key either way.
+        lambda c, r: r.status_code == 400 and not dict(c.headers or {}).get("Idempotency-Key"),
         IDEMPOTENCY_KEY,
     ),
     Known(

@@ -51,6 +51,7 @@ from safetyreport.metrics.http import counting_requests
 from safetyreport.metrics.registry import Metrics
 from safetyreport.reports.routes import ReportController
 from safetyreport.request_context import DEPENDENCIES
+from safetyreport.sessions.routes import SessionController
 from safetyreport.settings import Settings
 from safetyreport.state import AppState
 from safetyreport.web import WebController, WebSessionController, static_router, template_config
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics_routes.metrics,
             AuthController,
             ReportController,
+            SessionController,
             AuditController,
             AlertStreamController,
             AlertController,

@@ -86,6 +86,12 @@ class StoredReport:
     occurred_at: datetime
     body: dict[str, Any]
     reading_grade: int | None
+    # A reading of a treatment session rather than a report (sessions/service.py): its
+    # session and which reading ("checklist", "observation", "discharge"). Its id is the
+    # reading's; single-report rules run on it as on a report with the same values, and
+    # its alerts link to it in alert_session_readings. Pattern rules count reports, so
+    # they do not run on it.
+    session_reading: tuple[uuid.UUID, str] | None = None
 
     def facts(self, alert_severity: str | None = None) -> dict[str, Any]:
         return facts_of(self.body, self.kind, self.reading_grade, alert_severity)
@@ -147,6 +153,8 @@ async def evaluate_report(
         await _raise(conn, rule, report, linked, outcome, actor, client_addr, settings)
     top = max(fired, key=lambda r: SEVERITY_RANK[r.severity], default=None)
     facts = report.facts(top.severity if top else None)
+    if report.session_reading is not None:
+        return outcome
     for rule in rules:
         if rule.definition.pattern is None or not rule.condition.holds(facts):
             continue
@@ -362,6 +370,16 @@ WHERE id = $1 RETURNING report_count
 """
 
 
+# A session's reading linked to an alert (see StoredReport.session_reading); whether the
+# link is new. The alert's report count is left as it is: it counts reports.
+_LINK_READING = """
+INSERT INTO alert_session_readings (alert_id, session_id, reading, reading_id, trigger_values)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT DO NOTHING
+RETURNING true
+"""
+
+
 def _group_key(rule: Rule, report: StoredReport) -> str:
     """The group whose open alert a match joins: the patient, the clinic, or (group_by
     report) the report itself, so that every matching report has an alert of its own."""
@@ -413,23 +431,29 @@ async def _raise(
         await conn.execute(
             _RESET_CLOCKS, alert_id, clocks.notice_due, clocks.form106_due, clocks.zone
         )
-    count = await conn.fetchval(
-        _LINK_AND_COUNT,
-        alert_id,
-        [r for r, _, _ in reports],
-        [v for _, v, _ in reports],
-        {str(r): values for r, _, values in reports},
-    )
-    details = {
+    details: dict[str, Any] = {
         "rule_id": rule.id,
         "rule_version": rule.version,
         "severity": rule.severity,
-        "report_id": str(report.id),
-        "report_version": report.version,
-        "report_count": count,
     }
+    if report.session_reading is None:
+        count = await conn.fetchval(
+            _LINK_AND_COUNT,
+            alert_id,
+            [r for r, _, _ in reports],
+            [v for _, v, _ in reports],
+            {str(r): values for r, _, values in reports},
+        )
+        details.update(report_id=str(report.id), report_version=report.version, report_count=count)
+        joined = not row["opened"] and count > row["report_count"]
+    else:
+        session_id, reading = report.session_reading
+        linked = await conn.fetchval(
+            _LINK_READING, alert_id, session_id, reading, report.id, reports[0][2]
+        )
+        details.update(session_id=str(session_id), reading=reading, reading_id=str(report.id))
+        joined = not row["opened"] and bool(linked)
     action = "opened" if row["opened"] else "matched"
-    joined = not row["opened"] and count > row["report_count"]
     if joined and (row["severity"] in RENEWING_SEVERITIES or rule.definition.hold):
         action = "renewed"
         deadline = await conn.fetchval(

@@ -29,6 +29,7 @@ from safetyreport.reports.types import (
     dose_mg_per_kg,
 )
 from safetyreport.reports.validation import validate_report
+from safetyreport.sessions.service import check_report_session
 from safetyreport.settings import AlertSettings, ReportSettings
 from safetyreport.times import require_utc
 
@@ -124,6 +125,13 @@ def _clinic_id(principal: Principal, code: str) -> int:
     if clinic_id is None:
         raise ValidationFailed.one("clinic", "member", f"you do not report for a clinic {code}")
     return clinic_id
+
+
+async def _check_session(conn: Conn, body: ReportBody, clinic_id: int) -> None:
+    """A report linked to a treatment session: one of its clinic and its patient."""
+    if isinstance(body, StockIncident) or body.session_id is None:
+        return
+    await check_report_session(conn, body.session_id, clinic_id, body.patient_ref)
 
 
 SELECT_VIEW = """
@@ -253,6 +261,7 @@ async def insert_report(
     """
     principal = caller.principal
     clinic_id = _clinic_id(principal, body.clinic)
+    await _check_session(conn, body, clinic_id)
     report_id = uuid.uuid4()
     stored = msgspec.to_builtins(body)
     grade = _grade(body)
@@ -358,6 +367,7 @@ async def amend_report(
     stored = msgspec.to_builtins(body)
     if stored == current:
         raise ValidationFailed.one("$", "no_change", "the amendment changes nothing")
+    await _check_session(conn, body, row["clinic_id"])
     version = row["current_version"] + 1
     await conn.execute(
         "INSERT INTO report_versions"

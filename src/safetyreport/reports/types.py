@@ -8,6 +8,7 @@ absent field as not given.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -120,6 +121,8 @@ class _PatientReport(_Report, kw_only=True):
     respiratory_rate: Annotated[int, Meta(ge=4, le=60)] | None = None
     spo2: Annotated[int, Meta(ge=50, le=100)] | None = None
     syncope: bool | None = None
+    # The treatment session the event happened in: one of the same clinic and patient.
+    session_id: uuid.UUID | None = None
 
 
 class BloodPressure(_PatientReport, kw_only=True, tag="blood_pressure"):

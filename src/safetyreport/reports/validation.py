@@ -96,7 +96,7 @@ def _check_unique(values: dict[str, Any]) -> list[FieldError]:
     ]
 
 
-def _check_pressure(values: dict[str, Any], failed: set[str]) -> list[FieldError]:
+def check_pressure(values: dict[str, Any], failed: set[str]) -> list[FieldError]:
     systolic, diastolic = values.get("systolic"), values.get("diastolic")
     if systolic is not None and diastolic is not None and systolic <= diastolic:
         return [FieldError("systolic", "above_diastolic", "systolic must exceed diastolic")]
@@ -148,7 +148,7 @@ def _check_concern(values: dict[str, Any], *, stock_concerns_allowed: bool) -> l
     return []
 
 
-def _check_dose(values: dict[str, Any], failed: set[str]) -> list[FieldError]:
+def check_dose(values: dict[str, Any], failed: set[str]) -> list[FieldError]:
     drug, dose = values.get("drug"), values.get("dose_mg")
     errors: list[FieldError] = []
     if drug == "esketamine_nasal" and dose is not None and dose not in ESKETAMINE_DOSES_MG:
@@ -282,8 +282,8 @@ def _check_across_fields(
     errors = errors + _check_time(values, kind, now, skew)
     errors += _check_unique(values)
     failed = {e.field for e in errors}
-    errors += _check_pressure(values, failed)
-    errors += _check_dose(values, failed)
+    errors += check_pressure(values, failed)
+    errors += check_dose(values, failed)
     errors += _check_outcome(values, failed)
     errors += _check_category(values, failed)
     errors += _check_concern(values, stock_concerns_allowed=stock_concerns_allowed)

@@ -1,0 +1,93 @@
+"""Treatment session bodies (issue 15). Ranges as for reports (reports/types.py); the
+fitness-to-leave criteria and their sources: docs/clinical-rules.md."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from safetyreport.reports.types import (
+    ClinicCode,
+    Diastolic,
+    Drug,
+    Lot,
+    MoaaS,
+    PatientRef,
+    Systolic,
+)
+
+AgeBand = Literal["under_65", "65_and_over"]
+Reason = Annotated[str, Meta(min_length=1, max_length=2000)]
+Pulse = Annotated[int, Meta(ge=20, le=250)]
+RespiratoryRate = Annotated[int, Meta(ge=4, le=60)]
+Spo2 = Annotated[int, Meta(ge=50, le=100)]
+CadssTotal = Annotated[int, Meta(ge=0, le=92)]
+
+
+class _Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class Checklist(_Body, kw_only=True):
+    """The pre-dose checklist: the blood pressure goes through the rules as a pre-dose
+    reading of a report would."""
+
+    systolic: Systolic
+    diastolic: Diastolic
+    fasting: bool
+    cns_depressants: bool
+    pregnancy_possible: bool
+    transport_arranged: bool
+
+
+class SessionCreate(_Body, kw_only=True):
+    # A UUID the tablet made, so that it can queue the session's later steps offline;
+    # accepted once.
+    id: uuid.UUID | None = None
+    clinic: ClinicCode
+    patient_ref: PatientRef
+    drug: Drug
+    weight_kg: Annotated[float, Meta(ge=20, le=300)] | None = None
+    age_band: AgeBand | None = None
+    prescriber: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    checklist: Checklist
+
+
+class DoseBody(_Body, kw_only=True):
+    dose_mg: Annotated[float, Meta(gt=0, le=10_000)]
+    dosed_at: datetime
+    lot: Lot | None = None
+    infusion_minutes: Annotated[int, Meta(ge=1, le=1440)] | None = None
+    # Dosing despite an open hold (the pre-dose hold): why; recorded on the alert.
+    override_reason: Reason | None = None
+
+
+class ObservationBody(_Body, kw_only=True):
+    observed_at: datetime
+    systolic: Systolic | None = None
+    diastolic: Diastolic | None = None
+    pulse: Pulse | None = None
+    respiratory_rate: RespiratoryRate | None = None
+    spo2: Spo2 | None = None
+    moaa_s: MoaaS | None = None
+    cadss_total: CadssTotal | None = None
+
+
+# The vital signs an observation may carry, in the order they are shown.
+VITALS = ("systolic", "diastolic", "pulse", "respiratory_rate", "spo2", "moaa_s", "cadss_total")
+
+
+class DischargeBody(_Body, kw_only=True):
+    discharged_at: datetime
+    moaa_s: MoaaS
+    # The last blood pressure, at discharge (absent: a criterion unmet).
+    systolic: Systolic | None = None
+    diastolic: Diastolic | None = None
+    # Someone accompanies the patient home.
+    escort: bool
+    # Discharging although a criterion is unmet: why (audited; raises discharge-override).
+    override_reason: Reason | None = None
