@@ -3,19 +3,18 @@
 -- An event's id is taken when it is inserted, but its transaction may commit after a
 -- later-numbered event's (another clinic's report, or one in flight when a primary
 -- failed over). A client resuming with Last-Event-ID = N would never be sent such an
--- event below N. Each event now records its transaction (xid) and the oldest transaction
--- still running when it was inserted (running_since: the xmin of its snapshot). An event
--- numbered below N that committed after N was running when N was inserted, so its xid is
--- at least N's running_since: the stream replays those too (alerts/broker.py
--- late_events; a client may see one again, never miss one).
+-- event below N. Each event now records its transaction (xid) and the snapshot it was
+-- inserted under (inserted_snapshot). An event numbered below N that committed after N
+-- was inserted is not visible in N's snapshot: the stream replays those too
+-- (alerts/broker.py late_events; a client may see one again, never miss one).
 --
 -- Events recorded before this migration have neither (NULL): none is replayed as late.
 ALTER TABLE alert_events
     ADD COLUMN xid xid8,
-    ADD COLUMN running_since xid8;
+    ADD COLUMN inserted_snapshot pg_snapshot;
 ALTER TABLE alert_events
     ALTER COLUMN xid SET DEFAULT pg_current_xact_id(),
-    ALTER COLUMN running_since SET DEFAULT pg_snapshot_xmin(pg_current_snapshot());
+    ALTER COLUMN inserted_snapshot SET DEFAULT pg_current_snapshot();
 
 -- Before the stream sends events it has read, the reading connection commits a write of
 -- its own and so waits until the synchronous standby has everything before it

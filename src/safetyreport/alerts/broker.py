@@ -78,12 +78,15 @@ EVENTS_AFTER = (
     + "WHERE e.id > $1 AND ($2::bigint[] IS NULL OR e.clinic_id = ANY($2::bigint[]))"
     + " ORDER BY e.id LIMIT $3"
 )
-# Events numbered below $1 that committed after it (migration 0012): their transaction
-# was still running when event $1 was inserted. Bounded by the catch-up's look-back.
+# Events numbered below $1 that committed after it was inserted (migration 0012): not
+# visible in the snapshot it was inserted under, and not of its own transaction.
+# Bounded by the catch-up's look-back.
 LATE_EVENTS = (
     _EVENT_SELECT  # noqa: S608 (constant SQL fragments, no input)
     + "WHERE e.id < $1 AND e.id >= $1 - $3"
-    + " AND e.xid >= (SELECT running_since FROM alert_events WHERE id = $1)"
+    + " AND e.xid <> (SELECT xid FROM alert_events WHERE id = $1)"
+    + " AND NOT pg_visible_in_snapshot("
+    + "e.xid, (SELECT inserted_snapshot FROM alert_events WHERE id = $1))"
     + " AND ($2::bigint[] IS NULL OR e.clinic_id = ANY($2::bigint[]))"
     + " ORDER BY e.id"
 )
