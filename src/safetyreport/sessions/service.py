@@ -29,6 +29,7 @@ from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, FieldError, NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
+from safetyreport.rems import service as rems
 from safetyreport.reports.grading import hypertension_reading_grade
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.sessions.types import (
@@ -626,6 +627,7 @@ async def discharge(
         clinic=row["clinic"],
         details={"discharged_at": body.discharged_at.isoformat(), **record},
     )
+    await rems.create_for_session(conn, session_id)
     alerts = await _run_rules(
         conn,
         caller,
