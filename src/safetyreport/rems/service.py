@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
@@ -33,7 +33,8 @@ REMS_DRUGS = frozenset({"esketamine_nasal"})
 FORM_DUE_AFTER = timedelta(days=7)
 # A REMS confirmation number as the portal shows it: letters, digits and dashes.
 CONFIRMATION_MAX = 40
-CONFIRMATION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+CONFIRMATION_REGEX = "^[A-Za-z0-9][A-Za-z0-9-]*$"
+CONFIRMATION_PATTERN = re.compile(CONFIRMATION_REGEX)
 
 Status = Literal["due", "overdue", "submitted"]
 STATUSES: tuple[Status, ...] = ("due", "overdue", "submitted")
@@ -110,7 +111,10 @@ class FormFilters(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
 
 class SubmissionBody(msgspec.Struct, frozen=True, kw_only=True):
-    confirmation_number: str
+    # The schema states the rules validate_submission checks, naming each broken one.
+    confirmation_number: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=CONFIRMATION_MAX, pattern=CONFIRMATION_REGEX)
+    ]
 
 
 _encoder = msgspec.json.Encoder()

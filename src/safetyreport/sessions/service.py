@@ -597,7 +597,8 @@ async def discharge(
 ) -> SessionView:
     """Close the session. An unmet criterion refuses it (422 naming each), unless the
     body carries an ``override_reason``: then it is stored and audited, and the discharge
-    reading raises ``discharge-override`` (high)."""
+    reading raises ``discharge-override`` (high). An esketamine session gets its REMS
+    Patient Monitoring Form (rems/service.py)."""
     row = await _load(conn, caller.principal, session_id, lock=True)
     if row["discharged_at"] is not None:
         raise Conflict("the session is discharged already")
