@@ -70,6 +70,8 @@ TAMPERED = "device-tampered"
 CLUSTER = "pattern-blood-pressure-cluster"
 REPEATED = "pattern-patient-repeated-urgent"
 DISCHARGE_OVERRIDE = "discharge-override"
+REMS_OVERDUE = "rems-form-overdue"
+OPEN_TOO_LONG = "session-open-too-long"
 
 # Severity of each default rule, as the rules table in docs/clinical-rules.md gives it.
 SEVERITY = {
@@ -111,16 +113,19 @@ SEVERITY = {
     CLUSTER: "urgent",
     REPEATED: "urgent",
     DISCHARGE_OVERRIDE: "high",
+    REMS_OVERDUE: "high",
+    OPEN_TOO_LONG: "high",
 }
 CLINIC_GROUPED = {DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER}
-# Every theft or loss is an alert of its own, with its own DEA clocks.
-REPORT_GROUPED = {THEFT}
+# Every theft or loss is an alert of its own, with its own DEA clocks; so is every
+# overdue REMS form and every session left open (tests/test_rems_forms.py).
+REPORT_GROUPED = {THEFT, REMS_OVERDUE, OPEN_TOO_LONG}
 PATTERNS = {DISCREPANCIES, CLUSTER, REPEATED, MISUSE}
 # Installed but off: CADSS above 4 is expected after a dose, counted and not queued.
 DISABLED = {DISSOC}
-# Raised by a treatment session's discharge reading only (tests/test_sessions.py): no
-# report carries discharge_override.
-SESSION_ONLY = {DISCHARGE_OVERRIDE}
+# Raised by a treatment session's discharge reading (tests/test_sessions.py) or the
+# periodic session check (tests/test_rems_forms.py) only: no report carries their facts.
+SESSION_ONLY = {DISCHARGE_OVERRIDE, REMS_OVERDUE, OPEN_TOO_LONG}
 PROTECTED = {CRISIS, RESP, THEFT, TARGET, SUICIDAL}
 # Each migration that changed a default rule made a new version of it: 0005 protected
 # three, 0007 (the clinical model) revised these; the rules 0007 added are version 1;
@@ -149,7 +154,7 @@ CHANGED_BY_0008 = {THEFT}
 
 def default_version(rule_id: str) -> int:
     if rule_id in SESSION_ONLY:
-        return 1  # added by 0013, with its guidance
+        return 1  # added by 0013 or 0014, with its guidance
     # Migration 0009 gave every default rule its guidance: a version more.
     return (
         2

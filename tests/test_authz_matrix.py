@@ -29,6 +29,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,9 @@ class Foreign:
     rule_ids: tuple[str, ...] = ()
     change_ids: tuple[int, ...] = ()
     page_ids: tuple[str, ...] = ()
-    # Its treatment session.
+    # Its treatment session, discharged, and the session's REMS form.
     session_ids: tuple[str, ...] = ()
+    form_ids: tuple[str, ...] = ()
 
     def markers(self) -> set[str]:
         """Strings that only the foreign clinic's data contains."""
@@ -88,6 +90,7 @@ class Foreign:
             *self.rule_ids,
             *self.page_ids,
             *self.session_ids,
+            *self.form_ids,
             FOREIGN_ON_CALL,
             FOREIGN_PATIENT,
             FOREIGN_TEXT,
@@ -139,6 +142,7 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
     "change_id": lambda f: str(f.change_ids[0]),
     "clinic": lambda f: FOREIGN,
     "session_id": lambda f: f.session_ids[0],
+    "form_id": lambda f: f.form_ids[0],
 }
 # Path parameters naming objects that belong to no clinic: (value, why that is fine).
 GLOBAL_IDS: dict[str, tuple[str, str]] = {}
@@ -189,6 +193,9 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
         "diastolic": 80,
         "escort": True,
         "override_reason": "probe",
+    },
+    ("POST", "/api/v1/rems/forms/{form_id:uuid}/submission"): lambda f: {
+        "confirmation_number": "RMS-PROBE-1"
     },
     # Emptying the roster would show in foreign_state().
     ("PUT", "/api/v1/clinics/{clinic:str}/on-call"): lambda f: {"entries": []},
@@ -249,6 +256,11 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ("POST", "/api/v1/sessions"): [
         # As for reports: a clinic of someone else's is invalid input (422 on "clinic").
         Probe(body=_foreign_session, also_refused=frozenset({422}))
+    ],
+    ("GET", "/api/v1/rems/forms"): [
+        Probe(query={"clinic": FOREIGN}),
+        SEEN_NOTHING,
+        Probe(query={"status": "due"}, denied=False),
     ],
     ("GET", "/api/v1/reports/export"): [
         *(Probe(query={"clinic": FOREIGN, "format": fmt}) for fmt in EXPORT_FORMATS),
@@ -426,6 +438,22 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
         )
         assert opened.status_code == 201, opened.text
         session_ids = (opened.json()["id"],)
+        # Discharged (no dose: the criteria timed from it do not apply), it has a form.
+        discharged = await http.post(
+            f"/api/v1/sessions/{session_ids[0]}/discharge",
+            json={
+                "discharged_at": datetime.now(UTC).isoformat(),
+                "moaa_s": 5,
+                "systolic": 124,
+                "diastolic": 80,
+                "escort": True,
+            },
+            headers={**nurse, "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert discharged.status_code == 200, discharged.text
+        forms = (await http.get("/api/v1/rems/forms", headers=officer)).json()["items"]
+        form_ids = tuple(form["id"] for form in forms)
+        assert len(form_ids) == 1, forms
         alerts = (await http.get("/api/v1/alerts", headers=officer)).json()["items"]
         assert alerts, "the foreign reports raised no alert"
         for alert in alerts:
@@ -458,6 +486,7 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
         (change_id,),
         tuple(r["id"] for r in pages),
         session_ids,
+        form_ids,
     )
 
 
@@ -534,6 +563,9 @@ async def foreign_state(db: asyncpg.Connection[Any]) -> list[Any]:
         UNION ALL
         SELECT 'session', s.id::text, concat_ws('/', s.updated_at, s.dosed_at, s.discharged_at)
           FROM treatment_sessions s JOIN clinics c ON c.id = s.clinic_id WHERE c.code = $1
+        UNION ALL
+        SELECT 'rems form', f.id::text, concat_ws('/', f.submitted_at, f.confirmation_number)
+          FROM rems_forms f JOIN clinics c ON c.id = f.clinic_id WHERE c.code = $1
         UNION ALL
         SELECT 'on call', o.position::text, concat_ws('/', o.user_id, o.email)
           FROM on_call o JOIN clinics c ON c.id = o.clinic_id WHERE c.code = $1

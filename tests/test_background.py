@@ -32,6 +32,7 @@ from safetyreport.background import (
 )
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import Conn, create_pool
+from safetyreport.rems.checks import SESSION_CHECKS_TASK
 from safetyreport.settings import Settings
 
 WAIT_SECONDS = 15.0
@@ -347,7 +348,13 @@ async def _until_all_succeeded(client: AsyncTestClient[Any]) -> dict[str, Any]:
 async def test_health_shows_each_tasks_last_success(client: AsyncTestClient[Any]) -> None:
     tasks = await _until_all_succeeded(client)
     # No webhooks in the test settings: no sender.
-    assert set(tasks) == {PURGE_TASK, ESCALATION_TASK, CHECKPOINT_TASK, LISTENER_TASK}
+    assert set(tasks) == {
+        PURGE_TASK,
+        ESCALATION_TASK,
+        SESSION_CHECKS_TASK,
+        CHECKPOINT_TASK,
+        LISTENER_TASK,
+    }
     for name, task in tasks.items():
         assert task["running"] is True, name
         assert (task["failures"], task["last_error"], task["last_error_at"]) == (0, None, None)

@@ -128,6 +128,9 @@ async def _objects(world: World, nurse: str, officer: str) -> dict[str, str]:
         "rule_id": "dissociation-present",
         "change_id": "1",
         "clinic": "C1",
+        # No such session or form: their 404 answers are checked all the same.
+        "session_id": str(uuid.uuid4()),
+        "form_id": str(uuid.uuid4()),
     }
 
 

@@ -49,6 +49,8 @@ from safetyreport.metrics import routes as metrics_routes
 from safetyreport.metrics.facts import counting_into
 from safetyreport.metrics.http import counting_requests
 from safetyreport.metrics.registry import Metrics
+from safetyreport.rems.checks import session_checks_task
+from safetyreport.rems.routes import RemsFormController
 from safetyreport.reports.routes import ReportController
 from safetyreport.request_context import DEPENDENCIES
 from safetyreport.sessions.routes import SessionController
@@ -86,6 +88,7 @@ def background_tasks(settings: Settings, signer: Signer, broker: AlertBroker) ->
     return [
         Periodic(PURGE_TASK, PURGE_INTERVAL, purge_expired),
         escalation_task(settings.alerts),
+        session_checks_task(settings.alerts),
         checkpoint_task(signer, settings.audit.checkpoint_interval),
         LongLived(LISTENER_TASK, broker.listen),
     ]
@@ -184,6 +187,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuthController,
             ReportController,
             SessionController,
+            RemsFormController,
             AuditController,
             AlertStreamController,
             AlertController,

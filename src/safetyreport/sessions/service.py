@@ -29,6 +29,7 @@ from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, FieldError, NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
+from safetyreport.rems import service as rems
 from safetyreport.reports.grading import hypertension_reading_grade
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.sessions.types import (
@@ -596,7 +597,8 @@ async def discharge(
 ) -> SessionView:
     """Close the session. An unmet criterion refuses it (422 naming each), unless the
     body carries an ``override_reason``: then it is stored and audited, and the discharge
-    reading raises ``discharge-override`` (high)."""
+    reading raises ``discharge-override`` (high). An esketamine session gets its REMS
+    Patient Monitoring Form (rems/service.py)."""
     row = await _load(conn, caller.principal, session_id, lock=True)
     if row["discharged_at"] is not None:
         raise Conflict("the session is discharged already")
@@ -626,6 +628,7 @@ async def discharge(
         clinic=row["clinic"],
         details={"discharged_at": body.discharged_at.isoformat(), **record},
     )
+    await rems.create_for_session(conn, session_id)
     alerts = await _run_rules(
         conn,
         caller,

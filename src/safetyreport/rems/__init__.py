@@ -1,0 +1,1 @@
+"""The SPRAVATO REMS Patient Monitoring Form of each esketamine treatment session."""
