@@ -343,6 +343,14 @@ async def test_a_linked_reports_adverse_event_refers_to_the_sessions_resources(
     assert len(references) == len(set(references))
     for reference in event["supportingInfo"][len(contained) :]:
         assert reference["itemReference"]["type"] == "Observation"
+    # The report export's FHIR Bundle gives the same AdverseEvent, references included.
+    exported = await client.get(
+        f"{REPORTS}/export", params={"format": "fhir"}, headers=users["aude"]
+    )
+    assert exported.status_code == 200, exported.text
+    Bundle.model_validate(exported.json())
+    [entry] = exported.json()["entry"]
+    assert entry["resource"] == event
 
 
 async def test_a_report_linked_to_a_session_not_yet_dosed_names_the_drug(

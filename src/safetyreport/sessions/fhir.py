@@ -265,3 +265,13 @@ async def report_links(
     if session_id is None:
         return None
     return links(await service.session_view(conn, principal, uuid.UUID(session_id)))
+
+
+async def links_of_sessions(
+    conn: Conn, principal: Principal, session_ids: set[str]
+) -> dict[str, SessionLinks]:
+    """The links to each of these sessions (the reports' of an export), by id."""
+    return {
+        session_id: links(await service.session_view(conn, principal, uuid.UUID(session_id)))
+        for session_id in sorted(session_ids)
+    }
