@@ -8,7 +8,10 @@ clinic's pseudonymous references, never names. The readings a report carries bec
 contained vital-signs Observations (LOINC codes, UCUM units) that ``supportingInfo``
 points to. R5 has no place for the dose and route of a suspect drug, so they travel as
 extensions on ``suspectEntity``; everything else the nurse noted (readings, scores,
-quantities) is summed up in the first ``note``.
+quantities) is summed up in the first ``note``. A report of a treatment session also
+refers to the session's Encounter, MedicationAdministration and Observations
+(SessionLinks, made by sessions/fhir.py, which builds its Observations of vital signs
+with ``vital_sign_observations`` here).
 
 A stock incident concerns no patient and is no adverse event: it has no FHIR view.
 """
