@@ -39,6 +39,7 @@ from safetyreport.db.query import Where
 from safetyreport.reports import fhir, service
 from safetyreport.reports.service import ReportView
 from safetyreport.reports.types import ReportBody, StockIncident, dose_mg_per_kg
+from safetyreport.sessions import fhir as session_fhir
 
 ExportFormat = Literal["csv", "ndjson", "fhir"]
 EXPORT_SYSTEM = "urn:safetyreport:report-export"
@@ -188,7 +189,9 @@ class Encoding(Protocol):
 
     def head(self, export: ReportExport) -> bytes: ...
 
-    def item(self, report: ReportView, index: int) -> bytes: ...
+    def item(
+        self, report: ReportView, index: int, session: fhir.SessionLinks | None = None
+    ) -> bytes: ...
 
     def tail(self, reports: int) -> bytes: ...
 
@@ -257,7 +260,9 @@ class CsvEncoding:
     def head(self, export: ReportExport) -> bytes:
         return _csv_line(CSV_COLUMNS)
 
-    def item(self, report: ReportView, index: int) -> bytes:
+    def item(
+        self, report: ReportView, index: int, session: fhir.SessionLinks | None = None
+    ) -> bytes:
         return _csv_line(csv_row(report))
 
     def tail(self, reports: int) -> bytes:
@@ -273,7 +278,9 @@ class NdjsonEncoding:
     def head(self, export: ReportExport) -> bytes:
         return b""
 
-    def item(self, report: ReportView, index: int) -> bytes:
+    def item(
+        self, report: ReportView, index: int, session: fhir.SessionLinks | None = None
+    ) -> bytes:
         return _encoder.encode(report) + b"\n"
 
     def tail(self, reports: int) -> bytes:
@@ -301,8 +308,11 @@ class FhirBundleEncoding:
         )
         return head[:-1]  # left open for the entries
 
-    def item(self, report: ReportView, index: int) -> bytes:
-        entry = {"fullUrl": f"urn:uuid:{report.id}", "resource": fhir.adverse_event(report)}
+    def item(
+        self, report: ReportView, index: int, session: fhir.SessionLinks | None = None
+    ) -> bytes:
+        resource = fhir.adverse_event(report, session)
+        entry = {"fullUrl": f"urn:uuid:{report.id}", "resource": resource}
         return (b',"entry":[' if index == 0 else b",") + _encoder.encode(entry)
 
     def tail(self, reports: int) -> bytes:
@@ -372,9 +382,18 @@ async def stream_export(pool: asyncpg.Pool, export: ReportExport) -> AsyncGenera
         index = 0
         async with read_snapshot(pool) as conn:
             async for rows in batches(conn, sql, export.where.args, PREFETCH_ROWS):
-                for row in rows:
-                    report = service.view_of_row(row)
-                    chunk.add(encoding.item(report, index), report)
+                reports = [service.view_of_row(row) for row in rows]
+                sessions: dict[str, fhir.SessionLinks] = {}
+                if export.format == "fhir":
+                    # A report's AdverseEvent refers to its treatment session's resources.
+                    sessions = await session_fhir.links_of_sessions(
+                        conn,
+                        export.caller.principal,
+                        {r.body["session_id"] for r in reports if r.body.get("session_id")},
+                    )
+                for report in reports:
+                    session = sessions.get(report.body.get("session_id") or "")
+                    chunk.add(encoding.item(report, index, session), report)
                     index += 1
                     if len(chunk.data) >= CHUNK_BYTES:
                         yield export.sent(*chunk.take())

@@ -8,7 +8,10 @@ clinic's pseudonymous references, never names. The readings a report carries bec
 contained vital-signs Observations (LOINC codes, UCUM units) that ``supportingInfo``
 points to. R5 has no place for the dose and route of a suspect drug, so they travel as
 extensions on ``suspectEntity``; everything else the nurse noted (readings, scores,
-quantities) is summed up in the first ``note``.
+quantities) is summed up in the first ``note``. A report of a treatment session also
+refers to the session's Encounter, MedicationAdministration and Observations
+(SessionLinks, made by sessions/fhir.py, which builds its Observations of vital signs
+with ``vital_sign_observations`` here).
 
 A stock incident concerns no patient and is no adverse event: it has no FHIR view.
 """
@@ -29,6 +32,7 @@ from safetyreport.reports.types import (
     Dissociation,
     MisuseConcern,
     PatientReport,
+    Phase,
     ReportBody,
     StockIncident,
     dose_mg_per_kg,
@@ -133,6 +137,17 @@ SEDATION_MOAA_S = 3
 
 class NoAdverseEvent(Conflict):
     """The report is not about a patient, so it has no AdverseEvent."""
+
+
+class SessionLinks(msgspec.Struct, frozen=True, kw_only=True):
+    """References from a report's AdverseEvent to the FHIR view of its treatment session
+    (``GET /api/v1/sessions/{id}/fhir``, built by sessions/fhir.py): its Encounter, the
+    dose's MedicationAdministration (none before a dose) and its Observations."""
+
+    drug: str
+    encounter: dict[str, Any]
+    administration: dict[str, Any] | None = None
+    observations: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
 def fhir_time(value: datetime) -> str:
@@ -362,42 +377,52 @@ def _vital_sign(
     }
 
 
-def observations(body: PatientReport, subject: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report's readings as vital-signs Observations, to be contained (ids local)."""
-    context: dict[str, Any] = {
-        "subject": subject,
-        "effectiveDateTime": fhir_time(body.occurred_at),
-    }
+class Readings(msgspec.Struct, frozen=True, kw_only=True):
+    """The vital signs one reading carries, as a report or a treatment session's
+    observation gives them."""
+
+    systolic: int | None = None
+    diastolic: int | None = None
+    pulse: int | None = None
+    respiratory_rate: int | None = None
+    spo2: int | None = None
+    phase: Phase | None = None
+
+
+def vital_sign_observations(readings: Readings, context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The readings as vital-signs Observations with ids local to one resource (``bp``,
+    ``heart-rate``, ``respiratory-rate``, ``spo2``); ``context`` adds the fields every one
+    carries (subject, effectiveDateTime, encounter)."""
     found: list[dict[str, Any]] = []
-    if body.systolic is not None and body.diastolic is not None:
+    if readings.systolic is not None and readings.diastolic is not None:
         mmhg = ("mmHg", "mm[Hg]")
         components = [
             {
                 "code": {"coding": [_loinc("8480-6", "Systolic blood pressure")]},
-                "valueQuantity": _quantity(body.systolic, *mmhg),
+                "valueQuantity": _quantity(readings.systolic, *mmhg),
             },
             {
                 "code": {"coding": [_loinc("8462-4", "Diastolic blood pressure")]},
-                "valueQuantity": _quantity(body.diastolic, *mmhg),
+                "valueQuantity": _quantity(readings.diastolic, *mmhg),
             },
         ]
         extra: dict[str, Any] = {"component": components}
-        if body.phase is not None:
-            extra["note"] = [{"text": f"Measured {_PHASES[body.phase]}"}]
+        if readings.phase is not None:
+            extra["note"] = [{"text": f"Measured {_PHASES[readings.phase]}"}]
         panel = _loinc("85354-9", "Blood pressure panel with all children optional")
         found.append(
             _vital_sign("bp", "bp", [panel], "Blood pressure", context, **extra),
         )
-    if body.pulse is not None:
-        value = _quantity(body.pulse, "beats/minute", "/min")
+    if readings.pulse is not None:
+        value = _quantity(readings.pulse, "beats/minute", "/min")
         codings = [_loinc("8867-4", "Heart rate")]
         found.append(
             _vital_sign(
                 "heart-rate", "heartrate", codings, "Heart rate", context, valueQuantity=value
             )
         )
-    if body.respiratory_rate is not None:
-        value = _quantity(body.respiratory_rate, "breaths/minute", "/min")
+    if readings.respiratory_rate is not None:
+        value = _quantity(readings.respiratory_rate, "breaths/minute", "/min")
         codings = [_loinc("9279-1", "Respiratory rate")]
         found.append(
             _vital_sign(
@@ -409,17 +434,31 @@ def observations(body: PatientReport, subject: dict[str, Any]) -> list[dict[str,
                 valueQuantity=value,
             )
         )
-    if body.spo2 is not None:
+    if readings.spo2 is not None:
         # The profile fixes 2708-6; 59408-5 says it was measured by pulse oximetry.
         codings = [
             _loinc("2708-6", "Oxygen saturation in Arterial blood"),
             _loinc("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
         ]
-        value = _quantity(body.spo2, "%", "%")
+        value = _quantity(readings.spo2, "%", "%")
         found.append(
             _vital_sign("spo2", "oxygensat", codings, "SpO2", context, valueQuantity=value)
         )
     return found
+
+
+def observations(body: PatientReport, subject: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's readings as vital-signs Observations, to be contained (ids local)."""
+    readings = Readings(
+        systolic=body.systolic,
+        diastolic=body.diastolic,
+        pulse=body.pulse,
+        respiratory_rate=body.respiratory_rate,
+        spo2=body.spo2,
+        phase=body.phase,
+    )
+    context = {"subject": subject, "effectiveDateTime": fhir_time(body.occurred_at)}
+    return vital_sign_observations(readings, context)
 
 
 # --- the AdverseEvent ----------------------------------------------------------------
@@ -440,7 +479,9 @@ def seriousness(body: PatientReport) -> dict[str, Any]:
     return _concept(SERIOUSNESS_SYSTEM, "serious", "Serious", f"Serious: {criteria}")
 
 
-def suspect_entity(body: PatientReport) -> dict[str, Any]:
+def suspect_entity(body: PatientReport, session: SessionLinks | None = None) -> dict[str, Any]:
+    """The drug; when the report's session gave it (a dose of the same drug), the
+    session's MedicationAdministration as ``instanceReference``."""
     substance, route = DRUGS[body.drug]
     extensions: list[dict[str, Any]] = []
     if body.dose_mg is not None:
@@ -452,6 +493,8 @@ def suspect_entity(body: PatientReport) -> dict[str, Any]:
         after = {"value": body.minutes_after_dose, "unit": "min", "system": UCUM, "code": "min"}
         extensions.append({"url": TIME_AFTER_DOSE_EXTENSION, "valueDuration": after})
     entity: dict[str, Any] = {"instanceCodeableConcept": {"text": substance}}
+    if session is not None and session.administration is not None and session.drug == body.drug:
+        entity = {"instanceReference": {**session.administration, "display": substance}}
     if extensions:
         entity["extension"] = extensions
     return entity
@@ -494,8 +537,9 @@ def patient_body(report: ReportView) -> PatientReport:
     return body
 
 
-def adverse_event(report: ReportView) -> dict[str, Any]:
-    """The report's current version as a FHIR R5 AdverseEvent (plain JSON values).
+def adverse_event(report: ReportView, session: SessionLinks | None = None) -> dict[str, Any]:
+    """The report's current version as a FHIR R5 AdverseEvent (plain JSON values);
+    ``session``: the references to its treatment session's resources, when it names one.
 
     Raises NoAdverseEvent (409) for a stock incident.
     """
@@ -527,16 +571,21 @@ def adverse_event(report: ReportView) -> dict[str, Any]:
         },
         "seriousness": seriousness(body),
         "outcome": [_concept(OUTCOME_SYSTEM, outcome_code, outcome_display)],
-        "suspectEntity": [suspect_entity(body)],
+        "suspectEntity": [suspect_entity(body, session)],
         "note": notes(body, grade),
     }
     contained = observations(body, subject)
+    supporting = [
+        {"itemReference": {"reference": f"#{observation['id']}"}} for observation in contained
+    ]
+    if session is not None:
+        resource["encounter"] = session.encounter
+        supporting += [{"itemReference": reference} for reference in session.observations]
+    # FHIR forbids empty arrays: each only when there is something in it.
     if contained:
-        # FHIR forbids empty arrays: both only when the report carries a reading.
         resource["contained"] = contained
-        resource["supportingInfo"] = [
-            {"itemReference": {"reference": f"#{observation['id']}"}} for observation in contained
-        ]
+    if supporting:
+        resource["supportingInfo"] = supporting
     if isinstance(body, BloodPressure) and body.age_band == "65_and_over":
         # Markedly raised pressure: 11 % of elderly patients against 2-5 % (docs/clinical-rules.md).
         factor = {"itemCodeableConcept": {"text": "Age 65 or over"}}

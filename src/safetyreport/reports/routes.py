@@ -29,6 +29,7 @@ from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody, ReportKind
 from safetyreport.reports.validation import validate_report
 from safetyreport.request_context import CallerDep, DbDep, StateDep
+from safetyreport.sessions import fhir as session_fhir
 from safetyreport.streaming import download, download_operation
 from safetyreport.times import require_utc
 
@@ -161,12 +162,18 @@ class ReportController(Controller):
         report_id: FromPath[uuid.UUID],
     ) -> Response[Any]:
         """One report's current version as an HL7 FHIR R5 AdverseEvent; audited as a read.
+        A report of a treatment session refers to the session's Encounter,
+        MedicationAdministration and Observations (``GET /api/v1/sessions/{id}/fhir``).
 
         A stock incident concerns no patient and has no AdverseEvent: 409.
         """
         view = await service.read_report(db, caller, report_id)
         try:
-            resource = fhir.adverse_event(view)
+            fhir.patient_body(view)  # a stock incident: 409 before anything else
+            session = await session_fhir.report_links(
+                db, caller.principal, view.body.get("session_id")
+            )
+            resource = fhir.adverse_event(view, session)
         except fhir.NoAdverseEvent as refused:
             # Answered, not raised, so that the read's audit entry commits: the answer
             # tells the caller the report exists and what it is.

@@ -23,8 +23,10 @@ from safetyreport.auth.permissions import REPORT_READERS, REPORT_WRITERS, allow
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
 from safetyreport.idempotency import StoredResponse, request_hash, write_once
+from safetyreport.reports.fhir import FHIR_JSON, encode
 from safetyreport.reports.types import PATIENT_REF_PATTERN
 from safetyreport.request_context import CallerDep, DbDep, StateDep
+from safetyreport.sessions import fhir as session_fhir
 from safetyreport.sessions import service
 from safetyreport.sessions.types import DischargeBody, DoseBody, ObservationBody, SessionCreate
 from safetyreport.sessions.validation import (
@@ -235,3 +237,24 @@ class SessionController(Controller):
     ) -> service.SessionView:
         """One session with its observations; audited as a read."""
         return await service.read_session(db, caller, session_id)
+
+    @get(
+        "/{session_id:uuid}/fhir",
+        media_type=FHIR_JSON,
+        responses={
+            200: ResponseSpec(
+                dict[str, Any],
+                description="An HL7 FHIR R5 Bundle (collection): the session's Encounter,"
+                " MedicationAdministration and Observations",
+                media_type=FHIR_JSON,
+            )
+        },
+    )
+    async def read_fhir(
+        self, db: DbDep, caller: CallerDep, session_id: FromPath[uuid.UUID]
+    ) -> Response[bytes]:
+        """The session as an HL7 FHIR R5 Bundle of type ``collection``: an Encounter, a
+        MedicationAdministration for the dose and an Observation per reading; audited as
+        a read."""
+        view = await service.read_session(db, caller, session_id)
+        return Response(encode(session_fhir.bundle(view)), media_type=FHIR_JSON)

@@ -651,6 +651,13 @@ async def discharge(
 # --- reading and listing -----------------------------------------------------------------
 
 
+async def session_view(conn: Conn, principal: Principal, session_id: uuid.UUID) -> SessionView:
+    """The session with its observations, unaudited (for a read that audits its own);
+    404 if the principal may not see it."""
+    row = await _load(conn, principal, session_id)
+    return _view(row, await conn.fetch(_SELECT_OBSERVATIONS, session_id))
+
+
 async def read_session(conn: Conn, caller: Caller, session_id: uuid.UUID) -> SessionView:
     row = await _load(conn, caller.principal, session_id)
     await caller.audit(
