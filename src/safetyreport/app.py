@@ -49,6 +49,7 @@ from safetyreport.metrics import routes as metrics_routes
 from safetyreport.metrics.facts import counting_into
 from safetyreport.metrics.http import counting_requests
 from safetyreport.metrics.registry import Metrics
+from safetyreport.patients.routes import PatientController
 from safetyreport.reports.routes import ReportController
 from safetyreport.request_context import DEPENDENCIES
 from safetyreport.sessions.routes import SessionController
@@ -184,6 +185,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuthController,
             ReportController,
             SessionController,
+            PatientController,
             AuditController,
             AlertStreamController,
             AlertController,
