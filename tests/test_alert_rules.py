@@ -70,6 +70,7 @@ TAMPERED = "device-tampered"
 CLUSTER = "pattern-blood-pressure-cluster"
 REPEATED = "pattern-patient-repeated-urgent"
 DISCHARGE_OVERRIDE = "discharge-override"
+FREQUENCY = "esketamine-frequency"
 
 # Severity of each default rule, as the rules table in docs/clinical-rules.md gives it.
 SEVERITY = {
@@ -111,6 +112,7 @@ SEVERITY = {
     CLUSTER: "urgent",
     REPEATED: "urgent",
     DISCHARGE_OVERRIDE: "high",
+    FREQUENCY: "high",
 }
 CLINIC_GROUPED = {DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER}
 # Every theft or loss is an alert of its own, with its own DEA clocks.
@@ -119,8 +121,9 @@ PATTERNS = {DISCREPANCIES, CLUSTER, REPEATED, MISUSE}
 # Installed but off: CADSS above 4 is expected after a dose, counted and not queued.
 DISABLED = {DISSOC}
 # Raised by a treatment session's discharge reading only (tests/test_sessions.py): no
-# report carries discharge_override.
-SESSION_ONLY = {DISCHARGE_OVERRIDE}
+# report carries discharge_override; nor the course facts of a session's dose
+# (tests/test_patient_timeline.py).
+SESSION_ONLY = {DISCHARGE_OVERRIDE, FREQUENCY}
 PROTECTED = {CRISIS, RESP, THEFT, TARGET, SUICIDAL}
 # Each migration that changed a default rule made a new version of it: 0005 protected
 # three, 0007 (the clinical model) revised these; the rules 0007 added are version 1;

@@ -61,6 +61,7 @@ DEFAULT_VERSIONS = {
     "pattern-blood-pressure-cluster": 3,
     "pattern-patient-repeated-urgent": 2,
     "discharge-override": 1,
+    "esketamine-frequency": 1,
 }
 DEFAULT_RULES = set(DEFAULT_VERSIONS)
 # What a rule's body holds (besides its id and scope).
@@ -208,7 +209,7 @@ async def test_list_has_the_default_rules_each_citing_a_source(r: Rules) -> None
     assert set(page) == {"items", "next_cursor"}
     assert page["next_cursor"] is None
     items = page["items"]
-    assert len(items) == len(DEFAULT_RULES) == 38
+    assert len(items) == len(DEFAULT_RULES) == 39
     assert {item["id"] for item in items} == DEFAULT_RULES
     for item in items:
         assert set(item) == {
