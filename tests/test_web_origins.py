@@ -122,12 +122,16 @@ async def _objects(world: World, nurse: str, officer: str) -> dict[str, str]:
     alerts = await world.client.get("/api/v1/alerts", headers=await world.login(officer))
     assert alerts.json()["items"], alerts.text
     return {
+        # No such patient (a 404 answer, checked all the same).
+        "patient_ref": "PT-NOBODY",
         "report_id": created.json()["id"],
         "alert_id": alerts.json()["items"][0]["id"],
         "notification_id": str(uuid.uuid4()),
         "rule_id": "dissociation-present",
         "change_id": "1",
         "clinic": "C1",
+        # No such session or form: their 404 answers are checked all the same.
+        "session_id": str(uuid.uuid4()),
     }
 
 
