@@ -72,6 +72,7 @@ REPEATED = "pattern-patient-repeated-urgent"
 DISCHARGE_OVERRIDE = "discharge-override"
 REMS_OVERDUE = "rems-form-overdue"
 OPEN_TOO_LONG = "session-open-too-long"
+FREQUENCY = "esketamine-frequency"
 
 # Severity of each default rule, as the rules table in docs/clinical-rules.md gives it.
 SEVERITY = {
@@ -115,6 +116,7 @@ SEVERITY = {
     DISCHARGE_OVERRIDE: "high",
     REMS_OVERDUE: "high",
     OPEN_TOO_LONG: "high",
+    FREQUENCY: "high",
 }
 CLINIC_GROUPED = {DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER}
 # Every theft or loss is an alert of its own, with its own DEA clocks; so is every
@@ -124,8 +126,9 @@ PATTERNS = {DISCREPANCIES, CLUSTER, REPEATED, MISUSE}
 # Installed but off: CADSS above 4 is expected after a dose, counted and not queued.
 DISABLED = {DISSOC}
 # Raised by a treatment session's discharge reading (tests/test_sessions.py) or the
-# periodic session check (tests/test_rems_forms.py) only: no report carries their facts.
-SESSION_ONLY = {DISCHARGE_OVERRIDE, REMS_OVERDUE, OPEN_TOO_LONG}
+# periodic session check (tests/test_rems_forms.py) only: no report carries their facts,
+# nor the course facts of a session's dose (tests/test_patient_timeline.py).
+SESSION_ONLY = {DISCHARGE_OVERRIDE, REMS_OVERDUE, OPEN_TOO_LONG, FREQUENCY}
 PROTECTED = {CRISIS, RESP, THEFT, TARGET, SUICIDAL}
 # Each migration that changed a default rule made a new version of it: 0005 protected
 # three, 0007 (the clinical model) revised these; the rules 0007 added are version 1;

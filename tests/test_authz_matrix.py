@@ -143,6 +143,8 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
     "clinic": lambda f: FOREIGN,
     "session_id": lambda f: f.session_ids[0],
     "form_id": lambda f: f.form_ids[0],
+    # The foreign clinic's patient (its reports and session): unknown at OWN, so 404.
+    "patient_ref": lambda f: FOREIGN_PATIENT,
 }
 # Path parameters naming objects that belong to no clinic: (value, why that is fine).
 GLOBAL_IDS: dict[str, tuple[str, str]] = {}

@@ -51,6 +51,7 @@ from safetyreport.metrics.http import counting_requests
 from safetyreport.metrics.registry import Metrics
 from safetyreport.rems.checks import session_checks_task
 from safetyreport.rems.routes import RemsFormController
+from safetyreport.patients.routes import PatientController
 from safetyreport.reports.routes import ReportController
 from safetyreport.request_context import DEPENDENCIES
 from safetyreport.sessions.routes import SessionController
@@ -188,6 +189,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ReportController,
             SessionController,
             RemsFormController,
+            PatientController,
             AuditController,
             AlertStreamController,
             AlertController,

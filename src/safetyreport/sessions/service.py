@@ -30,6 +30,7 @@ from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, FieldError, NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.rems import service as rems
+from safetyreport.patients.course import course_facts
 from safetyreport.reports.grading import hypertension_reading_grade
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.sessions.types import (
@@ -128,6 +129,8 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
     observations: list[ObservationView] | None = None
     # Only in the answer to a write: the alerts it raised or joined.
     alerts: list[RaisedAlert] | None = None
+    # The network's pseudonym linking the patient's sessions at several clinics.
+    network_ref: str | None = None
 
 
 class SessionPage(msgspec.Struct, frozen=True):
@@ -154,7 +157,7 @@ _SELECT = """
 SELECT s.id, c.code AS clinic, s.clinic_id, s.patient_ref, s.drug, s.weight_kg, s.age_band,
        s.prescriber, s.checklist, s.dose_mg, s.dosed_at, s.lot, s.infusion_minutes,
        s.dose_override_reason, s.discharged_at, s.discharge, s.created_at,
-       u.username AS created_by, s.updated_at
+       u.username AS created_by, s.updated_at, s.network_ref
 FROM treatment_sessions s
 JOIN clinics c ON c.id = s.clinic_id
 JOIN users u ON u.id = s.created_by
@@ -208,6 +211,7 @@ def _view(row: asyncpg.Record, observations: list[asyncpg.Record] | None = None)
         created_at=row["created_at"],
         created_by=row["created_by"],
         updated_at=row["updated_at"],
+        network_ref=row["network_ref"],
         observations=None
         if observations is None
         else [_observation_view(o, row["dosed_at"]) for o in observations],
@@ -324,8 +328,8 @@ async def _run_rules(
 
 _INSERT = """
 INSERT INTO treatment_sessions (id, clinic_id, patient_ref, drug, weight_kg, age_band,
-                                prescriber, checklist, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                prescriber, checklist, created_by, network_ref)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
@@ -355,6 +359,7 @@ async def open_session(
         body.prescriber,
         checklist,
         principal.id,
+        body.network_ref,
     )
     if inserted is None:
         raise Conflict(f"a treatment session {session_id} exists already; an id is used once")
@@ -461,6 +466,8 @@ async def record_dose(
         values={
             "dose_mg": body.dose_mg,
             "infusion_minutes": body.infusion_minutes,
+            # The protocol-frequency rule's facts (esketamine-frequency).
+            **await course_facts(conn, row, body.dosed_at),
         },
         settings=settings,
     )

@@ -26,6 +26,10 @@ Pulse = Annotated[int, Meta(ge=20, le=250)]
 RespiratoryRate = Annotated[int, Meta(ge=4, le=60)]
 Spo2 = Annotated[int, Meta(ge=50, le=100)]
 CadssTotal = Annotated[int, Meta(ge=0, le=92)]
+# A pseudonym the network assigns to link one patient's sessions at several clinics:
+# never a name or a record number (docs/api.md). The same pattern is checked in SQL.
+NETWORK_REF_PATTERN = r"^[A-Za-z0-9-]{4,64}$"
+NetworkRef = Annotated[str, Meta(pattern=NETWORK_REF_PATTERN)]
 
 
 class _Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -55,6 +59,8 @@ class SessionCreate(_Body, kw_only=True):
     age_band: AgeBand | None = None
     prescriber: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
     checklist: Checklist
+    # Links the patient's sessions across the network's clinics (patients/course.py).
+    network_ref: NetworkRef | None = None
 
 
 class DoseBody(_Body, kw_only=True):
