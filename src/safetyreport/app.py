@@ -49,9 +49,9 @@ from safetyreport.metrics import routes as metrics_routes
 from safetyreport.metrics.facts import counting_into
 from safetyreport.metrics.http import counting_requests
 from safetyreport.metrics.registry import Metrics
+from safetyreport.patients.routes import PatientController
 from safetyreport.rems.checks import session_checks_task
 from safetyreport.rems.routes import RemsFormController
-from safetyreport.patients.routes import PatientController
 from safetyreport.reports.routes import ReportController
 from safetyreport.request_context import DEPENDENCIES
 from safetyreport.sessions.routes import SessionController

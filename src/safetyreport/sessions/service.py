@@ -29,8 +29,8 @@ from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, FieldError, NotFound, ValidationFailed
 from safetyreport.pagination import decode_cursor, encode_cursor
-from safetyreport.rems import service as rems
 from safetyreport.patients.course import course_facts
+from safetyreport.rems import service as rems
 from safetyreport.reports.grading import hypertension_reading_grade
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.sessions.types import (
