@@ -7,13 +7,25 @@ caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import msgspec
 
 from safetyreport import audit
 from safetyreport.auth.users import Principal
 from safetyreport.db.pool import Conn
+
+
+class ListedItem(Protocol):
+    """An item of a listed page: its id and its clinic."""
+
+    @property
+    def id(self) -> object: ...
+
+    @property
+    def clinic(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +93,27 @@ class Caller:
             )
 
         await audit.append_for_each_clinic(conn, clinics, event_for)
+
+    async def audit_page(
+        self,
+        conn: Conn,
+        action: str,
+        *,
+        object_type: str,
+        filters: msgspec.Struct,
+        clinic_filter: str | None,
+        items: Sequence[ListedItem],
+        ids_key: str,
+    ) -> None:
+        """Record a listed page in the chain of each clinic on it, naming that clinic's
+        items under ``ids_key``, with the filters. An empty page is recorded where the
+        clinic filter points (no clinic: the global chain)."""
+
+        def listed(clinic: str | None) -> dict[str, Any]:
+            ids = [str(i.id) for i in items if i.clinic == clinic]
+            return {"filters": msgspec.to_builtins(filters), "count": len(ids), ids_key: ids}
+
+        clinics: set[str | None] = {i.clinic for i in items} or {clinic_filter}
+        await self.audit_each_clinic(
+            conn, clinics, action, object_type=object_type, details_for=listed
+        )

@@ -302,13 +302,14 @@ async def list_forms(conn: Conn, caller: Caller, filters: FormFilters) -> FormPa
         last = items[-1]
         next_cursor = encode_cursor(last.due_at, last.id)
 
-    def listed(clinic: str | None) -> dict[str, Any]:
-        ids = [str(i.id) for i in items if i.clinic == clinic]
-        return {"filters": msgspec.to_builtins(filters), "count": len(ids), "form_ids": ids}
-
-    clinics: set[str | None] = {i.clinic for i in items} or {filters.clinic}
-    await caller.audit_each_clinic(
-        conn, clinics, "rems_form.listed", object_type="rems_form", details_for=listed
+    await caller.audit_page(
+        conn,
+        "rems_form.listed",
+        object_type="rems_form",
+        filters=filters,
+        clinic_filter=filters.clinic,
+        items=items,
+        ids_key="form_ids",
     )
     return FormPage(items=items, next_cursor=next_cursor)
 

@@ -437,23 +437,13 @@ async def list_reports(conn: Conn, caller: Caller, filters: ReportFilters) -> Re
     if len(rows) > filters.limit:
         last = items[-1]
         next_cursor = encode_cursor(last.occurred_at, last.id)
-    await _audit_page(conn, caller, filters, items)
-    return ReportPage(items=items, next_cursor=next_cursor)
-
-
-async def _audit_page(
-    conn: Conn, caller: Caller, filters: ReportFilters, items: list[ReportView]
-) -> None:
-    """Record the page in the chain of each clinic on it, naming that clinic's reports.
-
-    An empty page is recorded where the filter points (no clinic: the global chain).
-    """
-
-    def listed(clinic: str | None) -> dict[str, Any]:
-        ids = [str(i.id) for i in items if i.clinic == clinic]
-        return {"filters": msgspec.to_builtins(filters), "count": len(ids), "report_ids": ids}
-
-    clinics: set[str | None] = {i.clinic for i in items} or {filters.clinic}
-    await caller.audit_each_clinic(
-        conn, clinics, "report.listed", object_type="report", details_for=listed
+    await caller.audit_page(
+        conn,
+        "report.listed",
+        object_type="report",
+        filters=filters,
+        clinic_filter=filters.clinic,
+        items=items,
+        ids_key="report_ids",
     )
+    return ReportPage(items=items, next_cursor=next_cursor)

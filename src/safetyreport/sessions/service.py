@@ -698,12 +698,13 @@ async def list_sessions(conn: Conn, caller: Caller, filters: SessionFilters) -> 
         last = items[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
 
-    def listed(clinic: str | None) -> dict[str, Any]:
-        ids = [str(i.id) for i in items if i.clinic == clinic]
-        return {"filters": msgspec.to_builtins(filters), "count": len(ids), "session_ids": ids}
-
-    clinics: set[str | None] = {i.clinic for i in items} or {filters.clinic}
-    await caller.audit_each_clinic(
-        conn, clinics, "session.listed", object_type="treatment_session", details_for=listed
+    await caller.audit_page(
+        conn,
+        "session.listed",
+        object_type="treatment_session",
+        filters=filters,
+        clinic_filter=filters.clinic,
+        items=items,
+        ids_key="session_ids",
     )
     return SessionPage(items=items, next_cursor=next_cursor)
