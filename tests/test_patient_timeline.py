@@ -14,10 +14,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from tests.helpers.reports import audit_rows, bp_report, create_report, errors_of
+from tests.helpers.sessions import SESSIONS, Headers, iso, open_session, post, session_body
 from tests.helpers.world import World
-from tests.test_sessions import SESSIONS, iso, open_session, post, session_body
 
-Headers = dict[str, str]
 FREQUENCY = "esketamine-frequency"
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)

@@ -28,8 +28,8 @@ from safetyreport.db.pool import create_pool, transaction
 from safetyreport.rems.checks import check_sessions
 from safetyreport.settings import Settings
 from tests.helpers.reports import adverse_report, audit_rows, create_report, errors_of
+from tests.helpers.sessions import FIT, SESSIONS, Headers, dosed_session, iso, post
 from tests.helpers.world import World
-from tests.test_sessions import FIT, SESSIONS, Headers, dosed_session, iso, post
 
 FORMS = "/api/v1/rems/forms"
 OVERDUE = "rems-form-overdue"

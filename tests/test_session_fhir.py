@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from fhir.resources.adverseevent import AdverseEvent
 from fhir.resources.bundle import Bundle
@@ -19,11 +18,10 @@ from fhir.resources.medicationadministration import MedicationAdministration
 from fhir.resources.observation import Observation
 from litestar.testing import AsyncTestClient
 
-from tests.helpers.reports import REPORTS, audit_rows, bp_report, create_report, new_key
+from tests.helpers.reports import REPORTS, audit_rows, bp_report, create_report
+from tests.helpers.sessions import SESSIONS, Headers, post, session_body
 from tests.helpers.world import World
 
-Headers = dict[str, str]
-SESSIONS = "/api/v1/sessions"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 SESSION_SYSTEM = "urn:safetyreport:treatment-session"
@@ -45,12 +43,6 @@ async def users(world: World) -> dict[str, Headers]:
     return {name: await world.login(name) for name in ("nina", "nora", "aude")}
 
 
-async def post(
-    client: AsyncTestClient[Any], path: str, headers: Headers, body: Any
-) -> httpx.Response:
-    return await client.post(path, json=body, headers={**headers, "Idempotency-Key": new_key()})
-
-
 async def step(
     client: AsyncTestClient[Any], path: str, headers: Headers, body: Any
 ) -> dict[str, Any]:
@@ -60,32 +52,12 @@ async def step(
     return answer
 
 
-def session_body(patient: str = "PT-1", **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "clinic": "C1",
-        "patient_ref": patient,
-        "drug": "esketamine_nasal",
-        "weight_kg": 70,
-        "age_band": "under_65",
-        "checklist": {
-            "systolic": 122,
-            "diastolic": 78,
-            "fasting": True,
-            "cns_depressants": False,
-            "pregnancy_possible": False,
-            "transport_arranged": True,
-        },
-    }
-    body.update(overrides)
-    return body
-
-
 async def whole_session(
     client: AsyncTestClient[Any], nina: Headers, dosed_at: datetime, patient: str = "PT-1"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A session with checklist, dose, one observation at 40 minutes and discharge: the
     closed session and the observation."""
-    opened = await step(client, SESSIONS, nina, session_body(patient))
+    opened = await step(client, SESSIONS, nina, session_body(patient, weight_kg=70))
     path = f"{SESSIONS}/{opened['id']}"
     await step(
         client,
@@ -265,7 +237,7 @@ async def test_an_open_session_before_and_after_its_dose(
     client: AsyncTestClient[Any], users: dict[str, Headers]
 ) -> None:
     nina = users["nina"]
-    opened = await step(client, SESSIONS, nina, session_body(drug="ketamine_iv"))
+    opened = await step(client, SESSIONS, nina, session_body(drug="ketamine_iv", weight_kg=70))
     doc = await bundle_of(client, nina, opened["id"])
     [encounter] = of_type(doc, "Encounter")
     assert encounter["status"] == "in-progress"
@@ -357,7 +329,7 @@ async def test_a_report_linked_to_a_session_not_yet_dosed_names_the_drug(
     client: AsyncTestClient[Any], users: dict[str, Headers]
 ) -> None:
     nina = users["nina"]
-    opened = await step(client, SESSIONS, nina, session_body("PT-P"))
+    opened = await step(client, SESSIONS, nina, session_body("PT-P", weight_kg=70))
     report = await create_report(
         client,
         nina,
@@ -380,7 +352,7 @@ async def test_a_report_linked_to_a_session_not_yet_dosed_names_the_drug(
 async def test_another_clinics_session_has_no_fhir_view(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any], users: dict[str, Headers]
 ) -> None:
-    opened = await step(client, SESSIONS, users["nina"], session_body())
+    opened = await step(client, SESSIONS, users["nina"], session_body(weight_kg=70))
     response = await client.get(f"{SESSIONS}/{opened['id']}/fhir", headers=users["nora"])
     assert response.status_code == 404, response.text
     unknown = await client.get(f"{SESSIONS}/{uuid.uuid4()}/fhir", headers=users["nina"])

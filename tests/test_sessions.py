@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -21,12 +20,19 @@ from tests.helpers.reports import (
     create_report,
     dissociation_report,
     errors_of,
-    new_key,
+)
+from tests.helpers.sessions import (
+    FIT,
+    SESSIONS,
+    Headers,
+    dosed_session,
+    iso,
+    open_session,
+    post,
+    session_body,
 )
 from tests.helpers.world import World
 
-Headers = dict[str, str]
-SESSIONS = "/api/v1/sessions"
 HOLD = "bp-pre-dose-hold"
 DISCHARGE_OVERRIDE = "discharge-override"
 
@@ -40,62 +46,6 @@ async def users(world: World) -> dict[str, Headers]:
     await world.user("olga", "safety_officer", ["C1"])
     await world.user("aude", "auditor", ["C1"])
     return {name: await world.login(name) for name in ("nina", "nora", "olga", "aude")}
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat()
-
-
-def session_body(patient: str = "PT-1", **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "clinic": "C1",
-        "patient_ref": patient,
-        "drug": "esketamine_nasal",
-        "age_band": "under_65",
-        "prescriber": "Dr Vale",
-        "checklist": {
-            "systolic": 122,
-            "diastolic": 78,
-            "fasting": True,
-            "cns_depressants": False,
-            "pregnancy_possible": False,
-            "transport_arranged": True,
-        },
-    }
-    body.update(overrides)
-    return body
-
-
-async def post(
-    client: AsyncTestClient[Any], path: str, headers: Headers, body: Any, key: str | None = None
-) -> httpx.Response:
-    return await client.post(
-        path, json=body, headers={**headers, "Idempotency-Key": key or new_key()}
-    )
-
-
-async def open_session(
-    client: AsyncTestClient[Any], headers: Headers, body: dict[str, Any]
-) -> dict[str, Any]:
-    response = await post(client, SESSIONS, headers, body)
-    assert response.status_code == 201, response.text
-    view: dict[str, Any] = response.json()
-    return view
-
-
-async def dosed_session(
-    client: AsyncTestClient[Any], headers: Headers, dosed_at: datetime, patient: str = "PT-1"
-) -> str:
-    session = await open_session(client, headers, session_body(patient))
-    dosed = await post(
-        client,
-        f"{SESSIONS}/{session['id']}/dose",
-        headers,
-        {"dose_mg": 56, "dosed_at": iso(dosed_at), "lot": "LOT-7"},
-    )
-    assert dosed.status_code == 201, dosed.text
-    session_id: str = session["id"]
-    return session_id
 
 
 def rules_of(answer: dict[str, Any]) -> set[str]:
@@ -335,9 +285,6 @@ async def observed_at_40(
         {"observed_at": iso(dosed_at + timedelta(minutes=40)), "systolic": 140, "diastolic": 88},
     )
     assert response.status_code == 201, response.text
-
-
-FIT = {"moaa_s": 5, "systolic": 128, "diastolic": 82, "escort": True}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""Treatment sessions for the tests: bodies, posting with a fresh Idempotency-Key, a
+session opened and dosed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+from litestar.testing import AsyncTestClient
+
+from tests.helpers.reports import new_key
+
+Headers = dict[str, str]
+SESSIONS = "/api/v1/sessions"
+# A discharge that meets every fitness-to-leave criterion.
+FIT = {"moaa_s": 5, "systolic": 128, "diastolic": 82, "escort": True}
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def session_body(patient: str = "PT-1", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "clinic": "C1",
+        "patient_ref": patient,
+        "drug": "esketamine_nasal",
+        "age_band": "under_65",
+        "prescriber": "Dr Vale",
+        "checklist": {
+            "systolic": 122,
+            "diastolic": 78,
+            "fasting": True,
+            "cns_depressants": False,
+            "pregnancy_possible": False,
+            "transport_arranged": True,
+        },
+    }
+    body.update(overrides)
+    return body
+
+
+async def post(
+    client: AsyncTestClient[Any], path: str, headers: Headers, body: Any, key: str | None = None
+) -> httpx.Response:
+    return await client.post(
+        path, json=body, headers={**headers, "Idempotency-Key": key or new_key()}
+    )
+
+
+async def open_session(
+    client: AsyncTestClient[Any], headers: Headers, body: dict[str, Any]
+) -> dict[str, Any]:
+    response = await post(client, SESSIONS, headers, body)
+    assert response.status_code == 201, response.text
+    view: dict[str, Any] = response.json()
+    return view
+
+
+async def dosed_session(
+    client: AsyncTestClient[Any], headers: Headers, dosed_at: datetime, patient: str = "PT-1"
+) -> str:
+    session = await open_session(client, headers, session_body(patient))
+    dosed = await post(
+        client,
+        f"{SESSIONS}/{session['id']}/dose",
+        headers,
+        {"dose_mg": 56, "dosed_at": iso(dosed_at), "lot": "LOT-7"},
+    )
+    assert dosed.status_code == 201, dosed.text
+    session_id: str = session["id"]
+    return session_id
