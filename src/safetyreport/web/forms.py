@@ -36,6 +36,9 @@ Widget = Literal[
     "questions",
 ]
 
+# A UUID as the browser checks it before sending (the service parses it).
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
 KIND_LABELS = {
     "blood_pressure": "Blood pressure",
     "dissociation": "Dissociation or sedation",
@@ -161,6 +164,7 @@ LABELS = {
     "syncope": "Syncope (fainted)?",
     "symptoms": "Crisis symptoms",
     "drug": "Drug",
+    "session_id": "Treatment session (optional)",
     "dose_mg": "Dose (mg)",
     "weight_kg": "Weight (kg)",
     "infusion_minutes": "Infusion time (min)",
@@ -203,6 +207,7 @@ HINTS = {
     "cadss_total": "CADSS-23 total, 0-92.",
     "dose_mg": "Esketamine nasal spray: 28, 56 or 84.",
     "weight_kg": "Needed with a dose of IV or IM ketamine (the dose per kg).",
+    "session_id": "The session's id, when the event happened during a treatment session.",
     "verbatim_term": "As you would write it; the service suggests a standard term beside it.",
     "cssrs": "Give the screener, PHQ-9 item 9, or both.",
     "phq9_item9": "Thoughts of being better off dead or of self-harm, over the last 2 weeks.",
@@ -262,7 +267,7 @@ _HEAD = ("clinic", "patient_ref", "occurred_at")
 _VITALS = ("phase", "systolic", "diastolic", "pulse", "respiratory_rate", "spo2", "syncope")
 _DRUG = (
     "Drug and dose",
-    ("drug", "dose_mg", "weight_kg", "infusion_minutes", "minutes_after_dose"),
+    ("session_id", "drug", "dose_mg", "weight_kg", "infusion_minutes", "minutes_after_dose"),
 )
 _OUTCOME = ("Outcome", ("age_band", "outcome", "seriousness", "narrative"))
 SECTIONS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
@@ -444,6 +449,8 @@ def _field(kind: str, info: mi.Field, legacy: bool) -> FormField:
             minimum_exclusive=exclusive,
             **common,
         )
+    if isinstance(t, mi.UUIDType):
+        return FormField(widget="text", max_length=36, pattern=UUID_PATTERN, **common)
     if isinstance(t, mi.StrType):
         widget = "textarea" if name in _TEXTAREAS else "text"
         return FormField(widget=widget, max_length=t.max_length, pattern=t.pattern, **common)
