@@ -164,7 +164,7 @@ LABELS = {
     "syncope": "Syncope (fainted)?",
     "symptoms": "Crisis symptoms",
     "drug": "Drug",
-    "session_id": "Treatment session (optional)",
+    "session_id": "Treatment session",
     "dose_mg": "Dose (mg)",
     "weight_kg": "Weight (kg)",
     "infusion_minutes": "Infusion time (min)",
