@@ -80,6 +80,8 @@ class Foreign:
     # Its treatment session, discharged, and the session's REMS form.
     session_ids: tuple[str, ...] = ()
     form_ids: tuple[str, ...] = ()
+    # An observation of that session.
+    observation_ids: tuple[str, ...] = ()
 
     def markers(self) -> set[str]:
         """Strings that only the foreign clinic's data contains."""
@@ -91,6 +93,7 @@ class Foreign:
             *self.page_ids,
             *self.session_ids,
             *self.form_ids,
+            *self.observation_ids,
             FOREIGN_ON_CALL,
             FOREIGN_PATIENT,
             FOREIGN_TEXT,
@@ -143,6 +146,7 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
     "clinic": lambda f: FOREIGN,
     "session_id": lambda f: f.session_ids[0],
     "form_id": lambda f: f.form_ids[0],
+    "observation_id": lambda f: f.observation_ids[0],
     # The foreign clinic's patient (its reports and session): unknown at OWN, so 404.
     "patient_ref": lambda f: FOREIGN_PATIENT,
 }
@@ -196,6 +200,14 @@ BODIES: dict[tuple[str, str], Callable[[Foreign], Any] | None] = {
         "escort": True,
         "override_reason": "probe",
     },
+    ("POST", "/api/v1/sessions/{session_id:uuid}/amendments"): lambda f: {
+        "reason": "probe",
+        "prescriber": "Dr Probe",
+    },
+    (
+        "POST",
+        "/api/v1/sessions/{session_id:uuid}/observations/{observation_id:uuid}/amendments",
+    ): lambda f: {"reason": "probe", "pulse": 70},
     ("POST", "/api/v1/rems/forms/{form_id:uuid}/submission"): lambda f: {
         "confirmation_number": "RMS-PROBE-1"
     },
@@ -440,6 +452,12 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
         )
         assert opened.status_code == 201, opened.text
         session_ids = (opened.json()["id"],)
+        observed = await http.post(
+            f"/api/v1/sessions/{session_ids[0]}/observations",
+            json={"observed_at": datetime.now(UTC).isoformat(), "pulse": 72},
+            headers={**nurse, "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert observed.status_code == 201, observed.text
         # Discharged (no dose: the criteria timed from it do not apply), it has a form.
         discharged = await http.post(
             f"/api/v1/sessions/{session_ids[0]}/discharge",
@@ -489,6 +507,7 @@ async def foreign_clinic(base_url: str, db: asyncpg.Connection[Any]) -> Foreign:
         tuple(r["id"] for r in pages),
         session_ids,
         form_ids,
+        (observed.json()["id"],),
     )
 
 
@@ -563,8 +582,13 @@ async def foreign_state(db: asyncpg.Connection[Any]) -> list[Any]:
         SELECT 'rule', r.id, concat_ws('/', r.version, r.enabled)
           FROM alert_rules r JOIN clinics c ON c.id = ANY(r.clinic_ids) WHERE c.code = $1
         UNION ALL
-        SELECT 'session', s.id::text, concat_ws('/', s.updated_at, s.dosed_at, s.discharged_at)
+        SELECT 'session', s.id::text,
+               concat_ws('/', s.version, s.updated_at, s.dosed_at, s.discharged_at)
           FROM treatment_sessions s JOIN clinics c ON c.id = s.clinic_id WHERE c.code = $1
+        UNION ALL
+        SELECT 'observation', o.id::text, concat_ws('/', o.version, o.vitals)
+          FROM session_observations o JOIN treatment_sessions s ON s.id = o.session_id
+          JOIN clinics c ON c.id = s.clinic_id WHERE c.code = $1
         UNION ALL
         SELECT 'rems form', f.id::text, concat_ws('/', f.submitted_at, f.confirmation_number)
           FROM rems_forms f JOIN clinics c ON c.id = f.clinic_id WHERE c.code = $1

@@ -142,6 +142,17 @@ async def create_for_session(conn: Conn, session_id: uuid.UUID) -> None:
     )
 
 
+async def follow_dose_time(conn: Conn, session_id: uuid.UUID) -> None:
+    """A corrected dose time moves the due date of the session's form, if not submitted."""
+    await conn.execute(
+        "UPDATE rems_forms f SET due_at = s.dosed_at + $2::interval"
+        " FROM treatment_sessions s"
+        " WHERE f.session_id = $1 AND s.id = f.session_id AND f.submitted_at IS NULL",
+        session_id,
+        FORM_DUE_AFTER,
+    )
+
+
 # --- the content ---------------------------------------------------------------------------
 
 _SESSION = """

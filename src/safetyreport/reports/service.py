@@ -12,6 +12,7 @@ import msgspec
 
 from safetyreport.alerts.evaluate import StoredReport, evaluate_report
 from safetyreport.alerts.raised import RaisedAlert, raised_alerts
+from safetyreport.amendments import changed_fields, reason_and_changes
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
@@ -326,25 +327,6 @@ def encode(view: msgspec.Struct) -> bytes:
     return _encoder.encode(view)
 
 
-def _amendment_changes(raw: Any) -> tuple[str, dict[str, Any]]:
-    if not isinstance(raw, dict):
-        raise ValidationFailed.one("$", "type", "the body must be a JSON object")
-    changes = dict(raw)
-    reason = changes.pop("reason", None)
-    if reason is None:
-        raise ValidationFailed.one("reason", "required", "say why the report changes")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000 or "\x00" in reason:
-        raise ValidationFailed.one("reason", "length", "a reason is 1-1000 characters of text")
-    fixed = sorted(FIXED_FIELDS & changes.keys())
-    if fixed:
-        raise ValidationFailed(
-            [ValidationFailed.one(f, "fixed", f"{f} cannot be amended").errors[0] for f in fixed]
-        )
-    if not changes:
-        raise ValidationFailed.one("$", "no_change", "name at least one field to change")
-    return reason.strip(), changes
-
-
 async def amend_report(
     conn: Conn,
     caller: Caller,
@@ -354,7 +336,7 @@ async def amend_report(
     alert_settings: AlertSettings,
 ) -> ReportView:
     """Add a version with the changed fields, validated like a new report; rules run on it."""
-    reason, changes = _amendment_changes(raw)
+    reason, changes = reason_and_changes(raw, noun="report", fixed=FIXED_FIELDS)
     row = await _load(conn, caller.principal, report_id, lock=True)
     current: dict[str, Any] = row["body"]
     merged = {k: v for k, v in {**current, **changes}.items() if v is not None}
@@ -388,11 +370,7 @@ async def amend_report(
         body.patient_ref,
         body.occurred_at,
     )
-    changed = {
-        k: {"from": current.get(k), "to": stored.get(k)}
-        for k in sorted(current.keys() | stored.keys())
-        if current.get(k) != stored.get(k)
-    }
+    changed = changed_fields(current, stored)
     await caller.audit(
         conn,
         "report.amended",

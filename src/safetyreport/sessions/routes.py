@@ -215,6 +215,89 @@ class SessionController(Controller):
             action,
         )
 
+    @post(
+        "/{session_id:uuid}/amendments",
+        opt=allow(REPORT_WRITERS),
+        request_max_body_size=MAX_SESSION_BYTES,
+        responses={201: ResponseSpec(service.SessionView, description="The amended session")},
+    )
+    async def amend(
+        self,
+        request: Request[Any, Any, Any],
+        db: DbDep,
+        caller: CallerDep,
+        app_state: StateDep,
+        session_id: FromPath[uuid.UUID],
+        data: SkipValidation[JSONBody[dict[str, Any]]],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[bytes]:
+        """Correct the session: ``{"reason": ..., <changed fields>}`` (its weight, age
+        band, prescriber, network ref, checklist, or its dose: ``dose_mg``, ``dosed_at``,
+        ``lot``, ``infusion_minutes``) makes a new version; the rules of the checklist or
+        the dose run again on the corrected values (``alerts``)."""
+        settings = app_state.settings
+
+        async def action(conn: Conn) -> tuple[int, bytes]:
+            view = await service.amend_session(
+                conn, caller, session_id, data, settings.alerts, skew=settings.reports.clock_skew
+            )
+            return 201, service.encode(view)
+
+        return await _once(
+            request,
+            db,
+            caller.principal.id,
+            idempotency_key,
+            settings.reports.idempotency_ttl,
+            data,
+            action,
+        )
+
+    @post(
+        "/{session_id:uuid}/observations/{observation_id:uuid}/amendments",
+        opt=allow(REPORT_WRITERS),
+        request_max_body_size=MAX_SESSION_BYTES,
+        responses={
+            201: ResponseSpec(service.ObservationView, description="The amended observation")
+        },
+    )
+    async def amend_observation(
+        self,
+        request: Request[Any, Any, Any],
+        db: DbDep,
+        caller: CallerDep,
+        app_state: StateDep,
+        session_id: FromPath[uuid.UUID],
+        observation_id: FromPath[uuid.UUID],
+        data: SkipValidation[JSONBody[dict[str, Any]]],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[bytes]:
+        """Correct an observation: ``{"reason": ..., <changed fields>}`` (``observed_at``
+        or any vital sign) makes a new version; its rules run again (``alerts``)."""
+        settings = app_state.settings
+
+        async def action(conn: Conn) -> tuple[int, bytes]:
+            view = await service.amend_observation(
+                conn,
+                caller,
+                session_id,
+                observation_id,
+                data,
+                settings.alerts,
+                skew=settings.reports.clock_skew,
+            )
+            return 201, service.encode(view)
+
+        return await _once(
+            request,
+            db,
+            caller.principal.id,
+            idempotency_key,
+            settings.reports.idempotency_ttl,
+            data,
+            action,
+        )
+
     @get("/")
     async def list(
         self,

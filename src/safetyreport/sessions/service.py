@@ -23,6 +23,7 @@ import msgspec
 from safetyreport.alerts import queue
 from safetyreport.alerts.evaluate import StoredReport, evaluate_report, facts_of, rules_in_force
 from safetyreport.alerts.raised import RaisedAlert, raised_alerts
+from safetyreport.amendments import changed_fields, reason_and_changes
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
@@ -40,6 +41,7 @@ from safetyreport.sessions.types import (
     ObservationBody,
     SessionCreate,
 )
+from safetyreport.sessions.validation import validate_dose, validate_observation, validate_session
 from safetyreport.settings import AlertSettings
 from safetyreport.times import require_utc
 
@@ -98,8 +100,33 @@ class ObservationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     cadss_total: int | None = None
     created_at: datetime
     created_by: str
+    # 1 as recorded, one more for each amendment.
+    version: int
+    # On the single-session view: every version, the first as recorded.
+    versions: list[ObservationVersionView] | None = None
     # Only in the answer to recording it: the alerts it raised or joined.
     alerts: list[RaisedAlert] | None = None
+
+
+class ObservationVersionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    version: int
+    observed_at: datetime
+    vitals: dict[str, Any]
+    # Why it was amended (none for the first version).
+    reason: str | None = None
+    changed_by: str
+    changed_at: datetime
+
+
+class SessionVersionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    version: int
+    # opened, dosed, discharged, amended (migrated: the state when versions began).
+    change: str
+    # The session's fields after the change.
+    state: dict[str, Any]
+    reason: str | None = None
+    changed_by: str
+    changed_at: datetime
 
 
 class SessionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,6 +158,11 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
     alerts: list[RaisedAlert] | None = None
     # The network's pseudonym linking the patient's sessions at several clinics.
     network_ref: str | None = None
+    # The count of changes to the session (opening it is 1; the dose, the discharge and
+    # each amendment add one).
+    version: int = 1
+    # On the single-session view: every version of the session, oldest first.
+    versions: list[SessionVersionView] | None = None
 
 
 class SessionPage(msgspec.Struct, frozen=True):
@@ -157,16 +189,58 @@ _SELECT = """
 SELECT s.id, c.code AS clinic, s.clinic_id, s.patient_ref, s.drug, s.weight_kg, s.age_band,
        s.prescriber, s.checklist, s.dose_mg, s.dosed_at, s.lot, s.infusion_minutes,
        s.dose_override_reason, s.discharged_at, s.discharge, s.created_at,
-       u.username AS created_by, s.updated_at, s.network_ref
+       u.username AS created_by, s.updated_at, s.network_ref, s.version
 FROM treatment_sessions s
 JOIN clinics c ON c.id = s.clinic_id
 JOIN users u ON u.id = s.created_by
 """
 _SELECT_OBSERVATIONS = """
-SELECT o.id, o.session_id, o.observed_at, o.vitals, o.created_at, u.username AS created_by
+SELECT o.id, o.session_id, o.observed_at, o.vitals, o.created_at, u.username AS created_by,
+       o.version
 FROM session_observations o JOIN users u ON u.id = o.created_by
 WHERE o.session_id = $1 ORDER BY o.observed_at, o.id
 """
+_SELECT_VERSIONS = """
+SELECT v.version, v.change, v.state, v.reason, u.username AS changed_by, v.changed_at
+FROM treatment_session_versions v JOIN users u ON u.id = v.changed_by
+WHERE v.session_id = $1 ORDER BY v.version
+"""
+_SELECT_OBSERVATION_VERSIONS = """
+SELECT v.observation_id, v.version, v.observed_at, v.vitals, v.reason,
+       u.username AS changed_by, v.changed_at
+FROM session_observation_versions v
+JOIN session_observations o ON o.id = v.observation_id
+JOIN users u ON u.id = v.changed_by
+WHERE o.session_id = $1 ORDER BY v.observation_id, v.version
+"""
+# Every change to a session's row adds a version holding the fields after it (the one
+# list of what a version keeps; migration 0016 wrote the first versions with it too).
+_RECORD_VERSION = """
+WITH changed AS (
+    UPDATE treatment_sessions SET version = version + 1, updated_at = now()
+    WHERE id = $1 RETURNING *
+)
+INSERT INTO treatment_session_versions (session_id, version, change, state, reason, changed_by)
+SELECT id, version, $2,
+       jsonb_build_object(
+           'weight_kg', weight_kg, 'age_band', age_band, 'prescriber', prescriber,
+           'network_ref', network_ref, 'checklist', checklist, 'dose_mg', dose_mg,
+           'dosed_at', dosed_at, 'lot', lot, 'infusion_minutes', infusion_minutes,
+           'dose_override_reason', dose_override_reason,
+           'discharged_at', discharged_at, 'discharge', discharge),
+       $3, $4
+FROM changed
+RETURNING version
+"""
+
+
+async def _record_version(
+    conn: Conn, session_id: uuid.UUID, change: str, caller: Caller, reason: str | None = None
+) -> int:
+    version: int = await conn.fetchval(
+        _RECORD_VERSION, session_id, change, reason, caller.principal.id
+    )
+    return version
 
 
 def _minutes_after(dosed_at: datetime | None, at: datetime) -> int | None:
@@ -176,7 +250,9 @@ def _minutes_after(dosed_at: datetime | None, at: datetime) -> int | None:
 
 
 def _observation_view(
-    row: asyncpg.Record | dict[str, Any], dosed_at: datetime | None
+    row: asyncpg.Record | dict[str, Any],
+    dosed_at: datetime | None,
+    versions: list[asyncpg.Record] | None = None,
 ) -> ObservationView:
     vitals: dict[str, Any] = row["vitals"]
     return ObservationView(
@@ -186,11 +262,45 @@ def _observation_view(
         minutes_after_dose=_minutes_after(dosed_at, row["observed_at"]),
         created_at=row["created_at"],
         created_by=row["created_by"],
+        version=row["version"],
+        versions=None
+        if versions is None
+        else [
+            ObservationVersionView(
+                version=v["version"],
+                observed_at=v["observed_at"],
+                vitals=v["vitals"],
+                reason=v["reason"],
+                changed_by=v["changed_by"],
+                changed_at=v["changed_at"],
+            )
+            for v in versions
+        ],
         **{name: vitals.get(name) for name in VITALS},
     )
 
 
-def _view(row: asyncpg.Record, observations: list[asyncpg.Record] | None = None) -> SessionView:
+@dataclass(frozen=True, slots=True)
+class _History:
+    """What the single-session view shows beside the row."""
+
+    observations: list[asyncpg.Record]
+    versions: list[asyncpg.Record]
+    observation_versions: dict[uuid.UUID, list[asyncpg.Record]]
+
+
+async def _history(conn: Conn, session_id: uuid.UUID) -> _History:
+    by_observation: dict[uuid.UUID, list[asyncpg.Record]] = {}
+    for version in await conn.fetch(_SELECT_OBSERVATION_VERSIONS, session_id):
+        by_observation.setdefault(version["observation_id"], []).append(version)
+    return _History(
+        observations=await conn.fetch(_SELECT_OBSERVATIONS, session_id),
+        versions=await conn.fetch(_SELECT_VERSIONS, session_id),
+        observation_versions=by_observation,
+    )
+
+
+def _view(row: asyncpg.Record, history: _History | None = None) -> SessionView:
     return SessionView(
         id=row["id"],
         clinic=row["clinic"],
@@ -212,9 +322,16 @@ def _view(row: asyncpg.Record, observations: list[asyncpg.Record] | None = None)
         created_by=row["created_by"],
         updated_at=row["updated_at"],
         network_ref=row["network_ref"],
+        version=row["version"],
         observations=None
-        if observations is None
-        else [_observation_view(o, row["dosed_at"]) for o in observations],
+        if history is None
+        else [
+            _observation_view(o, row["dosed_at"], history.observation_versions.get(o["id"], []))
+            for o in history.observations
+        ],
+        versions=None
+        if history is None
+        else [SessionVersionView(**dict(v)) for v in history.versions],
     )
 
 
@@ -234,7 +351,7 @@ async def _load(
 async def _detail(conn: Conn, session_id: uuid.UUID, alerts: list[RaisedAlert]) -> SessionView:
     row = await conn.fetchrow(_SELECT + " WHERE s.id = $1", session_id)
     assert row is not None
-    view = _view(row, await conn.fetch(_SELECT_OBSERVATIONS, session_id))
+    view = _view(row, await _history(conn, session_id))
     return msgspec.structs.replace(view, alerts=alerts)
 
 
@@ -324,6 +441,40 @@ async def _run_rules(
     return await raised_alerts(conn, outcome)
 
 
+# The values each reading of a session gives the rules (opening it, an observation, the
+# dose), whether first recorded or amended.
+
+
+def _checklist_values(checklist: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "phase": "pre_dose",
+        "systolic": checklist["systolic"],
+        "diastolic": checklist["diastolic"],
+    }
+
+
+def _observation_values(
+    vitals: dict[str, Any], dosed_at: datetime | None, observed_at: datetime
+) -> dict[str, Any]:
+    """Post-dose once the dose is recorded and the reading follows it, else pre-dose (a
+    recheck before dosing)."""
+    minutes = _minutes_after(dosed_at, observed_at)
+    return {
+        **vitals,
+        "phase": "pre_dose" if minutes is None else "post_dose",
+        "minutes_after_dose": minutes,
+    }
+
+
+async def _dose_values(conn: Conn, row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """The dose as stored, with the protocol-frequency rule's facts (esketamine-frequency)."""
+    return {
+        "dose_mg": row["dose_mg"],
+        "infusion_minutes": row["infusion_minutes"],
+        **await course_facts(conn, row, row["dosed_at"]),
+    }
+
+
 # --- opening a session -------------------------------------------------------------------
 
 _INSERT = """
@@ -363,6 +514,7 @@ async def open_session(
     )
     if inserted is None:
         raise Conflict(f"a treatment session {session_id} exists already; an id is used once")
+    await _record_version(conn, session_id, "opened", caller)
     await caller.audit(
         conn,
         "session.opened",
@@ -379,11 +531,7 @@ async def open_session(
         reading="checklist",
         reading_id=session_id,
         at=row["created_at"],
-        values={
-            "phase": "pre_dose",
-            "systolic": checklist["systolic"],
-            "diastolic": checklist["diastolic"],
-        },
+        values=_checklist_values(checklist),
         settings=settings,
     )
     return await _detail(conn, session_id, alerts)
@@ -445,6 +593,7 @@ async def record_dose(
         body.infusion_minutes,
         body.override_reason if holds else None,
     )
+    await _record_version(conn, session_id, "dosed", caller)
     await caller.audit(
         conn,
         "session.dosed",
@@ -463,18 +612,34 @@ async def record_dose(
         reading="dose",
         reading_id=uuid.uuid5(session_id, "dose"),
         at=body.dosed_at,
-        values={
-            "dose_mg": body.dose_mg,
-            "infusion_minutes": body.infusion_minutes,
-            # The protocol-frequency rule's facts (esketamine-frequency).
-            **await course_facts(conn, row, body.dosed_at),
-        },
+        values=await _dose_values(
+            conn,
+            {
+                **dict(row),
+                "dose_mg": body.dose_mg,
+                "dosed_at": body.dosed_at,
+                "infusion_minutes": body.infusion_minutes,
+            },
+        ),
         settings=settings,
     )
     return await _detail(conn, session_id, alerts)
 
 
 # --- observations ------------------------------------------------------------------------
+
+# The observation and its first version, in one statement.
+_INSERT_OBSERVATION = """
+WITH stored AS (
+    INSERT INTO session_observations (id, session_id, observed_at, vitals, created_by)
+    VALUES ($1, $2, $3, $4, $5)
+    RETURNING id, observed_at, vitals, created_by, created_at
+)
+INSERT INTO session_observation_versions (observation_id, version, observed_at, vitals,
+                                          changed_by, changed_at)
+SELECT id, 1, observed_at, vitals, created_by, created_at FROM stored
+RETURNING changed_at AS created_at
+"""
 
 
 async def add_observation(
@@ -493,8 +658,7 @@ async def add_observation(
     vitals = {name: getattr(body, name) for name in VITALS if getattr(body, name) is not None}
     observation_id = uuid.uuid4()
     stored = await conn.fetchrow(
-        "INSERT INTO session_observations (id, session_id, observed_at, vitals, created_by)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+        _INSERT_OBSERVATION,
         observation_id,
         session_id,
         body.observed_at,
@@ -515,7 +679,6 @@ async def add_observation(
             **vitals,
         },
     )
-    minutes = _minutes_after(row["dosed_at"], body.observed_at)
     alerts = await _run_rules(
         conn,
         caller,
@@ -523,11 +686,7 @@ async def add_observation(
         reading="observation",
         reading_id=observation_id,
         at=body.observed_at,
-        values={
-            **vitals,
-            "phase": "pre_dose" if minutes is None else "post_dose",
-            "minutes_after_dose": minutes,
-        },
+        values=_observation_values(vitals, row["dosed_at"], body.observed_at),
         settings=settings,
     )
     view = _observation_view(
@@ -538,6 +697,7 @@ async def add_observation(
             "vitals": vitals,
             "created_at": stored["created_at"],
             "created_by": caller.principal.username,
+            "version": 1,
         },
         row["dosed_at"],
     )
@@ -627,6 +787,7 @@ async def discharge(
         body.discharged_at,
         record,
     )
+    await _record_version(conn, session_id, "discharged", caller)
     await caller.audit(
         conn,
         "session.discharged",
@@ -655,6 +816,217 @@ async def discharge(
     return await _detail(conn, session_id, alerts)
 
 
+# --- amendments --------------------------------------------------------------------------
+
+# Fields a session's amendment may change; its clinic, patient and drug make it the
+# session it is (a wrong one is a new session), and the discharge is its own record.
+_SESSION_FIELDS = ("weight_kg", "age_band", "prescriber", "network_ref", "checklist")
+_DOSE_FIELDS = ("dose_mg", "dosed_at", "lot", "infusion_minutes")
+_FIXED = frozenset({"id", "clinic", "patient_ref", "drug"})
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+async def amend_session(
+    conn: Conn,
+    caller: Caller,
+    session_id: uuid.UUID,
+    raw: Any,
+    settings: AlertSettings,
+    *,
+    skew: timedelta,
+) -> SessionView:
+    """Correct the session's fields or its dose: validated as when they were first given,
+    kept as a new version with the reason (audited), and the checklist's or the dose's
+    rules run again on the corrected values, as a report's amendment does."""
+    reason, changes = reason_and_changes(raw, noun="session", fixed=_FIXED)
+    row = await _load(conn, caller.principal, session_id, lock=True)
+    unknown = sorted(changes.keys() - {*_SESSION_FIELDS, *_DOSE_FIELDS})
+    if unknown:
+        raise ValidationFailed(
+            [FieldError(f, "unknown_field", f"{f} cannot be amended here") for f in unknown]
+        )
+    dose_changes = {k: v for k, v in changes.items() if k in _DOSE_FIELDS}
+    if dose_changes and row["dosed_at"] is None:
+        raise ValidationFailed(
+            [FieldError(f, "not_dosed", "no dose is recorded to correct") for f in dose_changes]
+        )
+    before = {name: row[name] for name in (*_SESSION_FIELDS, *_DOSE_FIELDS)}
+    opened = validate_session(
+        _present(
+            {
+                "clinic": row["clinic"],
+                "patient_ref": row["patient_ref"],
+                "drug": row["drug"],
+                **{name: row[name] for name in _SESSION_FIELDS},
+                **{k: v for k, v in changes.items() if k in _SESSION_FIELDS},
+            }
+        )
+    )
+    after: dict[str, Any] = {
+        name: msgspec.to_builtins(getattr(opened, name)) for name in _SESSION_FIELDS
+    }
+    after.update({name: row[name] for name in _DOSE_FIELDS})
+    if row["dosed_at"] is not None:
+        dose = validate_dose(
+            _present({**{name: row[name] for name in _DOSE_FIELDS}, **dose_changes}),
+            row["drug"],
+            opened.weight_kg,
+            skew=skew,
+        )
+        after.update({name: getattr(dose, name) for name in _DOSE_FIELDS})
+    changed = changed_fields(msgspec.to_builtins(before), msgspec.to_builtins(after))
+    if not changed:
+        raise ValidationFailed.one("$", "no_change", "the amendment changes nothing")
+    await conn.execute(
+        "UPDATE treatment_sessions SET weight_kg = $2, age_band = $3, prescriber = $4,"
+        " network_ref = $5, checklist = $6, dose_mg = $7, dosed_at = $8, lot = $9,"
+        " infusion_minutes = $10 WHERE id = $1",
+        session_id,
+        *(after[name] for name in (*_SESSION_FIELDS, *_DOSE_FIELDS)),
+    )
+    if "dosed_at" in changed:
+        await rems.follow_dose_time(conn, session_id)
+    version = await _record_version(conn, session_id, "amended", caller, reason)
+    await caller.audit(
+        conn,
+        "session.amended",
+        object_type="treatment_session",
+        object_id=str(session_id),
+        clinic=row["clinic"],
+        details={"version": version, "reason": reason, "changes": changed},
+    )
+    return await _detail(
+        conn, session_id, await _rerun_rules(conn, caller, session_id, changed, settings)
+    )
+
+
+async def _rerun_rules(
+    conn: Conn,
+    caller: Caller,
+    session_id: uuid.UUID,
+    changed: dict[str, Any],
+    settings: AlertSettings,
+) -> list[RaisedAlert]:
+    """The rules of the readings an amendment changed, on the corrected session: the
+    checklist's, and the dose's (the weight changes its mg/kg)."""
+    row = dict(await _load(conn, caller.principal, session_id))
+    alerts: list[RaisedAlert] = []
+    if changed.keys() & {"checklist", "age_band", "weight_kg"}:
+        alerts += await _run_rules(
+            conn,
+            caller,
+            session=row,
+            reading="checklist",
+            reading_id=session_id,
+            at=row["created_at"],
+            values=_checklist_values(row["checklist"]),
+            settings=settings,
+        )
+    if row["dosed_at"] is not None and changed.keys() & {*_DOSE_FIELDS, "weight_kg"}:
+        alerts += await _run_rules(
+            conn,
+            caller,
+            session=row,
+            reading="dose",
+            reading_id=uuid.uuid5(session_id, "dose"),
+            at=row["dosed_at"],
+            values=await _dose_values(conn, row),
+            settings=settings,
+        )
+    return alerts
+
+
+async def amend_observation(
+    conn: Conn,
+    caller: Caller,
+    session_id: uuid.UUID,
+    observation_id: uuid.UUID,
+    raw: Any,
+    settings: AlertSettings,
+    *,
+    skew: timedelta,
+) -> ObservationView:
+    """Correct an observation's time or values: validated as a new one, kept as a new
+    version with the reason (audited), and its rules run again on the corrected values."""
+    reason, changes = reason_and_changes(raw, noun="observation")
+    row = await _load(conn, caller.principal, session_id, lock=True)
+    stored = await conn.fetchrow(
+        "SELECT observed_at, vitals, version, created_at, created_by FROM session_observations"
+        " WHERE id = $1 AND session_id = $2 FOR UPDATE",
+        observation_id,
+        session_id,
+    )
+    if stored is None:
+        raise NotFound(f"no observation {observation_id} in this session")
+    before = {"observed_at": stored["observed_at"], **stored["vitals"]}
+    body = validate_observation(_present({**before, **changes}), skew=skew)
+    vitals = {name: getattr(body, name) for name in VITALS if getattr(body, name) is not None}
+    after = {"observed_at": body.observed_at, **vitals}
+    changed = changed_fields(msgspec.to_builtins(before), msgspec.to_builtins(after))
+    if not changed:
+        raise ValidationFailed.one("$", "no_change", "the amendment changes nothing")
+    version = stored["version"] + 1
+    await conn.execute(
+        "INSERT INTO session_observation_versions"
+        " (observation_id, version, observed_at, vitals, reason, changed_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        observation_id,
+        version,
+        body.observed_at,
+        vitals,
+        reason,
+        caller.principal.id,
+    )
+    await conn.execute(
+        "UPDATE session_observations SET observed_at = $2, vitals = $3, version = $4 WHERE id = $1",
+        observation_id,
+        body.observed_at,
+        vitals,
+        version,
+    )
+    await conn.execute("UPDATE treatment_sessions SET updated_at = now() WHERE id = $1", session_id)
+    await caller.audit(
+        conn,
+        "session.observation_amended",
+        object_type="treatment_session",
+        object_id=str(session_id),
+        clinic=row["clinic"],
+        details={
+            "observation_id": str(observation_id),
+            "version": version,
+            "reason": reason,
+            "changes": changed,
+        },
+    )
+    alerts = await _run_rules(
+        conn,
+        caller,
+        session=dict(row),
+        reading="observation",
+        reading_id=observation_id,
+        at=body.observed_at,
+        values=_observation_values(vitals, row["dosed_at"], body.observed_at),
+        settings=settings,
+    )
+    creator = await conn.fetchval("SELECT username FROM users WHERE id = $1", stored["created_by"])
+    view = _observation_view(
+        {
+            "id": observation_id,
+            "session_id": session_id,
+            "observed_at": body.observed_at,
+            "vitals": vitals,
+            "created_at": stored["created_at"],
+            "created_by": creator,
+            "version": version,
+        },
+        row["dosed_at"],
+    )
+    return msgspec.structs.replace(view, alerts=alerts)
+
+
 # --- reading and listing -----------------------------------------------------------------
 
 
@@ -662,7 +1034,7 @@ async def session_view(conn: Conn, principal: Principal, session_id: uuid.UUID) 
     """The session with its observations, unaudited (for a read that audits its own);
     404 if the principal may not see it."""
     row = await _load(conn, principal, session_id)
-    return _view(row, await conn.fetch(_SELECT_OBSERVATIONS, session_id))
+    return _view(row, await _history(conn, session_id))
 
 
 async def read_session(conn: Conn, caller: Caller, session_id: uuid.UUID) -> SessionView:
@@ -674,7 +1046,7 @@ async def read_session(conn: Conn, caller: Caller, session_id: uuid.UUID) -> Ses
         object_id=str(session_id),
         clinic=row["clinic"],
     )
-    return _view(row, await conn.fetch(_SELECT_OBSERVATIONS, session_id))
+    return _view(row, await _history(conn, session_id))
 
 
 async def list_sessions(conn: Conn, caller: Caller, filters: SessionFilters) -> SessionPage:
