@@ -1,13 +1,16 @@
 """Running the rules in force at a report's clinic against it, in the report's transaction.
 
 Single-report rules look at the report's own values (its facts, see ``facts_of``).
-Pattern rules count the reports, or the distinct patients, of one group (clinic, or
-patient within a clinic) in a time window that match their condition; their condition
-may use ``alert_severity``, the most severe single-report alert a report raised. A
-match opens an alert, or attaches the report to the unresolved alert of the same rule
-and group (a rule grouped by report gives every matching report its own). A report
-that concerns no patient (a stock incident) is never grouped by patient, nor counted
-as one by a pattern of distinct patients.
+Pattern rules count the reports and treatment-session readings (``session_readings``),
+or the distinct patients, of one group (clinic, or patient) in a time window that match
+their condition; their condition may use ``alert_severity``, the most severe
+single-report alert a report or reading raised. A patient's group follows their linked
+identities across the network (``network_ref``, patients/course.py): another clinic's
+matches count, but only the alert's own clinic's are linked to it (its staff may not
+see the rest). A match opens an alert, or attaches the report to the unresolved alert
+of the same rule and group (a rule grouped by report gives every matching report its
+own). A report that concerns no patient (a stock incident) is never grouped by
+patient, nor counted as one by a pattern of distinct patients.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from safetyreport.alerts.rules import (
 from safetyreport.alerts.triggers import shown, trigger_values
 from safetyreport.audit.chain import format_time
 from safetyreport.db.pool import Conn
+from safetyreport.patients.course import LINKED_IDS
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.settings import AlertSettings
 
@@ -87,14 +91,25 @@ class StoredReport:
     body: dict[str, Any]
     reading_grade: int | None
     # A reading of a treatment session rather than a report (sessions/service.py): its
-    # session and which reading ("checklist", "observation", "discharge"). Its id is the
-    # reading's; single-report rules run on it as on a report with the same values, and
-    # its alerts link to it in alert_session_readings. Pattern rules count reports, so
-    # they do not run on it.
+    # session and which reading ("checklist", "observation", "dose", "discharge"). Its id
+    # is the reading's; the rules run on it as on a report with the same values (its
+    # facts are in session_readings, where patterns count it), and its alerts link to it
+    # in alert_session_readings.
     session_reading: tuple[uuid.UUID, str] | None = None
 
     def facts(self, alert_severity: str | None = None) -> dict[str, Any]:
         return facts_of(self.body, self.kind, self.reading_grade, alert_severity)
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    """A report version, or a session's reading, linked to an alert, with the values that
+    made it match (its trigger values, see triggers.py)."""
+
+    id: uuid.UUID
+    version: int
+    values: dict[str, Any]
+    session_reading: tuple[uuid.UUID, str] | None = None
 
 
 @dataclass(slots=True)
@@ -149,18 +164,27 @@ async def evaluate_report(
     single = [r for r in rules if r.definition.pattern is None]
     fired = await _off_loop_if_heavy(sum(r.nodes for r in single), _holding, single, facts)
     for rule in fired:
-        linked = [(report.id, report.version, trigger_values(_named_fields(rule.condition), facts))]
+        values = trigger_values(_named_fields(rule.condition), facts)
+        linked = [Linked(report.id, report.version, values, report.session_reading)]
         await _raise(conn, rule, report, linked, outcome, actor, client_addr, settings)
     top = max(fired, key=lambda r: SEVERITY_RANK[r.severity], default=None)
     facts = report.facts(top.severity if top else None)
-    if report.session_reading is not None:
-        return outcome
     for rule in rules:
         if rule.definition.pattern is None or not rule.condition.holds(facts):
             continue
-        matching = await _pattern_matches(conn, rule, report)
-        if matching:
-            await _raise(conn, rule, report, matching, outcome, actor, client_addr, settings)
+        window = await _pattern_matches(conn, rule, report)
+        if window.linked:
+            await _raise(
+                conn,
+                rule,
+                report,
+                window.linked,
+                outcome,
+                actor,
+                client_addr,
+                settings,
+                elsewhere=window.elsewhere,
+            )
     return outcome
 
 
@@ -172,36 +196,80 @@ def _not_about_patients(rule: Rule) -> bool:
     return rule.definition.group_by != "patient" and not by_patient
 
 
-_ALERT_SEVERITY = f"""
+# The most severe single-report alert of a candidate ($ALIAS: r for reports, s for
+# session readings).
+_REPORT_SEVERITY = f"""
        (SELECT a.severity FROM alert_reports ar JOIN alerts a ON a.id = ar.alert_id
          WHERE ar.report_id = r.id AND ar.report_version = r.current_version
            AND NOT a.from_pattern
          ORDER BY {SEVERITY_RANK_SQL} DESC
          LIMIT 1)"""  # noqa: S608 (constant SQL fragments, no input)
-_CANDIDATES_FROM = """
-FROM reports r
-JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
-WHERE r.clinic_id = $1
-  AND r.occurred_at > $2::timestamptz - $3::interval
-  AND r.occurred_at < $2::timestamptz + $3::interval
-  AND ($4::text IS NULL OR r.patient_ref = $4)
-  AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5::text[]))
-"""
+_READING_SEVERITY = f"""
+       (SELECT a.severity FROM alert_session_readings ar JOIN alerts a ON a.id = ar.alert_id
+         WHERE ar.reading_id = s.reading_id AND NOT a.from_pattern
+         ORDER BY {SEVERITY_RANK_SQL} DESC
+         LIMIT 1)"""  # noqa: S608 (constant SQL fragments, no input)
 # Of each body only the fields the condition names and its trigger values show ($6), so
 # that the many candidates of a busy clinic are not sent and decoded whole. Facts a
 # condition does not name cannot change what it says; an absent field and a null one read
 # alike (see conditions).
-_CANDIDATE_COLUMNS = """
-SELECT r.id, r.current_version, r.kind, r.occurred_at, r.patient_ref,
-       v.hypertension_reading_grade,
-       (SELECT jsonb_object_agg(f, v.body -> f) FROM unnest($6::text[]) AS f
-         WHERE v.body ? f) AS named,"""
-_CANDIDATES = f"{_CANDIDATE_COLUMNS}{_ALERT_SEVERITY} AS alert_severity{_CANDIDATES_FROM}"
-# For conditions that do not look at alert_severity: the same rows without the lookup of
-# each one's alerts.
-_CANDIDATES_WITHOUT_SEVERITY = (
-    f"{_CANDIDATE_COLUMNS} NULL::text AS alert_severity{_CANDIDATES_FROM}"
-)
+_NAMED = """(SELECT jsonb_object_agg(f, {body} -> f) FROM unnest($6::text[]) AS f
+         WHERE {body} ? f) AS named"""
+# $1 the clinic (an array, for LINKED_IDS), $2 the patient (NULL: the clinic's window),
+# $3 the time, $4 half the window, $5 the kinds (none: all), $6 the fields named.
+_REPORTS = """
+SELECT r.id, r.current_version AS version, NULL::uuid AS session_id, NULL::text AS reading,
+       r.clinic_id, r.kind, r.occurred_at, r.patient_ref, v.hypertension_reading_grade,
+       {named}, {severity} AS alert_severity
+FROM reports r
+JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
+{scope}
+WHERE r.occurred_at > $3::timestamptz - $4::interval
+  AND r.occurred_at < $3::timestamptz + $4::interval
+  AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5::text[]))
+  {clinic}
+"""
+_READINGS = """
+SELECT s.reading_id, 1, s.session_id, s.reading,
+       s.clinic_id, s.kind, s.occurred_at, s.patient_ref, s.hypertension_reading_grade,
+       {named}, {severity} AS alert_severity
+FROM session_readings s
+{scope}
+WHERE s.occurred_at > $3::timestamptz - $4::interval
+  AND s.occurred_at < $3::timestamptz + $4::interval
+  AND (cardinality($5::text[]) = 0 OR s.kind = ANY($5::text[]))
+  {clinic}
+"""
+
+
+def _candidates_sql(*, by_patient: bool, severity: bool) -> str:
+    """The candidates of one window: a clinic's, or a patient's linked identities'; with
+    each one's alert severity when the condition looks at it (a lookup per row)."""
+    parts = []
+    for template, alias, severity_sql in (
+        (_REPORTS, "r", _REPORT_SEVERITY),
+        (_READINGS, "s", _READING_SEVERITY),
+    ):
+        parts.append(
+            template.format(
+                named=_NAMED.format(body="v.body" if alias == "r" else "s.body"),
+                severity=severity_sql if severity else "NULL::text",
+                scope="JOIN ids USING (clinic_id, patient_ref)" if by_patient else "",
+                clinic=""
+                if by_patient
+                else f"AND {alias}.clinic_id = ANY($1::bigint[])" + " AND $2::text IS NULL",
+            )
+        )
+    union = "\nUNION ALL\n".join(parts)
+    return LINKED_IDS + union if by_patient else union
+
+
+# Chosen by the rule: grouped by patient or not, looking at alert_severity or not.
+_CANDIDATES = {
+    (by_patient, severity): _candidates_sql(by_patient=by_patient, severity=severity)
+    for by_patient in (False, True)
+    for severity in (False, True)
+}
 
 
 def _named_fields(condition: Condition) -> set[str]:
@@ -214,51 +282,68 @@ def _named_fields(condition: Condition) -> set[str]:
     return set().union(*(_named_fields(c) for c in condition.conditions))
 
 
-# A report linked to an alert: id, version, and its trigger values (see triggers.py).
-_Linked = tuple[uuid.UUID, int, dict[str, Any]]
+@dataclass(frozen=True, slots=True)
+class _Match:
+    """A candidate that matches a pattern's condition: when, whose, and its link (None:
+    another clinic's, counted but not linked)."""
+
+    at: datetime
+    patient_ref: str | None
+    linked: Linked | None
 
 
-async def _pattern_matches(conn: Conn, rule: Rule, report: StoredReport) -> list[_Linked]:
-    """The most matching reports of the report's group in one window that includes it,
-    each with the facts the condition names as its trigger values.
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The matches of a pattern's fullest window: those linked to the alert, and how many
+    of another clinic were counted beside them."""
+
+    linked: list[Linked]
+    elsewhere: int = 0
+
+
+async def _pattern_matches(conn: Conn, rule: Rule, report: StoredReport) -> _Window:
+    """The most matching reports and session readings of the report's group in one window
+    that includes it, each with the facts the condition names as its trigger values.
 
     Reports arrive late from tablets, so the window may lie before or after the report.
     """
     pattern = rule.definition.pattern
     assert pattern is not None
     named = _named_fields(rule.condition)
+    by_patient_group = rule.definition.group_by == "patient"
     rows = await conn.fetch(
-        _CANDIDATES if "alert_severity" in named else _CANDIDATES_WITHOUT_SEVERITY,
-        report.clinic_id,
+        _CANDIDATES[by_patient_group, "alert_severity" in named],
+        [report.clinic_id],
+        report.patient_ref if by_patient_group else None,
         report.occurred_at,
         timedelta(days=pattern.window_days),
-        report.patient_ref if rule.definition.group_by == "patient" else None,
         list(rule.definition.kinds),
         # Also what the trigger values show beside them (the other half of a pressure).
         sorted(body_fields(shown(named))),
     )
-    matching = await _off_loop_if_heavy(len(rows) * rule.nodes, _matching_rows, rule, rows)
-    by_patient = pattern.count == "patients"
-    if by_patient:
+    matching = await _off_loop_if_heavy(
+        len(rows) * rule.nodes, _matching_rows, rule, rows, report.clinic_id
+    )
+    counts_patients = pattern.count == "patients"
+    if counts_patients:
         # A report that concerns no patient (a stock incident) is no patient to count.
-        matching = [m for m in matching if m[3] is not None]
-    return _densest_window(
+        matching = [m for m in matching if m.patient_ref is not None]
+    window = _densest_window(
         matching,
         report.occurred_at,
         timedelta(days=pattern.window_days),
         pattern.min_count,
-        by_patient=by_patient,
+        by_patient=counts_patients,
     )
+    linked = [m.linked for m in window if m.linked is not None]
+    return _Window(linked, elsewhere=len(window) - len(linked))
 
 
 def _holding(rules: list[Rule], facts: dict[str, Any]) -> list[Rule]:
     return [r for r in rules if r.condition.holds(facts)]
 
 
-_Match = tuple[datetime, uuid.UUID, int, str | None, dict[str, Any]]
-
-
-def _matching_rows(rule: Rule, rows: list[Any]) -> list[_Match]:
+def _matching_rows(rule: Rule, rows: list[Any], clinic_id: int) -> list[_Match]:
     named = _named_fields(rule.condition)
     matching: list[_Match] = []
     for row in rows:
@@ -269,11 +354,13 @@ def _matching_rows(rule: Rule, rows: list[Any]) -> list[_Match]:
             row["hypertension_reading_grade"],
             row["alert_severity"],
         )
-        if rule.condition.holds(facts):
-            values = trigger_values(named, facts)
-            matching.append(
-                (row["occurred_at"], row["id"], row["current_version"], row["patient_ref"], values)
-            )
+        if not rule.condition.holds(facts):
+            continue
+        linked = None
+        if row["clinic_id"] == clinic_id:
+            reading = None if row["session_id"] is None else (row["session_id"], row["reading"])
+            linked = Linked(row["id"], row["version"], trigger_values(named, facts), reading)
+        matching.append(_Match(row["occurred_at"], row["patient_ref"], linked))
     return matching
 
 
@@ -286,39 +373,38 @@ async def _off_loop_if_heavy(evaluations: int, work: Callable[..., _T], *args: A
 
 
 def _densest_window(
-    reports: list[_Match],
+    matches: list[_Match],
     at: datetime,
     window: timedelta,
     min_count: int,
     *,
     by_patient: bool,
-) -> list[_Linked]:
-    """The reports in the fullest window [start, start + window) that contains ``at``,
-    if it holds ``min_count`` or more (reports, or distinct patients ``by_patient``).
+) -> list[_Match]:
+    """The matches in the fullest window [start, start + window) that contains ``at``,
+    if it holds ``min_count`` or more (matches, or distinct patients ``by_patient``).
 
-    Windows start at a report's time; of equally full ones the earliest wins. One pass
-    over the reports in time order, the window's end moving forward with its start,
+    Windows start at a match's time; of equally full ones the earliest wins. One pass
+    over the matches in time order, the window's end moving forward with its start,
     keeps this O(n log n) for the sort.
     """
-    ordered = sorted(reports, key=lambda r: r[0])
+    ordered = sorted(matches, key=lambda m: m.at)
     patients: Counter[str | None] = Counter()
     best: tuple[int, int] | None = None  # (start index, end index) of the fullest
     best_count = 0
     end = 0
-    for start, (start_time, *_) in enumerate(ordered):
-        while end < len(ordered) and ordered[end][0] < start_time + window:
-            patients[ordered[end][3]] += 1
+    for start, first in enumerate(ordered):
+        while end < len(ordered) and ordered[end].at < first.at + window:
+            patients[ordered[end].patient_ref] += 1
             end += 1
         count = len(patients) if by_patient else end - start
-        if at - window < start_time <= at and count > best_count:
+        if at - window < first.at <= at and count > best_count:
             best, best_count = (start, end), count
-        leaving = ordered[start][3]
-        patients[leaving] -= 1
-        if patients[leaving] == 0:
-            del patients[leaving]
+        patients[first.patient_ref] -= 1
+        if patients[first.patient_ref] == 0:
+            del patients[first.patient_ref]
     if best is None or best_count < min_count:
         return []
-    return [(rid, v, values) for _, rid, v, _, values in ordered[best[0] : best[1]]]
+    return ordered[best[0] : best[1]]
 
 
 _UPSERT = """
@@ -370,13 +456,14 @@ WHERE id = $1 RETURNING report_count
 """
 
 
-# A session's reading linked to an alert (see StoredReport.session_reading); whether the
-# link is new. The alert's report count is left as it is: it counts reports.
-_LINK_READING = """
+# Sessions' readings linked to an alert (see StoredReport.session_reading); a row for each
+# new link. The alert's report count is left as it is: it counts reports.
+_LINK_READINGS = """
 INSERT INTO alert_session_readings (alert_id, session_id, reading, reading_id, trigger_values)
-VALUES ($1, $2, $3, $4, $5)
+SELECT $1, x.session_id, x.reading, x.id, coalesce($5::jsonb -> x.id::text, '{}')
+FROM unnest($2::uuid[], $3::text[], $4::uuid[]) AS x(session_id, reading, id)
 ON CONFLICT DO NOTHING
-RETURNING true
+RETURNING reading_id
 """
 
 
@@ -395,11 +482,13 @@ async def _raise(
     conn: Conn,
     rule: Rule,
     report: StoredReport,
-    reports: list[_Linked],
+    linked: list[Linked],
     outcome: Outcome,
     actor: audit.Actor,
     client_addr: str | None,
     settings: AlertSettings,
+    *,
+    elsewhere: int = 0,
 ) -> None:
     group_key = _group_key(rule, report)
     # The DEA clocks start at the discovery, in the clinic's time zone.
@@ -436,23 +525,25 @@ async def _raise(
         "rule_version": rule.version,
         "severity": rule.severity,
     }
+    reports = [item for item in linked if item.session_reading is None]
+    readings = [item for item in linked if item.session_reading is not None]
+    count = await conn.fetchval(
+        _LINK_AND_COUNT,
+        alert_id,
+        [item.id for item in reports],
+        [item.version for item in reports],
+        {str(item.id): item.values for item in reports},
+    )
+    new_readings = await _link_readings(conn, alert_id, readings) if readings else []
     if report.session_reading is None:
-        count = await conn.fetchval(
-            _LINK_AND_COUNT,
-            alert_id,
-            [r for r, _, _ in reports],
-            [v for _, v, _ in reports],
-            {str(r): values for r, _, values in reports},
-        )
         details.update(report_id=str(report.id), report_version=report.version, report_count=count)
-        joined = not row["opened"] and count > row["report_count"]
     else:
         session_id, reading = report.session_reading
-        linked = await conn.fetchval(
-            _LINK_READING, alert_id, session_id, reading, report.id, reports[0][2]
-        )
         details.update(session_id=str(session_id), reading=reading, reading_id=str(report.id))
-        joined = not row["opened"] and bool(linked)
+    if elsewhere:
+        # Counted at the patient's other clinics of the network (network_ref), not linked.
+        details.update(matched_at_other_clinics=elsewhere)
+    joined = not row["opened"] and (count > row["report_count"] or bool(new_readings))
     action = "opened" if row["opened"] else "matched"
     if joined and (row["severity"] in RENEWING_SEVERITIES or rule.definition.hold):
         action = "renewed"
@@ -474,3 +565,15 @@ async def _raise(
         settings=settings,
     )
     (outcome.opened if row["opened"] else outcome.attached).append(alert_id)
+
+
+async def _link_readings(conn: Conn, alert_id: uuid.UUID, readings: list[Linked]) -> list[Any]:
+    sessions = [item.session_reading for item in readings if item.session_reading is not None]
+    return await conn.fetch(
+        _LINK_READINGS,
+        alert_id,
+        [session_id for session_id, _ in sessions],
+        [reading for _, reading in sessions],
+        [item.id for item in readings],
+        {str(item.id): item.values for item in readings},
+    )

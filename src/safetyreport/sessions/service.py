@@ -402,6 +402,18 @@ def _reading_facts(session: dict[str, Any], values: dict[str, Any]) -> dict[str,
     return {k: v for k, v in body.items() if v is not None}
 
 
+# What the rules see of a reading (migration 0017): written again when an amendment
+# corrects it.
+_RECORD_READING = """
+INSERT INTO session_readings (reading_id, session_id, reading, clinic_id, patient_ref, kind,
+                              occurred_at, body, hypertension_reading_grade)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (reading_id) DO UPDATE
+SET kind = excluded.kind, occurred_at = excluded.occurred_at, body = excluded.body,
+    hypertension_reading_grade = excluded.hypertension_reading_grade, updated_at = now()
+"""
+
+
 async def _run_rules(
     conn: Conn,
     caller: Caller,
@@ -421,19 +433,33 @@ async def _run_rules(
         if systolic is not None and diastolic is not None
         else None
     )
+    stored = StoredReport(
+        id=reading_id,
+        version=1,
+        clinic_id=session["clinic_id"],
+        kind="blood_pressure" if pressure else "dissociation",
+        patient_ref=session["patient_ref"],
+        occurred_at=at,
+        body=body,
+        reading_grade=grade,
+        session_reading=(session["id"], reading),
+    )
+    # Stored first, as a report is before its rules run: the patterns count it.
+    await conn.execute(
+        _RECORD_READING,
+        reading_id,
+        session["id"],
+        reading,
+        stored.clinic_id,
+        stored.patient_ref,
+        stored.kind,
+        at,
+        body,
+        grade,
+    )
     outcome = await evaluate_report(
         conn,
-        StoredReport(
-            id=reading_id,
-            version=1,
-            clinic_id=session["clinic_id"],
-            kind="blood_pressure" if pressure else "dissociation",
-            patient_ref=session["patient_ref"],
-            occurred_at=at,
-            body=body,
-            reading_grade=grade,
-            session_reading=(session["id"], reading),
-        ),
+        stored,
         actor=caller.principal.actor(),
         client_addr=caller.address,
         settings=settings,
