@@ -489,3 +489,36 @@ async def test_a_report_links_to_a_session_of_its_clinic_and_patient(
     )
     assert errors_of(amended) == [("session_id", "session")]
     assert await db.fetchval("SELECT count(*) FROM reports") == 1
+
+
+async def test_an_alert_raised_by_a_reading_shows_the_reading_and_what_it_contributed(
+    client: AsyncTestClient[Any], users: dict[str, Headers]
+) -> None:
+    nina, olga = users["nina"], users["olga"]
+    dosed_at = datetime.now(UTC) - timedelta(minutes=45)
+    session_id = await dosed_session(client, nina, dosed_at)
+    observed = await post(
+        client,
+        f"{SESSIONS}/{session_id}/observations",
+        nina,
+        {"observed_at": iso(dosed_at + timedelta(minutes=40)), "moaa_s": 1},
+    )
+    assert observed.status_code == 201, observed.text
+    [alert] = observed.json()["alerts"]
+    listed = await client.get("/api/v1/alerts", headers=olga)
+    [item] = [a for a in listed.json()["items"] if a["id"] == alert["id"]]
+    assert item["trigger_values"] == {"moaa_s": 1}
+    detail = (await client.get(f"/api/v1/alerts/{alert['id']}", headers=olga)).json()
+    assert detail["reports"] == []
+    [reading] = detail["session_readings"]
+    assert reading["session_id"] == session_id
+    assert reading["reading"] == "observation"
+    assert reading["reading_id"] == observed.json()["id"]
+    assert reading["patient_ref"] == "PT-1"
+    assert datetime.fromisoformat(reading["occurred_at"]) == dosed_at + timedelta(minutes=40)
+    assert reading["trigger_values"] == {"moaa_s": 1}
+    assert "MOAA/S" in reading["triggered_by"] or "moaa" in reading["triggered_by"].lower()
+    page = await client.get(f"/alerts/{alert['id']}", headers=olga)
+    assert page.status_code == 200, page.text
+    assert "Treatment-session readings (1)" in page.text
+    assert session_id in page.text

@@ -52,6 +52,20 @@ class AlertReportView(msgspec.Struct, frozen=True, kw_only=True):
     changes: list[ReportChange]
 
 
+class AlertReadingView(msgspec.Struct, frozen=True, kw_only=True):
+    """A treatment session's reading linked to the alert (its checklist, an observation,
+    its dose or its discharge)."""
+
+    session_id: uuid.UUID
+    reading: str
+    reading_id: uuid.UUID
+    patient_ref: str
+    occurred_at: datetime
+    added_at: datetime
+    trigger_values: dict[str, Any]
+    triggered_by: str
+
+
 class AlertEventView(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     at: datetime
@@ -62,6 +76,8 @@ class AlertEventView(msgspec.Struct, frozen=True, kw_only=True):
 
 class AlertDetail(AlertView, frozen=True, kw_only=True):
     reports: list[AlertReportView]
+    # The session readings that raised or joined it (``report_count`` counts reports).
+    session_readings: list[AlertReadingView]
     history: list[AlertEventView]
 
 
@@ -93,6 +109,16 @@ JOIN report_versions v ON v.report_id = ar.report_id AND v.version = ar.report_v
 LEFT JOIN report_versions prev
        ON prev.report_id = ar.report_id AND prev.version = ar.report_version - 1
 WHERE ar.alert_id = $1 ORDER BY ar.added_at, r.id, ar.report_version
+"""
+# When a reading was taken: as the rules saw it (session_readings), else (a link made
+# before migration 0017) when it was linked.
+_READINGS = """
+SELECT sr.session_id, sr.reading, sr.reading_id, s.patient_ref,
+       coalesce(r.occurred_at, sr.added_at) AS occurred_at, sr.added_at, sr.trigger_values
+FROM alert_session_readings sr
+JOIN treatment_sessions s ON s.id = sr.session_id
+LEFT JOIN session_readings r ON r.reading_id = sr.reading_id
+WHERE sr.alert_id = $1 ORDER BY sr.added_at, sr.reading_id
 """
 _HISTORY = """
 SELECT id, at, actor, action, details FROM alert_events WHERE alert_id = $1 ORDER BY id
@@ -151,8 +177,14 @@ def _report_view(row: asyncpg.Record) -> AlertReportView:
 
 async def _detail(conn: Conn, row: asyncpg.Record) -> AlertDetail:
     reports = [_report_view(r) for r in await conn.fetch(_REPORTS, row["id"])]
+    readings = [
+        AlertReadingView(**dict(r), triggered_by=describe(r["trigger_values"]))
+        for r in await conn.fetch(_READINGS, row["id"])
+    ]
     history = [AlertEventView(**dict(e)) for e in await conn.fetch(_HISTORY, row["id"])]
-    return AlertDetail(**alert_fields(row), reports=reports, history=history)
+    return AlertDetail(
+        **alert_fields(row), reports=reports, session_readings=readings, history=history
+    )
 
 
 async def read_alert(conn: Conn, caller: Caller, alert_id: uuid.UUID) -> AlertDetail:

@@ -71,8 +71,15 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
 ALERT_COLUMNS = f"""
        a.id, a.rule_id, a.rule_version, r.name AS rule_name, r.guidance, a.severity, a.status,
        a.escalation_level, c.code AS clinic, a.group_by, a.group_key, a.report_count,
-       coalesce((SELECT ar.trigger_values FROM alert_reports ar WHERE ar.alert_id = a.id
-                 ORDER BY ar.added_at DESC, ar.report_version DESC, ar.report_id
+       coalesce((SELECT t.trigger_values FROM (
+                     SELECT ar.trigger_values, ar.added_at, ar.report_version AS version,
+                            ar.report_id AS linked_id
+                     FROM alert_reports ar WHERE ar.alert_id = a.id
+                     UNION ALL
+                     SELECT sr.trigger_values, sr.added_at, 1, sr.reading_id
+                     FROM alert_session_readings sr WHERE sr.alert_id = a.id
+                 ) AS t
+                 ORDER BY t.added_at DESC, t.version DESC, t.linked_id
                  LIMIT 1), '{{}}') AS trigger_values,
        a.first_seen_at, a.last_seen_at, a.ack_deadline, a.acknowledged_at,
        ack.username AS acknowledged_by, asg.username AS assigned_to, a.resolved_at,
