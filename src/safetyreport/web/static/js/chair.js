@@ -137,6 +137,18 @@ async function changeAlert(user, alertId, change) {
   }
 }
 
+/** A dose recorded with an override reason (the flowsheet's) overrode every hold open on
+ * its patient at its clinic (sessions/service.py record_dose): their cards say so. */
+export async function noteDoseOverride(user, clinic, patientRef, reason) {
+  for (const answer of await outbox.answers(user)) {
+    if (answer.body.clinic !== clinic || answer.body.patient_ref !== patientRef || !answer.alerts.some(isHeld)) {
+      continue;
+    }
+    const alerts = answer.alerts.map((a) => (isHeld(a) ? { ...a, override_reason: reason, overriddenByMe: true } : a));
+    await outbox.putAnswer({ ...answer, alerts });
+  }
+}
+
 function overrideForm(user, alert, id, answerBody) {
   const reason = h("textarea", {
     id: `${id}-reason`, name: "reason", rows: 3, maxlength: 2000,

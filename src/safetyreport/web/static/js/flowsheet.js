@@ -20,7 +20,7 @@ import {
 } from "./common.js";
 import { clearErrors, fillForm, formStatus, readForm, resetForm, showErrors, watchConditions } from "./forms.js";
 import * as outbox from "./outbox.js";
-import { alertSentence, readings, showCards } from "./chair.js";
+import { alertSentence, noteDoseOverride, readings, showCards } from "./chair.js";
 
 const RETRY_MS = 20000;
 const MINUTE = 60000;
@@ -622,11 +622,14 @@ async function render() {
 
 const sendHooks = {
   changed: () => render(),
-  sent: (entry) => {
+  sent: async (entry) => {
     const record = outbox.isStep(entry) ? store.sessions[entry.session.id] : null;
     if (record) {
       record.sent[entry.key] = true;
       saveStore();
+    }
+    if (entry.kind === "dose" && entry.body.override_reason) {
+      await noteDoseOverride(currentUser, entry.session.clinic, entry.session.patient_ref, entry.body.override_reason);
     }
   },
   session: (state) => { signedOut = state === "signed-out"; },

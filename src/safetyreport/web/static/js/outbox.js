@@ -239,7 +239,7 @@ async function sendOne(entry, hooks) {
       sentAt: new Date().toISOString(),
     };
     await settle(entry, answer);
-    hooks.sent?.({ ...entry, state: "sent", answer });
+    await hooks.sent?.({ ...entry, state: "sent", answer });
     return { state: "sent", answer };
   }
   if (result.status === 401) {
