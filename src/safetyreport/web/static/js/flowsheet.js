@@ -273,7 +273,10 @@ function correct(key) {
   if (entry.kind === "session") {
     form.dataset.sessionId = record.id;
   }
-  const errors = (entry.error?.errors || []).map((e) => ({ ...e, field: e.field.replace(/^checklist\./, "") }));
+  // The checklist's fields are the form's own; the observations' criterion is the session's.
+  const errors = (entry.error?.errors || []).map((e) => ({
+    ...e, field: e.field === "observations" ? "$" : e.field.replace(/^checklist\./, ""),
+  }));
   const override = form.querySelector('.override');
   if (override) {
     const needed = errors.some((e) => e.field === "override_reason") || entry.kind === "discharge";
@@ -348,7 +351,8 @@ function openForm(step, { keepStatus = false } = {}) {
 
 // --- the timer and the criteria ---------------------------------------------------------
 
-const doseTime = (record) => (record?.dose ? Date.parse(record.dose.body.dosed_at) : null);
+/** When the dose was given: saved (sent or waiting to be), not refused by the server. */
+const doseTime = (record) => (record?.dose && !failed(record, record.dose) ? Date.parse(record.dose.body.dosed_at) : null);
 
 function span(ms) {
   const seconds = Math.floor(Math.abs(ms) / 1000);
@@ -423,8 +427,10 @@ function liveCriteria() {
   }
   const value = (name) => {
     const field = form.querySelector(`.field[data-field="${name}"]`);
-    const checked = field.querySelector("input:checked");
-    return checked ? checked.value : (field.querySelector("input, select")?.value || "").trim();
+    if (["radios", "yesno"].includes(field.dataset.widget)) {
+      return field.querySelector("input:checked")?.value || "";
+    }
+    return (field.querySelector("input, select")?.value || "").trim();
   };
   const dosed = doseTime(record);
   const leaving = new Date(value("discharged_at")).getTime();
@@ -473,6 +479,13 @@ function drugLabel(drug) {
   return option?.textContent.trim() || drug;
 }
 
+/** The label of ``name`` in the form of ``step`` ("" for the body as a whole). */
+function fieldLabel(step, name) {
+  const field = forms[step]?.querySelector(`.field[data-field="${CSS.escape(name)}"]`);
+  const label = field?.querySelector("legend, label");
+  return label ? label.firstChild.textContent.trim() : name === "$" || name === "observations" ? "" : name;
+}
+
 function stateTag(state) {
   return h("span", { class: `state state-${state}` }, STATE_LABELS[state]);
 }
@@ -498,8 +511,11 @@ function stepItem(record, step, kind) {
     fix.addEventListener("click", () => correct(step.key));
     const drop = h("button", { type: "button", class: "secondary danger-link" }, "Discard", h("span", { class: "visually-hidden" }, ` the ${STEP_LABELS[kind].toLowerCase()}`));
     drop.addEventListener("click", () => discard(record, entry));
-    const reasons = (entry.error?.errors || []).map((e) => `${e.field === "$" ? "" : `${e.field}: `}${e.message}`);
-    item.append(fix, drop, h("p", { class: "problem" }, reasons.join(" ") || entry.error?.message || ""));
+    const reasons = (entry.error?.errors || []).map((e) => {
+      const label = fieldLabel(kind, e.field.replace(/^checklist\./, ""));
+      return `${label ? `${label}: ` : ""}${e.message}`;
+    });
+    item.append(fix, drop, h("p", { class: "problem" }, reasons.join("; ") || entry.error?.message || ""));
   } else if (state === "waiting") {
     item.append(h("p", { class: "problem" }, "Waits for the refused step above: correct or discard it."));
   }
@@ -542,7 +558,7 @@ function drawObservations(record) {
     const after = dosed !== null && at >= dosed ? `${Math.floor((at - dosed) / MINUTE)} min` : "before dose";
     const bp = o.body.systolic !== undefined && o.body.systolic !== null ? `${o.body.systolic}/${o.body.diastolic}` : "–";
     return h("tr", { "data-key": o.key },
-      h("td", {}, formatLocal(o.body.observed_at)), h("td", {}, after), h("td", {}, bp),
+      h("td", {}, formatLocal(o.body.observed_at).slice(11)), h("td", {}, after), h("td", {}, bp),
       cell(o.body.pulse), cell(o.body.respiratory_rate), cell(o.body.spo2), cell(o.body.moaa_s), cell(o.body.cadss_total),
       h("td", {}, stateTag(stateOf(record, o.key))));
   }));
@@ -557,7 +573,8 @@ function drawBar(record) {
     return;
   }
   const checklist = record.session.body.checklist || {};
-  const dose = record.dose ? `${record.dose.body.dose_mg} mg at ${formatLocal(record.dose.body.dosed_at)}` : "not yet";
+  const refused = failed(record, record.dose) ? " (refused by the server)" : "";
+  const dose = record.dose ? `${record.dose.body.dose_mg} mg at ${formatLocal(record.dose.body.dosed_at)}${refused}` : "not yet";
   document.getElementById("session-heading").textContent = `Session of ${record.patient_ref}`;
   document.getElementById("session-facts").replaceChildren(
     ...fact("Patient", record.patient_ref),
