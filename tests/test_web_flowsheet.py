@@ -210,8 +210,7 @@ async def test_a_session_recorded_offline_reaches_the_server_once_in_order(
     await expect(page.locator("body")).to_have_attribute("data-ready", "yes")
     await expect(page.locator("body")).to_have_attribute("data-outbox", "0")
     session = await db.fetchrow(
-        "SELECT patient_ref, dose_mg, dosed_at, created_at FROM treatment_sessions"
-        " WHERE id = $1",
+        "SELECT patient_ref, dose_mg, dosed_at, created_at FROM treatment_sessions WHERE id = $1",
         sid,
     )
     assert session is not None
@@ -276,7 +275,9 @@ async def test_a_refused_discharge_names_the_criteria_then_an_override_closes_it
     await expect(reason).to_be_visible()
     await check_and_capture(page, "flowsheet-discharge-refused")
     keep_shots("flowsheet-discharge-refused")
-    assert await db.fetchval("SELECT discharged_at FROM treatment_sessions WHERE id = $1", sid) is None
+    assert (
+        await db.fetchval("SELECT discharged_at FROM treatment_sessions WHERE id = $1", sid) is None
+    )
 
     await reason.fill("Patient left against advice; escort present, GP informed.")
     await discharge.get_by_role("button", name="Discharge").click()

@@ -91,9 +91,7 @@ def safe_next(path: str | None) -> str | None:
         return None
     page = path.split("?", 1)[0]
     allowed = (
-        page in LANDING.values()
-        or page == FLOWSHEET
-        or page.startswith(("/reports/", "/alerts/"))
+        page in LANDING.values() or page == FLOWSHEET or page.startswith(("/reports/", "/alerts/"))
     )
     return path if allowed else None
 
