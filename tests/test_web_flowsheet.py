@@ -289,3 +289,66 @@ async def test_a_refused_discharge_names_the_criteria_then_an_override_closes_it
     assert {u["rule"] for u in row["discharge"]["unmet"]} == set(refused)
     await check_and_capture(page, "flowsheet-discharged")
     keep_shots("flowsheet-discharged")
+
+
+async def test_a_step_refused_after_reconnecting_is_shown_and_holds_back_the_later_ones(
+    context: BrowserContext, db: asyncpg.Connection[Any]
+) -> None:
+    """Offline, the hold is not known yet: the dose saved behind the session is refused
+    when they are sent, shown in its form, and the observation after it waits (neither
+    dropped nor retried) until the dose is corrected; then both go, once, in order."""
+    page = await open_flowsheet(context)
+    await expect(page.locator("html")).to_have_attribute("data-offline-ready", "yes")
+    await context.set_offline(True)
+    ref = patient("FSWAIT")
+    await open_session(page, ref, "150", "95")
+    sid = await session_id(page)
+    await record_dose(page)
+    await observe(page, systolic="138", diastolic="86")
+    await expect(page.locator('.outbox-item[data-state="queued"]')).to_have_count(3)
+
+    await context.set_offline(False)
+    await page.evaluate("window.dispatchEvent(new Event('online'))")
+    hold = page.locator(f'.action-card[data-rule="{HOLD}"]')
+    await expect(hold.get_by_role("heading")).to_have_text(f"Do not dose {ref}")
+    await expect(page.locator('.outbox-item[data-kind="dose"]')).to_have_attribute(
+        "data-state", "failed"
+    )
+    waiting = page.locator('.outbox-item[data-kind="observation"]')
+    await expect(waiting).to_have_attribute("data-state", "waiting")
+    await expect(waiting).to_contain_text("Waits for the refused step above")
+    await expect(page.locator("#outbox-summary")).to_contain_text("1 step(s) refused")
+    # Retries send neither again.
+    await page.evaluate("window.dispatchEvent(new Event('online'))")
+    await expect(waiting).to_have_attribute("data-state", "waiting")
+    assert (
+        await db.fetchval("SELECT count(*) FROM session_observations WHERE session_id = $1", sid)
+        == 0
+    )
+
+    # After a reload the refusal is still shown, in its form.
+    await page.reload()
+    await expect(page.locator("body")).to_have_attribute("data-ready", "yes")
+    dose = step(page, "dose")
+    await expect(dose.locator(".step-state")).to_contain_text("The server refused this step")
+    await dose.get_by_label("Reason for dosing despite the hold").fill("Prescriber reviewed.")
+    await dose.get_by_role("button", name="Record dose").click()
+    await expect(page.locator("body")).to_have_attribute("data-outbox", "0")
+    await expect(page.locator('.outbox-item[data-state="sent"]')).to_have_count(3)
+    row = await db.fetchrow(
+        "SELECT dose_mg, dose_override_reason FROM treatment_sessions WHERE id = $1", sid
+    )
+    assert row is not None
+    assert (row["dose_mg"], row["dose_override_reason"]) == (56, "Prescriber reviewed.")
+    observations = await db.fetch(
+        "SELECT vitals FROM session_observations WHERE session_id = $1", sid
+    )
+    assert [dict(o["vitals"]) for o in observations] == [{"systolic": 138, "diastolic": 86}]
+    # In order: the corrected dose took the refused one's place, before the observation.
+    actions = await db.fetch(
+        "SELECT action FROM audit_entries WHERE object_id = $1 AND action LIKE 'session.%'"
+        " AND action <> 'session.read' ORDER BY chain, seq",
+        sid,
+    )
+    assert [a["action"] for a in actions] == ["session.opened", "session.dosed", "session.observed"]
+    await expect(hold).to_contain_text("Override recorded by you: Prescriber reviewed.")

@@ -16,7 +16,8 @@
 // observations: [{key, body}], discharge: {key, body} | null, sent: {key: true}}.
 
 import {
-  FLOWSHEET_PREFIX, NetworkError, announce, api, beforeSignOut, currentUser, formatLocal, h, newKey,
+  FLOWSHEET_PREFIX, NetworkError, announce, api, beforeSignOut, currentUser, formatLocal, h, localInputValue,
+  newKey,
 } from "./common.js";
 import { clearErrors, fillForm, formStatus, readForm, resetForm, showErrors, watchConditions } from "./forms.js";
 import * as outbox from "./outbox.js";
@@ -159,6 +160,7 @@ const failed = (record, step) => Boolean(step) && stateOf(record, step.key) === 
 /** The body of a step from its form, or null (the form's errors shown). */
 function bodyOf(step, form) {
   clearErrors(form);
+  keepTimeNow(form);
   const { values, errors } = readForm(form);
   if (errors.length) {
     showErrors(form, errors);
@@ -216,7 +218,8 @@ async function save(step) {
     session: { id: record.id, clinic: record.clinic, patient_ref: record.patient_ref, drug: record.drug },
     state: "queued",
     error: null,
-    createdAt: await outbox.nextCreatedAt(),
+    // A corrected step takes the refused one's place: the steps after it still follow it.
+    createdAt: entryOf(replaces)?.createdAt || await outbox.nextCreatedAt(),
     attempts: 0,
   };
   const button = form.querySelector('button[type="submit"]');
@@ -268,6 +271,12 @@ function correct(key) {
   form.hidden = false;
   const values = entry.kind === "session" ? { ...entry.body, ...entry.body.checklist } : entry.body;
   fillForm(form, values);
+  if (entry.kind === "discharge" || entry.kind === "session") {
+    form.dataset.autoTime = "true"; // discharged when she discharges again
+    keepTimeNow(form);
+  } else {
+    delete form.dataset.autoTime; // the refused step's own time
+  }
   form.dataset.key = newKey();
   form.dataset.replaces = key;
   if (entry.kind === "session") {
@@ -326,6 +335,26 @@ async function discard(record, entry) {
 
 // --- the forms ------------------------------------------------------------------------
 
+// A step's time (when dosed, observed, discharged) is "now" until the nurse sets it
+// herself: the form keeps it current while it waits, and takes it again on saving.
+const timeInput = (form) => form.querySelector('.field[data-widget="datetime"] input');
+
+function keepTimeNow(form) {
+  const input = timeInput(form);
+  if (input && form.dataset.autoTime && document.activeElement !== input) {
+    const now = localInputValue(new Date());
+    if (input.value !== now) {
+      input.value = now;
+    }
+  }
+}
+
+function watchTime(form) {
+  timeInput(form)?.addEventListener("input", () => {
+    delete form.dataset.autoTime; // the nurse's own time stays
+  });
+}
+
 function openForm(step, { keepStatus = false } = {}) {
   const form = forms[step];
   form.dataset.key = newKey();
@@ -334,6 +363,7 @@ function openForm(step, { keepStatus = false } = {}) {
     form.dataset.sessionId = newKey();
   }
   resetForm(form);
+  form.dataset.autoTime = "true";
   const override = form.querySelector(".override");
   if (override) {
     override.hidden = true;
@@ -373,6 +403,7 @@ function bpInWindow(record) {
 }
 
 function tick() {
+  Object.values(forms).filter((f) => !f.hidden).forEach(keepTimeNow);
   const record = current();
   const timer = document.getElementById("flow-timer");
   const dosed = doseTime(record);
@@ -707,6 +738,7 @@ async function init() {
   }
   for (const [step, form] of Object.entries(forms)) {
     watchConditions(form);
+    watchTime(form);
     openForm(step);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
