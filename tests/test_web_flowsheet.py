@@ -158,6 +158,18 @@ async def test_a_checklist_blood_pressure_that_holds_shows_the_card_at_once(
         "Recheck 138/88 after 5 minutes; Dr Vale agreed.",
     )
 
+    # A session this tablet does not hold (opened on another, or forgotten): its address
+    # loads it from the API.
+    sid = await session_id(page)
+    await page.evaluate("localStorage.clear()")
+    await page.goto(f"{FLOWSHEET}?id={sid}")
+    await expect(page.locator("body")).to_have_attribute("data-ready", "yes")
+    await expect(page.locator("#session-heading")).to_have_text(f"Session of {ref}")
+    await expect(page.locator("#session-facts")).to_contain_text("150/95")
+    await expect(page.locator("#flow-timer")).to_be_visible()
+    await expect(step(page, "dose")).to_be_hidden()
+    await expect(step(page, "observation")).to_be_visible()
+
 
 async def test_a_session_recorded_offline_reaches_the_server_once_in_order(
     context: BrowserContext, db: asyncpg.Connection[Any]

@@ -279,17 +279,23 @@ async function render() {
 }
 
 function outboxSummary(mine) {
-  const waiting = mine.filter((e) => e.state !== "failed").length;
-  const failed = mine.length - waiting;
+  const waiting = mine.filter((e) => e.state !== "failed");
+  const failed = mine.filter((e) => e.state === "failed");
+  // "3 report(s)", or with the flowsheet's steps among them "2 report(s) and 1 session step(s)".
+  const count = (entries) => {
+    const steps = entries.filter(outbox.isStep).length;
+    const reports = entries.length - steps;
+    return [reports ? `${reports} report(s)` : "", steps ? `${steps} session step(s)` : ""].filter(Boolean).join(" and ");
+  };
   const parts = [];
-  if (waiting) {
+  if (waiting.length) {
     const where = signedOut
       ? "Your session has ended: sign in again to send them. They stay on this tablet."
       : navigator.onLine ? "Sending…" : "They will be sent when the network is back.";
-    parts.push(`${waiting} report(s) waiting to be sent. ${where}`);
+    parts.push(`${count(waiting)} waiting to be sent. ${where}`);
   }
-  if (failed) {
-    parts.push(`${failed} report(s) refused by the server: correct or discard them.`);
+  if (failed.length) {
+    parts.push(`${count(failed)} refused by the server: correct or discard them.`);
   }
   return parts.join(" ") || "All reports sent.";
 }
