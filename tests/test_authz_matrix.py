@@ -330,6 +330,7 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     # Web pages (a bearer token works there as it does on the API).
     ("GET", "/"): [SEEN_NOTHING],
     ("GET", "/report"): [SEEN_NOTHING],
+    ("GET", "/sessions/flowsheet"): [SEEN_NOTHING],
     ("GET", "/report/recent"): [SEEN_NOTHING],
     ("GET", "/alerts"): [SEEN_NOTHING],
     ("GET", "/audit"): [SEEN_NOTHING],

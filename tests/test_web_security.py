@@ -343,6 +343,50 @@ async def test_wrong_role_gets_a_forbidden_page(
         assert "not for the nurse role" in response.text
 
 
+async def test_the_session_flowsheet_is_for_the_report_writers_and_names_no_patient(
+    client: AsyncTestClient[Any], people: dict[str, str]
+) -> None:
+    """Nurses and safety officers (its nav link too); the others get a forbidden page.
+    The page is kept on the tablet, so every patient datum comes from its script."""
+    assert (await client.get("/sessions/flowsheet", follow_redirects=False)).headers[
+        "location"
+    ] == "/login?next=/sessions/flowsheet"
+    for role in ("nurse", "safety_officer", "auditor", "admin"):
+        client.cookies.clear()
+        await form_login(client, people[role])
+        response = await client.get("/sessions/flowsheet")
+        landing = await client.get("/", follow_redirects=True)
+        if role in ("nurse", "safety_officer"):
+            assert response.status_code == 200, role
+            assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+            assert '<script type="module" src="/static/js/flowsheet.js">' in response.text
+            for step in ("session", "dose", "observation", "discharge"):
+                assert f'id="form-{step}"' in response.text
+            assert 'href="/sessions/flowsheet"' in landing.text
+            assert "None" not in response.text
+        else:
+            assert response.status_code == 403, role
+            assert 'href="/sessions/flowsheet"' not in landing.text
+
+
+@pytest.mark.parametrize("step", sorted(forms.STEP_TYPES))
+def test_each_flowsheet_form_has_its_steps_fields_with_the_types_rules(step: str) -> None:
+    """Every field of the step's body but the ones the page sets (the session's id, its
+    checklist object) or asks for only when refused (an override's reason)."""
+    names: dict[str, mi.Field] = {}
+    for struct in forms.STEP_TYPES[step]:
+        info = mi.type_info(struct)
+        assert isinstance(info, mi.StructType)
+        names |= {f.name: f for f in info.fields}
+    shown = [f for section in forms.step_sections(step) for f in section.fields]
+    assert sorted(f.name for f in shown) == sorted(
+        set(names) - {"id", "checklist", "override_reason"}
+    )
+    for field in shown:
+        assert field.required == names[field.name].required, (step, field.name)
+        assert field.label
+
+
 async def test_a_report_of_another_clinic_is_a_not_found_page(
     client: AsyncTestClient[Any], people: dict[str, str], world: World
 ) -> None:

@@ -18,7 +18,7 @@ TEMPLATE_DIR = WEB_DIR / "templates"
 STATIC_PATH = "/static"
 
 # Pages the service worker keeps for offline use (refreshed whenever they load online).
-OFFLINE_PAGES = ("/report", "/alerts", "/audit")
+OFFLINE_PAGES = ("/report", "/sessions/flowsheet", "/alerts", "/audit")
 
 # No inline script or style, no inline event handlers, nothing from another origin.
 CONTENT_SECURITY_POLICY = "; ".join(

@@ -10,7 +10,7 @@ report queued without network rarely fails later; the server's checks stay the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
@@ -21,6 +21,14 @@ from safetyreport.reports.types import (
     QUANTITY_CONCERNS,
     QUANTITY_INCIDENTS,
     STOCK_CONCERNS,
+    WEIGHT_BASED_DRUGS,
+)
+from safetyreport.sessions.types import (
+    Checklist,
+    DischargeBody,
+    DoseBody,
+    ObservationBody,
+    SessionCreate,
 )
 
 Widget = Literal[
@@ -414,7 +422,7 @@ def _field(kind: str, info: mi.Field, legacy: bool) -> FormField:
     name, t = info.name, _unwrap(info.type)
     common: dict[str, Any] = {
         "name": name,
-        "label": KIND_FIELD_LABELS.get((kind, name), LABELS[name]),
+        "label": KIND_FIELD_LABELS.get((kind, name)) or LABELS.get(name, name),
         "required": info.required,
         "hint": KIND_HINTS.get((kind, name), HINTS.get(name, "")),
         "default": DEFAULTS[kind].get(name),
@@ -481,3 +489,122 @@ def report_form(kind: str, legacy: bool = False) -> tuple[FormField, ...]:
 def all_forms() -> dict[str, tuple[FormSection, ...]]:
     """The sections of each kind's form for a new report."""
     return {kind: report_sections(kind) for kind in KINDS}
+
+
+# --- the session flowsheet (issue 15) ----------------------------------------------------
+#
+# The nurse's tablet records a treatment session step by step (web/templates/flowsheet.html):
+# opening it with the pre-dose checklist, the dose, the timed observations and the
+# discharge. Its forms come from the session types as the report forms come from the
+# report types; an override reason is asked for only when the server refuses a step.
+
+STEP_TYPES: dict[str, tuple[type[Any], ...]] = {
+    "session": (SessionCreate, Checklist),
+    "dose": (DoseBody,),
+    "observation": (ObservationBody,),
+    "discharge": (DischargeBody,),
+}
+STEP_SECTIONS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "session": (
+        (
+            "",
+            (
+                "clinic",
+                "patient_ref",
+                "drug",
+                "weight_kg",
+                "age_band",
+                "prescriber",
+                "network_ref",
+            ),
+        ),
+        (
+            "Pre-dose checklist",
+            (
+                "systolic",
+                "diastolic",
+                "fasting",
+                "cns_depressants",
+                "pregnancy_possible",
+                "transport_arranged",
+            ),
+        ),
+    ),
+    "dose": (("", ("dose_mg", "dosed_at", "lot", "infusion_minutes")),),
+    "observation": (
+        (
+            "",
+            (
+                "observed_at",
+                "systolic",
+                "diastolic",
+                "pulse",
+                "respiratory_rate",
+                "spo2",
+                "moaa_s",
+                "cadss_total",
+            ),
+        ),
+    ),
+    "discharge": (("", ("discharged_at", "systolic", "diastolic", "moaa_s", "escort")),),
+}
+STEP_LABELS = {
+    "prescriber": "Prescriber",
+    "network_ref": "Network reference",
+    "fasting": "Fasted as instructed (no food 2 h, no drink 30 min)?",
+    "cns_depressants": "Took CNS depressants (benzodiazepines, opioids, alcohol) today?",
+    "pregnancy_possible": "Could be pregnant?",
+    "transport_arranged": "Transport home arranged (not driving today)?",
+    "dosed_at": "When dosed",
+    "observed_at": "When observed",
+    "discharged_at": "When discharged",
+    "escort": "Someone accompanies the patient home?",
+}
+STEP_HINTS = {
+    ("session", "network_ref"): "The network's pseudonym linking the patient's clinics, if any.",
+    ("session", "systolic"): "The blood pressure before dosing.",
+    ("discharge", "systolic"): "The blood pressure at discharge.",
+    ("discharge", "moaa_s"): "5 is needed to leave.",
+}
+STEP_DEFAULTS: dict[str, dict[str, str]] = {
+    "session": {"drug": "esketamine_nasal"},
+    "dose": {},
+    "observation": {},
+    "discharge": {},
+}
+STEP_REQUIRED_WHEN: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    ("session", "weight_kg"): ("drug", tuple(sorted(WEIGHT_BASED_DRUGS))),
+}
+
+
+def _step_field(step: str, info: mi.Field) -> FormField:
+    """A step's field: the widget and the ranges from its type as for a report's field,
+    with the flowsheet's wording."""
+    name = info.name
+    base = _field("blood_pressure", info, False)
+    return replace(
+        base,
+        label=STEP_LABELS.get(name) or LABELS[name],
+        hint=STEP_HINTS.get((step, name), HINTS.get(name, "")),
+        default=STEP_DEFAULTS[step].get(name),
+        shown_when=None,
+        required_when=STEP_REQUIRED_WHEN.get((step, name)),
+    )
+
+
+@cache
+def step_sections(step: str) -> tuple[FormSection, ...]:
+    """The sections of a flowsheet step's form (session, dose, observation, discharge)."""
+    fields: dict[str, mi.Field] = {}
+    for struct in STEP_TYPES[step]:
+        info = mi.type_info(struct)
+        assert isinstance(info, mi.StructType)
+        fields |= {f.name: f for f in info.fields}
+    return tuple(
+        FormSection(title, tuple(_step_field(step, fields[name]) for name in names))
+        for title, names in STEP_SECTIONS[step]
+    )
+
+
+def step_forms() -> dict[str, tuple[FormSection, ...]]:
+    return {step: step_sections(step) for step in STEP_TYPES}

@@ -44,10 +44,13 @@ LANDING: dict[Role, str] = {
     "auditor": "/audit",
 }
 
+# The session flowsheet (web/routes.py), for the roles of the report form.
+FLOWSHEET = "/sessions/flowsheet"
+
 # Navigation per role: (path, label).
 _NAV: dict[Role, tuple[tuple[str, str], ...]] = {
-    "nurse": (("/report", "Report"),),
-    "safety_officer": (("/alerts", "Alerts"), ("/report", "Report")),
+    "nurse": (("/report", "Report"), (FLOWSHEET, "Flowsheet")),
+    "safety_officer": (("/alerts", "Alerts"), ("/report", "Report"), (FLOWSHEET, "Flowsheet")),
     "admin": (("/alerts", "Alerts"), ("/audit", "Audit trail")),
     "auditor": (("/audit", "Audit trail"),),
 }
@@ -87,7 +90,9 @@ def safe_next(path: str | None) -> str | None:
     if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
         return None
     page = path.split("?", 1)[0]
-    allowed = page in LANDING.values() or page.startswith(("/reports/", "/alerts/"))
+    allowed = (
+        page in LANDING.values() or page == FLOWSHEET or page.startswith(("/reports/", "/alerts/"))
+    )
     return path if allowed else None
 
 

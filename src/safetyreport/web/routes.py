@@ -40,7 +40,14 @@ from safetyreport.reports.types import STOCK_CONCERNS
 from safetyreport.request_context import CallerDep, DbDep
 from safetyreport.web import session
 from safetyreport.web.assets import OFFLINE_PAGES, PAGE_HEADERS, asset_version, static_files
-from safetyreport.web.forms import KIND_LABELS, OPTIONS, all_forms, report_form, report_sections
+from safetyreport.web.forms import (
+    KIND_LABELS,
+    OPTIONS,
+    all_forms,
+    report_form,
+    report_sections,
+    step_forms,
+)
 from safetyreport.web.pages import (
     LANDING,
     RECENT_REPORTS,
@@ -180,6 +187,16 @@ class WebController(Controller):
             forms=all_forms(),
             kind_labels=KIND_LABELS,
             clinics=sorted(principal.clinic_names.items()),
+        )
+
+    @get("/sessions/flowsheet", guards=[require_page_role], opt=allow(REPORT_WRITERS))
+    async def flowsheet_page(self, page: PageDep) -> Template:
+        """The nurse's session flowsheet (flowsheet.js): kept on the tablet for offline use,
+        so it names no patient; the session in progress comes from the tablet or the API."""
+        return page.render(
+            "flowsheet.html",
+            steps=step_forms(),
+            clinics=sorted(page.caller.principal.clinic_names.items()),
         )
 
     @get("/report/recent", guards=[require_page_role], opt=allow(REPORT_READERS))

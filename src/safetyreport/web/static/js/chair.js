@@ -33,10 +33,34 @@ function quantities(kind, body) {
   return [expected, actual].filter(Boolean).join(", ") + unit;
 }
 
-/** The key values of a report: "BP 210/125", "MOAA/S 2, severe", "Theft: expected 10 ml". */
+/** The readings of a session's observation or discharge: "BP 150/95, pulse 88, MOAA/S 4". */
+export function readings(body) {
+  const parts = [];
+  if (body.systolic !== undefined && body.diastolic !== undefined) {
+    parts.push(`BP ${body.systolic}/${body.diastolic}`);
+  }
+  const named = [["pulse", "pulse"], ["respiratory_rate", "RR"], ["spo2", "SpO2"], ["moaa_s", "MOAA/S"], ["cadss_total", "CADSS"]];
+  for (const [name, label] of named) {
+    if (body[name] !== undefined && body[name] !== null) {
+      parts.push(`${label} ${body[name]}${name === "spo2" ? "%" : ""}`);
+    }
+  }
+  return parts.join(", ");
+}
+
+/** The key values of a report: "BP 210/125", "MOAA/S 2, severe", "Theft: expected 10 ml";
+ * of a session's step (the flowsheet): "Checklist BP 150/95", "Dose 56 mg", the readings. */
 export function keyValues(kind, body) {
   const label = (name) => choiceLabel(kind, name, body[name]);
   switch (kind) {
+    case "session":
+      return `Session opened, checklist BP ${body.checklist?.systolic}/${body.checklist?.diastolic} (before dose)`;
+    case "dose":
+      return `Dose ${body.dose_mg} mg`;
+    case "observation":
+      return `Observation: ${readings(body)}`;
+    case "discharge":
+      return `Discharge: ${readings(body)}${body.override_reason ? " (override)" : ""}`;
     case "blood_pressure":
       return `BP ${body.systolic}/${body.diastolic} (${label("phase").toLowerCase()})`;
     case "dissociation":
@@ -110,6 +134,18 @@ async function changeAlert(user, alertId, change) {
     }
     const alerts = answer.alerts.map((a) => (a.id === alertId ? change(a) : a)).filter(Boolean);
     await (alerts.length ? outbox.putAnswer({ ...answer, alerts }) : outbox.removeAnswer(answer.key));
+  }
+}
+
+/** A dose recorded with an override reason (the flowsheet's) overrode every hold open on
+ * its patient at its clinic (sessions/service.py record_dose): their cards say so. */
+export async function noteDoseOverride(user, clinic, patientRef, reason) {
+  for (const answer of await outbox.answers(user)) {
+    if (answer.body.clinic !== clinic || answer.body.patient_ref !== patientRef || !answer.alerts.some(isHeld)) {
+      continue;
+    }
+    const alerts = answer.alerts.map((a) => (isHeld(a) ? { ...a, override_reason: reason, overriddenByMe: true } : a));
+    await outbox.putAnswer({ ...answer, alerts });
   }
 }
 

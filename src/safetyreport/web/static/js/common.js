@@ -225,9 +225,12 @@ function updateNetworkBanner() {
   }
   banner.dataset.state = "offline";
   banner.className = "net-status";
-  banner.textContent = document.body.dataset.page === "report"
+  const page = document.body.dataset.page;
+  banner.textContent = page === "report"
     ? "Offline. You can keep reporting: reports are saved on this tablet and sent when the network is back."
-    : "Offline. What you see may be out of date.";
+    : page === "flowsheet"
+      ? "Offline. You can keep recording the session: each step is saved on this tablet and sent in order when the network is back."
+      : "Offline. What you see may be out of date.";
   banner.hidden = false;
 }
 
@@ -246,14 +249,16 @@ const IDLE_MS = Number(document.body.dataset.idleSeconds || 0) * 1000;
 const IDLE_MARGIN_MS = 30000;
 const IDLE_CHECK_MS = 15000;
 
-/** Delete every page the service worker kept (it keeps them in sr-pages-<version>), and
- * the kept answers of sent reports (the action cards, see outbox.js). */
+/** Delete every page the service worker kept (it keeps them in sr-pages-<version>), the
+ * kept answers of sent reports (the action cards, see outbox.js) and the flowsheet's
+ * sessions in progress. */
 export async function forgetPages() {
   try {
     await (await import("./outbox.js")).forgetAnswers();
   } catch (error) {
     console.warn("could not forget the kept answers:", error);
   }
+  forgetFlowsheets();
   if (!("caches" in window)) {
     return;
   }
@@ -262,6 +267,22 @@ export async function forgetPages() {
     await Promise.all(names.filter((n) => n.startsWith(PAGE_CACHE_PREFIX)).map((n) => caches.delete(n)));
   } catch (error) {
     console.warn("could not forget the kept pages:", error);
+  }
+}
+
+// The session flowsheet keeps its sessions in progress here (flowsheet.js); they name
+// patients, so they go with the session too (their unsent steps stay in the outbox).
+export const FLOWSHEET_PREFIX = "safetyreport-flowsheet:";
+
+function forgetFlowsheets() {
+  try {
+    for (const key of Object.keys(localStorage)) {
+      if (key.startsWith(FLOWSHEET_PREFIX)) {
+        localStorage.removeItem(key);
+      }
+    }
+  } catch (error) {
+    // Storage unavailable: nothing was kept.
   }
 }
 
@@ -359,7 +380,8 @@ const SEND_RETRY_MS = 20000;
 
 async function sendWaitingReports() {
   const notice = document.getElementById("outbox-notice");
-  if (!notice || !currentUser || document.body.dataset.page === "report"
+  // The report page and the session flowsheet send and show the outbox themselves.
+  if (!notice || !currentUser || ["report", "flowsheet"].includes(document.body.dataset.page)
       || !WRITER_ROLES.includes(document.body.dataset.role)) {
     return;
   }

@@ -1,4 +1,5 @@
-// The outbox: reports waiting on this device, in IndexedDB, until the server took them.
+// The outbox: what waits on this device, in IndexedDB, until the server took it: reports
+// (the report page) and the steps of treatment sessions (the session flowsheet).
 //
 // An entry is {key, user, kind, body, state, error, createdAt, attempts}. ``key`` is the
 // Idempotency-Key made when the form was opened: sending an entry twice (a lost answer,
@@ -7,15 +8,23 @@
 // States: queued (waiting), sending (a request is out; after a crash it is sent again),
 // failed (the server refused it).
 //
-// ``sendQueued`` is the one sender: the report page calls it (and draws the outbox from
-// its hooks), and every other signed-in page of a reporting user calls it on load, so a
-// user's reports leave the tablet when she signs in again, wherever she lands.
+// A session's step also has ``path`` (where it is POSTed: /api/v1/sessions, or the
+// session's /dose, /observations or /discharge) and ``session`` ({id, clinic, patient_ref,
+// drug}: the id is made on the tablet, so the later steps can be queued before the session
+// reached the server). Its kind is "session", "dose", "observation" or "discharge". Entries
+// go oldest first (``createdAt``, see nextCreatedAt); a session's step waits while an
+// earlier step of the same session is refused, so nothing reaches the server out of order.
 //
-// The server's answer to a report that raised alerts is kept (database
-// "safetyreport-answers") until the nurse dismisses its action cards on the report page:
-// a report sent in the background, from another page or another tab, still shows what
-// to do about it. An answer is
-// {key, user, kind, body, reportId, alerts, sentAt}, alerts as the 201 lists them.
+// ``sendQueued`` is the one sender: the report page and the flowsheet call it (and draw
+// the outbox from its hooks), and every other signed-in page of a reporting user calls it
+// on load, so a user's reports and steps leave the tablet when she signs in again,
+// wherever she lands.
+//
+// The server's answer that raised alerts is kept (database "safetyreport-answers") until
+// the nurse dismisses its action cards on the report page or the flowsheet: an entry sent
+// in the background, from another page or another tab, still shows what to do about it.
+// An answer is {key, user, kind, body, reportId, alerts, sentAt}, alerts as the 201 lists
+// them (for a session's step, body carries the session's clinic and patient too).
 
 import { api, problemMessage, setCsrfToken } from "./common.js";
 
@@ -66,6 +75,18 @@ export async function all() {
   const entries = await withStore("readonly", (store) => store.getAll());
   return (entries || []).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
 }
+
+/** A ``createdAt`` for a new entry: now, but after every entry there is, so that steps
+ * saved within the same millisecond still go in the order they were saved. */
+export async function nextCreatedAt() {
+  const last = (await all()).at(-1);
+  const now = Date.now();
+  const after = last ? Date.parse(last.createdAt) + 1 : now;
+  return new Date(Math.max(now, after)).toISOString();
+}
+
+/** The step of a treatment session (not a report). */
+export const isStep = (entry) => Boolean(entry.session);
 
 export function put(entry) {
   return withStore("readwrite", (store) => store.put(entry));
@@ -150,6 +171,33 @@ async function refreshSession(user) {
   }
 }
 
+// A 409 of the idempotency lock: the same key is still being processed (another tab).
+const BUSY = "still being processed";
+
+/** Whether a session step the server refused with 409 (done already) is this step, stored
+ * earlier: its Idempotency-Key had expired while the tablet was offline longer than the
+ * server keeps keys. The session as the server has it says. */
+async function storedAlready(entry) {
+  let result;
+  try {
+    result = await api("GET", `/api/v1/sessions/${entry.session.id}`, { cache: "no-store" });
+  } catch (error) {
+    return false;
+  }
+  const view = result.ok ? result.data : null;
+  const same = (a, b) => Boolean(a && b) && Date.parse(a) === Date.parse(b);
+  switch (view && entry.kind) {
+    case "session":
+      return view.created_by === entry.user && view.patient_ref === entry.body.patient_ref;
+    case "dose":
+      return same(view.dosed_at, entry.body.dosed_at) && view.dose_mg === entry.body.dose_mg;
+    case "discharge":
+      return same(view.discharged_at, entry.body.discharged_at);
+    default:
+      return false;
+  }
+}
+
 async function sendOne(entry, hooks) {
   await update(entry.key, { state: "sending", attempts: (entry.attempts || 0) + 1 });
   await hooks.changed?.();
@@ -157,7 +205,7 @@ async function sendOne(entry, hooks) {
   const timer = setTimeout(() => controller.abort(), SEND_TIMEOUT_MS);
   let result;
   try {
-    result = await api("POST", "/api/v1/reports", {
+    result = await api("POST", entry.path || "/api/v1/reports", {
       json: entry.body,
       headers: { "Idempotency-Key": entry.key },
       signal: controller.signal,
@@ -168,18 +216,30 @@ async function sendOne(entry, hooks) {
   } finally {
     clearTimeout(timer);
   }
-  if (result.ok) {
+  let stored = result.ok;
+  if (result.status === 409 && isStep(entry) && !(result.data?.detail || "").includes(BUSY)) {
+    stored = await storedAlready(entry);
+    if (!stored) {
+      const message = problemMessage(result);
+      await update(entry.key, { state: "failed", error: { message, errors: [{ field: "$", message }] } });
+      return { state: "failed", errors: [{ field: "$", message }] };
+    }
+  }
+  if (stored) {
     const answer = {
       key: entry.key,
       user: entry.user,
       kind: entry.kind,
-      body: entry.body,
-      reportId: result.data?.id || null,
-      alerts: result.data?.alerts || [],
+      // A step's answer names its session's clinic and patient, as a report's does.
+      body: isStep(entry)
+        ? { ...entry.body, clinic: entry.session.clinic, patient_ref: entry.session.patient_ref }
+        : entry.body,
+      reportId: result.ok ? result.data?.id || null : null,
+      alerts: (result.ok && result.data?.alerts) || [],
       sentAt: new Date().toISOString(),
     };
     await settle(entry, answer);
-    hooks.sent?.({ ...entry, state: "sent", answer });
+    await hooks.sent?.({ ...entry, state: "sent", answer });
     return { state: "sent", answer };
   }
   if (result.status === 401) {
@@ -202,8 +262,8 @@ async function sendRound(user, hooks) {
   const run = async () => {
     // Only this user's entries: another user's reports on this tablet are never sent
     // in her session; they wait for their author to sign in again.
-    const mine = (await all()).filter((e) => e.user === user && e.state !== "failed");
-    if (!mine.length || !navigator.onLine) {
+    const mine = (await all()).filter((e) => e.user === user);
+    if (!mine.some((e) => e.state !== "failed") || !navigator.onLine) {
       return;
     }
     const session = await refreshSession(user);
@@ -211,11 +271,20 @@ async function sendRound(user, hooks) {
     if (session !== "ok") {
       return;
     }
+    // Sessions with a refused step: their later steps wait until it is corrected or
+    // discarded (a dose before its session, an observation before its dose, never).
+    const stopped = new Set(mine.filter((e) => isStep(e) && e.state === "failed").map((e) => e.session.id));
     for (const entry of mine) {
+      if (entry.state === "failed" || (isStep(entry) && stopped.has(entry.session.id))) {
+        continue;
+      }
       const outcome = await sendOne(entry, hooks);
       outcomes.set(entry.key, outcome);
       if (outcome.state === "queued") {
         break; // no network or a busy server: the rest wait for the next try
+      }
+      if (outcome.state === "failed" && isStep(entry)) {
+        stopped.add(entry.session.id);
       }
     }
   };
@@ -237,7 +306,8 @@ let next = null;
 
 /**
  * Send ``user``'s queued entries, oldest first; resolves to a Map key -> {state, errors?}
- * of the entries this round tried (a sent one with its ``answer``). Hooks (all optional):
+ * of the entries this round tried (a sent one with its ``answer``); a session's step
+ * behind a refused step of its session is not tried. Hooks (all optional):
  * ``changed()`` after the outbox changed, ``sent(entry)`` for each entry the server took
  * (with its ``answer``: the report's id and alerts), ``session(state)`` with
  * "ok", "signed-out" or "unavailable".

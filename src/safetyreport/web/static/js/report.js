@@ -103,7 +103,14 @@ function pickKind(kind) {
   }
 }
 
+// The steps of a treatment session share the outbox (saved on the session flowsheet).
+const STEP_LABELS = { session: "Session opened", dose: "Session dose", observation: "Session observation", discharge: "Session discharge" };
+
 function summary(entry) {
+  if (outbox.isStep(entry)) {
+    const time = entry.body.dosed_at || entry.body.observed_at || entry.body.discharged_at || entry.createdAt;
+    return [STEP_LABELS[entry.kind] || entry.kind, entry.session.patient_ref, formatLocal(time)].join(" · ");
+  }
   // A stock incident has no patient, and its time is when it was discovered.
   const time = entry.body.occurred_at || entry.body.discovered_at;
   const when = time ? formatLocal(time) : "";
@@ -229,7 +236,14 @@ function entryItem(entry) {
     h("span", { class: `state state-${state}` }, STATE_LABELS[state]),
     h("span", { class: "what" }, summary(entry)),
   );
-  if (state === "failed") {
+  if (state === "failed" && outbox.isStep(entry)) {
+    // Corrected where it was made: on the flowsheet of its session.
+    const reasons = (entry.error?.errors || []).map((e) => e.message).join(" ");
+    item.append(
+      h("a", { class: "button secondary", href: `/sessions/flowsheet?id=${entry.session.id}` }, "Open the flowsheet"),
+      h("p", { class: "problem" }, reasons || entry.error?.message || ""),
+    );
+  } else if (state === "failed") {
     const fix = h("button", { type: "button", class: "secondary" }, "Correct");
     fix.addEventListener("click", () => correct(entry));
     const discard = h("button", { type: "button", class: "secondary danger-link" }, "Discard");
@@ -265,17 +279,23 @@ async function render() {
 }
 
 function outboxSummary(mine) {
-  const waiting = mine.filter((e) => e.state !== "failed").length;
-  const failed = mine.length - waiting;
+  const waiting = mine.filter((e) => e.state !== "failed");
+  const failed = mine.filter((e) => e.state === "failed");
+  // "3 report(s)", or with the flowsheet's steps among them "2 report(s) and 1 session step(s)".
+  const count = (entries) => {
+    const steps = entries.filter(outbox.isStep).length;
+    const reports = entries.length - steps;
+    return [reports ? `${reports} report(s)` : "", steps ? `${steps} session step(s)` : ""].filter(Boolean).join(" and ");
+  };
   const parts = [];
-  if (waiting) {
+  if (waiting.length) {
     const where = signedOut
       ? "Your session has ended: sign in again to send them. They stay on this tablet."
       : navigator.onLine ? "Sending…" : "They will be sent when the network is back.";
-    parts.push(`${waiting} report(s) waiting to be sent. ${where}`);
+    parts.push(`${count(waiting)} waiting to be sent. ${where}`);
   }
-  if (failed) {
-    parts.push(`${failed} report(s) refused by the server: correct or discard them.`);
+  if (failed.length) {
+    parts.push(`${count(failed)} refused by the server: correct or discard them.`);
   }
   return parts.join(" ") || "All reports sent.";
 }
