@@ -292,6 +292,40 @@ async def test_the_list_pages_with_a_cursor(
     assert seen == list(reversed(sessions))
 
 
+async def test_a_listed_page_gives_each_form_its_own_sessions_content(
+    client: AsyncTestClient[Any], users: dict[str, Headers]
+) -> None:
+    """The page's forms are prefilled together (a few queries for the page): each still
+    shows only its own session's dose, readings and reports."""
+    nina = users["nina"]
+    now = datetime.now(UTC)
+    reports: dict[str, str] = {}
+    for i, patient in enumerate(("PT-A", "PT-B", "PT-C")):
+        dosed_at = now - timedelta(hours=3 + i)
+        session_id = await discharged_session(client, nina, dosed_at, patient, observe=i != 1)
+        if i != 2:
+            fall = await create_report(
+                client,
+                nina,
+                adverse_report(
+                    patient_ref=patient,
+                    session_id=session_id,
+                    occurred_at=iso(dosed_at + timedelta(minutes=20)),
+                ),
+            )
+            reports[session_id] = fall["id"]
+    page = await client.get(FORMS, headers=users["olga"])
+    assert page.status_code == 200, page.text
+    forms = page.json()["items"]
+    assert len(forms) == 3
+    for form in forms:
+        content = form["content"]
+        events = [e["report_id"] for e in content["adverse_events"]]
+        assert events == ([reports[form["session_id"]]] if form["session_id"] in reports else [])
+        expected_readings = 0 if content["patient_ref"] == "PT-B" else 3
+        assert len(content["vital_signs"]) == expected_readings, content
+
+
 # --- submission --------------------------------------------------------------------------
 
 
