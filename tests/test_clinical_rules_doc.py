@@ -127,6 +127,44 @@ def documented_rules(text: str) -> tuple[dict[str, RuleRow], dict[str, list[str]
     return rows, sources
 
 
+CRITERIA_HEADER = ("drug", "field", "rule", "check", "parameters", "sources")
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in sorted(params.items())) or NONE
+
+
+async def test_every_fitness_to_leave_criterion_is_documented_with_its_numbers(
+    db: asyncpg.Connection[Any],
+) -> None:
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if tuple(_cells(line)) == CRITERIA_HEADER)
+    documented = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        documented.append(tuple(_cells(line)))
+    stored = [
+        (
+            row["drug"],
+            row["field"],
+            row["rule"],
+            row["check_kind"],
+            _params_text(json.loads(row["params"])),
+            row["sources"],
+        )
+        for row in await db.fetch(
+            "SELECT drug, field, rule, check_kind, params::text, sources"
+            " FROM discharge_criteria ORDER BY drug, position"
+        )
+    ]
+    assert stored
+    assert documented == stored
+    defined = set(SOURCE_DEFINITION.findall(DOC.read_text(encoding="utf-8")))
+    for *_, sources in stored:
+        assert {key.strip() for key in sources.split(",")} <= defined, sources
+
+
 async def test_every_default_rule_is_documented_with_its_thresholds(
     db: asyncpg.Connection[Any],
 ) -> None:

@@ -34,6 +34,7 @@ from safetyreport.patients.course import course_facts
 from safetyreport.rems import service as rems
 from safetyreport.reports.grading import hypertension_reading_grade
 from safetyreport.reports.types import dose_mg_per_kg
+from safetyreport.sessions.criteria import Discharge, unmet_criteria
 from safetyreport.sessions.types import (
     VITALS,
     DischargeBody,
@@ -47,42 +48,6 @@ from safetyreport.times import require_utc
 
 _canonical = msgspec.json.Encoder(order="sorted")
 _encoder = msgspec.json.Encoder()
-
-# Fitness to leave after esketamine (docs/clinical-rules.md, Treatment sessions): the
-# Spravato REMS monitors for at least 2 hours and the label checks the blood pressure
-# about 40 minutes after the dose; the 120 minutes and the 35-50 minute window are the
-# service's (issue 15). The blood pressure at discharge is held to the pre-dose hold
-# rule in force at the clinic, the one home of that level.
-DISCHARGE_DRUGS = frozenset({"esketamine_nasal"})
-MONITORING_MINUTES = 120
-BP_CHECK_WINDOW_MINUTES = (35, 50)
-MOAA_S_READY = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Criterion:
-    field: str
-    rule: str
-    message: str
-
-
-MONITORED_120 = Criterion(
-    "discharged_at",
-    "monitored_120_minutes",
-    f"fewer than {MONITORING_MINUTES} minutes since the dose",
-)
-BP_AT_40 = Criterion(
-    "observations",
-    "blood_pressure_35_to_50_minutes",
-    f"no blood pressure observed between {BP_CHECK_WINDOW_MINUTES[0]} and"
-    f" {BP_CHECK_WINDOW_MINUTES[1]} minutes after the dose",
-)
-BP_AT_DISCHARGE = Criterion("systolic", "required_at_discharge", "no blood pressure at discharge")
-MOAA_S_5 = Criterion("moaa_s", "moaa_s_5", f"MOAA/S below {MOAA_S_READY} at discharge")
-BP_HOLD_LEVEL = Criterion(
-    "systolic", "above_hold_level", "blood pressure at discharge above the pre-dose hold level"
-)
-ESCORT = Criterion("escort", "escort", "nobody recorded to accompany the patient home")
 
 
 class ObservationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -751,36 +716,6 @@ async def _above_hold_level(conn: Conn, row: asyncpg.Record, systolic: int, dias
     )
 
 
-async def unmet_criteria(conn: Conn, row: asyncpg.Record, body: DischargeBody) -> list[Criterion]:
-    """The fitness-to-leave criteria the discharge does not meet (esketamine only)."""
-    if row["drug"] not in DISCHARGE_DRUGS:
-        return []
-    unmet: list[Criterion] = []
-    dosed_at: datetime | None = row["dosed_at"]
-    if dosed_at is not None:
-        if body.discharged_at - dosed_at < timedelta(minutes=MONITORING_MINUTES):
-            unmet.append(MONITORED_120)
-        start, end = BP_CHECK_WINDOW_MINUTES
-        checked = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM session_observations WHERE session_id = $1"
-            " AND vitals ? 'systolic' AND observed_at BETWEEN $2 AND $3)",
-            row["id"],
-            dosed_at + timedelta(minutes=start),
-            dosed_at + timedelta(minutes=end),
-        )
-        if not checked:
-            unmet.append(BP_AT_40)
-    if body.systolic is None or body.diastolic is None:
-        unmet.append(BP_AT_DISCHARGE)
-    elif await _above_hold_level(conn, row, body.systolic, body.diastolic):
-        unmet.append(BP_HOLD_LEVEL)
-    if body.moaa_s < MOAA_S_READY:
-        unmet.append(MOAA_S_5)
-    if not body.escort:
-        unmet.append(ESCORT)
-    return unmet
-
-
 async def discharge(
     conn: Conn,
     caller: Caller,
@@ -797,7 +732,11 @@ async def discharge(
         raise Conflict("the session is discharged already")
     if row["dosed_at"] is not None and body.discharged_at < row["dosed_at"]:
         raise ValidationFailed.one("discharged_at", "after_dose", "discharge follows the dose")
-    unmet = await unmet_criteria(conn, row, body)
+    unmet = await unmet_criteria(
+        conn,
+        Discharge(session_id, row["drug"], row["dosed_at"], body),
+        lambda systolic, diastolic: _above_hold_level(conn, row, systolic, diastolic),
+    )
     if unmet and body.override_reason is None:
         raise ValidationFailed([FieldError(c.field, c.rule, c.message) for c in unmet])
     overridden = bool(unmet)

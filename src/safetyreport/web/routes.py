@@ -38,6 +38,7 @@ from safetyreport.reports import service as reports
 from safetyreport.reports.routes import PatientRefFilter
 from safetyreport.reports.types import STOCK_CONCERNS
 from safetyreport.request_context import CallerDep, DbDep
+from safetyreport.sessions.criteria import criteria_for
 from safetyreport.web import session
 from safetyreport.web.assets import OFFLINE_PAGES, PAGE_HEADERS, asset_version, static_files
 from safetyreport.web.forms import (
@@ -190,13 +191,15 @@ class WebController(Controller):
         )
 
     @get("/sessions/flowsheet", guards=[require_page_role], opt=allow(REPORT_WRITERS))
-    async def flowsheet_page(self, page: PageDep) -> Template:
+    async def flowsheet_page(self, db: DbDep, page: PageDep) -> Template:
         """The nurse's session flowsheet (flowsheet.js): kept on the tablet for offline use,
-        so it names no patient; the session in progress comes from the tablet or the API."""
+        so it names no patient; the session in progress comes from the tablet or the API.
+        The fitness-to-leave criteria are the stored ones, with their numbers."""
         return page.render(
             "flowsheet.html",
             steps=step_forms(),
             clinics=sorted(page.caller.principal.clinic_names.items()),
+            criteria=await criteria_for(db),
         )
 
     @get("/report/recent", guards=[require_page_role], opt=allow(REPORT_READERS))

@@ -25,12 +25,8 @@ import { alertSentence, noteDoseOverride, readings, showCards } from "./chair.js
 
 const RETRY_MS = 20000;
 const MINUTE = 60000;
-// The label's 40-minute blood pressure, within 35 to 50 minutes of the dose, and the
-// 120 minutes of monitoring (sessions/service.py; the server decides).
-const BP_DUE = 40;
-const BP_WINDOW = [35, 50];
-const MONITORING = 120;
-const DISCHARGE_DRUGS = ["esketamine_nasal"];
+// The fitness-to-leave criteria and their numbers come from the server (the page lists the
+// stored ones, discharge_criteria, each drug's; the server decides at discharge).
 const STEP_LABELS = { session: "Session opened", dose: "Dose", observation: "Observation", discharge: "Discharge" };
 const STATE_LABELS = { queued: "Queued", sending: "Sending", sent: "Sent", failed: "Refused", waiting: "Waiting" };
 const CHECKLIST = ["systolic", "diastolic", "fasting", "cns_depressants", "pregnancy_possible", "transport_arranged"];
@@ -392,13 +388,29 @@ function span(ms) {
   return hours ? `${hours} h ${pad(minutes)} min` : `${minutes} min ${pad(seconds % 60)} s`;
 }
 
-/** Whether a blood pressure was taken 35 to 50 minutes after the dose. */
+/** The stored fitness-to-leave criteria of a drug: its items of the page's list. */
+function criteriaOf(drug) {
+  return [...document.getElementById("criteria").children].filter((item) => item.dataset.drug === drug);
+}
+
+/** The numbers of a drug's criterion of one kind of check, or null if it has none. */
+function paramsOf(drug, check) {
+  const item = criteriaOf(drug).find((i) => i.dataset.check === check);
+  return item ? JSON.parse(item.dataset.params) : null;
+}
+
+/** Whether a blood pressure was taken in the drug's window after the dose (null: the drug
+ * has no such criterion). */
 function bpInWindow(record) {
+  const window = paramsOf(record.drug, "blood_pressure_between");
   const dosed = doseTime(record);
+  if (window === null) {
+    return null;
+  }
   return dosed !== null && record.observations.some((o) => {
     const at = Date.parse(o.body.observed_at);
     return o.body.systolic !== undefined && o.body.systolic !== null
-      && at >= dosed + BP_WINDOW[0] * MINUTE && at <= dosed + BP_WINDOW[1] * MINUTE;
+      && at >= dosed + window.from_minutes * MINUTE && at <= dosed + window.to_minutes * MINUTE;
   });
 }
 
@@ -417,24 +429,29 @@ function tick() {
   const due = document.getElementById("next-due");
   let text;
   let state = "";
-  if (!bpInWindow(record)) {
-    const at = dosed + BP_DUE * MINUTE;
-    const opens = dosed + BP_WINDOW[0] * MINUTE;
-    const closes = dosed + BP_WINDOW[1] * MINUTE;
+  const window = paramsOf(record.drug, "blood_pressure_between");
+  const monitoring = paramsOf(record.drug, "minutes_since_dose")?.minutes ?? null;
+  if (window !== null && !bpInWindow(record)) {
+    const at = dosed + window.due_minutes * MINUTE;
+    const opens = dosed + window.from_minutes * MINUTE;
+    const closes = dosed + window.to_minutes * MINUTE;
     if (now < opens) {
-      text = `blood pressure at ${BP_DUE} min (${formatLocal(new Date(at))}), in ${span(at - now)}`;
+      text = `blood pressure at ${window.due_minutes} min (${formatLocal(new Date(at))}), in ${span(at - now)}`;
     } else if (now <= closes) {
       text = `blood pressure now: ${now < at ? `due in ${span(at - now)}` : `due ${span(now - at)} ago`}, the window closes in ${span(closes - now)}`;
       state = "due";
     } else {
-      text = `the ${BP_DUE}-minute blood pressure was missed (the window closed ${span(now - closes)} ago): record one, the discharge will need an override`;
+      text = `the ${window.due_minutes}-minute blood pressure was missed (the window closed ${span(now - closes)} ago): record one, the discharge will need an override`;
       state = "overdue";
     }
-  } else {
-    const ready = dosed + MONITORING * MINUTE;
+  } else if (monitoring !== null) {
+    const ready = dosed + monitoring * MINUTE;
+    const done = window === null ? "" : `${window.due_minutes}-minute blood pressure done; `;
     text = now < ready
-      ? `${BP_DUE}-minute blood pressure done; discharge assessment from ${MONITORING} min (${formatLocal(new Date(ready))}), in ${span(ready - now)}`
-      : `${BP_DUE}-minute blood pressure done; ${MONITORING} minutes have passed: assess for discharge`;
+      ? `${done}discharge assessment from ${monitoring} min (${formatLocal(new Date(ready))}), in ${span(ready - now)}`
+      : `${done}${monitoring} minutes have passed: assess for discharge`;
+  } else {
+    text = "observations as the clinic's protocol for this drug asks";
   }
   due.textContent = text;
   line.dataset.state = state;
@@ -466,23 +483,31 @@ function liveCriteria() {
   const dosed = doseTime(record);
   const leaving = new Date(value("discharged_at")).getTime();
   const hasBp = value("systolic") !== "" && value("diastolic") !== "";
-  const known = {
-    monitored_120_minutes: dosed === null ? null : !Number.isNaN(leaving) && leaving - dosed >= MONITORING * MINUTE,
-    blood_pressure_35_to_50_minutes: dosed === null ? null : bpInWindow(record),
-    required_at_discharge: hasBp,
-    above_hold_level: hasBp ? "server" : null,
-    moaa_s_5: value("moaa_s") === "" ? false : value("moaa_s") === "5",
-    escort: value("escort") === "true",
+  const params = (item) => JSON.parse(item.dataset.params);
+  // Each kind of check as the form stands: true met, false unmet, null not applicable,
+  // "server" only the server can tell (the hold level is its rule's).
+  const checks = {
+    minutes_since_dose: (p) => (dosed === null ? null : !Number.isNaN(leaving) && leaving - dosed >= p.minutes * MINUTE),
+    blood_pressure_between: () => (dosed === null ? null : bpInWindow(record)),
+    blood_pressure_at_discharge: () => hasBp,
+    below_hold_level: () => (hasBp ? "server" : null),
+    moaa_s_at_least: (p) => (value("moaa_s") === "" ? false : Number(value("moaa_s")) >= p.value),
+    escort: () => value("escort") === "true",
   };
   const refused = JSON.parse(list.dataset.refused || "[]");
-  const applies = DISCHARGE_DRUGS.includes(record.drug);
+  const applies = criteriaOf(record.drug).length > 0;
   document.getElementById("criteria-note").textContent = applies
     ? "Checked here as you fill in the form; the server decides when you discharge."
-    : "These criteria are the esketamine ones; for this drug the server does not hold the discharge to them.";
+    : "This drug has no fitness-to-leave criteria; the server does not hold the discharge to any.";
   for (const item of list.children) {
+    item.hidden = item.dataset.drug !== record.drug;
+    if (item.hidden) {
+      continue;
+    }
     const rule = item.dataset.rule;
     const said = refused.filter((e) => e.rule === rule).map((e) => e.message);
-    let state = known[rule] === true ? "met" : known[rule] === false ? "unmet" : known[rule] === "server" ? "server" : "na";
+    const met = checks[item.dataset.check](params(item));
+    let state = met === true ? "met" : met === false ? "unmet" : met === "server" ? "server" : "na";
     if (said.length) {
       state = "refused";
     }
