@@ -46,11 +46,24 @@ LANDING: dict[Role, str] = {
 
 # Navigation per role: (path, label).
 _NAV: dict[Role, tuple[tuple[str, str], ...]] = {
-    "nurse": (("/report", "Report"),),
-    "safety_officer": (("/alerts", "Alerts"), ("/report", "Report")),
-    "admin": (("/alerts", "Alerts"), ("/audit", "Audit trail")),
-    "auditor": (("/audit", "Audit trail"),),
+    "nurse": (("/report", "Report"), ("/patients", "Patients")),
+    "safety_officer": (
+        ("/alerts", "Alerts"),
+        ("/report", "Report"),
+        ("/patients", "Patients"),
+        ("/rems", "REMS forms"),
+    ),
+    "admin": (
+        ("/alerts", "Alerts"),
+        ("/audit", "Audit trail"),
+        ("/patients", "Patients"),
+        ("/rems", "REMS forms"),
+    ),
+    "auditor": (("/audit", "Audit trail"), ("/patients", "Patients")),
 }
+# Pages a sign-in may return to besides the landing pages (their paths, or a prefix).
+_RETURNABLE = ("/patients", "/rems")
+_RETURNABLE_PREFIXES = ("/reports/", "/alerts/", "/patients/")
 ROLE_LABELS: dict[Role, str] = {
     "nurse": "Nurse",
     "safety_officer": "Safety officer",
@@ -87,7 +100,9 @@ def safe_next(path: str | None) -> str | None:
     if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
         return None
     page = path.split("?", 1)[0]
-    allowed = page in LANDING.values() or page.startswith(("/reports/", "/alerts/"))
+    allowed = (
+        page in LANDING.values() or page in _RETURNABLE or page.startswith(_RETURNABLE_PREFIXES)
+    )
     return path if allowed else None
 
 
