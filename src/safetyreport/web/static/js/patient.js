@@ -212,6 +212,9 @@ function doseChart(canvas, sessions) {
           type: "linear",
           min: first - pad,
           max: last + pad,
+          // Grid lines at the ticks (a bar chart's default puts them between).
+          offset: false,
+          grid: { offset: false },
           afterBuildTicks: dayTicks,
           ticks: {
             callback: (value) => new Date(value).toLocaleDateString("en-GB", {
@@ -387,14 +390,19 @@ function render(timeline) {
   document.documentElement.dataset.chartsReady = "yes";
 }
 
-// Printing lays the page out at the paper's width: the charts follow.
-function resizeCharts() {
+// Printed, a chart is drawn at a size that fits A4 and Letter paper within the print
+// style sheet's margins (its text then prints at its own size); after, at the page's.
+const PRINT_SIZE = [680, 280];
+window.addEventListener("beforeprint", () => {
+  for (const chart of charts) {
+    chart.resize(...PRINT_SIZE);
+  }
+});
+window.addEventListener("afterprint", () => {
   for (const chart of charts) {
     chart.resize();
   }
-}
-window.addEventListener("beforeprint", resizeCharts);
-window.addEventListener("afterprint", resizeCharts);
+});
 
 async function load() {
   let result;
