@@ -145,20 +145,26 @@ function facts(content) {
   return pairs.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]);
 }
 
-function vitalRows(content) {
-  const cell = (value) => h("td", { class: "number" }, value ?? "");
-  return content.vital_signs.map((v) => h(
+// The vital signs' columns; those no reading has are left out.
+const VITAL_COLUMNS = [
+  ["Minutes after dose", (v) => v.minutes_after_dose],
+  ["BP (mmHg)", (v) => (v.systolic !== undefined ? `${v.systolic}/${v.diastolic ?? ""}` : undefined)],
+  ["Pulse (/min)", (v) => v.pulse],
+  ["SpO2 (%)", (v) => v.spo2],
+  ["Resp. rate (/min)", (v) => v.respiratory_rate],
+  ["MOAA/S", (v) => v.moaa_s],
+  ["CADSS", (v) => v.cadss_total],
+];
+
+function vitalTable(li, content) {
+  const columns = VITAL_COLUMNS.filter(([, value]) => content.vital_signs.some((v) => value(v) !== undefined && value(v) !== null));
+  slot(li, "vitals-head").replaceChildren(h("tr", {}, h("th", { scope: "col" }, "Time"), ...columns.map(([title]) => h("th", { scope: "col" }, title))));
+  slot(li, "vitals").replaceChildren(...content.vital_signs.map((v) => h(
     "tr",
     {},
     h("td", {}, time(v.observed_at)),
-    cell(v.minutes_after_dose),
-    cell(v.systolic !== undefined ? `${v.systolic}/${v.diastolic ?? ""}` : ""),
-    cell(v.pulse),
-    cell(v.spo2),
-    cell(v.respiratory_rate),
-    cell(v.moaa_s),
-    cell(v.cadss_total),
-  ));
+    ...columns.map(([, value]) => h("td", { class: "number" }, value(v) ?? "")),
+  )));
 }
 
 function events(content) {
@@ -194,7 +200,7 @@ function row(form) {
   slot(li, "session").textContent = form.session_id;
   slot(li, "dose").replaceChildren(
     content.dose_mg !== null ? `${content.dose_mg} mg ${drugLabel(content.drug)}, ` : `${drugLabel(content.drug)}, `,
-    content.dosed_at ? ["dosed ", time(content.dosed_at)] : ["opened ", time(content.session_opened_at)],
+    ...(content.dosed_at ? ["dosed ", time(content.dosed_at)] : ["opened ", time(content.session_opened_at)]),
   );
   slot(li, "due").replaceChildren(time(form.due_at));
   slot(li, "due-utc").textContent = `(${utcText(form.due_at)})`;
@@ -206,7 +212,7 @@ function row(form) {
     li.dataset.daysOverdue = String(late.days);
   }
   slot(li, "facts").replaceChildren(...facts(content));
-  slot(li, "vitals").replaceChildren(...vitalRows(content));
+  vitalTable(li, content);
   slot(li, "vitals-wrap").hidden = !content.vital_signs.length;
   slot(li, "events").replaceChildren(...events(content));
 
