@@ -21,6 +21,7 @@ from playwright.async_api import BrowserContext, Page, expect
 from tests.helpers.browser import (
     AUDITOR,
     BROWSER_MARKS,
+    NEXT_FRAMES,
     NURSE,
     OFFICER,
     OTHER_NURSE,
@@ -198,7 +199,7 @@ async def test_the_patient_page_charts_the_history_with_the_apis_numbers(
 
     # Printed: no navigation or search box, the charts within the paper's width.
     await page.emulate_media(media="print")
-    await page.evaluate(_NEXT_FRAME)  # the print layout has been drawn
+    await page.evaluate(NEXT_FRAMES)  # the print layout has been drawn
     await page.evaluate("window.dispatchEvent(new Event('beforeprint'))")
     await expect(page.locator("header.topbar")).to_be_hidden()
     await expect(page.locator("form.find-patient")).to_be_hidden()
