@@ -225,6 +225,7 @@ async def test_a_patient_is_found_from_the_search_box_and_from_a_report(
     await page.get_by_label("Patient reference").fill("not a ref!")
     await page.get_by_role("button", name="Open").click()
     await expect(page.locator("#find-patient-error")).to_contain_text("Letters, digits")
+    await check_and_capture(page, "patient-search")
     await page.get_by_label("Patient reference").fill(ref)
     await page.get_by_role("button", name="Open").click()
     await expect(page).to_have_url(re.compile(f"/patients/{ref}$"))
@@ -251,6 +252,7 @@ async def test_another_clinics_patient_is_not_found(
     await page.goto(f"/patients/{ref}")
     await expect(page.locator("#patient-error")).to_have_text(f"No patient {ref} at your clinics.")
     await expect(page.locator("#patient-body")).to_be_hidden()
+    await check_and_capture(page, "patient-not-found")
     assert await page.evaluate("Chart.instances && Object.keys(Chart.instances).length") == 0
     # Nothing about the patient was read for her: no audit entry of hers.
     reads = await audit_rows(db, "patient.timeline_read", ref)
