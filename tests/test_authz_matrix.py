@@ -15,7 +15,8 @@ forgotten: every method of every route must be known here, as
 ``test_every_route_is_in_the_matrix`` fails, naming what to add, for a route or path
 parameter it does not know. The matrix itself runs against a real ``safetyreport serve``:
 each role (nurse, safety officer, auditor, admin; every user belongs to clinic OWN only)
-calls every route. A request aimed at the foreign clinic must be answered 403 or 404;
+calls every route. A request aimed at the foreign clinic must be answered 403 or 404
+(but for ``PAGE_SHELLS``: pages the same for any id, whose script reads through the API);
 no answer, whatever its status, may contain the foreign clinic's data (its report,
 alert and notification ids, patient, free text, name or code) unless the request itself
 named it; no answer may be a 5xx. Afterwards the foreign clinic's data is unchanged.
@@ -152,6 +153,13 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
 }
 # Path parameters naming objects that belong to no clinic: (value, why that is fine).
 GLOBAL_IDS: dict[str, tuple[str, str]] = {}
+# Pages with path parameters that read nothing themselves: the same page for any value
+# (their script reads through the API, whose routes are probed here too), so the foreign
+# id gets it as well; it must still hold no foreign data. (route) -> why that is fine.
+PAGE_SHELLS: dict[tuple[str, str], str] = {
+    ("GET", "/patients/{patient_ref:str}"): "draws GET /api/v1/patients/{patient_ref}/timeline, "
+    "which answers 404 for another clinic's patient",
+}
 FOREIGN_RULE = "zzforeign-secret-rule"
 FOREIGN_OVERRIDE = "zzforeign-secret-override"
 FOREIGN_PROTECTED = "zzforeign-secret-crisis"
@@ -334,6 +342,12 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ("GET", "/report/recent"): [SEEN_NOTHING],
     ("GET", "/alerts"): [SEEN_NOTHING],
     ("GET", "/audit"): [SEEN_NOTHING],
+    ("GET", "/patients"): [
+        SEEN_NOTHING,
+        # The search box: sent on to the patient's page (which reads nothing itself).
+        Probe(query={"patient_ref": FOREIGN_PATIENT}, denied=False),
+    ],
+    ("GET", "/rems"): [SEEN_NOTHING],
     ("GET", "/web/session"): [SEEN_NOTHING],
     ("POST", "/logout"): [Probe(denied=False, own_session=True)],
 }
@@ -407,7 +421,7 @@ def test_every_route_is_in_the_matrix() -> None:
     problems = [problem for endpoint in endpoints for problem in problems_with(endpoint)]
     assert not problems, "routes the authorization matrix cannot probe:\n" + "\n".join(problems)
     known = {(e.method, e.path) for e in endpoints}
-    stale = [k for k in (*PUBLIC, *PROBES, *BODIES) if k not in known]
+    stale = [k for k in (*PUBLIC, *PROBES, *BODIES, *PAGE_SHELLS) if k not in known]
     assert not stale, f"entries for routes the app no longer has: {stale}"
 
 
@@ -623,7 +637,7 @@ def fill(endpoint: Endpoint, foreign: Foreign) -> str:
 def probes_of(endpoint: Endpoint) -> list[Probe]:
     key = (endpoint.method, endpoint.path)
     if endpoint.params:
-        aims = any(name in FOREIGN_IDS for name in endpoint.params)
+        aims = any(name in FOREIGN_IDS for name in endpoint.params) and key not in PAGE_SHELLS
         return [Probe(body=BODIES.get(key), denied=aims)]
     return PROBES[key]
 

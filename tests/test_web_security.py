@@ -127,6 +127,10 @@ async def test_anonymous_pages_lead_to_the_login_form(client: AsyncTestClient[An
         response = await client.get(path, follow_redirects=False)
         assert response.status_code == 303, path
         assert response.headers["location"].startswith("/login"), path
+    # The patient and REMS pages are returned to after signing in.
+    for path in ("/patients", "/patients/PT-1", "/rems"):
+        response = await client.get(path, follow_redirects=False)
+        assert response.headers["location"] == f"/login?next={path}", path
 
 
 async def test_wrong_password_shows_the_form_again_and_is_audited(
@@ -313,7 +317,7 @@ async def test_pages_carry_a_strict_content_security_policy(
     assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
     assert "script-src 'self'" in CONTENT_SECURITY_POLICY
     await form_login(client, people["admin"])
-    for path in ("/login", "/alerts", "/audit", "/offline"):
+    for path in ("/login", "/alerts", "/audit", "/offline", "/patients", "/patients/PT-1", "/rems"):
         response = await client.get(path)
         assert response.status_code == 200, path
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY

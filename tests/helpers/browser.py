@@ -54,6 +54,10 @@ _AXE_RUN = """async () => {
         + v.nodes.map(n => n.target.join(" ")).join(", "));
 }"""
 VIEWPORTS = {"1024x768": (1024, 768), "768x1024": (768, 1024)}
+# Resolves after the page has drawn two more frames.
+NEXT_FRAMES = (
+    "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+)
 # Bound for waiting on the page (on the database: helpers.waiting); never a fixed sleep.
 WAIT_MS = 15_000
 
@@ -280,6 +284,8 @@ async def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for size, (width, height) in VIEWPORTS.items():
         await page.set_viewport_size({"width": width, "height": height})
+        # What redraws itself on a resize (a chart, on the next frame) has done so.
+        await page.evaluate(NEXT_FRAMES)
         await page.screenshot(path=str(SCREENSHOTS / f"{name}-{size}.png"), full_page=True)
     await page.set_viewport_size({"width": 1024, "height": 768})
 

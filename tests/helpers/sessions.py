@@ -1,13 +1,13 @@
 """Treatment sessions for the tests: bodies, posting with a fresh Idempotency-Key, a
-session opened and dosed."""
+session opened and dosed, one observed and discharged. ``client`` is the app's test
+client or an ``httpx.AsyncClient`` of a served process."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from litestar.testing import AsyncTestClient
 
 from tests.helpers.reports import new_key
 
@@ -42,7 +42,7 @@ def session_body(patient: str = "PT-1", **overrides: Any) -> dict[str, Any]:
 
 
 async def post(
-    client: AsyncTestClient[Any], path: str, headers: Headers, body: Any, key: str | None = None
+    client: httpx.AsyncClient, path: str, headers: Headers, body: Any, key: str | None = None
 ) -> httpx.Response:
     return await client.post(
         path, json=body, headers={**headers, "Idempotency-Key": key or new_key()}
@@ -50,7 +50,7 @@ async def post(
 
 
 async def open_session(
-    client: AsyncTestClient[Any], headers: Headers, body: dict[str, Any]
+    client: httpx.AsyncClient, headers: Headers, body: dict[str, Any]
 ) -> dict[str, Any]:
     response = await post(client, SESSIONS, headers, body)
     assert response.status_code == 201, response.text
@@ -59,7 +59,7 @@ async def open_session(
 
 
 async def dosed_session(
-    client: AsyncTestClient[Any], headers: Headers, dosed_at: datetime, patient: str = "PT-1"
+    client: httpx.AsyncClient, headers: Headers, dosed_at: datetime, patient: str = "PT-1"
 ) -> str:
     session = await open_session(client, headers, session_body(patient))
     dosed = await post(
@@ -69,5 +69,40 @@ async def dosed_session(
         {"dose_mg": 56, "dosed_at": iso(dosed_at), "lot": "LOT-7"},
     )
     assert dosed.status_code == 201, dosed.text
+    session_id: str = session["id"]
+    return session_id
+
+
+async def observed_session(
+    client: httpx.AsyncClient,
+    headers: Headers,
+    patient: str,
+    dosed_at: datetime,
+    readings: list[dict[str, Any]],
+    *,
+    dose_mg: float = 56,
+    discharge: bool = True,
+    **overrides: Any,
+) -> str:
+    """A session opened, dosed at ``dosed_at`` with ``dose_mg``, observed (each reading's
+    ``minutes`` after the dose, the rest its vital signs) and, with ``discharge``,
+    discharged fit 125 minutes after the dose; its id."""
+    session = await open_session(client, headers, session_body(patient, **overrides))
+    path = f"{SESSIONS}/{session['id']}"
+    dosed = await post(
+        client, f"{path}/dose", headers, {"dose_mg": dose_mg, "dosed_at": iso(dosed_at)}
+    )
+    assert dosed.status_code == 201, dosed.text
+    for reading in readings:
+        vitals = {k: v for k, v in reading.items() if k != "minutes"}
+        at = dosed_at + timedelta(minutes=reading["minutes"])
+        observed = await post(
+            client, f"{path}/observations", headers, {"observed_at": iso(at), **vitals}
+        )
+        assert observed.status_code == 201, observed.text
+    if discharge:
+        body = {"discharged_at": iso(dosed_at + timedelta(minutes=125)), **FIT}
+        discharged = await post(client, f"{path}/discharge", headers, body)
+        assert discharged.status_code == 200, discharged.text
     session_id: str = session["id"]
     return session_id

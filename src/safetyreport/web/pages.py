@@ -49,11 +49,25 @@ FLOWSHEET = "/sessions/flowsheet"
 
 # Navigation per role: (path, label).
 _NAV: dict[Role, tuple[tuple[str, str], ...]] = {
-    "nurse": (("/report", "Report"), (FLOWSHEET, "Flowsheet")),
-    "safety_officer": (("/alerts", "Alerts"), ("/report", "Report"), (FLOWSHEET, "Flowsheet")),
-    "admin": (("/alerts", "Alerts"), ("/audit", "Audit trail")),
-    "auditor": (("/audit", "Audit trail"),),
+    "nurse": (("/report", "Report"), (FLOWSHEET, "Flowsheet"), ("/patients", "Patients")),
+    "safety_officer": (
+        ("/alerts", "Alerts"),
+        ("/report", "Report"),
+        (FLOWSHEET, "Flowsheet"),
+        ("/patients", "Patients"),
+        ("/rems", "REMS forms"),
+    ),
+    "admin": (
+        ("/alerts", "Alerts"),
+        ("/audit", "Audit trail"),
+        ("/patients", "Patients"),
+        ("/rems", "REMS forms"),
+    ),
+    "auditor": (("/audit", "Audit trail"), ("/patients", "Patients")),
 }
+# Pages a sign-in may return to besides the landing pages (their paths, or a prefix).
+_RETURNABLE = (FLOWSHEET, "/patients", "/rems")
+_RETURNABLE_PREFIXES = ("/reports/", "/alerts/", "/patients/")
 ROLE_LABELS: dict[Role, str] = {
     "nurse": "Nurse",
     "safety_officer": "Safety officer",
@@ -91,7 +105,7 @@ def safe_next(path: str | None) -> str | None:
         return None
     page = path.split("?", 1)[0]
     allowed = (
-        page in LANDING.values() or page == FLOWSHEET or page.startswith(("/reports/", "/alerts/"))
+        page in LANDING.values() or page in _RETURNABLE or page.startswith(_RETURNABLE_PREFIXES)
     )
     return path if allowed else None
 

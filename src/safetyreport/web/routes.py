@@ -11,6 +11,7 @@ CSRF field of its own.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -33,10 +34,10 @@ from safetyreport.auth.permissions import (
     REPORT_WRITERS,
     allow,
 )
-from safetyreport.errors import Forbidden
+from safetyreport.errors import Forbidden, NotFound
 from safetyreport.reports import service as reports
 from safetyreport.reports.routes import PatientRefFilter
-from safetyreport.reports.types import STOCK_CONCERNS
+from safetyreport.reports.types import PATIENT_REF_PATTERN, STOCK_CONCERNS
 from safetyreport.request_context import CallerDep, DbDep
 from safetyreport.sessions.criteria import criteria_for
 from safetyreport.web import session
@@ -66,6 +67,7 @@ from safetyreport.web.pages import (
 )
 
 _log = logging.getLogger(__name__)
+PATIENT_REF = re.compile(PATIENT_REF_PATTERN)
 
 
 class WebController(Controller):
@@ -259,6 +261,43 @@ class WebController(Controller):
     async def audit_page(self, page: PageDep) -> Template:
         clinics = sorted(page.caller.principal.clinic_names.items())
         return page.render("audit.html", clinics=clinics)
+
+    @get("/patients", guards=[require_page_role], opt=allow(REPORT_READERS))
+    async def find_patient(
+        self, page: PageDep, patient_ref: FromQuery[str | None] = None
+    ) -> Response[Any]:
+        """The search box alone; a reference given goes to that patient's page."""
+        ref = (patient_ref or "").strip()
+        if ref and PATIENT_REF.fullmatch(ref):
+            return redirect(f"/patients/{ref}")
+        error = "Letters, digits, - and _ only, at most 64." if ref else ""
+        return page.render("patient.html", patient_ref="", query=ref, error=error)
+
+    @get("/patients/{patient_ref:str}", guards=[require_page_role], opt=allow(REPORT_READERS))
+    async def patient_page(self, page: PageDep, patient_ref: FromPath[str]) -> Template:
+        """The patient's history, drawn by its script from the timeline API (which checks
+        the clinic and audits the read): the page itself reads nothing of the patient."""
+        if not PATIENT_REF.fullmatch(patient_ref):
+            raise NotFound("no such patient reference")
+        return page.render(
+            "patient.html",
+            patient_ref=patient_ref,
+            query="",
+            error="",
+            alert_links=page.caller.principal.role in ALERT_WORKERS,
+            labels={"drug": OPTIONS["drug"], "kind": KIND_LABELS},
+        )
+
+    @get("/rems", guards=[require_page_role], opt=allow(ALERT_WORKERS))
+    async def rems_page(self, page: PageDep) -> Template:
+        """The REMS forms to send, overdue first; the list comes from the forms API."""
+        principal = page.caller.principal
+        return page.render(
+            "rems.html",
+            clinics=sorted(principal.clinic_names.items()),
+            can_submit=principal.role in REPORT_WRITERS,
+            labels={"drug": OPTIONS["drug"], "kind": KIND_LABELS},
+        )
 
     @get("/offline", opt=PUBLIC)
     async def offline(self, page: PageDep) -> Template:
