@@ -15,8 +15,7 @@ forgotten: every method of every route must be known here, as
 ``test_every_route_is_in_the_matrix`` fails, naming what to add, for a route or path
 parameter it does not know. The matrix itself runs against a real ``safetyreport serve``:
 each role (nurse, safety officer, auditor, admin; every user belongs to clinic OWN only)
-calls every route. A request aimed at the foreign clinic must be answered 403 or 404
-(but for ``PAGE_SHELLS``: pages the same for any id, whose script reads through the API);
+calls every route. A request aimed at the foreign clinic must be answered 403 or 404;
 no answer, whatever its status, may contain the foreign clinic's data (its report,
 alert and notification ids, patient, free text, name or code) unless the request itself
 named it; no answer may be a 5xx. Afterwards the foreign clinic's data is unchanged.
@@ -153,13 +152,6 @@ FOREIGN_IDS: dict[str, Callable[[Foreign], str]] = {
 }
 # Path parameters naming objects that belong to no clinic: (value, why that is fine).
 GLOBAL_IDS: dict[str, tuple[str, str]] = {}
-# Pages with path parameters that read nothing themselves: the same page for any value
-# (their script reads through the API, whose routes are probed here too), so the foreign
-# id gets it as well; it must still hold no foreign data. (route) -> why that is fine.
-PAGE_SHELLS: dict[tuple[str, str], str] = {
-    ("GET", "/patients/{patient_ref:str}"): "draws GET /api/v1/patients/{patient_ref}/timeline, "
-    "which answers 404 for another clinic's patient",
-}
 FOREIGN_RULE = "zzforeign-secret-rule"
 FOREIGN_OVERRIDE = "zzforeign-secret-override"
 FOREIGN_PROTECTED = "zzforeign-secret-crisis"
@@ -421,7 +413,7 @@ def test_every_route_is_in_the_matrix() -> None:
     problems = [problem for endpoint in endpoints for problem in problems_with(endpoint)]
     assert not problems, "routes the authorization matrix cannot probe:\n" + "\n".join(problems)
     known = {(e.method, e.path) for e in endpoints}
-    stale = [k for k in (*PUBLIC, *PROBES, *BODIES, *PAGE_SHELLS) if k not in known]
+    stale = [k for k in (*PUBLIC, *PROBES, *BODIES) if k not in known]
     assert not stale, f"entries for routes the app no longer has: {stale}"
 
 
@@ -637,7 +629,7 @@ def fill(endpoint: Endpoint, foreign: Foreign) -> str:
 def probes_of(endpoint: Endpoint) -> list[Probe]:
     key = (endpoint.method, endpoint.path)
     if endpoint.params:
-        aims = any(name in FOREIGN_IDS for name in endpoint.params) and key not in PAGE_SHELLS
+        aims = any(name in FOREIGN_IDS for name in endpoint.params)
         return [Probe(body=BODIES.get(key), denied=aims)]
     return PROBES[key]
 

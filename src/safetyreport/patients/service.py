@@ -14,6 +14,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import NotFound
@@ -160,6 +161,19 @@ def summarize(doses: list[tuple[datetime, float]], as_of: datetime) -> list[Wind
         within = [mg for at, mg in doses if since < at <= as_of]
         windows.append(Window(days=days, sessions=len(within), dose_mg=round(sum(within), 3)))
     return windows
+
+
+_KNOWN = """
+SELECT EXISTS (SELECT 1 FROM treatment_sessions WHERE clinic_id = ANY($1) AND patient_ref = $2)
+    OR EXISTS (SELECT 1 FROM reports WHERE clinic_id = ANY($1) AND patient_ref = $2)
+"""
+
+
+async def patient_is_known(conn: Conn, principal: Principal, patient_ref: str) -> bool:
+    """Whether the patient has a session or a report at one of the principal's clinics
+    (as ``timeline`` would find them): the patient page is a 404 otherwise."""
+    known: bool = await conn.fetchval(_KNOWN, sorted(principal.clinic_ids.values()), patient_ref)
+    return known
 
 
 async def timeline(conn: Conn, caller: Caller, patient_ref: str) -> Timeline:

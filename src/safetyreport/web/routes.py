@@ -35,6 +35,7 @@ from safetyreport.auth.permissions import (
     allow,
 )
 from safetyreport.errors import Forbidden, NotFound
+from safetyreport.patients import service as patients
 from safetyreport.reports import service as reports
 from safetyreport.reports.routes import PatientRefFilter
 from safetyreport.reports.types import PATIENT_REF_PATTERN, STOCK_CONCERNS
@@ -274,11 +275,13 @@ class WebController(Controller):
         return page.render("patient.html", patient_ref="", query=ref, error=error)
 
     @get("/patients/{patient_ref:str}", guards=[require_page_role], opt=allow(REPORT_READERS))
-    async def patient_page(self, page: PageDep, patient_ref: FromPath[str]) -> Template:
-        """The patient's history, drawn by its script from the timeline API (which checks
-        the clinic and audits the read): the page itself reads nothing of the patient."""
-        if not PATIENT_REF.fullmatch(patient_ref):
-            raise NotFound("no such patient reference")
+    async def patient_page(self, db: DbDep, page: PageDep, patient_ref: FromPath[str]) -> Template:
+        """The patient's history, drawn by its script from the timeline API (which audits
+        the read); another clinic's patient, or none, is a 404 here as there."""
+        if not PATIENT_REF.fullmatch(patient_ref) or not await patients.patient_is_known(
+            db, page.caller.principal, patient_ref
+        ):
+            raise NotFound(f"no patient {patient_ref} at your clinics")
         return page.render(
             "patient.html",
             patient_ref=patient_ref,
