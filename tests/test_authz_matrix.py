@@ -271,6 +271,11 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         # As for reports: a clinic of someone else's is invalid input (422 on "clinic").
         Probe(body=_foreign_session, also_refused=frozenset({422}))
     ],
+    ("GET", "/api/v1/analytics/rates"): [
+        Probe(query={"clinic": FOREIGN}),
+        SEEN_NOTHING,
+        Probe(query={"group": "clinic", "format": "csv"}, denied=False),
+    ],
     ("GET", "/api/v1/rems/forms"): [
         Probe(query={"clinic": FOREIGN}),
         SEEN_NOTHING,

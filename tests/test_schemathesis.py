@@ -132,6 +132,7 @@ BEYOND_SCHEMA: dict[str, Callable[[Error], bool]] = {
     ),
     "occurred_at not in the future": lambda e: e["rule"] == "not_in_future",
     "until later than from": lambda e: e["rule"] == "after_from",
+    "a rates range that ends after it starts": lambda e: e["rule"] == "after_start",
     "a clinic of the user's": lambda e: e["rule"] == "member",
     "a safety officer or admin of the alert's clinic": lambda e: e["rule"] == "assignable",
     "a rule id not taken yet": lambda e: (e["field"], e["rule"]) == ("id", "unique"),
@@ -150,6 +151,7 @@ BEYOND_SCHEMA: dict[str, Callable[[Error], bool]] = {
         e["field"] == "session_id" and e["rule"] in {"session", "same_patient"}
     ),
     "no dose while a hold is open": lambda e: e["field"] == "override_reason",
+    "a dose to correct only once dosed": lambda e: e["rule"] == "not_dosed",
     "the fitness-to-leave criteria": lambda e: (
         e["rule"]
         in {
@@ -246,8 +248,9 @@ SESSION_WRITES = {
     ("POST", "/api/v1/sessions"),
     *(
         ("POST", f"/api/v1/sessions/{{session_id}}/{step}")
-        for step in ("dose", "observations", "discharge")
+        for step in ("dose", "observations", "discharge", "amendments")
     ),
+    ("POST", "/api/v1/sessions/{session_id}/observations/{observation_id}/amendments"),
 }
 KNOWN = [
     Known(

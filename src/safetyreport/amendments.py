@@ -8,6 +8,8 @@ from typing import Any
 from safetyreport.errors import FieldError, ValidationFailed
 
 MAX_REASON = 1000
+# How an amendment's reason is documented (and checked, with the text stripped).
+REASON_PATTERN = r"\S"
 
 
 def reason_and_changes(
@@ -21,15 +23,12 @@ def reason_and_changes(
     reason = changes.pop("reason", None)
     if reason is None:
         raise ValidationFailed.one("reason", "required", f"say why the {noun} changes")
-    if (
-        not isinstance(reason, str)
-        or not reason.strip()
-        or len(reason) > MAX_REASON
-        or "\x00" in reason
-    ):
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
         raise ValidationFailed.one(
             "reason", "length", f"a reason is 1-{MAX_REASON} characters of text"
         )
+    if "\x00" in reason:
+        raise ValidationFailed.one("reason", "no_nul", "text may not contain NUL")
     named = sorted(fixed & changes.keys())
     if named:
         raise ValidationFailed([FieldError(f, "fixed", f"{f} cannot be amended") for f in named])

@@ -28,6 +28,7 @@ from safetyreport.alerts.paging import paging_task
 from safetyreport.alerts.routes import AlertController, RuleController
 from safetyreport.alerts.stream_routes import AlertStreamController
 from safetyreport.alerts.webhooks import delivering
+from safetyreport.analytics.routes import AnalyticsController
 from safetyreport.audit.checkpoints import checkpoint_task
 from safetyreport.audit.routes import AuditController
 from safetyreport.audit.signing import Signer, load_signer
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ReportController,
             SessionController,
             RemsFormController,
+            AnalyticsController,
             PatientController,
             AuditController,
             AlertStreamController,

@@ -59,9 +59,13 @@ async def open_session(
 
 
 async def dosed_session(
-    client: httpx.AsyncClient, headers: Headers, dosed_at: datetime, patient: str = "PT-1"
+    client: httpx.AsyncClient,
+    headers: Headers,
+    dosed_at: datetime,
+    patient: str = "PT-1",
+    clinic: str = "C1",
 ) -> str:
-    session = await open_session(client, headers, session_body(patient))
+    session = await open_session(client, headers, session_body(patient, clinic=clinic))
     dosed = await post(
         client,
         f"{SESSIONS}/{session['id']}/dose",

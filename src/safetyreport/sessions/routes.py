@@ -20,6 +20,7 @@ from litestar.params import (
 
 from safetyreport.auth.http import require_roles
 from safetyreport.auth.permissions import REPORT_READERS, REPORT_WRITERS, allow
+from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.errors import ClientError
 from safetyreport.idempotency import StoredResponse, request_hash, write_once
@@ -28,13 +29,21 @@ from safetyreport.reports.types import PATIENT_REF_PATTERN
 from safetyreport.request_context import CallerDep, DbDep, StateDep
 from safetyreport.sessions import fhir as session_fhir
 from safetyreport.sessions import service
-from safetyreport.sessions.types import DischargeBody, DoseBody, ObservationBody, SessionCreate
+from safetyreport.sessions.types import (
+    DischargeBody,
+    DoseBody,
+    ObservationAmendment,
+    ObservationBody,
+    SessionAmendment,
+    SessionCreate,
+)
 from safetyreport.sessions.validation import (
     validate_discharge,
     validate_dose,
     validate_observation,
     validate_session,
 )
+from safetyreport.state import AppState
 
 MAX_SESSION_BYTES = 64 * 1024
 _JSON = "application/json"
@@ -45,9 +54,9 @@ PatientRefFilter = Annotated[str | None, QueryParameter(pattern=PATIENT_REF_PATT
 async def _once(
     request: Request[Any, Any, Any],
     db: Conn,
-    caller_id: int,
+    caller: Caller,
+    app_state: AppState,
     key: str | None,
-    ttl: Any,
     raw: Any,
     action: Callable[[Conn], Awaitable[tuple[int, bytes]]],
 ) -> Response[bytes]:
@@ -57,10 +66,10 @@ async def _once(
     stored: StoredResponse = await write_once(
         db,
         action,
-        user_id=caller_id,
+        user_id=caller.principal.id,
         key=key,
         fingerprint=request_hash(request.method, request.url.path, service.canonical_json(raw)),
-        ttl=ttl,
+        ttl=app_state.settings.reports.idempotency_ttl,
     )
     headers = {"Idempotency-Replayed": "true"} if stored.replayed else {}
     return Response(stored.body, status_code=stored.status, media_type=_JSON, headers=headers)
@@ -97,15 +106,7 @@ class SessionController(Controller):
             view = await service.open_session(conn, caller, body, settings.alerts)
             return 201, service.encode(view)
 
-        return await _once(
-            request,
-            db,
-            caller.principal.id,
-            idempotency_key,
-            settings.reports.idempotency_ttl,
-            body,
-            action,
-        )
+        return await _once(request, db, caller, app_state, idempotency_key, body, action)
 
     @post(
         "/{session_id:uuid}/dose",
@@ -133,15 +134,7 @@ class SessionController(Controller):
             view = await service.record_dose(conn, caller, session_id, body, settings.alerts)
             return 201, service.encode(view)
 
-        return await _once(
-            request,
-            db,
-            caller.principal.id,
-            idempotency_key,
-            settings.reports.idempotency_ttl,
-            data,
-            action,
-        )
+        return await _once(request, db, caller, app_state, idempotency_key, data, action)
 
     @post(
         "/{session_id:uuid}/observations",
@@ -169,15 +162,7 @@ class SessionController(Controller):
             view = await service.add_observation(conn, caller, session_id, body, settings.alerts)
             return 201, service.encode(view)
 
-        return await _once(
-            request,
-            db,
-            caller.principal.id,
-            idempotency_key,
-            settings.reports.idempotency_ttl,
-            body,
-            action,
-        )
+        return await _once(request, db, caller, app_state, idempotency_key, body, action)
 
     @post(
         "/{session_id:uuid}/discharge",
@@ -205,15 +190,7 @@ class SessionController(Controller):
             view = await service.discharge(conn, caller, session_id, body, settings.alerts)
             return 200, service.encode(view)
 
-        return await _once(
-            request,
-            db,
-            caller.principal.id,
-            idempotency_key,
-            settings.reports.idempotency_ttl,
-            body,
-            action,
-        )
+        return await _once(request, db, caller, app_state, idempotency_key, body, action)
 
     @post(
         "/{session_id:uuid}/amendments",
@@ -228,7 +205,7 @@ class SessionController(Controller):
         caller: CallerDep,
         app_state: StateDep,
         session_id: FromPath[uuid.UUID],
-        data: SkipValidation[JSONBody[dict[str, Any]]],
+        data: SkipValidation[JSONBody[SessionAmendment]],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[bytes]:
         """Correct the session: ``{"reason": ..., <changed fields>}`` (its weight, age
@@ -243,15 +220,7 @@ class SessionController(Controller):
             )
             return 201, service.encode(view)
 
-        return await _once(
-            request,
-            db,
-            caller.principal.id,
-            idempotency_key,
-            settings.reports.idempotency_ttl,
-            data,
-            action,
-        )
+        return await _once(request, db, caller, app_state, idempotency_key, data, action)
 
     @post(
         "/{session_id:uuid}/observations/{observation_id:uuid}/amendments",
@@ -269,7 +238,7 @@ class SessionController(Controller):
         app_state: StateDep,
         session_id: FromPath[uuid.UUID],
         observation_id: FromPath[uuid.UUID],
-        data: SkipValidation[JSONBody[dict[str, Any]]],
+        data: SkipValidation[JSONBody[ObservationAmendment]],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[bytes]:
         """Correct an observation: ``{"reason": ..., <changed fields>}`` (``observed_at``
@@ -288,15 +257,7 @@ class SessionController(Controller):
             )
             return 201, service.encode(view)
 
-        return await _once(
-            request,
-            db,
-            caller.principal.id,
-            idempotency_key,
-            settings.reports.idempotency_ttl,
-            data,
-            action,
-        )
+        return await _once(request, db, caller, app_state, idempotency_key, data, action)
 
     @get("/")
     async def list(

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from safetyreport.amendments import MAX_REASON, REASON_PATTERN
 from safetyreport.reports.types import (
     ClinicCode,
     Diastolic,
@@ -97,3 +98,39 @@ class DischargeBody(_Body, kw_only=True):
     escort: bool
     # Discharging although a criterion is unmet: why (audited; raises discharge-override).
     override_reason: Reason | None = None
+
+
+# An amendment's reason: 1-1000 characters with one that is not a space
+# (amendments.reason_and_changes checks it).
+AmendmentReason = Annotated[str, Meta(min_length=1, max_length=MAX_REASON, pattern=REASON_PATTERN)]
+
+
+class SessionAmendment(_Body, kw_only=True):
+    """Documents ``POST /api/v1/sessions/{id}/amendments``: the reason and any field to
+    correct (the dose's once dosed). Checked by sessions.service.amend_session."""
+
+    reason: AmendmentReason
+    weight_kg: Annotated[float, Meta(ge=20, le=300)] | None = None
+    age_band: AgeBand | None = None
+    prescriber: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    network_ref: NetworkRef | None = None
+    checklist: Checklist | None = None
+    dose_mg: Annotated[float, Meta(gt=0, le=10_000)] | None = None
+    dosed_at: datetime | None = None
+    lot: Lot | None = None
+    infusion_minutes: Annotated[int, Meta(ge=1, le=1440)] | None = None
+
+
+class ObservationAmendment(_Body, kw_only=True):
+    """Documents ``POST /api/v1/sessions/{id}/observations/{id}/amendments``: the reason
+    and the time or vital signs to correct."""
+
+    reason: AmendmentReason
+    observed_at: datetime | None = None
+    systolic: Systolic | None = None
+    diastolic: Diastolic | None = None
+    pulse: Pulse | None = None
+    respiratory_rate: RespiratoryRate | None = None
+    spo2: Spo2 | None = None
+    moaa_s: MoaaS | None = None
+    cadss_total: CadssTotal | None = None

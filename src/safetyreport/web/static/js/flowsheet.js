@@ -16,7 +16,7 @@
 // observations: [{key, body}], discharge: {key, body} | null, sent: {key: true}}.
 
 import {
-  FLOWSHEET_PREFIX, NetworkError, announce, api, beforeSignOut, currentUser, formatLocal, h, localInputValue,
+  FLOWSHEET_PREFIX, NetworkError, announce, api, currentUser, formatLocal, h, localInputValue,
   newKey,
 } from "./common.js";
 import { clearErrors, fillForm, formStatus, readForm, resetForm, showErrors, watchConditions } from "./forms.js";
@@ -773,25 +773,7 @@ async function init() {
   forms.discharge.addEventListener("input", liveCriteria);
   forms.discharge.addEventListener("change", liveCriteria);
   document.getElementById("new-session").addEventListener("click", startAnother);
-  beforeSignOut(async () => {
-    const waiting = (await outbox.all()).filter((e) => e.user === currentUser).length;
-    const message =
-      `${waiting} report(s) or session step(s) are still on this tablet. They stay here and are sent ` +
-      "the next time you sign in. Sign out?";
-    return !waiting || window.confirm(message);
-  });
-  window.addEventListener("online", () => flush());
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible") {
-      flush();
-    }
-  });
-  setInterval(async () => {
-    const pending = (await outbox.all()).some((e) => e.user === currentUser && e.state !== "failed");
-    if (pending) {
-      flush();
-    }
-  }, RETRY_MS);
+  outbox.keepSending(currentUser, flush, RETRY_MS, "report(s) or session step(s) are");
   setInterval(tick, 1000);
   await render();
   // A refused step of the session in progress is shown in its form at once.

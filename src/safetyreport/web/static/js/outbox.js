@@ -26,7 +26,7 @@
 // An answer is {key, user, kind, body, reportId, alerts, sentAt}, alerts as the 201 lists
 // them (for a session's step, body carries the session's clinic and patient too).
 
-import { api, problemMessage, setCsrfToken } from "./common.js";
+import { api, beforeSignOut, problemMessage, setCsrfToken } from "./common.js";
 
 const STORE = "outbox";
 const ANSWERS = "answers";
@@ -328,4 +328,30 @@ export function sendQueued(user, hooks = {}) {
     return sendQueued(user, hooks);
   });
   return next;
+}
+
+/** Keep the page's outbox flowing: ``flush`` when the tablet is back online, when the page
+ * is shown again, and every ``retryMs`` while an entry of ``user``'s waits (a refused one
+ * waits for the nurse, not for a retry); and ask before signing out while entries of
+ * theirs (``what``: how the page names them) are still here. */
+export function keepSending(user, flush, retryMs, what) {
+  beforeSignOut(async () => {
+    const waiting = (await all()).filter((e) => e.user === user).length;
+    const message =
+      `${waiting} ${what} still on this tablet. They stay here and are sent ` +
+      "the next time you sign in. Sign out?";
+    return !waiting || window.confirm(message);
+  });
+  window.addEventListener("online", () => flush());
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") {
+      flush();
+    }
+  });
+  setInterval(async () => {
+    const pending = (await all()).some((e) => e.user === user && e.state !== "failed");
+    if (pending) {
+      flush();
+    }
+  }, retryMs);
 }

@@ -6,7 +6,7 @@
 // sent on page load, when the browser comes back online, and every RETRY_MS.
 
 import {
-  announce, beforeSignOut, currentUser, forgetPages, formatLocal, h, localInputValue, localizeTimes,
+  announce, currentUser, forgetPages, formatLocal, h, localInputValue, localizeTimes,
   newKey, parseLocalInput,
 } from "./common.js";
 import {
@@ -382,25 +382,7 @@ function init() {
     radio.addEventListener("change", () => pickKind(radio.value));
   }
   pickKind(document.querySelector('input[name="kind-picker"]:checked')?.value || forms[0].dataset.kind);
-  beforeSignOut(async () => {
-    const waiting = (await outbox.all()).filter((e) => e.user === currentUser).length;
-    const message =
-      `${waiting} report(s) are still on this tablet. They stay here and are sent ` +
-      "the next time you sign in. Sign out?";
-    return !waiting || window.confirm(message);
-  });
-  window.addEventListener("online", () => flush());
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible") {
-      flush();
-    }
-  });
-  setInterval(async () => {
-    const pending = (await outbox.all()).some((e) => e.user === currentUser && e.state !== "failed");
-    if (pending) {
-      flush();
-    }
-  }, RETRY_MS);
+  outbox.keepSending(currentUser, flush, RETRY_MS, "report(s) are");
   setInterval(() => forms.forEach(showTimeAgo), 30000);
   watchFind();
   refreshRecent();
