@@ -392,22 +392,22 @@ async function sendWaitingReports() {
     console.warn("could not read the outbox:", error);
     return;
   }
-  let sent = 0;
+  const sent = [];
   let signedOut = false;
   const hooks = {
-    sent: () => { sent += 1; },
+    sent: (entry) => { sent.push(entry); },
     session: (state) => { signedOut = state === "signed-out"; },
   };
   const mine = async () => (await outbox.all()).filter((e) => e.user === currentUser);
 
   const showNotice = async () => {
     const left = await mine();
-    const failed = left.filter((e) => e.state === "failed").length;
-    const waiting = left.length - failed;
+    const failed = left.filter((e) => e.state === "failed");
+    const waiting = left.filter((e) => e.state !== "failed");
     if (!left.length) {
-      if (sent) {
+      if (sent.length) {
         notice.className = "net-status online";
-        notice.replaceChildren(`${sent} report(s) you saved on this tablet have been sent.`);
+        notice.replaceChildren(`${outbox.describe(sent)} you saved on this tablet have been sent.`);
         notice.hidden = false;
       } else {
         notice.hidden = true;
@@ -415,18 +415,22 @@ async function sendWaitingReports() {
       return;
     }
     const parts = [];
-    if (sent) {
-      parts.push(`${sent} report(s) you saved on this tablet have been sent.`);
+    if (sent.length) {
+      parts.push(`${outbox.describe(sent)} you saved on this tablet have been sent.`);
     }
-    if (waiting) {
+    if (waiting.length) {
       const why = signedOut ? "Your session has ended." : navigator.onLine ? "They will be sent shortly." : "They will be sent when the network is back.";
-      parts.push(`${waiting} report(s) you saved on this tablet have not been sent yet. ${why}`);
+      parts.push(`${outbox.describe(waiting)} you saved on this tablet have not been sent yet. ${why}`);
     }
-    if (failed) {
-      parts.push(`${failed} report(s) were refused by the server and need correcting.`);
+    if (failed.length) {
+      parts.push(`${outbox.describe(failed)} were refused by the server and need correcting.`);
     }
+    // Refused session steps are corrected on the flowsheet, reports on the report form.
+    const fix = failed.length && failed.every(outbox.isStep)
+      ? h("a", { href: "/sessions/flowsheet" }, "Open the session flowsheet.")
+      : h("a", { href: "/report" }, "Open the report form.");
     notice.className = "net-status";
-    notice.replaceChildren(`${parts.join(" ")} `, h("a", { href: "/report" }, "Open the report form."));
+    notice.replaceChildren(`${parts.join(" ")} `, fix);
     notice.hidden = false;
   };
 

@@ -88,6 +88,14 @@ export async function nextCreatedAt() {
 /** The step of a treatment session (not a report). */
 export const isStep = (entry) => Boolean(entry.session);
 
+/** How many entries, in words: "3 report(s)", or with a flowsheet's steps among them
+ * "2 report(s) and 1 session step(s)". */
+export function describe(entries) {
+  const steps = entries.filter(isStep).length;
+  const reports = entries.length - steps;
+  return [reports ? `${reports} report(s)` : "", steps ? `${steps} session step(s)` : ""].filter(Boolean).join(" and ");
+}
+
 export function put(entry) {
   return withStore("readwrite", (store) => store.put(entry));
 }

@@ -281,12 +281,7 @@ async function render() {
 function outboxSummary(mine) {
   const waiting = mine.filter((e) => e.state !== "failed");
   const failed = mine.filter((e) => e.state === "failed");
-  // "3 report(s)", or with the flowsheet's steps among them "2 report(s) and 1 session step(s)".
-  const count = (entries) => {
-    const steps = entries.filter(outbox.isStep).length;
-    const reports = entries.length - steps;
-    return [reports ? `${reports} report(s)` : "", steps ? `${steps} session step(s)` : ""].filter(Boolean).join(" and ");
-  };
+  const count = outbox.describe;
   const parts = [];
   if (waiting.length) {
     const where = signedOut
