@@ -22,7 +22,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from safetyreport.analytics.charts import curve_sessions
-from safetyreport.analytics.signals import RULE_ID, SignalRun, run_signals
+from safetyreport.analytics.signals import RULE_ID, Signal, SignalRun, run_signals, shown_to
 from safetyreport.audit import verify_chains
 from safetyreport.db.embedded import app_url
 from safetyreport.db.pool import create_pool, transaction
@@ -363,7 +363,29 @@ async def test_an_admin_runs_the_check_now_and_the_run_is_audited(
     assert response.status_code == 200, response.text
     answer = response.json()
     assert [p["grain"] for p in answer["periods"]] == ["month", "week"]
-    assert answer["min_sessions"] == 20
+    assert (answer["min_sessions"], answer["raised"], answer["raised_total"]) == (20, [], 0)
     entries = await audit_rows(db, "analytics.signals_run")
     assert [(e["chain"], e["actor"]) for e in entries] == [("global", "adam")]
     assert entries[0]["details"]["periods"] == answer["periods"]
+
+
+def test_a_run_shows_an_admin_the_signals_of_their_clinics_only() -> None:
+    def signal(clinic: str) -> Signal:
+        return Signal(
+            clinic=clinic,
+            event_type=DEEP_SEDATION,
+            grain="month",
+            period_start=date(2026, 10, 1),
+            sessions=20,
+            events=6,
+            rate_per_100=30.0,
+            centre_per_100=5.8577,
+            ucl_per_100=21.6108,
+        )
+
+    whole = SignalRun(
+        periods=[], min_sessions=20, raised=[signal("C1"), signal("C2")], raised_total=2
+    )
+    assert shown_to(whole, None) == whole
+    mine = shown_to(whole, {"C2", "C3"})
+    assert ([s.clinic for s in mine.raised], mine.raised_total) == (["C2"], 2)

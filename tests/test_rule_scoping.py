@@ -437,7 +437,7 @@ async def test_each_limit_is_a_422_naming_it(s: Scoped) -> None:
 async def test_enabled_rules_per_clinic_are_limited(s: Scoped) -> None:
     # The enabled default rules (network rules) are in force at DEMO already.
     defaults = await s.db.fetchval("SELECT count(*) FROM alert_rules WHERE enabled")
-    assert defaults == 40
+    assert defaults == 41
     room = limits.MAX_ENABLED_RULES_PER_CLINIC - defaults
     demo = await s.db.fetchval("SELECT id FROM clinics WHERE code = 'DEMO'")
     await s.db.execute(

@@ -162,8 +162,9 @@ class AnalyticsController(Controller):
         self, db: DbDep, caller: CallerDep, app_state: StateDep
     ) -> Response[bytes]:
         """Run the safety-signal check now (admins): the last complete month and week,
-        each signal raised once ever as by the periodic check. Answers what it raised;
-        audited as ``analytics.signals_run``."""
+        each signal raised once ever as by the periodic check (every clinic's). Answers
+        the signals it raised at your clinics and how many in all; audited as
+        ``analytics.signals_run`` in the global chain."""
         run = await signals.run_signals(
             db, app_state.settings.alerts, actor=caller.principal.actor()
         )
@@ -185,4 +186,7 @@ class AnalyticsController(Controller):
                 ],
             },
         )
+        # Every clinic's signals are raised; the answer names the caller's only.
+        scope = caller.principal.scope()
+        run = signals.shown_to(run, None if scope is None else set(caller.principal.clinic_ids))
         return Response(msgspec.json.encode(run), media_type="application/json")

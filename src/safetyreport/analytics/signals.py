@@ -71,6 +71,8 @@ class SignalRun(msgspec.Struct, frozen=True, kw_only=True):
     periods: list[dict[str, Any]]
     min_sessions: int
     raised: list[Signal]
+    # How many were raised in all (every clinic's, shown or not).
+    raised_total: int
 
 
 # Each clinic's sessions and sessions with each event type in one period; with the
@@ -221,7 +223,17 @@ async def run_signals(
         periods=[{"grain": g, "period_start": p.isoformat()} for g, p in periods],
         min_sessions=min_sessions,
         raised=done,
+        raised_total=len(done),
     )
+
+
+def shown_to(run: SignalRun, clinics: set[str] | None) -> SignalRun:
+    """The run as a user of ``clinics`` (codes; None: every clinic) may see it: the
+    signals of their clinics, and how many were raised in all."""
+    if clinics is None:
+        return run
+    shown = [s for s in run.raised if s.clinic in clinics]
+    return msgspec.structs.replace(run, raised=shown)
 
 
 def signals_task(settings: AlertSettings) -> Periodic:
