@@ -1,7 +1,8 @@
 """Safety signals (issue 16): the p-chart's limits and the funnel's against numbers worked
 by hand, the "rate above control limit" alert raised once per period (two runs at the
 same moment, a run again later) and never below the minimum sessions (19 against 20),
-clinic isolation and the audit entries of the new endpoints.
+clinic isolation and the audit entries of the new endpoints, and a read that recounts the
+rollups never deadlocking with a write that holds its chain.
 
 The sessions with an event (MOAA/S 1, rule:sedation-moaa-s-1) are made through the API;
 the many sessions without one are copies of an API-made session inserted in SQL
@@ -21,6 +22,8 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from safetyreport import audit
+from safetyreport.analytics import rollups
 from safetyreport.analytics.charts import curve_sessions
 from safetyreport.analytics.signals import RULE_ID, Signal, SignalRun, run_signals, shown_to
 from safetyreport.audit import verify_chains
@@ -389,3 +392,43 @@ def test_a_run_shows_an_admin_the_signals_of_their_clinics_only() -> None:
     assert shown_to(whole, None) == whole
     mine = shown_to(whole, {"C2", "C3"})
     assert ([s.clinic for s in mine.raised], mine.raised_total) == (["C2"], 2)
+
+
+async def test_a_read_that_recounts_never_deadlocks_with_a_write_holding_its_chain(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    users: dict[str, Headers],
+    database_url: str,
+) -> None:
+    """A write locks its clinic's audit chain, then its trigger marks the period dirty. A
+    read that took (deleted) that mark before the write marked it again, and then
+    appended its audit entry to the chain, waited on the write while the write waited
+    on it: the refresh now locks the chains of the clinics it recounts first."""
+    await dosed_session(client, users["nina"], AT, patient="PT-W", clinic="C1")
+    clinic_id = await db.fetchval("SELECT id FROM clinics WHERE code = 'C1'")
+    writer, reader = [await asyncpg.connect(database_url) for _ in range(2)]
+
+    async def read() -> int:
+        async with reader.transaction():
+            recounted = await rollups.refresh(reader, None)
+            # What the read's audit entry does next: take the clinic's chain.
+            await audit.lock_chains(reader, ["C1"])
+            return recounted
+
+    try:
+        async with writer.transaction():
+            await writer.execute(
+                "SELECT chain FROM audit_chains WHERE chain = 'clinic:C1' FOR UPDATE"
+            )
+            reading = asyncio.create_task(read())
+            await asyncio.sleep(0.5)
+            # The write marks the period it touches, holding its chain.
+            await writer.execute("SELECT analytics_mark($1, $2)", clinic_id, AT)
+        assert await asyncio.wait_for(reading, timeout=30) > 0
+    finally:
+        await asyncio.gather(writer.close(), reader.close())
+    sessions = await db.fetchval(
+        "SELECT sum(sessions) FROM analytics_sessions WHERE clinic_id = $1 AND grain = 'month'",
+        clinic_id,
+    )
+    assert sessions == 1
