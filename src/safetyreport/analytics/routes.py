@@ -77,7 +77,8 @@ class AnalyticsController(Controller):
             group=tuple(group) if group else service.DIMENSIONS,
         )
         clinics = caller.principal.visible_clinics(clinic)
-        await rollups.refresh(db, clinics)
+        # The chains the read's audit entries go to are locked with those recounted.
+        await rollups.refresh(db, clinics, also_lock=clinics or (), lock_all=clinics is None)
         answer = await service.rates(db, caller, filters, clinics)
         if format == "csv":
             return Response(service.to_csv(answer).encode(), media_type="text/csv")
@@ -119,7 +120,7 @@ class AnalyticsController(Controller):
         )
         clinics = caller.principal.visible_clinics(clinic)
         # The centre line is the network's: every clinic's counts are recounted.
-        await rollups.refresh(db, None)
+        await rollups.refresh(db, None, also_lock=clinics or (), lock_all=clinics is None)
         chart = await charts.control_chart(
             db, caller, filters, clinics, app_state.settings.alerts.signal_min_sessions
         )
@@ -141,7 +142,7 @@ class AnalyticsController(Controller):
         curve of the limits over the sessions for drawing (per 100). Audited in the
         chain of each clinic shown."""
         clinics = caller.principal.visible_clinics(clinic)
-        await rollups.refresh(db, None)
+        await rollups.refresh(db, None, also_lock=clinics or (), lock_all=clinics is None)
         answer = await charts.funnel(
             db,
             caller,

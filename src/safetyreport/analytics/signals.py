@@ -155,7 +155,8 @@ async def run_signals(
 ) -> SignalRun:
     """Find and raise the signals of the last complete month and week, in the caller's
     transaction; each once ever."""
-    await rollups.refresh(conn, None)
+    # Every chain, in one statement: the alerts may go to any clinic's.
+    await rollups.refresh(conn, None, lock_all=True)
     min_sessions = settings.signal_min_sessions
     periods = [(grain, last_complete(grain, today)) for grain in GRAINS]
     candidates: list[tuple[int, Signal]] = []
