@@ -439,3 +439,25 @@ async def test_a_read_that_recounts_never_deadlocks_with_a_write_holding_its_cha
         clinic_id,
     )
     assert sessions == 1
+
+
+async def test_a_disabled_rule_raises_no_alert_and_its_signal_is_not_looked_at_again(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    users: dict[str, Headers],
+    settings: Settings,
+    app_pool: asyncpg.Pool,
+) -> None:
+    for clinic, sessions, events in (("C1", 200, 2), ("C2", 20, 6)):
+        await clinic_month(client, db, users["nina"], clinic, sessions, events)
+    await db.execute("UPDATE alert_rules SET enabled = false WHERE id = $1", RULE_ID)
+    found = await run(app_pool, settings)
+    assert sedation(found) == [
+        ("C2", "month", date(2026, 10, 1)),
+        ("C2", "week", date(2026, 10, 26)),
+    ]
+    assert {s.alert_id for s in found.raised} == {None}
+    assert not await db.fetchval("SELECT count(*) FROM alerts WHERE rule_id = $1", RULE_ID)
+    # Enabled again: the signals already claimed are not raised late.
+    await db.execute("UPDATE alert_rules SET enabled = true WHERE id = $1", RULE_ID)
+    assert sedation(await run(app_pool, settings)) == []
