@@ -73,6 +73,7 @@ DISCHARGE_OVERRIDE = "discharge-override"
 REMS_OVERDUE = "rems-form-overdue"
 OPEN_TOO_LONG = "session-open-too-long"
 FREQUENCY = "esketamine-frequency"
+SIGNAL = "rate-above-control-limit"
 
 # Severity of each default rule, as the rules table in docs/clinical-rules.md gives it.
 SEVERITY = {
@@ -117,8 +118,10 @@ SEVERITY = {
     REMS_OVERDUE: "high",
     OPEN_TOO_LONG: "high",
     FREQUENCY: "high",
+    SIGNAL: "high",
 }
-CLINIC_GROUPED = {DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER}
+# The safety signal is a clinic's (tests/test_analytics_signals.py).
+CLINIC_GROUPED = {DISCREPANCY, DISCREPANCIES, DIVERSION, TAMPERED, CLUSTER, SIGNAL}
 # Every theft or loss is an alert of its own, with its own DEA clocks; so is every
 # overdue REMS form and every session left open (tests/test_rems_forms.py).
 REPORT_GROUPED = {THEFT, REMS_OVERDUE, OPEN_TOO_LONG}
@@ -127,8 +130,9 @@ PATTERNS = {DISCREPANCIES, CLUSTER, REPEATED, MISUSE}
 DISABLED = {DISSOC}
 # Raised by a treatment session's discharge reading (tests/test_sessions.py) or the
 # periodic session check (tests/test_rems_forms.py) only: no report carries their facts,
-# nor the course facts of a session's dose (tests/test_patient_timeline.py).
-SESSION_ONLY = {DISCHARGE_OVERRIDE, REMS_OVERDUE, OPEN_TOO_LONG, FREQUENCY}
+# nor the course facts of a session's dose (tests/test_patient_timeline.py); nor the
+# safety signal, raised by the periodic signal check (tests/test_analytics_signals.py).
+SESSION_ONLY = {DISCHARGE_OVERRIDE, REMS_OVERDUE, OPEN_TOO_LONG, FREQUENCY, SIGNAL}
 PROTECTED = {CRISIS, RESP, THEFT, TARGET, SUICIDAL}
 # Each migration that changed a default rule made a new version of it: 0005 protected
 # three, 0007 (the clinical model) revised these; the rules 0007 added are version 1;

@@ -307,7 +307,7 @@ async def test_a_rules_minutes_set_the_deadline_and_the_next_after_escalation(
 
 async def test_the_hold_and_every_critical_rule_set_minutes(db: asyncpg.Connection[Any]) -> None:
     rows = await db.fetch("SELECT id, severity, ack_minutes, guidance FROM alert_rules")
-    assert len(rows) == 41
+    assert len(rows) == 42
     for row in rows:
         assert 1 <= len(row["guidance"]) <= 1000, row["id"]
         if row["severity"] == "critical" or row["id"] == HOLD:

@@ -276,6 +276,16 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         SEEN_NOTHING,
         Probe(query={"group": "clinic", "format": "csv"}, denied=False),
     ],
+    ("GET", "/api/v1/analytics/control-chart"): [
+        Probe(query={"event_type": "kind:adverse_event", "clinic": FOREIGN}),
+        Probe(query={"event_type": "kind:adverse_event"}, denied=False),
+    ],
+    ("GET", "/api/v1/analytics/funnel"): [
+        Probe(query={"event_type": "kind:adverse_event", "clinic": FOREIGN}),
+        Probe(query={"event_type": "kind:adverse_event"}, denied=False),
+    ],
+    # Runs the network's check; answers the signals of the caller's clinics only.
+    ("POST", "/api/v1/analytics/signals/run"): [SEEN_NOTHING],
     ("GET", "/api/v1/rems/forms"): [
         Probe(query={"clinic": FOREIGN}),
         SEEN_NOTHING,

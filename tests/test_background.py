@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 from safetyreport.alerts.broker import LISTENER_TASK
 from safetyreport.alerts.escalation import ESCALATION_TASK
 from safetyreport.alerts.webhooks import DELIVERY_TASK
+from safetyreport.analytics.signals import SIGNALS_TASK
 from safetyreport.app import PURGE_TASK, create_app
 from safetyreport.audit.checkpoints import CHECKPOINT_TASK
 from safetyreport.background import (
@@ -352,6 +353,7 @@ async def test_health_shows_each_tasks_last_success(client: AsyncTestClient[Any]
         PURGE_TASK,
         ESCALATION_TASK,
         SESSION_CHECKS_TASK,
+        SIGNALS_TASK,
         CHECKPOINT_TASK,
         LISTENER_TASK,
     }
@@ -375,6 +377,7 @@ async def test_health_shows_the_sender_when_webhooks_are_configured(settings: Se
         PURGE_TASK,
         ESCALATION_TASK,
         SESSION_CHECKS_TASK,
+        SIGNALS_TASK,
         CHECKPOINT_TASK,
         LISTENER_TASK,
         DELIVERY_TASK,

@@ -64,6 +64,7 @@ DEFAULT_VERSIONS = {
     "rems-form-overdue": 1,
     "session-open-too-long": 1,
     "esketamine-frequency": 1,
+    "rate-above-control-limit": 1,
 }
 DEFAULT_RULES = set(DEFAULT_VERSIONS)
 # What a rule's body holds (besides its id and scope).
@@ -211,7 +212,7 @@ async def test_list_has_the_default_rules_each_citing_a_source(r: Rules) -> None
     assert set(page) == {"items", "next_cursor"}
     assert page["next_cursor"] is None
     items = page["items"]
-    assert len(items) == len(DEFAULT_RULES) == 41
+    assert len(items) == len(DEFAULT_RULES) == 42
     assert {item["id"] for item in items} == DEFAULT_RULES
     for item in items:
         assert set(item) == {

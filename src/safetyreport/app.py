@@ -29,6 +29,7 @@ from safetyreport.alerts.routes import AlertController, RuleController
 from safetyreport.alerts.stream_routes import AlertStreamController
 from safetyreport.alerts.webhooks import delivering
 from safetyreport.analytics.routes import AnalyticsController
+from safetyreport.analytics.signals import signals_task
 from safetyreport.audit.checkpoints import checkpoint_task
 from safetyreport.audit.routes import AuditController
 from safetyreport.audit.signing import Signer, load_signer
@@ -91,6 +92,7 @@ def background_tasks(settings: Settings, signer: Signer, broker: AlertBroker) ->
         Periodic(PURGE_TASK, PURGE_INTERVAL, purge_expired),
         escalation_task(settings.alerts),
         session_checks_task(settings.alerts),
+        signals_task(settings.alerts),
         checkpoint_task(signer, settings.audit.checkpoint_interval),
         LongLived(LISTENER_TASK, broker.listen),
     ]

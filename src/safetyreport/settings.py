@@ -29,6 +29,8 @@ ENVIRONMENT_VARIABLES = (
     "SAFETYREPORT_ACK_MINUTES_URGENT",
     "SAFETYREPORT_ACK_MINUTES_HIGH",
     "SAFETYREPORT_ESCALATION_INTERVAL_SECONDS",
+    "SAFETYREPORT_SIGNAL_INTERVAL_SECONDS",
+    "SAFETYREPORT_SIGNAL_MIN_SESSIONS",
     "SAFETYREPORT_WEBHOOK_URLS",
     "SAFETYREPORT_WEBHOOK_SECRET",
     "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS",
@@ -130,6 +132,10 @@ class AlertSettings:
         }
     )
     escalation_interval: timedelta = timedelta(seconds=5)
+    # Safety signals (analytics/signals.py): how often the check runs, and the sessions a
+    # clinic's period needs before a point above its control limit raises an alert.
+    signal_interval: timedelta = timedelta(hours=1)
+    signal_min_sessions: int = 20
     webhook_urls: tuple[str, ...] = ()
     # Signs webhook bodies (HMAC-SHA256); required when webhook_urls is set.
     webhook_secret: str | None = None
@@ -321,6 +327,8 @@ def _alert_settings(env: dict[str, str]) -> AlertSettings:
         escalation_interval=timedelta(
             seconds=_int(env, "SAFETYREPORT_ESCALATION_INTERVAL_SECONDS", 5)
         ),
+        signal_interval=timedelta(seconds=_int(env, "SAFETYREPORT_SIGNAL_INTERVAL_SECONDS", 3600)),
+        signal_min_sessions=_int(env, "SAFETYREPORT_SIGNAL_MIN_SESSIONS", 20),
         webhook_urls=urls,
         webhook_secret=secret,
         delivery_max_attempts=_int(env, "SAFETYREPORT_DELIVERY_MAX_ATTEMPTS", 10),

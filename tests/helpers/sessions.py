@@ -110,3 +110,32 @@ async def observed_session(
         assert discharged.status_code == 200, discharged.text
     session_id: str = session["id"]
     return session_id
+
+
+async def clone_sessions(db: Any, template: str, count: int) -> None:
+    """``count`` copies of a dosed session, inserted in SQL for bulk (analytics tests that
+    need hundreds of sessions): each with its own id and patient, dosed ``i`` minutes
+    after the template, already checked for being open too long. The rollups' dirty marks
+    are made by the table's triggers, as for a session made through the API."""
+    columns: list[str] = [
+        r["column_name"]
+        for r in await db.fetch(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'treatment_sessions' ORDER BY ordinal_position"
+        )
+    ]
+    replaced = {
+        "id": "gen_random_uuid()",
+        "patient_ref": "'BULK-' || i",
+        "network_ref": "NULL",
+        "dosed_at": "dosed_at + i * interval '1 minute'",
+        "open_too_long_checked_at": "now()",
+    }
+    names = ", ".join(columns)
+    values = ", ".join(replaced.get(c, c) for c in columns)
+    await db.execute(
+        f"INSERT INTO treatment_sessions ({names}) SELECT {values}"
+        " FROM treatment_sessions, generate_series(1, $2::integer) AS i WHERE id = $1::uuid",
+        template,
+        count,
+    )

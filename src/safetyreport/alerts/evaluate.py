@@ -577,3 +577,59 @@ async def _link_readings(conn: Conn, alert_id: uuid.UUID, readings: list[Linked]
         [item.id for item in readings],
         {str(item.id): item.values for item in readings},
     )
+
+
+async def raise_unlinked(
+    conn: Conn,
+    *,
+    clinic_id: int,
+    rule_id: str,
+    group_key: str,
+    details: dict[str, Any],
+    actor: audit.Actor,
+    settings: AlertSettings,
+) -> uuid.UUID | None:
+    """Raise the alert of the rule ``rule_id`` (or the clinic's override of it) at a
+    clinic for a finding that is neither a report nor a session's reading (a safety
+    signal, analytics/signals.py): the same upsert and event as a report's alert (history,
+    live stream, audit entry, notifications; paging follows the open alert), linked to
+    nothing, with ``details`` in its event. None when the rule is not in force at the
+    clinic (disabled there)."""
+    rule = next(
+        (r for r in await rules_in_force(conn, clinic_id) if rule_id in (r.id, r.overrides)),
+        None,
+    )
+    if rule is None:
+        return None
+    row = await conn.fetchrow(
+        _UPSERT,
+        uuid.uuid4(),
+        rule.id,
+        rule.version,
+        clinic_id,
+        rule.definition.group_by,
+        group_key,
+        False,
+        rule.severity,
+        ack_window(rule.ack_minutes, rule.severity, settings),
+        None,
+        None,
+        None,
+    )
+    assert row is not None
+    alert_id: uuid.UUID = row["id"]
+    await events.record(
+        conn,
+        alert_id=alert_id,
+        actor=actor,
+        action="opened" if row["opened"] else "matched",
+        details={
+            "rule_id": rule.id,
+            "rule_version": rule.version,
+            "severity": rule.severity,
+            **details,
+        },
+        client_addr=None,
+        settings=settings,
+    )
+    return alert_id
