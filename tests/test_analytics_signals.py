@@ -251,7 +251,9 @@ async def test_a_user_sees_their_clinics_points_against_the_networks_line_and_is
 
 
 async def run(pool: asyncpg.Pool, settings: Settings) -> SignalRun:
-    """One run in a transaction of its own, as the background task runs it."""
+    """One run as the background task runs it: the rollups recounted, then the check in
+    a transaction of its own."""
+    await rollups.refresh(pool)
     async with transaction(pool) as conn:
         return await run_signals(conn, settings.alerts, today=TODAY)
 
@@ -406,21 +408,23 @@ async def test_a_read_that_recounts_never_deadlocks_with_a_write_holding_its_cha
     db: asyncpg.Connection[Any],
     users: dict[str, Headers],
     database_url: str,
+    app_pool: asyncpg.Pool,
 ) -> None:
     """A write locks its clinic's audit chain, then its trigger marks the period dirty. A
-    read that took (deleted) that mark before the write marked it again, and then
-    appended its audit entry to the chain, waited on the write while the write waited
-    on it: the refresh now locks the chains of the clinics it recounts first."""
+    read that took (deleted) that mark and then, in the same transaction, appended its
+    audit entry to the chain, waited on the write while the write waited on it. The
+    recount now commits in a transaction of its own before the read's (which takes the
+    chain): it waits on nothing, and the write waits on it at most until it commits."""
     await dosed_session(client, users["nina"], AT, patient="PT-W", clinic="C1")
     clinic_id = await db.fetchval("SELECT id FROM clinics WHERE code = 'C1'")
-    writer, reader = [await asyncpg.connect(database_url) for _ in range(2)]
+    writer = await asyncpg.connect(database_url)
 
     async def read() -> int:
-        async with reader.transaction():
-            recounted = await rollups.refresh(reader, None)
+        recounted = await rollups.refresh(app_pool)
+        async with transaction(app_pool) as conn:
             # What the read's audit entry does next: take the clinic's chain.
-            await audit.lock_chains(reader, ["C1"])
-            return recounted
+            await audit.lock_chains(conn, ["C1"])
+        return recounted
 
     try:
         async with writer.transaction():
@@ -433,7 +437,10 @@ async def test_a_read_that_recounts_never_deadlocks_with_a_write_holding_its_cha
             await writer.execute("SELECT analytics_mark($1, $2)", clinic_id, AT)
         assert await asyncio.wait_for(reading, timeout=30) > 0
     finally:
-        await asyncio.gather(writer.close(), reader.close())
+        await writer.close()
+    # The write's mark is there for the next read, which recounts it.
+    assert await db.fetchval("SELECT count(*) FROM analytics_dirty WHERE clinic_id = $1", clinic_id)
+    await rollups.refresh(app_pool)
     sessions = await db.fetchval(
         "SELECT sum(sessions) FROM analytics_sessions WHERE clinic_id = $1 AND grain = 'month'",
         clinic_id,

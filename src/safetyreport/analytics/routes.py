@@ -3,11 +3,13 @@ services (analytics/rates.py, charts.py, signals.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Response, get, post
+from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
@@ -15,7 +17,8 @@ from safetyreport.analytics import charts, rollups, signals
 from safetyreport.analytics import rates as service
 from safetyreport.auth.http import require_roles
 from safetyreport.auth.permissions import ADMINS, ALERT_READERS, allow
-from safetyreport.request_context import CallerDep, DbDep, StateDep
+from safetyreport.db.pool import Conn
+from safetyreport.request_context import CallerDep, DbDep, StateDep, provide_db
 
 EventType = Annotated[
     str,
@@ -25,11 +28,21 @@ GROUP = "the dimensions to keep, repeated: clinic, drug, route, dose_band"
 Text = Annotated[str | None, QueryParameter(min_length=1, max_length=100)]
 
 
+async def provide_fresh_db(app_state: StateDep) -> AsyncIterator[Conn]:
+    """The request's transaction (as ``db`` everywhere), begun once the dirty periods of
+    the rollups are recounted in a transaction of their own (see analytics.rollups)."""
+    await rollups.refresh(app_state.pool)
+    async for conn in provide_db(app_state):
+        yield conn
+
+
 class AnalyticsController(Controller):
     path = "/api/v1/analytics"
     tags = ["safety signals"]
     guards = [require_roles]
     opt = allow(ALERT_READERS)
+    # Every answer here reads the rollups: fresh ones.
+    dependencies = {"db": Provide(provide_fresh_db)}
 
     @get(
         "/rates",
@@ -77,8 +90,6 @@ class AnalyticsController(Controller):
             group=tuple(group) if group else service.DIMENSIONS,
         )
         clinics = caller.principal.visible_clinics(clinic)
-        # The chains the read's audit entries go to are locked with those recounted.
-        await rollups.refresh(db, clinics, also_lock=clinics or (), lock_all=clinics is None)
         answer = await service.rates(db, caller, filters, clinics)
         if format == "csv":
             return Response(service.to_csv(answer).encode(), media_type="text/csv")
@@ -119,8 +130,6 @@ class AnalyticsController(Controller):
             dose_band=dose_band,
         )
         clinics = caller.principal.visible_clinics(clinic)
-        # The centre line is the network's: every clinic's counts are recounted.
-        await rollups.refresh(db, None, also_lock=clinics or (), lock_all=clinics is None)
         chart = await charts.control_chart(
             db, caller, filters, clinics, app_state.settings.alerts.signal_min_sessions
         )
@@ -142,7 +151,6 @@ class AnalyticsController(Controller):
         curve of the limits over the sessions for drawing (per 100). Audited in the
         chain of each clinic shown."""
         clinics = caller.principal.visible_clinics(clinic)
-        await rollups.refresh(db, None, also_lock=clinics or (), lock_all=clinics is None)
         answer = await charts.funnel(
             db,
             caller,

@@ -3,7 +3,8 @@
 Every service process runs it (``signals_task``) every ``signal_interval``; an admin
 runs it now with ``POST /api/v1/analytics/signals/run``. Each run, in one transaction:
 
-1. recounts the dirty rollups of every clinic (rollups.refresh);
+1. recounts the dirty rollups of every clinic (rollups.refresh, in a transaction of its
+   own before the check's; the admin's run gets them fresh as every analytics route);
 2. for the last complete month and the last complete ISO week (UTC), and each event type
    seen in them, takes the network's pooled rate p̄ and each clinic's sessions n and
    events, as the p-chart does (charts.py): a clinic whose rate is above
@@ -29,6 +30,7 @@ from datetime import date
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 import msgspec
 
 from safetyreport import audit
@@ -36,8 +38,8 @@ from safetyreport.alerts.evaluate import raise_unlinked
 from safetyreport.analytics import rollups
 from safetyreport.analytics.charts import SIGMA, last_complete, limits
 from safetyreport.analytics.rates import Grain
-from safetyreport.background import Periodic
-from safetyreport.db.pool import Conn
+from safetyreport.background import PeriodicOnPool
+from safetyreport.db.pool import Conn, transaction
 from safetyreport.settings import AlertSettings
 
 _log = logging.getLogger(__name__)
@@ -155,8 +157,6 @@ async def run_signals(
 ) -> SignalRun:
     """Find and raise the signals of the last complete month and week, in the caller's
     transaction; each once ever."""
-    # Every chain, in one statement: the alerts may go to any clinic's.
-    await rollups.refresh(conn, None, lock_all=True)
     min_sessions = settings.signal_min_sessions
     periods = [(grain, last_complete(grain, today)) for grain in GRAINS]
     candidates: list[tuple[int, Signal]] = []
@@ -237,10 +237,13 @@ def shown_to(run: SignalRun, clinics: set[str] | None) -> SignalRun:
     return msgspec.structs.replace(run, raised=shown)
 
 
-def signals_task(settings: AlertSettings) -> Periodic:
-    """Run the signal check every ``signal_interval``."""
+def signals_task(settings: AlertSettings) -> PeriodicOnPool:
+    """Run the signal check every ``signal_interval``: the rollups recounted in a
+    transaction of their own, then the check in another."""
 
-    async def check(conn: Conn) -> int:
-        return len((await run_signals(conn, settings)).raised)
+    async def check(pool: asyncpg.Pool) -> int:
+        await rollups.refresh(pool)
+        async with transaction(pool) as conn:
+            return len((await run_signals(conn, settings)).raised)
 
-    return Periodic(SIGNALS_TASK, settings.signal_interval, check)
+    return PeriodicOnPool(SIGNALS_TASK, settings.signal_interval, check)
