@@ -47,6 +47,8 @@ DEEP_SEDATION = "rule:sedation-moaa-s-1"
 # 10/80 = 12.5 per 100; C2's upper limit 12.5 + 3 sqrt(0.125 * 0.875 / 20) = 34.68, its
 # rate 40: above, with 20 sessions a signal. C1's limit 25.31, its rate 3.33: inside.
 CLINICS = {"C1": (NURSE, 60, 2), "C2": (OTHER_NURSE, 20, 8)}
+# The month before: C1 30 with 1, C2 20 with 1 (12.0 per 100 both; inside).
+EARLIER = {"C1": (NURSE, 30, 1), "C2": (OTHER_NURSE, 20, 1)}
 
 _CANVAS = """(canvas) => {
     const chart = Chart.getChart(canvas);
@@ -81,29 +83,46 @@ async def api_client(served: ServeProcess, username: str) -> httpx.AsyncClient:
     )
 
 
+async def clinic_month(
+    served: ServeProcess,
+    conn: asyncpg.Connection[Any],
+    nurse: str,
+    clinic: str,
+    at: datetime,
+    sessions: int,
+    events: int,
+) -> None:
+    """``sessions`` sessions at ``clinic`` dosed from ``at``, ``events`` of them with a
+    MOAA/S of 1 (through the API), the others quiet (one through the API, copied)."""
+    tag = f"SIG-{clinic}-{at:%Y%m}"
+    async with await api_client(served, nurse) as http:
+        for i in range(events):
+            session_id = await dosed_session(
+                http, {}, at + timedelta(minutes=i), f"{tag}-{i}", clinic
+            )
+            observed = await post(
+                http,
+                f"/api/v1/sessions/{session_id}/observations",
+                {},
+                {"observed_at": iso(at + timedelta(minutes=i + 20)), "moaa_s": 1},
+            )
+            assert observed.status_code == 201, observed.text
+        quiet = await dosed_session(http, {}, at, f"{tag}-Q", clinic)
+    await clone_sessions(conn, quiet, sessions - events - 1)
+
+
 @pytest.fixture(scope="module")
 async def signals(served: ServeProcess, web_database: str) -> dict[str, Any]:
     """Last month's sessions (see CLINICS); the control chart and funnel as the API
     gives them to the auditor (every clinic)."""
     month = last_month()
-    at = datetime(month.year, month.month, 10, 9, 0, tzinfo=UTC)
+    before = (month - timedelta(days=1)).replace(day=1)
     conn = await asyncpg.connect(web_database)
     try:
-        for clinic, (nurse, sessions, events) in CLINICS.items():
-            async with await api_client(served, nurse) as http:
-                for i in range(events):
-                    session_id = await dosed_session(
-                        http, {}, at + timedelta(minutes=i), f"SIG-{clinic}-{i}", clinic
-                    )
-                    observed = await post(
-                        http,
-                        f"/api/v1/sessions/{session_id}/observations",
-                        {},
-                        {"observed_at": iso(at + timedelta(minutes=i + 20)), "moaa_s": 1},
-                    )
-                    assert observed.status_code == 201, observed.text
-                quiet = await dosed_session(http, {}, at, f"SIG-{clinic}-Q", clinic)
-            await clone_sessions(conn, quiet, sessions - events - 1)
+        for start, clinics in ((before, EARLIER), (month, CLINICS)):
+            at = datetime(start.year, start.month, 10, 9, 0, tzinfo=UTC)
+            for clinic, (nurse, sessions, events) in clinics.items():
+                await clinic_month(served, conn, nurse, clinic, at, sessions, events)
     finally:
         await conn.close()
     async with await api_client(served, AUDITOR) as http:
@@ -212,7 +231,12 @@ async def test_the_dashboard_charts_the_signal_with_the_apis_numbers(
         [c["clinic"], str(c["sessions"]), str(c["events"]), two(c["rate_per_100"])]
         for c in funnel["clinics"]
     ]
-    assert {r[0]: r[6] for r in funnel_rows} == {"C1": "Inside", "C2": "Above 99.8%"}
+    # C1's 3.33 is under its lower 95% limit (4.13), C2's 40 over its upper 99.8% (34.18).
+    assert {r[0]: r[6] for r in funnel_rows} == {"C1": "Below 95%", "C2": "Above 99.8%"}
+    assert {c["clinic"]: c["position"] for c in funnel["clinics"]} == {
+        "C1": "below_95",
+        "C2": "above_998",
+    }
     rates = await cells(page, "table-rates")
     assert [(r[1], r[3], r[4], r[5]) for r in rates] == [
         (r["clinic"], str(r["sessions"]), str(r["sessions_with_event"]), two(r["rate_per_100"]))
@@ -240,7 +264,7 @@ async def test_the_alerts_link_opens_the_dashboard_with_its_filters(
 ) -> None:
     page = await sign_in(context, AUDITOR)
     await open_dashboard(page, f"?event_type={DEEP_SEDATION}&clinic=C2&grain=month")
-    await expect(page.get_by_label("Clinic")).to_have_value("C2")
+    await expect(page.get_by_label("Clinic", exact=True)).to_have_value("C2")
     await expect(page.get_by_label("Event type")).to_have_value(DEEP_SEDATION)
     await expect(page.get_by_label("Periods")).to_have_value("month")
     points = await cells(page, "table-pchart")
@@ -248,7 +272,7 @@ async def test_the_alerts_link_opens_the_dashboard_with_its_filters(
     drawn = await page.locator("#chart-pchart").evaluate(_CANVAS)
     assert "C2 upper limit" in drawn["labels"], drawn
     # Changing a filter reloads the page with it.
-    await page.get_by_label("Clinic").select_option("")
+    await page.get_by_label("Clinic", exact=True).select_option("")
     await page.get_by_role("button", name="Show").click()
     await expect(page).to_have_url(re.compile(r"clinic=&"))
     await expect(page.locator("html")).to_have_attribute("data-charts-ready", "yes")

@@ -159,7 +159,11 @@ function pChart(canvas, chart, keys, focus) {
     borderColor: NETWORK_COLOUR,
     backgroundColor: NETWORK_COLOUR,
     borderWidth: 4,
-    pointRadius: 0,
+    // A bar across each period too, so a single period shows its centre.
+    pointStyle: "line",
+    pointRadius: 16,
+    pointBorderWidth: 4,
+    pointHoverRadius: 16,
     order: 3,
   }];
   const byClinic = new Map();
@@ -201,7 +205,10 @@ function pChart(canvas, chart, keys, focus) {
       borderColor: keys.get(clinic).colour,
       borderDash: [6, 4],
       borderWidth: 1.5,
-      pointRadius: 0,
+      pointStyle: "line",
+      pointRadius: 16,
+      pointBorderWidth: 2,
+      pointHoverRadius: 16,
       stepped: "middle",
       order: 2,
     });
@@ -211,7 +218,7 @@ function pChart(canvas, chart, keys, focus) {
     data: { labels, datasets },
     options: {
       scales: {
-        x: { title: { display: true, text: chart.grain === "week" ? "ISO week (UTC)" : "Month (UTC)" } },
+        x: { offset: true, title: { display: true, text: chart.grain === "week" ? "ISO week (UTC)" : "Month (UTC)" } },
         y: { beginAtZero: true, title: { display: true, text: "Per 100 sessions" } },
       },
       plugins: {
@@ -240,6 +247,7 @@ function funnelChart(canvas, funnel, keys) {
     borderColor: NETWORK_COLOUR,
     borderDash: dash,
     borderWidth: width,
+    pointStyle: "line",
     pointRadius: 0,
     showLine: true,
     order: 2,
@@ -272,7 +280,7 @@ function funnelChart(canvas, funnel, keys) {
     data: { datasets },
     options: {
       scales: {
-        x: { type: "logarithmic", min: 1, title: { display: true, text: "Sessions in the period (log scale)" } },
+        x: { type: "logarithmic", min: 1, max: Math.ceil(last * 1.25), title: { display: true, text: "Sessions in the period (log scale)" } },
         y: { beginAtZero: true, title: { display: true, text: "Per 100 sessions" } },
       },
       plugins: {
