@@ -47,7 +47,7 @@ DEEP_SEDATION = "rule:sedation-moaa-s-1"
 # 10/80 = 12.5 per 100; C2's upper limit 12.5 + 3 sqrt(0.125 * 0.875 / 20) = 34.68, its
 # rate 40: above, with 20 sessions a signal. C1's limit 25.31, its rate 3.33: inside.
 CLINICS = {"C1": (NURSE, 60, 2), "C2": (OTHER_NURSE, 20, 8)}
-# The month before: C1 30 with 1, C2 20 with 1 (12.0 per 100 both; inside).
+# The month before: C1 30 with 1, C2 20 with 1 (3.33 and 5.00 per 100; inside).
 EARLIER = {"C1": (NURSE, 30, 1), "C2": (OTHER_NURSE, 20, 1)}
 
 _CANVAS = """(canvas) => {
@@ -185,18 +185,11 @@ async def test_the_dashboard_charts_the_signal_with_the_apis_numbers(
     # What is unusual: C2 last month, a signal, first.
     unusual = await cells(page, "table-unusual")
     assert unusual[0][1] == "C2"
-    assert unusual[0][8] == "Signal: above"
+    assert unusual[0][7] == "Signal: above"
     sedation = [r for r in unusual if r[2] == "Alert rule: sedation-moaa-s-1"]
     assert len(sedation) == 1
     assert sedation[0][1] == "C2"
-    assert sedation[0][3:9] == [
-        "20",
-        "8",
-        two(40),
-        two(above[0]["ucl_per_100"]),
-        two(above[0]["centre_per_100"]),
-        "Signal: above",
-    ]
+    assert sedation[0][3:8] == ["20", "8", two(40), two(above[0]["ucl_per_100"]), "Signal: above"]
     link = page.locator("#table-unusual tbody tr", has_text="sedation-moaa-s-1").get_by_role("link")
     href = await link.get_attribute("href") or ""
     assert "event_type=rule%3Asedation-moaa-s-1" in href
@@ -238,7 +231,7 @@ async def test_the_dashboard_charts_the_signal_with_the_apis_numbers(
         "C2": "above_998",
     }
     rates = await cells(page, "table-rates")
-    assert [(r[1], r[3], r[4], r[5]) for r in rates] == [
+    assert [(r[1], r[2], r[3], r[4]) for r in rates] == [
         (r["clinic"], str(r["sessions"]), str(r["sessions_with_event"]), two(r["rate_per_100"]))
         for r in signals["rates"]["rows"]
     ]

@@ -79,6 +79,13 @@ function eventLabel(type) {
   return word ? `${word}: ${rest}` : type;
 }
 
+/** The event type for a table: its kind in words, then its id kept on one line. */
+function eventText(type) {
+  const [prefix, rest] = type.split(/:(.*)/s);
+  const word = { kind: "Report", category: "Adverse event", rule: "Alert rule" }[prefix];
+  return word ? [`${word}: `, h("span", { class: "event-id" }, rest)] : [type];
+}
+
 function status(point, minSessions) {
   if (point.signal) {
     return "Signal: above";
@@ -280,7 +287,14 @@ function funnelChart(canvas, funnel, keys) {
     data: { datasets },
     options: {
       scales: {
-        x: { type: "logarithmic", min: 1, max: Math.ceil(last * 1.25), title: { display: true, text: "Sessions in the period (log scale)" } },
+        x: {
+          type: "logarithmic",
+          min: 1,
+          max: Math.ceil(last * 1.25),
+          title: { display: true, text: "Sessions in the period (log scale)" },
+          // Ticks at 1, 2, 5, 10, 20, 50...: the others crowd.
+          ticks: { callback: (value) => ([1, 2, 5].includes(Number(String(value)[0])) && /^\d0*$/.test(String(value)) ? value : "") },
+        },
         y: { beginAtZero: true, title: { display: true, text: "Per 100 sessions" } },
       },
       plugins: {
@@ -322,12 +336,11 @@ function unusualRows(unusual, values, keys) {
       { "data-clinic": point.clinic, "data-signal": point.signal ? "yes" : "no" },
       h("td", {}, periodLabel(point.period_start, chart.grain)),
       clinicCell(point.clinic, keys),
-      h("td", {}, h("a", { href: link }, eventLabel(chart.event_type))),
+      h("td", {}, h("a", { href: link }, ...eventText(chart.event_type))),
       num(point.sessions),
       num(point.events),
       num(point.rate_per_100, 2),
       num(point.ucl_per_100, 2),
-      num(point.centre_per_100, 2),
       statusCell(point, chart.min_sessions),
     );
   });
@@ -371,7 +384,6 @@ function rateRows(rows, grain, keys) {
     { "data-clinic": r.clinic, "data-period": r.period_start },
     h("td", {}, periodLabel(r.period_start, grain)),
     clinicCell(r.clinic, keys),
-    h("td", {}, eventLabel(r.event_type)),
     num(r.sessions),
     num(r.sessions_with_event),
     num(r.rate_per_100, 2),
@@ -458,6 +470,7 @@ async function load() {
     : "What is unusual: nothing";
   document.getElementById("pchart-event").textContent = eventLabel(eventType);
   document.getElementById("funnel-period").textContent = `${eventLabel(eventType)}, ${periodLabel(funnel.period_start, funnel.grain)}`;
+  document.getElementById("rates-event").textContent = eventLabel(eventType);
   fill("table-pchart", pChartRows(chart, keys), "No sessions in this range.");
   fill("table-funnel", funnelRows(funnel, keys), "No sessions in this period.");
   fill("table-rates", rateRows(rates.rows.filter((r) => r.event_type === eventType), values.grain, keys), "No sessions in this range.");
