@@ -32,6 +32,7 @@ from safetyreport.db.pool import create_pool, transaction
 from safetyreport.settings import Settings
 from tests.helpers.reports import audit_rows
 from tests.helpers.sessions import Headers, clone_sessions, dosed_session, iso, post
+from tests.helpers.web import form_login
 from tests.helpers.world import World
 
 CHART = "/api/v1/analytics/control-chart"
@@ -348,6 +349,12 @@ async def test_the_signal_alert_is_raised_once_per_period_and_not_below_the_mini
     detail = await client.get(f"/api/v1/alerts/{alerts[0]['id']}", headers=users["adam"])
     assert detail.status_code == 200, detail.text
     assert "control chart" in detail.text
+    # Its page renders, with no report or reading to show (the alert's link goes there).
+    signed_in = await form_login(client, "adam")
+    assert signed_in.status_code in {302, 303}, signed_in.text
+    page = await client.get(f"/alerts/{alerts[0]['id']}")
+    assert page.status_code == 200, page.text
+    assert "Event rate above the control limit" in page.text
 
     # With a minimum of 19 sessions, C3's 19 is a signal too (and C2's stays raised).
     nineteen = replace(settings, alerts=replace(settings.alerts, signal_min_sessions=19))
@@ -432,3 +439,25 @@ async def test_a_read_that_recounts_never_deadlocks_with_a_write_holding_its_cha
         clinic_id,
     )
     assert sessions == 1
+
+
+async def test_a_disabled_rule_raises_no_alert_and_its_signal_is_not_looked_at_again(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    users: dict[str, Headers],
+    settings: Settings,
+    app_pool: asyncpg.Pool,
+) -> None:
+    for clinic, sessions, events in (("C1", 200, 2), ("C2", 20, 6)):
+        await clinic_month(client, db, users["nina"], clinic, sessions, events)
+    await db.execute("UPDATE alert_rules SET enabled = false WHERE id = $1", RULE_ID)
+    found = await run(app_pool, settings)
+    assert sedation(found) == [
+        ("C2", "month", date(2026, 10, 1)),
+        ("C2", "week", date(2026, 10, 26)),
+    ]
+    assert {s.alert_id for s in found.raised} == {None}
+    assert not await db.fetchval("SELECT count(*) FROM alerts WHERE rule_id = $1", RULE_ID)
+    # Enabled again: the signals already claimed are not raised late.
+    await db.execute("UPDATE alert_rules SET enabled = true WHERE id = $1", RULE_ID)
+    assert sedation(await run(app_pool, settings)) == []

@@ -469,7 +469,8 @@ async def test_the_migrate_command_records_rule_versions_from_migrations_once(
     """The default rules (migration 0003), their protection (0005), the clinical model
     (0007), the theft rule grouped by report (0008), their guidance (0009), the
     discharge override of treatment sessions (0013), the session checks (0014) and the
-    esketamine frequency rule (0015) arrived without an audit entry; the migrate command
+    esketamine frequency rule (0015) and the safety-signal rule (0021) arrived without an
+    audit entry; the migrate command
     records each version once, in every clinic's chain and the global one (they are
     network rules), and marks it recorded."""
     result = await run_cli("migrate", env=cli_env(database_url, tmp_path / "data"))
@@ -478,7 +479,7 @@ async def test_the_migrate_command_records_rule_versions_from_migrations_once(
         "SELECT chain, object_id, details FROM audit_entries WHERE action = 'rule.migrated'"
     )
     versions = await s.db.fetchval("SELECT count(*) FROM alert_rule_versions")
-    assert versions == 96
+    assert versions == 97
     assert len(rows) == versions * 3
     assert {r["chain"] for r in rows} == {"clinic:DEMO", "clinic:OTHER", "global"}
     crisis = sorted(
