@@ -260,6 +260,9 @@ async def test_the_alerts_link_opens_the_dashboard_with_its_filters(
     await expect(page.get_by_label("Clinic", exact=True)).to_have_value("C2")
     await expect(page.get_by_label("Event type")).to_have_value(DEEP_SEDATION)
     await expect(page.get_by_label("Periods")).to_have_value("month")
+    await expect(page.locator("#analytics-shown")).to_contain_text(
+        "Shown: Hillside Clinic (C2), every drug, every route, every dose; months from"
+    )
     points = await cells(page, "table-pchart")
     assert {r[1] for r in points} == {"C2"}
     drawn = await page.locator("#chart-pchart").evaluate(_CANVAS)

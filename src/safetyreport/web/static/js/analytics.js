@@ -394,6 +394,22 @@ function rateRows(rows, grain, keys) {
 
 // --- the page --------------------------------------------------------------------------
 
+/** What the filters are, in words (the form is not printed). */
+function shownText(values, chart) {
+  const chosen = (name, every) => {
+    const field = form.elements.namedItem(name);
+    return values[name] ? field?.selectedOptions?.[0]?.textContent || values[name] : every;
+  };
+  const parts = [
+    chosen("clinic", "all your clinics"),
+    chosen("drug", "every drug"),
+    chosen("route", "every route"),
+    chosen("dose_band", "every dose"),
+  ];
+  const grain = values.grain === "week" ? "ISO weeks" : "months";
+  return `Shown: ${parts.join(", ")}; ${grain} from ${chart.start} to before ${chart.end} (UTC).`;
+}
+
 /** The event types the rates name, the most frequent first. */
 function eventTypes(rates) {
   const events = new Map();
@@ -471,6 +487,7 @@ async function load() {
   document.getElementById("pchart-event").textContent = eventLabel(eventType);
   document.getElementById("funnel-period").textContent = `${eventLabel(eventType)}, ${periodLabel(funnel.period_start, funnel.grain)}`;
   document.getElementById("rates-event").textContent = eventLabel(eventType);
+  document.getElementById("analytics-shown").textContent = shownText(values, chart);
   fill("table-pchart", pChartRows(chart, keys), "No sessions in this range.");
   fill("table-funnel", funnelRows(funnel, keys), "No sessions in this period.");
   fill("table-rates", rateRows(rates.rows.filter((r) => r.event_type === eventType), values.grain, keys), "No sessions in this range.");
