@@ -355,6 +355,8 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         Probe(query={"patient_ref": FOREIGN_PATIENT}, denied=False),
     ],
     ("GET", "/rems"): [SEEN_NOTHING],
+    # The dashboard's shell: its script asks the analytics API (which checks the clinic).
+    ("GET", "/analytics"): [SEEN_NOTHING],
     ("GET", "/web/session"): [SEEN_NOTHING],
     ("POST", "/logout"): [Probe(denied=False, own_session=True)],
 }

@@ -128,7 +128,7 @@ async def test_anonymous_pages_lead_to_the_login_form(client: AsyncTestClient[An
         assert response.status_code == 303, path
         assert response.headers["location"].startswith("/login"), path
     # The patient and REMS pages are returned to after signing in.
-    for path in ("/patients", "/patients/PT-1", "/rems"):
+    for path in ("/patients", "/patients/PT-1", "/rems", "/analytics"):
         response = await client.get(path, follow_redirects=False)
         assert response.headers["location"] == f"/login?next={path}", path
 
@@ -319,7 +319,7 @@ async def test_pages_carry_a_strict_content_security_policy(
     await form_login(client, people["admin"])
     # /patients/PT-1: a patient nobody reported, so the not-found page, which carries it too.
     pages = {"/login": 200, "/alerts": 200, "/audit": 200, "/offline": 200, "/patients": 200}
-    for path, status in {**pages, "/rems": 200, "/patients/PT-1": 404}.items():
+    for path, status in {**pages, "/rems": 200, "/analytics": 200, "/patients/PT-1": 404}.items():
         response = await client.get(path)
         assert response.status_code == status, path
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY

@@ -46,6 +46,8 @@ LANDING: dict[Role, str] = {
 
 # The session flowsheet (web/routes.py), for the roles of the report form.
 FLOWSHEET = "/sessions/flowsheet"
+# The safety-signals dashboard (web/routes.py), for the roles that read alerts.
+ANALYTICS = "/analytics"
 
 # Navigation per role: (path, label).
 _NAV: dict[Role, tuple[tuple[str, str], ...]] = {
@@ -56,17 +58,23 @@ _NAV: dict[Role, tuple[tuple[str, str], ...]] = {
         (FLOWSHEET, "Flowsheet"),
         ("/patients", "Patients"),
         ("/rems", "REMS forms"),
+        (ANALYTICS, "Safety signals"),
     ),
     "admin": (
         ("/alerts", "Alerts"),
         ("/audit", "Audit trail"),
         ("/patients", "Patients"),
         ("/rems", "REMS forms"),
+        (ANALYTICS, "Safety signals"),
     ),
-    "auditor": (("/audit", "Audit trail"), ("/patients", "Patients")),
+    "auditor": (
+        ("/audit", "Audit trail"),
+        ("/patients", "Patients"),
+        (ANALYTICS, "Safety signals"),
+    ),
 }
 # Pages a sign-in may return to besides the landing pages (their paths, or a prefix).
-_RETURNABLE = (FLOWSHEET, "/patients", "/rems")
+_RETURNABLE = (FLOWSHEET, "/patients", "/rems", ANALYTICS)
 _RETURNABLE_PREFIXES = ("/reports/", "/alerts/", "/patients/")
 ROLE_LABELS: dict[Role, str] = {
     "nurse": "Nurse",

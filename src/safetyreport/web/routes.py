@@ -26,6 +26,7 @@ from safetyreport.alerts import queue
 from safetyreport.auth import devices, service
 from safetyreport.auth.http import csrf_matches, csrf_token_for
 from safetyreport.auth.permissions import (
+    ALERT_READERS,
     ALERT_WORKERS,
     AUDIT_READERS,
     PAGE_OPT,
@@ -68,6 +69,20 @@ from safetyreport.web.pages import (
 )
 
 _log = logging.getLogger(__name__)
+# The analytics' routes and dose bands (analytics_route, analytics_dose_band: migration 0020).
+ANALYTICS_ROUTES = ("intranasal", "intravenous", "intramuscular", "oral", "other")
+ANALYTICS_DOSE_BANDS = (
+    "28 mg",
+    "56 mg",
+    "84 mg",
+    "< 0.5 mg/kg",
+    "0.5-0.75 mg/kg",
+    "0.75-1.0 mg/kg",
+    "> 1.0 mg/kg",
+    "all doses",
+    "other",
+    "unknown",
+)
 PATIENT_REF = re.compile(PATIENT_REF_PATTERN)
 
 
@@ -300,6 +315,20 @@ class WebController(Controller):
             clinics=sorted(principal.clinic_names.items()),
             can_submit=principal.role in REPORT_WRITERS,
             labels={"drug": OPTIONS["drug"], "kind": KIND_LABELS},
+        )
+
+    @get("/analytics", guards=[require_page_role], opt=allow(ALERT_READERS))
+    async def analytics_page(self, page: PageDep) -> Template:
+        """The safety-signals dashboard (analytics.js): what is unusual, the p-chart, the
+        funnel plot and the rates, drawn from the analytics API (which audits the reads).
+        Its query parameters (``event_type``, ``clinic``, ``grain``, ...) are the initial
+        filters: the signal alert links here with them."""
+        return page.render(
+            "analytics.html",
+            clinics=sorted(page.caller.principal.clinic_names.items()),
+            drugs=OPTIONS["drug"],
+            routes=ANALYTICS_ROUTES,
+            dose_bands=ANALYTICS_DOSE_BANDS,
         )
 
     @get("/offline", opt=PUBLIC)
