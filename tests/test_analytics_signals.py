@@ -203,6 +203,15 @@ async def test_the_funnel_limits_are_the_worked_examples(
     assert curve[0]["upper95_per_100"] == pytest.approx(66.6411, abs=1e-3)
     uppers = [c["upper998_per_100"] for c in curve]
     assert uppers == sorted(uppers, reverse=True)
+    # Filtered as the charts are: every session here had 56 mg of esketamine.
+    for params, sessions in (({"dose_band": "56 mg"}, 170), ({"drug": "ketamine_iv"}, 0)):
+        filtered = await client.get(
+            FUNNEL,
+            params={"event_type": DEEP_SEDATION, "period_start": "2026-10-17", **params},
+            headers=users["adam"],
+        )
+        assert filtered.status_code == 200, filtered.text
+        assert filtered.json()["sessions"] == sessions, params
 
 
 async def test_a_user_sees_their_clinics_points_against_the_networks_line_and_is_audited(

@@ -282,6 +282,10 @@ async def funnel(
     grain: Grain,
     period_start: date,
     clinics: list[int] | None,
+    *,
+    drug: str | None = None,
+    route: str | None = None,
+    dose_band: str | None = None,
 ) -> Funnel:
     """The funnel plot of one period (the one holding ``period_start``) of the caller's
     clinics against the network's pooled rate, audited in each shown clinic's chain."""
@@ -291,6 +295,9 @@ async def funnel(
         grain=grain,
         start=period,
         end=date.fromordinal(period.toordinal() + 1),
+        drug=drug,
+        route=route,
+        dose_band=dose_band,
     )
     rows = await _counts(conn, filters)
     n_all = sum(r["sessions"] for r in rows)

@@ -144,12 +144,15 @@ class AnalyticsController(Controller):
         grain: FromQuery[service.Grain] = "month",
         period_start: FromQuery[date | None] = None,
         clinic: Text = None,
+        drug: Text = None,
+        route: Text = None,
+        dose_band: Text = None,
     ) -> Response[bytes]:
         """The funnel plot of one event type in one period (the month or week holding
         ``period_start``; default the last complete one): each of your clinics' sessions
-        and rate with its 95% and 99.8% limits around the network's pooled rate, and a
-        curve of the limits over the sessions for drawing (per 100). Audited in the
-        chain of each clinic shown."""
+        and rate with its 95% and 99.8% limits around the network's pooled rate (of the
+        same drug, route and dose band when given), and a curve of the limits over the
+        sessions for drawing (per 100). Audited in the chain of each clinic shown."""
         clinics = caller.principal.visible_clinics(clinic)
         answer = await charts.funnel(
             db,
@@ -158,6 +161,9 @@ class AnalyticsController(Controller):
             grain,
             period_start or charts.last_complete(grain),
             clinics,
+            drug=drug,
+            route=route,
+            dose_band=dose_band,
         )
         return Response(msgspec.json.encode(answer), media_type="application/json")
 

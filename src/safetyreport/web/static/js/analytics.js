@@ -474,6 +474,7 @@ async function load() {
   fillSelect(periodSelect, [...periods].reverse().map((p) => [p, periodLabel(p, chart.grain)]), askedPeriod);
   const funnel = await get(`/api/v1/analytics/funnel?${query({
     event_type: eventType, grain: values.grain, clinic: values.clinic, period_start: periodSelect.value,
+    drug: values.drug, route: values.route, dose_band: values.dose_band,
   })}`);
 
   const codes = [...chart.points.map((p) => p.clinic), ...funnel.clinics.map((c) => c.clinic), ...rates.rows.map((r) => r.clinic)];
