@@ -534,38 +534,43 @@ ON CONFLICT DO NOTHING
 
 
 async def fill(owner_url: str, options: Options) -> Generated:
-    started = time.monotonic()
     conn = await connect(owner_url)
     try:
         await conn.execute("SET synchronous_commit = off")
-        for n in range(1, options.clinics + 1):
-            await add_clinic(conn, f"N{n:03d}", f"Network clinic {n}", ACTOR)
-        admin: int = await conn.fetchval("SELECT id FROM users WHERE username = $1", ADMIN)
-        # Stock incidents have no patient: an empty CSV field is NULL.
-        async with conn.transaction():
-            for table in LOADED:
-                await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-            counts = await _load(conn, options, admin)
-            for table in LOADED:
-                await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
-        loaded = time.monotonic()
-        log(f"loaded in {loaded - started:.0f} s; VACUUM ANALYZE")
-        for table in LOADED:
-            await conn.execute(f"VACUUM ANALYZE {table}")
-        analyzed = time.monotonic()
-        async with conn.transaction():
-            await conn.execute(MARK_ALL)
-            dirty: int = await conn.fetchval("SELECT count(*) FROM analytics_dirty")
-        log(f"cold refresh of the rollups: {dirty:,} clinic-periods")
-        refresh_started = time.monotonic()
-        async with conn.transaction():
-            await rollups.refresh(conn, None)
-        refreshed = time.monotonic()
-        for table in ("analytics_sessions", "analytics_events", "analytics_unlinked"):
-            await conn.execute(f"VACUUM ANALYZE {table}")
-        size: int = await conn.fetchval("SELECT pg_database_size(current_database())")
+        return await populate(conn, options)
     finally:
         await conn.close()
+
+
+async def populate(conn: asyncpg.Connection[Any], options: Options) -> Generated:
+    """Clinics, the rows (the user ``bench-admin`` must exist) and the rollups, on an
+    owner connection (with the service's JSON codecs) to a migrated database."""
+    started = time.monotonic()
+    for n in range(1, options.clinics + 1):
+        await add_clinic(conn, f"N{n:03d}", f"Network clinic {n}", ACTOR)
+    admin: int = await conn.fetchval("SELECT id FROM users WHERE username = $1", ADMIN)
+    async with conn.transaction():
+        for table in LOADED:
+            await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        counts = await _load(conn, options, admin)
+        for table in LOADED:
+            await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    loaded = time.monotonic()
+    log(f"loaded in {loaded - started:.0f} s; VACUUM ANALYZE")
+    for table in LOADED:
+        await conn.execute(f"VACUUM ANALYZE {table}")
+    analyzed = time.monotonic()
+    async with conn.transaction():
+        await conn.execute(MARK_ALL)
+        dirty: int = await conn.fetchval("SELECT count(*) FROM analytics_dirty")
+    log(f"cold refresh of the rollups: {dirty:,} clinic-periods")
+    refresh_started = time.monotonic()
+    async with conn.transaction():
+        await rollups.refresh(conn, None)
+    refreshed = time.monotonic()
+    for table in ("analytics_sessions", "analytics_events", "analytics_unlinked"):
+        await conn.execute(f"VACUUM ANALYZE {table}")
+    size: int = await conn.fetchval("SELECT pg_database_size(current_database())")
     return Generated(
         clinics=options.clinics,
         year=options.year,

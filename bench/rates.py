@@ -43,7 +43,7 @@ import asyncpg
 from bench.common import BenchError, Service, log, machine_info
 from bench.network import ADMIN, ADMIN_PASSWORD, Generated, Options, add_arguments, build
 from bench.network import options_from as network_options
-from safetyreport.analytics.rates import _sql as rollup_sql  # noqa: PLC2701
+from safetyreport.analytics.rates import _sql as rollup_sql
 from safetyreport.db.embedded import pgbin
 
 NETWORK_EVENT = "rule:sedation-moaa-s-1"
@@ -114,7 +114,8 @@ WITH s AS (
     SELECT * FROM (
         SELECT r.clinic_id, date_trunc('month', r.occurred_at AT TIME ZONE 'UTC')::date
                    AS period_start, r.id, r.kind, v.body ->> 'category' AS category
-        FROM reports r JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
+        FROM reports r
+        JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
         WHERE r.occurred_at >= {start} AND r.occurred_at < {end} {clinic.replace("AND ", "AND r.")}
           AND NOT v.body ? 'session_id'
     ) u
@@ -221,11 +222,11 @@ def same_numbers(api: dict[str, Any], sql_rows: list[tuple[Any, ...]]) -> bool:
         )
         for r in api["rows"]
     }
-    from_sql = {
-        (p, c, e): (int(s), int(n), int(u)) for p, c, e, s, n, u in sql_rows
-    }
+    from_sql = {(p, c, e): (int(s), int(n), int(u)) for p, c, e, s, n, u in sql_rows}
     if from_api != from_sql:
-        differ = sorted(k for k in from_api.keys() | from_sql.keys() if from_api.get(k) != from_sql.get(k))
+        differ = sorted(
+            k for k in from_api.keys() | from_sql.keys() if from_api.get(k) != from_sql.get(k)
+        )
         for key in differ[:5]:
             log(f"differs at {key}: API {from_api.get(key)}, SQL {from_sql.get(key)}")
         log(f"{len(differ)} rows differ ({len(from_api)} from the API, {len(from_sql)} from SQL)")
@@ -254,13 +255,9 @@ async def explain(owner_url: str, view: View, year: int, clinic_id: int | None) 
     return "\n".join(r[0] for r in plan)
 
 
-def measure(
-    service: Service, options: Options, args: argparse.Namespace
-) -> list[Result]:
+def measure(service: Service, options: Options, args: argparse.Namespace) -> list[Result]:
     owner = service.owner_url()
-    ids = dict(
-        asyncio.run(_clinic_ids(owner))
-    )
+    ids = dict(asyncio.run(_clinic_ids(owner)))
     api = Api(service)
     results = []
     try:
@@ -279,9 +276,13 @@ def measure(
             for run in range(args.sql_runs):
                 log(f"view {view.name}: run {run + 1}/{args.sql_runs}")
                 sql_ms.append(psql_run(owner, sql, output=False)[0])
-                for _ in range(max(1, args.calls // args.sql_runs + (args.calls % args.sql_runs > run))):
+                for _ in range(
+                    max(1, args.calls // args.sql_runs + (args.calls % args.sql_runs > run))
+                ):
                     api_ms.append(api.rates(params)[0])
-            plan = asyncio.run(explain(owner, view, options.year, clinic_id)) if args.explain else ""
+            plan = (
+                asyncio.run(explain(owner, view, options.year, clinic_id)) if args.explain else ""
+            )
             results.append(Result(view, len(answer["rows"]), sql_ms, api_ms, equal, plan))
     finally:
         api.close()
@@ -328,7 +329,10 @@ def render(generated: Generated, results: list[Result]) -> str:
             f"| {'yes' if r.equal else 'NO'} |"
         )
     goal = all(statistics.median(r.api_ms) < 200 for r in results)
-    lines += ["", f"goal (the API under 200 ms for a dashboard view): {'met' if goal else 'NOT met'}"]
+    lines += [
+        "",
+        f"goal (the API under 200 ms for a dashboard view): {'met' if goal else 'NOT met'}",
+    ]
     for r in results:
         if r.explain:
             lines += ["", f"EXPLAIN ANALYZE of the rollup query, view {r.view.name}:", r.explain]
