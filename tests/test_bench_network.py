@@ -37,7 +37,7 @@ async def test_generated_network_rates_equal_the_raw_aggregate(
     ids = {r["code"]: r["id"] for r in await db.fetch("SELECT code, id FROM clinics")}
     for view in VIEWS:
         response = await world.client.get(
-            "/api/v1/analytics/rates", params=api_params(view, 2025), headers=headers
+            "/api/v1/analytics/rates", params=tuple(api_params(view, 2025)), headers=headers
         )
         assert response.status_code == 200, response.text
         from_api = {
