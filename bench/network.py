@@ -27,8 +27,10 @@ clinic's month and week with a session or a report is marked dirty and recounted
 timed. The rows bypass the services, so they have no audit entries and the sessions no
 versions; the audit chains stay valid (only the clinics' creations are in them).
 
-The timings go into ``generated.json`` in the folder; a later run finds that file and
-reuses the folder. The free disk space is checked first.
+The counts and timings go into ``loaded.json`` (rows loaded) and ``generated.json``
+(rollups rebuilt: the data set is complete) in the folder; a later run finds
+``generated.json`` and reuses the folder, or ``loaded.json`` alone and only rebuilds the
+rollups. The free disk space is checked first.
 """
 
 from __future__ import annotations
@@ -43,11 +45,11 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -62,6 +64,8 @@ ADMIN = "bench-admin"
 ADMIN_PASSWORD = "bench-network-admin-secret"  # noqa: S105 (a throwaway benchmark user)
 ACTOR = audit.Actor(name="system:bench")
 MARKER = "generated.json"
+LOADED_MARKER = "loaded.json"
+T = TypeVar("T")
 # Tables whose user triggers (analytics marks, alert triggers) are off during the load.
 LOADED = (
     "treatment_sessions",
@@ -533,18 +537,16 @@ ON CONFLICT DO NOTHING
 """
 
 
-async def fill(owner_url: str, options: Options) -> Generated:
-    conn = await connect(owner_url)
-    try:
-        await conn.execute("SET synchronous_commit = off")
-        return await populate(conn, options)
-    finally:
-        await conn.close()
-
-
 async def populate(conn: asyncpg.Connection[Any], options: Options) -> Generated:
     """Clinics, the rows (the user ``bench-admin`` must exist) and the rollups, on an
     owner connection (with the service's JSON codecs) to a migrated database."""
+    loaded = await load(conn, options)
+    return await rebuild_rollups(conn, loaded)
+
+
+async def load(conn: asyncpg.Connection[Any], options: Options) -> dict[str, Any]:
+    """The clinics and the rows, copied with the user triggers off, then VACUUM ANALYZE:
+    the counts and the timings (``loaded.json``)."""
     started = time.monotonic()
     for n in range(1, options.clinics + 1):
         await add_clinic(conn, f"N{n:03d}", f"Network clinic {n}", ACTOR)
@@ -559,46 +561,77 @@ async def populate(conn: asyncpg.Connection[Any], options: Options) -> Generated
     log(f"loaded in {loaded - started:.0f} s; VACUUM ANALYZE")
     for table in LOADED:
         await conn.execute(f"VACUUM ANALYZE {table}")
-    analyzed = time.monotonic()
+    return {
+        "clinics": options.clinics,
+        "year": options.year,
+        "load_seconds": round(loaded - started, 1),
+        "index_analyze_seconds": round(time.monotonic() - loaded, 1),
+        **counts,
+    }
+
+
+async def rebuild_rollups(conn: asyncpg.Connection[Any], loaded: dict[str, Any]) -> Generated:
+    """Every clinic-period with a session or a report marked dirty, then one refresh of
+    them all (what the API does before reading), timed: the cold rebuild."""
     async with conn.transaction():
         await conn.execute(MARK_ALL)
         dirty: int = await conn.fetchval("SELECT count(*) FROM analytics_dirty")
     log(f"cold refresh of the rollups: {dirty:,} clinic-periods")
-    refresh_started = time.monotonic()
+    started = time.monotonic()
     async with conn.transaction():
         await rollups.refresh(conn, None)
     refreshed = time.monotonic()
+    log(f"refreshed in {refreshed - started:.0f} s")
     for table in ("analytics_sessions", "analytics_events", "analytics_unlinked"):
         await conn.execute(f"VACUUM ANALYZE {table}")
     size: int = await conn.fetchval("SELECT pg_database_size(current_database())")
     return Generated(
-        clinics=options.clinics,
-        year=options.year,
-        load_seconds=round(loaded - started, 1),
-        index_analyze_seconds=round(analyzed - loaded, 1),
+        **loaded,
         dirty_periods=dirty,
-        refresh_seconds=round(refreshed - refresh_started, 1),
-        total_seconds=round(time.monotonic() - started, 1),
+        refresh_seconds=round(refreshed - started, 1),
+        total_seconds=round(
+            loaded["load_seconds"] + max(0, loaded["index_analyze_seconds"]) + refreshed - started,
+            1,
+        ),
         database_bytes=size,
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         machine=machine_info(),
-        **counts,
     )
 
 
+async def _connected(owner_url: str, step: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+    conn = await connect(owner_url)
+    try:
+        await conn.execute("SET synchronous_commit = off")
+        return await step(conn)
+    finally:
+        await conn.close()
+
+
 def build(options: Options) -> tuple[Service, Generated]:
-    """The folder's service, started; the data set built first if the folder has none."""
+    """The folder's service, started; the data set built first if the folder has none.
+
+    A folder whose rows were loaded (``loaded.json``) but whose rollups were not rebuilt
+    (the run was stopped) is finished, not built again."""
     folder = options.folder
     generated = load_generated(folder)
-    if generated is None:
+    if generated is not None:
+        log(f"reusing {folder} (built {generated.built_at} in {generated.total_seconds:.0f} s)")
+        service = Service(folder)
+        service.start(workers=2)
+        return service, generated
+    loaded_file = folder / LOADED_MARKER
+    if not loaded_file.exists():
         check_disk(options)
         if folder.exists():
             log(f"removing the unfinished folder {folder}")
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        service = Service(folder)
-        service.start(workers=2)
-        try:
+    service = Service(folder)
+    service.start(workers=2)
+    try:
+        owner = service.owner_url()
+        if not loaded_file.exists():
             service.run_cli(
                 "user",
                 "add",
@@ -610,16 +643,17 @@ def build(options: Options) -> tuple[Service, Generated]:
                 stdin=ADMIN_PASSWORD + "\n",
             )
             log(f"building {options.sessions:,} sessions in {folder}")
-            generated = asyncio.run(fill(service.owner_url(), options))
-        except BaseException:
-            service.stop()
-            raise
-        (folder / MARKER).write_text(json.dumps(asdict(generated), indent=2) + "\n")
-        log(f"built in {generated.total_seconds:.0f} s")
-        return service, generated
-    log(f"reusing {folder} (built {generated.built_at} in {generated.total_seconds:.0f} s)")
-    service = Service(folder)
-    service.start(workers=2)
+            loaded = asyncio.run(_connected(owner, lambda conn: load(conn, options)))
+            loaded_file.write_text(json.dumps(loaded, indent=2) + "\n")
+        else:
+            log(f"rows loaded before in {folder}; rebuilding the rollups")
+            loaded = json.loads(loaded_file.read_text())
+        generated = asyncio.run(_connected(owner, lambda conn: rebuild_rollups(conn, loaded)))
+    except BaseException:
+        service.stop()
+        raise
+    (folder / MARKER).write_text(json.dumps(asdict(generated), indent=2) + "\n")
+    log(f"built in {generated.total_seconds:.0f} s")
     return service, generated
 
 

@@ -304,6 +304,8 @@ def p95(values: list[float]) -> float:
 
 def render(generated: Generated, results: list[Result]) -> str:
     machine = machine_info()
+    seconds = generated.index_analyze_seconds
+    vacuum = f"{seconds:.0f} s" if seconds >= 0 else "not recorded"
     lines = [
         f"Safety-signal rates benchmark: {generated.clinics} clinics, "
         f"{generated.dosed_sessions:,} dosed sessions ({generated.sessions:,} in all), "
@@ -312,7 +314,7 @@ def render(generated: Generated, results: list[Result]) -> str:
         f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory']}, "
         f"Python {machine['python']}, load before {machine['load_before']}",
         f"data set: built in {generated.total_seconds:.0f} s (COPY {generated.load_seconds:.0f} s, "
-        f"VACUUM ANALYZE {generated.index_analyze_seconds:.0f} s, cold refresh of "
+        f"VACUUM ANALYZE {vacuum}, cold refresh of "
         f"{generated.dirty_periods:,} clinic-periods {generated.refresh_seconds:.0f} s), "
         f"{generated.database_bytes / 1e9:.2f} GB",
         "",
