@@ -579,7 +579,7 @@ async def rebuild_rollups(conn: asyncpg.Connection[Any], loaded: dict[str, Any])
     log(f"cold refresh of the rollups: {dirty:,} clinic-periods")
     started = time.monotonic()
     async with conn.transaction():
-        await rollups.refresh(conn, None)
+        await rollups.recount_dirty(conn)
     refreshed = time.monotonic()
     log(f"refreshed in {refreshed - started:.0f} s")
     for table in ("analytics_sessions", "analytics_events", "analytics_unlinked"):

@@ -173,9 +173,15 @@ async def rates(
         filters.event_type,
     )
     rows = [_row(r, group, codes) for r in records]
+    # Grouped by clinic, the rows name the clinics counted; summed over them, ask.
+    read = (
+        sorted({r["clinic_id"] for r in records if r["clinic_id"] is not None})
+        if "clinic" in group
+        else await _clinics_read(conn, filters, clinics)
+    )
     await caller.audit_each_clinic(
         conn,
-        [codes[c] for c in await _clinics_read(conn, filters, clinics) if c in codes],
+        [codes[c] for c in read if c in codes],
         "analytics.rates_read",
         object_type="analytics",
         details_for=lambda _clinic: msgspec.to_builtins(filters),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from safetyreport.db.pool import transaction
+from safetyreport.db.pool import Conn, transaction
 
 # The marks of the clinics ($1, NULL: every clinic), taken: deleted, and their periods
 # recounted in the next statement (a snapshot that sees every write that committed
@@ -44,12 +44,18 @@ async def refresh(pool: asyncpg.Pool, clinics: list[int] | None = None) -> int:
     """Recount the dirty periods of ``clinics`` (None: every clinic) in a transaction of
     its own, committed on return; how many."""
     async with transaction(pool) as conn:
-        taken = await conn.fetch(_TAKE, clinics)
-        if taken:
-            await conn.execute(
-                _REFRESH,
-                [r["clinic_id"] for r in taken],
-                [r["grain"] for r in taken],
-                [r["period_start"] for r in taken],
-            )
+        return await recount_dirty(conn, clinics)
+
+
+async def recount_dirty(conn: Conn, clinics: list[int] | None = None) -> int:
+    """``refresh`` on a connection in a transaction that takes nothing else (an audit
+    chain above all) before it commits: the bulk loads of bench/ use it."""
+    taken = await conn.fetch(_TAKE, clinics)
+    if taken:
+        await conn.execute(
+            _REFRESH,
+            [r["clinic_id"] for r in taken],
+            [r["grain"] for r in taken],
+            [r["period_start"] for r in taken],
+        )
     return len(taken)
