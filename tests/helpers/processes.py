@@ -144,6 +144,8 @@ class ServeProcess:
                 stdout=stdout,
                 stderr=stderr,
                 env=cli_env(self.database_url, data_dir) | self.env,
+                # A process group of its own: killing the service kills its workers too.
+                start_new_session=True,
             )
         await self.wait_healthy()
 
@@ -163,9 +165,14 @@ class ServeProcess:
         pytest.fail(f"{self.name} was not healthy within {within} s:\n{self.stderr()[-4000:]}")
 
     async def kill(self) -> None:
-        """SIGKILL: no shutdown of any kind, as when the machine or the OOM killer strikes."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
+        """SIGKILL to the service and its workers (its process group): no shutdown of any
+        kind, as when the machine fails; no worker is left behind orphaned."""
+        if self.proc is None:
+            return
+        # The group even when the supervisor is gone: a worker may outlive it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.returncode is None:
             await asyncio.wait_for(self.proc.wait(), SHUTDOWN_SECONDS)
 
     async def terminate(self) -> int:

@@ -7,6 +7,7 @@
 // numbers (screen readers, printing). Chart.js (static/vendor/chartjs) is loaded before
 // this module as a classic script: it is window.Chart.
 
+import { COLOURS, SHAPES, printable, setDefaults } from "./charting.js";
 import { NetworkError, api, h, problemMessage } from "./common.js";
 
 const form = document.getElementById("analytics-filters");
@@ -17,10 +18,7 @@ const body = document.getElementById("analytics-body");
 // The latest periods the unusual list looks at, and how many event types it asks about.
 const RECENT_PERIODS = 3;
 const MAX_EVENT_TYPES = 20;
-// Clinics told apart by colour (3:1 on white), by the point's shape and, in the tables,
-// by name. Points above their limit: a large cross in a circle, in red, whatever the clinic.
-const COLOURS = ["#0072b2", "#c44e00", "#00775a", "#9c3d87", "#7a5500", "#5b4bb7", "#2f2f2f", "#b0204a"];
-const SHAPES = ["circle", "triangle", "rect", "rectRot", "star", "rectRounded", "cross", "crossRot"];
+// A point above its limit: a large cross in a circle, in red, whatever the clinic.
 const ABOVE_COLOUR = "#c00000";
 const NETWORK_COLOUR = "#6b7785";
 const charts = [];
@@ -142,19 +140,6 @@ function clinicCell(code, keys) {
 }
 
 // --- charts ------------------------------------------------------------------------------
-
-function setDefaults(Chart) {
-  const style = getComputedStyle(document.body);
-  Chart.defaults.font.family = style.fontFamily;
-  Chart.defaults.font.size = 14;
-  Chart.defaults.color = "#1b1f24";
-  Chart.defaults.borderColor = "#d5dbe1";
-  Chart.defaults.animation = false;
-  Chart.defaults.maintainAspectRatio = false;
-  Chart.defaults.plugins.legend.position = "bottom";
-  Chart.defaults.plugins.legend.labels.usePointStyle = true;
-  Chart.defaults.plugins.legend.labels.padding = 14;
-}
 
 function pChart(canvas, chart, keys, focus) {
   const periods = chart.centre.map((c) => c.period_start);
@@ -516,19 +501,7 @@ async function load() {
   }
 }
 
-// Printed, a chart is drawn at a size that fits A4 and Letter paper within the print
-// style sheet's margins; after, at the page's.
-const PRINT_SIZE = [680, 280];
-window.addEventListener("beforeprint", () => {
-  for (const chart of charts) {
-    chart.resize(...PRINT_SIZE);
-  }
-});
-window.addEventListener("afterprint", () => {
-  for (const chart of charts) {
-    chart.resize();
-  }
-});
+printable(charts);
 
 if (form) {
   load().catch((error) => {

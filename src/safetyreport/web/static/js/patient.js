@@ -5,6 +5,7 @@
 // every entry of the timeline in time order. Chart.js (static/vendor/chartjs) is loaded
 // before this module as a classic script: it is window.Chart.
 
+import { COLOURS, SHAPES, printable, setDefaults } from "./charting.js";
 import { NetworkError, api, formatLocal, h, problemMessage } from "./common.js";
 
 const root = document.getElementById("patient");
@@ -17,10 +18,6 @@ const body = document.getElementById("patient-body");
 
 // The charts show the latest sessions; the tables list every one.
 const CHART_SESSIONS = 8;
-// Told apart by colour (dark enough for 3:1 on white), by the point's shape and, in the
-// tables and tooltips, by number.
-const COLOURS = ["#0072b2", "#c44e00", "#00775a", "#9c3d87", "#7a5500", "#2f2f2f", "#5b4bb7", "#b0204a"];
-const SHAPES = ["circle", "triangle", "rect", "rectRot", "star", "crossRot", "rectRounded", "cross"];
 const MINUTE = 60 * 1000;
 const DAY = 24 * 60 * MINUTE;
 const charts = [];
@@ -92,19 +89,6 @@ function readingsWith(sessions, ...names) {
 }
 
 // --- charts --------------------------------------------------------------------------
-
-function setDefaults(Chart) {
-  const style = getComputedStyle(document.body);
-  Chart.defaults.font.family = style.fontFamily;
-  Chart.defaults.font.size = 14;
-  Chart.defaults.color = "#1b1f24";
-  Chart.defaults.borderColor = "#d5dbe1";
-  Chart.defaults.animation = false;
-  Chart.defaults.maintainAspectRatio = false;
-  Chart.defaults.plugins.legend.position = "bottom";
-  Chart.defaults.plugins.legend.labels.usePointStyle = true;
-  Chart.defaults.plugins.legend.labels.padding = 14;
-}
 
 /** A session's legend entry hides or shows all its lines (pressure has two). */
 function toggleSession(event, item, legend) {
@@ -390,19 +374,7 @@ function render(timeline) {
   document.documentElement.dataset.chartsReady = "yes";
 }
 
-// Printed, a chart is drawn at a size that fits A4 and Letter paper within the print
-// style sheet's margins (its text then prints at its own size); after, at the page's.
-const PRINT_SIZE = [680, 280];
-window.addEventListener("beforeprint", () => {
-  for (const chart of charts) {
-    chart.resize(...PRINT_SIZE);
-  }
-});
-window.addEventListener("afterprint", () => {
-  for (const chart of charts) {
-    chart.resize();
-  }
-});
+printable(charts);
 
 async function load() {
   let result;
