@@ -227,6 +227,91 @@ async def append_for_each_clinic(
     records what was read of that clinic, and nothing of the others'.
     """
     targets: list[str | None] = sorted(set(clinics) or {None}, key=chain_for)
-    await lock_chains(conn, targets)
-    for clinic in targets:
-        await append(conn, msgspec.structs.replace(event_for(clinic), clinic=clinic))
+    if len(targets) == 1:
+        await append(conn, msgspec.structs.replace(event_for(targets[0]), clinic=targets[0]))
+        return
+    await _append_one_each(
+        conn, [msgspec.structs.replace(event_for(clinic), clinic=clinic) for clinic in targets]
+    )
+
+
+# Several chains' heads at once, locked in the chains' order (as lock_chains does).
+_LOCK_HEADS = """
+SELECT chain, last_seq, last_hash, clock_timestamp() AS now
+FROM audit_chains WHERE chain = ANY($1::text[]) ORDER BY chain FOR UPDATE
+"""
+_CREATE_HEADS = """
+INSERT INTO audit_chains (chain, last_seq, last_hash)
+SELECT chain, 0, $2 FROM unnest($1::text[]) AS chain
+ON CONFLICT (chain) DO NOTHING
+"""
+# One entry in each of several chains, and their heads moved, in one statement.
+_INSERT_ENTRIES = """
+WITH entries AS (
+    INSERT INTO audit_entries (
+        chain, seq, recorded_at, actor_id, actor, actor_role, action,
+        object_type, object_id, clinic, client_addr, details, prev_hash, hash, content
+    )
+    SELECT * FROM unnest(
+        $1::text[], $2::bigint[], $3::timestamptz[], $4::bigint[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[],
+        $13::bytea[], $14::bytea[], $15::text[]
+    )
+)
+UPDATE audit_chains c SET last_seq = u.seq, last_hash = u.hash
+FROM unnest($1::text[], $2::bigint[], $14::bytea[]) AS u (chain, seq, hash)
+WHERE c.chain = u.chain
+"""
+
+
+async def _append_one_each(conn: Conn, events: list[AuditEvent]) -> None:
+    """Append each event to its own chain (one event per chain), in three statements
+    whatever their number: the heads locked in the chains' order, then every entry and
+    head written at once. What ``append`` does once per event."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("audit entries must be appended inside the transaction of the action")
+    chains = [chain_for(event.clinic) for event in events]
+    assert len(set(chains)) == len(chains), "one event per chain"
+    await conn.execute(_CREATE_HEADS, chains, GENESIS_HASH)
+    heads = {row["chain"]: row for row in await conn.fetch(_LOCK_HEADS, chains)}
+    rows: list[tuple[Any, ...]] = []
+    for chain, event in zip(chains, events, strict=True):
+        head = heads[chain]
+        seq: int = head["last_seq"] + 1
+        prev_hash: bytes = head["last_hash"]
+        recorded_at: datetime = head["now"]
+        content = canonical_content(
+            chain=chain,
+            seq=seq,
+            recorded_at=recorded_at,
+            actor_id=event.actor.id,
+            actor=event.actor.name,
+            actor_role=event.actor.role,
+            action=event.action,
+            object_type=event.object_type,
+            object_id=event.object_id,
+            clinic=event.clinic,
+            client_addr=event.client_addr,
+            details=event.details,
+            prev_hash=prev_hash,
+        )
+        rows.append(
+            (
+                chain,
+                seq,
+                recorded_at,
+                event.actor.id,
+                event.actor.name,
+                event.actor.role,
+                event.action,
+                event.object_type,
+                event.object_id,
+                event.clinic,
+                event.client_addr,
+                event.details,
+                prev_hash,
+                entry_hash(content),
+                content.decode(),
+            )
+        )
+    await conn.execute(_INSERT_ENTRIES, *(list(column) for column in zip(*rows, strict=True)))
