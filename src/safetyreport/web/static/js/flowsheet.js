@@ -182,6 +182,9 @@ function pathOf(step, id) {
   return `/api/v1/sessions${step === "session" ? "" : `/${id}${tail}`}`;
 }
 
+/** A step's body as its form's fields (the session's checklist is the form's own). */
+const formValues = (step, body) => (step === "session" ? { ...body, ...body.checklist } : body);
+
 async function save(step) {
   const form = forms[step];
   const body = bodyOf(step, form);
@@ -205,6 +208,11 @@ async function save(step) {
   } else {
     record[step] = { key, body };
   }
+  const button = form.querySelector('button[type="submit"]');
+  button.disabled = true;
+  // The form is cleared for the next step now, before the tablet stores this one (which
+  // waits on IndexedDB): what the nurse types meanwhile is the next step's, kept.
+  openForm(step, { keepStatus: true });
   const entry = {
     key,
     user: currentUser,
@@ -218,17 +226,19 @@ async function save(step) {
     createdAt: entryOf(replaces)?.createdAt || await outbox.nextCreatedAt(),
     attempts: 0,
   };
-  const button = form.querySelector('button[type="submit"]');
-  button.disabled = true;
   try {
-    await outbox.add(entry, replaces);
+    try {
+      await outbox.add(entry, replaces);
+    } catch (error) {
+      fillForm(form, formValues(step, body)); // not stored: the nurse's values are back
+      throw error;
+    }
     if (replaces && replaces !== key) {
       delete record.sent[replaces];
     }
     saveStore();
     history.replaceState(null, "", `${location.pathname}?id=${record.id}`);
     submittedHere.add(key);
-    openForm(step, { keepStatus: true });
     formStatus(form, "Saved on this tablet. Sending…", "warn");
     await render();
     const outcome = (await flush()).get(key);
@@ -265,8 +275,7 @@ function correct(key) {
   }
   const form = forms[entry.kind];
   form.hidden = false;
-  const values = entry.kind === "session" ? { ...entry.body, ...entry.body.checklist } : entry.body;
-  fillForm(form, values);
+  fillForm(form, formValues(entry.kind, entry.body));
   if (entry.kind === "discharge" || entry.kind === "session") {
     form.dataset.autoTime = "true"; // discharged when she discharges again
     keepTimeNow(form);
