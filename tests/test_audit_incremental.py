@@ -21,6 +21,7 @@ from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.restores import record_restore
 from safetyreport.audit.signing import load_signer
 from safetyreport.settings import Settings
+from tests.helpers.audit import rewrite_chain_from
 from tests.helpers.processes import cli_env, run_cli
 from tests.helpers.reports import bp_report, create_report
 from tests.helpers.world import World
@@ -179,6 +180,20 @@ async def test_the_checkpoints_entry_rehashed_is_a_rewrite(world: World, signed:
     assert c1.broken_seq == signed.seq
     assert "differs from the signed checkpoint" in (c1.problem or "")
     assert any(f"checkpoint {CHAIN}#{signed.seq}" in p for p in report.checkpoints)
+
+
+async def test_a_consistent_rewrite_signed_over_since_is_caught_by_an_older_checkpoint(
+    world: World, signed: Signed, settings: Settings
+) -> None:
+    await rewrite_chain_from(world.db, CHAIN, signed.seq - 1)
+    # The service signs whatever the database holds: the rewritten head too.
+    await sign_heads(world.db, load_signer(settings))
+    report = await verify_chains(world.db, public_key=signed.public_key)
+    c1 = chain_report(report)
+    assert c1.ok  # walked from the newest checkpoint: nothing to see there...
+    assert c1.checkpoint_seq == signed.head
+    assert not report.ok  # ...but the older checkpoint no longer matches its entry
+    assert any(f"checkpoint {CHAIN}#{signed.seq} " in p for p in report.checkpoints)
 
 
 async def test_a_forged_stored_checkpoint_is_reported_and_not_trusted(
