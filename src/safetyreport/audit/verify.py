@@ -270,7 +270,6 @@ async def verify_chains(
     With the service's ``public_key`` and not ``full``, each chain's walk starts at its
     latest signed checkpoint; otherwise at its first entry.
     """
-    incremental = public_key is not None and not full
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         heads = await conn.fetch(
             "SELECT chain, last_seq, last_hash FROM audit_chains "
@@ -278,7 +277,7 @@ async def verify_chains(
             chains,
         )
         orphans = await conn.fetch(_ORPHANS, chains)
-        signed = _Checkpoints(conn, public_key) if incremental and public_key else None
+        signed = _Checkpoints(conn, public_key) if public_key is not None and not full else None
         reports: list[ChainReport] = []
         for h in heads:
             start = _Start() if signed is None else await signed.start(h["chain"], h["last_seq"])
