@@ -14,7 +14,9 @@ where they are):
 1. signs a checkpoint of every chain head (``safetyreport audit checkpoint``);
 2. appends ``--new`` entries after it, spread over the four chains (COPY);
 3. times ``GET /api/v1/audit/verify`` (incremental: each chain from that checkpoint)
-   ``--runs`` times after one untimed call, wall clock as the client sees it;
+   ``--runs`` times after one untimed call, wall clock as the client sees it; every
+   size's service runs at once and the runs alternate between them, so that the
+   machine's other load falls on each alike;
 4. at the first size, times ``GET /api/v1/audit/verify?full=true`` once, for contrast.
 
 It prints the median and the spread of each size and the ratio of the medians (the
@@ -210,36 +212,61 @@ def _verify(service: Service, token: str, *, full: bool) -> tuple[float, dict[st
     return seconds, body
 
 
-def measure(options: Options, size: int, *, with_full: bool) -> SizeResult:
+@dataclass
+class Prepared:
+    service: Service
+    size: int
+    token: str
+    entries_before: int
+
+
+def prepare(options: Options, size: int) -> Prepared:
+    """The size's service, started, with a checkpoint signed and the new entries after it."""
     service, _generated = build(options.root, size)
     try:
-        owner = service.owner_url()
         log("signing a checkpoint of every chain head")
         service.run_cli("audit", "checkpoint", "--output", str(service.workdir / "cp.json"))
-        total = asyncio.run(_append_new(owner, options.new))
-        entries_before = total - options.new
+        total = asyncio.run(_append_new(service.owner_url(), options.new))
         log(f"{options.new:,} entries appended after it ({total:,} in all)")
         token = service.login(AUDITOR, PASSWORD)
         _verify(service, token, full=False)  # warm-up, untimed
-        seconds: list[float] = []
-        walked = 0
+    except BaseException:
+        service.stop()
+        raise
+    return Prepared(service=service, size=size, token=token, entries_before=total - options.new)
+
+
+def measure(options: Options) -> list[SizeResult]:
+    """Every size's service at once; the timed runs alternate between them, so that the
+    machine's other load falls on each alike."""
+    prepared: list[Prepared] = []
+    try:
+        for size in options.sizes:
+            prepared.append(prepare(options, size))
+        results = [
+            SizeResult(size=p.size, entries_before=p.entries_before, walked=0, seconds=[])
+            for p in prepared
+        ]
         for run in range(options.runs):
-            took, body = _verify(service, token, full=False)
-            if body["full"]:
-                raise BenchError("the verification walked from the first entry")
-            walked = body["entries"]
-            seconds.append(took)
-            log(f"run {run + 1}/{options.runs}: {took:.3f} s, {walked:,} entries walked")
-        result = SizeResult(
-            size=size, entries_before=entries_before, walked=walked, seconds=seconds
-        )
-        if with_full:
-            took, body = _verify(service, token, full=True)
-            result.full_seconds, result.full_walked = took, body["entries"]
+            for p, result in zip(prepared, results, strict=True):
+                took, body = _verify(p.service, p.token, full=False)
+                if body["full"]:
+                    raise BenchError("the verification walked from the first entry")
+                result.walked = body["entries"]
+                result.seconds.append(took)
+                log(
+                    f"run {run + 1}/{options.runs} at {p.entries_before:,}: {took:.3f} s, "
+                    f"{result.walked:,} entries walked"
+                )
+        if options.full:
+            first = prepared[0]
+            took, body = _verify(first.service, first.token, full=True)
+            results[0].full_seconds, results[0].full_walked = took, body["entries"]
             log(f"full walk: {took:.1f} s, {body['entries']:,} entries")
     finally:
-        service.stop()
-    return result
+        for p in prepared:
+            p.service.stop()
+    return results
 
 
 def render(options: Options, results: list[SizeResult]) -> str:
@@ -280,10 +307,7 @@ def render(options: Options, results: list[SizeResult]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     try:
-        results = [
-            measure(options, size, with_full=options.full and i == 0)
-            for i, size in enumerate(options.sizes)
-        ]
+        results = measure(options)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
