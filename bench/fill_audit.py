@@ -6,6 +6,7 @@ chains verify; only the path differs (one COPY instead of one INSERT per entry).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -34,24 +35,55 @@ def _csv_value(value: Any) -> Any:
 async def append_entries(
     conn: asyncpg.Connection[Any], chain: str, count: int, batch: int = 50_000
 ) -> None:
-    """Append ``count`` entries to ``chain`` (which must exist), a COPY per batch."""
-    done = 0
-    while done < count:
-        size = min(batch, count - done)
-        async with conn.transaction():
-            await _append_batch(conn, chain, size)
-        done += size
+    """Append ``count`` entries to ``chain`` (which must exist), a COPY per batch.
 
-
-async def _append_batch(conn: asyncpg.Connection[Any], chain: str, count: int) -> None:
+    The next batch is made (hashed, as CSV) in a worker thread while PostgreSQL takes in
+    the one before. Nothing else may append to ``chain`` meanwhile.
+    """
     head = await conn.fetchrow(
-        "SELECT last_seq, last_hash, clock_timestamp() AS now FROM audit_chains "
-        "WHERE chain = $1 FOR UPDATE",
+        "SELECT last_seq, last_hash, clock_timestamp() AS now FROM audit_chains WHERE chain = $1",
         chain,
     )
     if head is None:
         raise ValueError(f"no chain {chain}: create its clinic first")
     seq, prev, now = head["last_seq"], head["last_hash"], head["now"]
+    done = 0
+    made: tuple[bytes, int, bytes] | None = None  # a batch made, not yet copied
+    while done < count or made is not None:
+        making = None
+        if done < count:
+            size = min(batch, count - done)
+            start = now + timedelta(seconds=done)
+            making = asyncio.ensure_future(
+                asyncio.to_thread(_batch_csv, chain, seq, prev, start, size)
+            )
+            done += size
+        if made is not None:
+            await _copy(conn, chain, *made)
+        made = await making if making is not None else None
+        if made is not None:
+            seq, prev = made[1], made[2]
+
+
+async def _copy(
+    conn: asyncpg.Connection[Any], chain: str, data: bytes, last_seq: int, last_hash: bytes
+) -> None:
+    async with conn.transaction():
+        await conn.copy_to_table(
+            "audit_entries", source=io.BytesIO(data), columns=list(_COLUMNS), format="csv"
+        )
+        await conn.execute(
+            "UPDATE audit_chains SET last_seq = $2, last_hash = $3 WHERE chain = $1",
+            chain,
+            last_seq,
+            last_hash,
+        )
+
+
+def _batch_csv(
+    chain: str, seq: int, prev: bytes, now: datetime, count: int
+) -> tuple[bytes, int, bytes]:
+    """``count`` entries after ``seq`` (whose hash is ``prev``) as CSV; the last seq, hash."""
     out = io.StringIO()
     writer = csv.writer(out)
     for i in range(count):
@@ -75,12 +107,4 @@ async def _append_batch(conn: asyncpg.Connection[Any], chain: str, count: int) -
         prev = entry_hash(content)
         row = {**fields, "hash": prev, "content": content.decode()}
         writer.writerow([_csv_value(row[c]) for c in _COLUMNS])
-    await conn.copy_to_table(
-        "audit_entries",
-        source=io.BytesIO(out.getvalue().encode()),
-        columns=list(_COLUMNS),
-        format="csv",
-    )
-    await conn.execute(
-        "UPDATE audit_chains SET last_seq = $2, last_hash = $3 WHERE chain = $1", chain, seq, prev
-    )
+    return out.getvalue().encode(), seq, prev

@@ -618,9 +618,9 @@ class IngestBench:
         return report
 
     def verify_chains(self) -> str:
-        """``safetyreport audit verify`` on the service's database: its last line."""
+        """``safetyreport audit verify --full`` on the service's database: its last line."""
         result = subprocess.run(  # noqa: S603
-            [*self.service.cli, "audit", "verify"],
+            [*self.service.cli, "audit", "verify", "--full"],
             env=self.service.env,
             capture_output=True,
             text=True,

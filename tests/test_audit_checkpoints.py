@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from safetyreport.audit import offline, verify_chains
-from safetyreport.audit.chain import content_of_row, entry_hash
 from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.signing import DEFAULT_KEY_FILE, SigningKeyError, load_signer
 from safetyreport.db.pool import connect
 from safetyreport.settings import AuditSettings, Settings
+from tests.helpers.audit import rewrite_chain_from
 from tests.helpers.processes import CliResult, cli_env, run_cli
 from tests.helpers.reports import bp_report, post_report
 from tests.helpers.waiting import eventually
@@ -309,42 +309,6 @@ async def test_an_export_that_misses_the_checkpoint_says_so(
     result = await export_from(signed.seq + 2)
     assert not result.ok
     assert any("is not in this export" in p for p in result.problems), result.problems
-
-
-async def rewrite_chain_from(db: asyncpg.Connection[Any], chain: str, seq: int) -> None:
-    """An attacker with superuser rights rewrites entry ``seq`` and re-hashes everything after.
-
-    The chain is consistent again afterwards: only a checkpoint signed before can tell.
-    """
-    rows = await db.fetch(
-        "SELECT * FROM audit_entries WHERE chain = $1 AND seq >= $2 ORDER BY seq", chain, seq
-    )
-    prev = await db.fetchval(
-        "SELECT hash FROM audit_entries WHERE chain = $1 AND seq = $2", chain, seq - 1
-    )
-    await db.execute("SET session_replication_role = replica")
-    try:
-        async with db.transaction():
-            for row in rows:
-                details = row["details"]
-                if row["seq"] == seq:
-                    details = {**details, "systolic": 120}
-                content = content_of_row(row, details=details, prev_hash=prev)
-                new_hash = entry_hash(content)
-                await db.execute(
-                    "UPDATE audit_entries SET details = $3, prev_hash = $4, hash = $5, "
-                    "content = $6 WHERE chain = $1 AND seq = $2",
-                    chain,
-                    row["seq"],
-                    details,
-                    prev,
-                    new_hash,
-                    content.decode(),
-                )
-                prev = new_hash
-            await db.execute("UPDATE audit_chains SET last_hash = $2 WHERE chain = $1", chain, prev)
-    finally:
-        await db.execute("RESET session_replication_role")
 
 
 @pytest.mark.end_to_end

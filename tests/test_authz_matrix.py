@@ -295,7 +295,7 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         *(Probe(query={"clinic": FOREIGN, "format": fmt}) for fmt in EXPORT_FORMATS),
         *(Probe(query={"format": fmt}, denied=False) for fmt in EXPORT_FORMATS),
     ],
-    ("GET", "/api/v1/audit/verify"): [SEEN_NOTHING],
+    ("GET", "/api/v1/audit/verify"): [SEEN_NOTHING, Probe(query={"full": "true"}, denied=False)],
     ("GET", "/api/v1/audit/entries"): [Probe(query={"clinic": FOREIGN}), SEEN_NOTHING],
     ("GET", "/api/v1/audit/export"): [
         Probe(query={"clinic": FOREIGN}),

@@ -278,7 +278,7 @@ async def test_restore_to_a_point_in_time(drill: Drill) -> None:
         assert {str(r["id"]) for r in await db.fetch("SELECT id FROM reports")} == kept
         assert not kept & lost
 
-        everything = await audit_cli(drill, restored_port, "verify")
+        everything = await audit_cli(drill, restored_port, "verify", "--full")
         assert everything.code == 0, everything.stdout
         held = await verify_with(drill, restored_port, key, before_t)
         assert held.code == 0, held.stdout + held.stderr

@@ -15,10 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from safetyreport.audit import VerifyReport, checkpoints, offline, restores, service, verify_chains
+from safetyreport.audit import (
+    ChainReport,
+    VerifyReport,
+    checkpoints,
+    offline,
+    restores,
+    service,
+    verify_chains,
+)
 from safetyreport.audit.chain import SYSTEM_CLI
-from safetyreport.audit.signing import key_file, load_signer
+from safetyreport.audit.signing import (
+    SigningKeyError,
+    existing_public_key,
+    key_file,
+    load_signer,
+)
 from safetyreport.auth import totp
 from safetyreport.auth.permissions import ROLES
 from safetyreport.auth.users import (
@@ -290,22 +304,34 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Verify an export offline (EXPORT given), or else the live database's chains."""
     if args.export:
         return offline.run(args.export, args.public_key, args.checkpoint, as_json=args.json)
+    settings = _settings()
     given: list[offline.Checkpoint] = []
-    if args.checkpoint:
-        if not args.public_key:
-            print("error: --checkpoint needs --public-key to check its signature", file=sys.stderr)
-            return 2
-        try:
-            key = offline.load_public_key(Path(args.public_key).read_bytes())
+    try:
+        # The stored checkpoints' signatures are checked with the key given, or else the
+        # service's own (its key file); with neither, every chain is walked whole.
+        if args.public_key:
+            key: Ed25519PublicKey | None = offline.load_public_key(
+                Path(args.public_key).read_bytes()
+            )
+        else:
+            key = existing_public_key(settings)
+        if args.checkpoint:
+            if not args.public_key or key is None:
+                print(
+                    "error: --checkpoint needs --public-key to check its signature",
+                    file=sys.stderr,
+                )
+                return 2
             given = offline.load_checkpoint_files(args.checkpoint, key)
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    except (OSError, ValueError, SigningKeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     async def run(conn: Any) -> tuple[VerifyReport, checkpoints.Findings]:
-        return await verify_chains(conn), await checkpoints.check_against_database(conn, given)
+        report = await verify_chains(conn, public_key=key, full=args.full)
+        return report, await checkpoints.check_against_database(conn, given)
 
-    report, findings = asyncio.run(_with_conn(owner_url(_settings()), run))
+    report, findings = asyncio.run(_with_conn(owner_url(settings), run))
     problems = report.checkpoints + findings.broken
     ok = report.ok and not problems
     status = "broken" if not ok else "behind" if findings.behind else "verified"
@@ -321,7 +347,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     else:
         for chain in report.chains:
             if chain.ok:
-                print(f"ok      {chain.chain}: {chain.entries} entries")
+                print(f"ok      {chain.chain}: {chain.entries} entries {_walked_from(chain)}")
             else:
                 print(f"BROKEN  {chain.chain}: entry {chain.broken_seq}: {chain.problem}")
         for problem in problems:
@@ -329,12 +355,26 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         for finding in findings.behind:
             print(f"BEHIND  {finding}")
         verdict = {"verified": "verified", "broken": "FAILED", "behind": "BEHIND A SIGNED HEAD"}
+        walk = (
+            "every chain walked from its first entry"
+            if report.full
+            else f"each chain from its latest checkpoint signed with key {report.key_id} "
+            "(--full walks every entry)"
+        )
         print(
             f"{verdict[status]}: {report.entries} entries in "
-            f"{len(report.chains)} chains, {len(given)} checkpoints given"
+            f"{len(report.chains)} chains ({walk}), {len(given)} checkpoints given"
         )
     # Behind a signed head (a restore or a truncation): not tampering, not a pass either.
     return {"verified": 0, "broken": 1, "behind": offline.EXIT_BEHIND}[status]
+
+
+def _walked_from(chain: ChainReport) -> str:
+    if chain.checkpoint_seq is None:
+        return "from the first entry"
+    return (
+        f"after signed checkpoint #{chain.checkpoint_seq} (signed at {chain.checkpoint_signed_at})"
+    )
 
 
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
@@ -449,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify an export offline, or without EXPORT every chain in the database",
     )
     offline.add_arguments(verify, export_required=False)
+    verify.add_argument(
+        "--full",
+        action="store_true",
+        help="(the database) walk every chain from its first entry; without it each chain "
+        "is walked from its latest signed checkpoint",
+    )
     verify.set_defaults(func=cmd_audit_verify)
     checkpoint = audit.add_parser(
         "checkpoint",

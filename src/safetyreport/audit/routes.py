@@ -80,15 +80,31 @@ class AuditController(Controller):
 
     @get("/verify", responses=BUSY)
     async def verify(
-        self, db: DbDep, snapshot: SnapshotDep, caller: CallerDep, app_state: StateDep
+        self,
+        db: DbDep,
+        snapshot: SnapshotDep,
+        caller: CallerDep,
+        app_state: StateDep,
+        full: Annotated[
+            bool,
+            QueryParameter(
+                description="walk every chain from its first entry (default: from each "
+                "chain's latest signed checkpoint)"
+            ),
+        ] = False,
     ) -> audit.VerifyReport:
-        """Recompute every chain you may read; name the first broken entry of each broken one.
+        """Verify every chain you may read; name the first broken entry of each broken one.
 
-        One verification runs at a time per service process; another one meanwhile is
-        429 with Retry-After.
+        Each chain is walked from its latest signed checkpoint (``checkpoint_seq`` in its
+        report; none: from its first entry), after checking the checkpoint's signature and
+        its entry; ``full=true`` walks every entry. One verification runs at a time per
+        service process; another one meanwhile is 429 with Retry-After.
         """
+        public_key = app_state.signer.private_key.public_key()
         with app_state.chain_verifications.claim():
-            return await service.verify_trail(db, caller, snapshot)
+            return await service.verify_trail(
+                db, caller, snapshot, public_key=public_key, full=full
+            )
 
     @get("/entries")
     async def entries(

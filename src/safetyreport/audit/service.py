@@ -25,21 +25,34 @@ from safetyreport.db.pool import Conn, transaction
 UPLOAD_SPOOL_BYTES = 1024 * 1024
 
 
-async def verify_trail(conn: Conn, caller: Caller, snapshot: Conn) -> VerifyReport:
+async def verify_trail(
+    conn: Conn,
+    caller: Caller,
+    snapshot: Conn,
+    *,
+    public_key: Ed25519PublicKey,
+    full: bool = False,
+) -> VerifyReport:
     """Recompute every chain the caller may read, from ``snapshot``; record it on ``conn``.
+
+    Each chain from its latest checkpoint signed with ``public_key`` (the service's), or
+    with ``full`` from its first entry.
 
     ``snapshot`` is a connection of its own in a read-only repeatable-read transaction:
     the chains are read as they stood at one instant. The record cannot be written in
     that snapshot (it is read-only, and an append to a chain that grew meanwhile would
     not serialize).
     """
-    report = await verify_chains(snapshot, readable_chains(caller.principal, None))
+    report = await verify_chains(
+        snapshot, readable_chains(caller.principal, None), public_key=public_key, full=full
+    )
     await caller.audit(
         conn,
         "audit.verified",
         object_type="audit_trail",
         details={
             "ok": report.ok,
+            "full": report.full,
             "entries": report.entries,
             "broken_chains": [c.chain for c in report.broken],
         },

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -75,3 +75,11 @@ def load_signer(settings: Settings) -> Signer:
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"the audit signing key {path} is not an Ed25519 key")
     return Signer(key)
+
+
+def existing_public_key(settings: Settings) -> Ed25519PublicKey | None:
+    """The service's public key, from its key file if there is one (none is made)."""
+    path = key_file(settings)
+    if settings.audit.signing_key_file is None and not path.exists():
+        return None
+    return load_signer(settings).private_key.public_key()
