@@ -5,7 +5,9 @@
 
 For each size it builds (or finds, built before) ``bench/data/audit-verify-<size>/``: the
 embedded PostgreSQL's data folder holding ``size`` valid, hash-chained audit entries in
-four clinics' chains, appended with COPY (``bench/fill_audit.py``); the free disk space
+four clinics' chains, appended with COPY (``bench/fill_audit.py``), and a signed
+checkpoint every 10 entries of each chain (what years of signing every 5 minutes leave;
+incremental verification must not depend on their number); the free disk space
 is checked first, and later runs reuse the folder (each run adds its own new entries to
 it, so the trail grows by ``--new`` a run). Then, with ``safetyreport serve --workers 2``
 on it (the background signing of checkpoints held off, so that the benchmark decides
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import shutil
 import statistics
@@ -40,15 +43,21 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from bench.common import BenchError, Service, log, machine_info
 from bench.fill_audit import append_entries
+from safetyreport.audit.signing import DEFAULT_KEY_FILE, Signer, checkpoint_body
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 CLINICS = ("V1", "V2", "V3", "V4")
 AUDITOR = "bench-auditor"
 PASSWORD = "bench-verify-auditor-secret"  # noqa: S105 (a throwaway benchmark user)
 MARKER = "generated.json"
+# A stored checkpoint every this many entries of a chain (100,000 at 1,000,000 entries).
+CHECKPOINT_EVERY = 10
 # The service's own signing of checkpoints, held off for the benchmark's run.
 NO_BACKGROUND_CHECKPOINTS = {"SAFETYREPORT_CHECKPOINT_INTERVAL_SECONDS": str(7 * 24 * 3600)}
 
@@ -69,12 +78,15 @@ class Generated:
     database_bytes: int
     built_at: str
     machine: dict[str, str]
+    # Signed checkpoints stored with the entries (the years of them a trail holds).
+    checkpoints: int = 0
 
 
 @dataclass
 class SizeResult:
     size: int
     entries_before: int
+    checkpoints: int
     walked: int
     seconds: list[float]
     full_seconds: float | None = None
@@ -122,21 +134,61 @@ def check_disk(root: Path, entries: int) -> None:
         )
 
 
-async def _fill(owner_url: str, entries: int) -> int:
+def _signed_checkpoints(
+    signer: Signer, chain: str, heads: list[asyncpg.Record]
+) -> list[tuple[str, int, bytes, datetime, str, bytes]]:
+    rows = []
+    for h in heads:
+        body = checkpoint_body(chain, h["seq"], h["hash"], h["recorded_at"], signer.key_id)
+        signature = base64.b64decode(signer.sign(msgspec.to_builtins(body)))
+        rows.append((chain, h["seq"], h["hash"], h["recorded_at"], signer.key_id, signature))
+    return rows
+
+
+async def _store_checkpoints(conn: asyncpg.Connection[Any], signer: Signer, chain: str) -> int:
+    """Sign and store a checkpoint every CHECKPOINT_EVERY entries of ``chain``, as the
+    service would have over the years (it signs a changed head every 5 minutes)."""
+    heads = await conn.fetch(
+        "SELECT seq, hash, recorded_at FROM audit_entries WHERE chain = $1 AND seq % $2 = 0 "
+        "ORDER BY seq",
+        chain,
+        CHECKPOINT_EVERY,
+    )
+    rows = await asyncio.to_thread(_signed_checkpoints, signer, chain, heads)
+    await conn.copy_records_to_table(
+        "audit_checkpoints",
+        records=rows,
+        columns=["chain", "seq", "hash", "signed_at", "key_id", "signature"],
+    )
+    return len(rows)
+
+
+async def _fill(owner_url: str, entries: int, signer: Signer) -> tuple[int, int]:
+    """Append the entries, then store the checkpoints; the database's size and how many
+    checkpoints."""
     conn = await asyncpg.connect(owner_url)
     try:
         await conn.execute("SET synchronous_commit = off")
         share = entries // len(CLINICS)
+        stored = 0
         for i, clinic in enumerate(CLINICS):
             count = share + (entries - share * len(CLINICS) if i == 0 else 0)
             started = time.monotonic()
             await append_entries(conn, f"clinic:{clinic}", count)
+            stored += await _store_checkpoints(conn, signer, f"clinic:{clinic}")
             log(f"clinic:{clinic}: {count:,} entries in {time.monotonic() - started:.0f} s")
-        await conn.execute("VACUUM ANALYZE audit_entries")
+        await conn.execute("VACUUM ANALYZE audit_entries, audit_checkpoints")
         size: int = await conn.fetchval("SELECT pg_database_size(current_database())")
-        return size
+        return size, stored
     finally:
         await conn.close()
+
+
+def _private_key(path: Path) -> Ed25519PrivateKey:
+    key = load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BenchError(f"{path} is not an Ed25519 key")
+    return key
 
 
 def build(root: Path, entries: int) -> tuple[Service, Generated]:
@@ -171,9 +223,11 @@ def build(root: Path, entries: int) -> tuple[Service, Generated]:
         )
         log(f"appending {entries:,} audit entries in {folder}")
         started = time.monotonic()
-        database_bytes = asyncio.run(_fill(service.owner_url(), entries))
+        signer = Signer(_private_key(service.data_dir / DEFAULT_KEY_FILE))
+        database_bytes, stored = asyncio.run(_fill(service.owner_url(), entries, signer))
         generated = Generated(
             entries=entries,
+            checkpoints=stored,
             load_seconds=round(time.monotonic() - started, 1),
             database_bytes=database_bytes,
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -187,15 +241,19 @@ def build(root: Path, entries: int) -> tuple[Service, Generated]:
     return service, generated
 
 
-async def _append_new(owner_url: str, new: int) -> int:
+async def _append_new(owner_url: str, new: int) -> tuple[int, int]:
     conn = await asyncpg.connect(owner_url)
     try:
         share = new // len(CLINICS)
         for i, clinic in enumerate(CLINICS):
             count = share + (new - share * len(CLINICS) if i == 0 else 0)
             await append_entries(conn, f"clinic:{clinic}", count, batch=10_000)
-        total: int = await conn.fetchval("SELECT count(*) FROM audit_entries")
-        return total
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM audit_entries) AS entries, "
+            "(SELECT count(*) FROM audit_checkpoints) AS checkpoints"
+        )
+        assert row is not None
+        return row["entries"], row["checkpoints"]
     finally:
         await conn.close()
 
@@ -218,6 +276,7 @@ class Prepared:
     size: int
     token: str
     entries_before: int
+    checkpoints: int
 
 
 def prepare(options: Options, size: int) -> Prepared:
@@ -226,14 +285,20 @@ def prepare(options: Options, size: int) -> Prepared:
     try:
         log("signing a checkpoint of every chain head")
         service.run_cli("audit", "checkpoint", "--output", str(service.workdir / "cp.json"))
-        total = asyncio.run(_append_new(service.owner_url(), options.new))
+        total, stored = asyncio.run(_append_new(service.owner_url(), options.new))
         log(f"{options.new:,} entries appended after it ({total:,} in all)")
         token = service.login(AUDITOR, PASSWORD)
         _verify(service, token, full=False)  # warm-up, untimed
     except BaseException:
         service.stop()
         raise
-    return Prepared(service=service, size=size, token=token, entries_before=total - options.new)
+    return Prepared(
+        service=service,
+        size=size,
+        token=token,
+        entries_before=total - options.new,
+        checkpoints=stored,
+    )
 
 
 def measure(options: Options) -> list[SizeResult]:
@@ -244,7 +309,13 @@ def measure(options: Options) -> list[SizeResult]:
         for size in options.sizes:
             prepared.append(prepare(options, size))
         results = [
-            SizeResult(size=p.size, entries_before=p.entries_before, walked=0, seconds=[])
+            SizeResult(
+                size=p.size,
+                entries_before=p.entries_before,
+                checkpoints=p.checkpoints,
+                walked=0,
+                seconds=[],
+            )
             for p in prepared
         ]
         for run in range(options.runs):
@@ -277,14 +348,15 @@ def render(options: Options, results: list[SizeResult]) -> str:
         f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory']}, "
         f"Python {machine['python']}, load now {machine['load_before']}",
         "",
-        "| entries before | entries walked | median s | min s | max s | runs (s) |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| entries before | stored checkpoints | entries walked | median s | min s | max s "
+        "| runs (s) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         runs = ", ".join(f"{s:.3f}" for s in r.seconds)
         lines.append(
-            f"| {r.entries_before:,} | {r.walked:,} | {r.median:.3f} | {min(r.seconds):.3f} | "
-            f"{max(r.seconds):.3f} | {runs} |"
+            f"| {r.entries_before:,} | {r.checkpoints:,} | {r.walked:,} | {r.median:.3f} | "
+            f"{min(r.seconds):.3f} | {max(r.seconds):.3f} | {runs} |"
         )
     lines.append("")
     for r in results:

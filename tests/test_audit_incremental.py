@@ -7,11 +7,14 @@ entry changed before the checkpoint is found by the full walk only.
 
 from __future__ import annotations
 
+import base64
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -19,7 +22,7 @@ from safetyreport.audit import verify_chains
 from safetyreport.audit.chain import SYSTEM_CLI
 from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.restores import record_restore
-from safetyreport.audit.signing import load_signer
+from safetyreport.audit.signing import checkpoint_body, load_signer
 from safetyreport.settings import Settings
 from tests.helpers.audit import rewrite_chain_from
 from tests.helpers.processes import cli_env, run_cli
@@ -182,18 +185,71 @@ async def test_the_checkpoints_entry_rehashed_is_a_rewrite(world: World, signed:
     assert any(f"checkpoint {CHAIN}#{signed.seq}" in p for p in report.checkpoints)
 
 
-async def test_a_consistent_rewrite_signed_over_since_is_caught_by_an_older_checkpoint(
-    world: World, signed: Signed, settings: Settings
+async def test_a_consistent_rewrite_is_not_signed_over(
+    world: World, signed: Signed, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     await rewrite_chain_from(world.db, CHAIN, signed.seq - 1)
-    # The service signs whatever the database holds: the rewritten head too.
-    await sign_heads(world.db, load_signer(settings))
+    # The service walks from its last checkpoint before it signs a head: the rewritten
+    # entry no longer has the signed hash, so the new head is not signed.
+    with caplog.at_level(logging.ERROR, logger="safetyreport.audit.checkpoints"):
+        await sign_heads(world.db, load_signer(settings))
+    assert f"audit chain {CHAIN} not signed" in caplog.text
+    newest = await world.db.fetchval(
+        "SELECT max(seq) FROM audit_checkpoints WHERE chain = $1", CHAIN
+    )
+    assert newest == signed.seq
     report = await verify_chains(world.db, public_key=signed.public_key)
     c1 = chain_report(report)
-    assert c1.ok  # walked from the newest checkpoint: nothing to see there...
-    assert c1.checkpoint_seq == signed.head
-    assert not report.ok  # ...but the older checkpoint no longer matches its entry
-    assert any(f"checkpoint {CHAIN}#{signed.seq} " in p for p in report.checkpoints)
+    assert (c1.ok, c1.broken_seq) == (False, signed.seq)
+    assert "differs from the signed checkpoint" in (c1.problem or "")
+
+
+async def test_a_head_that_links_on_is_signed_after_the_walk(
+    world: World, signed: Signed, settings: Settings
+) -> None:
+    assert await sign_heads(world.db, load_signer(settings)) >= 1
+    newest = await world.db.fetchval(
+        "SELECT max(seq) FROM audit_checkpoints WHERE chain = $1", CHAIN
+    )
+    assert newest == signed.head
+
+
+async def sign_without_walking(db: asyncpg.Connection[Any], settings: Settings) -> None:
+    """Store a signed checkpoint of C1's head as it stands, as versions before the walk
+    at signing did."""
+    signer = load_signer(settings)
+    head = await db.fetchrow(
+        "SELECT last_seq, last_hash, now() AS now FROM audit_chains WHERE chain = $1", CHAIN
+    )
+    assert head is not None
+    body = checkpoint_body(CHAIN, head["last_seq"], head["last_hash"], head["now"], signer.key_id)
+    await db.execute(
+        "INSERT INTO audit_checkpoints (chain, seq, hash, signed_at, key_id, signature) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        CHAIN,
+        head["last_seq"],
+        head["last_hash"],
+        head["now"],
+        signer.key_id,
+        base64.b64decode(signer.sign(msgspec.to_builtins(body))),
+    )
+
+
+async def test_an_older_checkpoint_signed_over_is_compared_by_the_full_walk(
+    world: World, signed: Signed, settings: Settings
+) -> None:
+    """Incremental verification compares each chain's newest checkpoint only: signing
+    vouches for the ones before. A rewrite signed over without that walk (a checkpoint
+    stored by an earlier version) is named by the full walk, which compares them all."""
+    await rewrite_chain_from(world.db, CHAIN, signed.seq - 1)
+    await sign_without_walking(world.db, settings)
+    incremental = await verify_chains(world.db, public_key=signed.public_key)
+    assert chain_report(incremental).ok
+    assert chain_report(incremental).checkpoint_seq == signed.head
+    assert not any(f"checkpoint {CHAIN}#{signed.seq} " in p for p in incremental.checkpoints)
+    full = await verify_chains(world.db, public_key=signed.public_key, full=True)
+    assert not full.ok
+    assert any(f"checkpoint {CHAIN}#{signed.seq} " in p for p in full.checkpoints)
 
 
 async def test_a_forged_stored_checkpoint_is_reported_and_not_trusted(

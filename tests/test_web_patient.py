@@ -9,7 +9,9 @@ test-artifacts/screenshots/.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +20,7 @@ import asyncpg
 import httpx
 from playwright.async_api import BrowserContext, Page, expect
 
+from safetyreport.rems.service import FORM_DUE_AFTER
 from tests.helpers.browser import (
     AUDITOR,
     BROWSER_MARKS,
@@ -122,10 +125,22 @@ async def build_history(served: ServeProcess, ref: str, username: str = NURSE) -
         for days, mg, readings in HISTORY:
             dosed_at = now - timedelta(days=days, hours=3)
             await observed_session(http, {}, ref, dosed_at, readings, dose_mg=mg, clinic=clinic)
-        timeline = await http.get(f"/api/v1/patients/{ref}/timeline")
-        assert timeline.status_code == 200, timeline.text
-        answer: dict[str, Any] = timeline.json()
-        return answer
+        # The REMS forms of the sessions dosed over 7 days ago are overdue: the service's
+        # periodic check raises an alert for each, which the timeline then holds. Wait
+        # for them, so that the page shows the same timeline as the answer returned.
+        overdue = sum(
+            1 for days, _mg, _readings in HISTORY if timedelta(days=days) > FORM_DUE_AFTER
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            timeline = await http.get(f"/api/v1/patients/{ref}/timeline")
+            assert timeline.status_code == 200, timeline.text
+            answer: dict[str, Any] = timeline.json()
+            raised = [e for e in answer["entries"] if e.get("rule") == "rems-form-overdue"]
+            if len(raised) >= overdue or time.monotonic() > deadline:
+                assert len(raised) == overdue, answer["entries"]
+                return answer
+            await asyncio.sleep(0.5)
 
 
 async def open_patient(page: Page, ref: str) -> None:

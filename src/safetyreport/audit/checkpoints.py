@@ -15,10 +15,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from safetyreport.audit.chain import GENESIS_HASH, format_time
-from safetyreport.audit.offline import CHECKPOINT_FORMAT, Checkpoint
+from safetyreport.audit.chain import GENESIS_HASH
+from safetyreport.audit.offline import Checkpoint
 from safetyreport.audit.restores import Restore, recorded_restores
-from safetyreport.audit.signing import Signer
+from safetyreport.audit.signing import CheckpointBody, Signer, checkpoint_body
+from safetyreport.audit.verify import walk_from_checkpoints
 from safetyreport.background import Periodic
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
@@ -50,23 +51,6 @@ ORDER BY chain, seq DESC, id DESC
 """  # noqa: S608 (constant SQL fragments; only a Where's conditions are added)
 _LIST = f"SELECT {_COLUMNS} FROM audit_checkpoints{{where}} ORDER BY id DESC LIMIT {{limit}}"  # noqa: S608
 _HEADS = "SELECT chain, last_seq FROM audit_chains"
-# Stored checkpoints whose head is no longer in the chain as it was signed.
-_CONTRADICTED = """
-SELECT p.chain, p.seq, p.signed_at
-FROM audit_checkpoints p LEFT JOIN audit_entries e ON e.chain = p.chain AND e.seq = p.seq
-WHERE p.seq > 0 AND e.hash IS DISTINCT FROM p.hash
-  AND ($1::text[] IS NULL OR p.chain = ANY($1))
-ORDER BY p.chain, p.seq
-"""
-
-
-class CheckpointBody(msgspec.Struct, frozen=True, kw_only=True):
-    format: str
-    chain: str
-    seq: int
-    hash: str
-    signed_at: str
-    key_id: str
 
 
 class SignedCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,38 +60,46 @@ class SignedCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     signature: str
 
 
-def _body(chain: str, seq: int, hash_: bytes, signed_at: datetime, key_id: str) -> CheckpointBody:
-    return CheckpointBody(
-        format=CHECKPOINT_FORMAT,
-        chain=chain,
-        seq=seq,
-        hash=hash_.hex(),
-        signed_at=format_time(signed_at),
-        key_id=key_id,
-    )
-
-
 def _from_row(row: asyncpg.Record) -> SignedCheckpoint:
-    body = _body(row["chain"], row["seq"], row["hash"], row["signed_at"], row["key_id"])
+    body = checkpoint_body(row["chain"], row["seq"], row["hash"], row["signed_at"], row["key_id"])
     return SignedCheckpoint(checkpoint=body, signature=base64.b64encode(row["signature"]).decode())
 
 
 async def sign_heads(conn: Conn, signer: Signer) -> int:
-    """Sign every chain head not yet signed with this key; return how many were new."""
+    """Sign every chain head not yet signed with this key; return how many were new.
+
+    A head is signed only if its chain links on from the chain's latest checkpoint
+    signed with this key: that checkpoint's entry unchanged, and every entry since
+    hashing and linking to the head (walked here). So a chain rewritten since is never
+    signed over, and verification need compare only each chain's newest checkpoint.
+    """
     heads = await conn.fetch(_UNSIGNED_HEADS, signer.key_id)
     if not heads:
         return 0
+    walked = await walk_from_checkpoints(conn, heads, signer.public_key)
+    for refused in (r for r in walked if not r.ok):
+        _log.error(
+            "audit chain %s not signed: it does not link on from its last signed "
+            "checkpoint (entry %s: %s)",
+            refused.chain,
+            refused.broken_seq,
+            refused.problem,
+        )
+    linked = [h for h, r in zip(heads, walked, strict=True) if r.ok]
+    if not linked:
+        return 0
     bodies = [
-        _body(h["chain"], h["last_seq"], h["last_hash"], h["now"], signer.key_id) for h in heads
+        checkpoint_body(h["chain"], h["last_seq"], h["last_hash"], h["now"], signer.key_id)
+        for h in linked
     ]
     signatures = [base64.b64decode(signer.sign(msgspec.to_builtins(b))) for b in bodies]
     result: str = await conn.execute(
         _INSERT,
-        [h["chain"] for h in heads],
-        [h["last_seq"] for h in heads],
-        [h["last_hash"] for h in heads],
-        [h["now"] for h in heads],
-        [signer.key_id] * len(heads),
+        [h["chain"] for h in linked],
+        [h["last_seq"] for h in linked],
+        [h["last_hash"] for h in linked],
+        [h["now"] for h in linked],
+        [signer.key_id] * len(linked),
         signatures,
     )
     return int(result.rsplit(" ", 1)[-1])
@@ -131,16 +123,6 @@ async def recent(conn: Conn, chains: list[str] | None, limit: int) -> list[Signe
     where = _where(chains)
     rows = await conn.fetch(_LIST.format(where=where.sql(), limit=int(limit)), *where.args)
     return [_from_row(r) for r in rows]
-
-
-async def contradicted(conn: Conn, chains: list[str] | None = None) -> list[str]:
-    """Why stored checkpoints (of ``chains``; None: all) no longer match their chains."""
-    rows = await conn.fetch(_CONTRADICTED, chains)
-    return [
-        f"checkpoint {r['chain']}#{r['seq']} signed at {format_time(r['signed_at'])} no longer "
-        "matches the chain: that entry was altered or removed"
-        for r in rows
-    ]
 
 
 class Findings(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -22,11 +24,36 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from safetyreport.audit.offline import canonical_json, key_id
+from safetyreport.audit.chain import format_time
+from safetyreport.audit.offline import CHECKPOINT_FORMAT, canonical_json, key_id
 from safetyreport.keyfiles import create_key_file
 from safetyreport.settings import Settings
 
 DEFAULT_KEY_FILE = "audit-signing-key.pem"
+
+
+class CheckpointBody(msgspec.Struct, frozen=True, kw_only=True):
+    """What a checkpoint signs: a chain's head at a time, with the key that signed it."""
+
+    format: str
+    chain: str
+    seq: int
+    hash: str
+    signed_at: str
+    key_id: str
+
+
+def checkpoint_body(
+    chain: str, seq: int, hash_: bytes, signed_at: datetime, key_id: str
+) -> CheckpointBody:
+    return CheckpointBody(
+        format=CHECKPOINT_FORMAT,
+        chain=chain,
+        seq=seq,
+        hash=hash_.hex(),
+        signed_at=format_time(signed_at),
+        key_id=key_id,
+    )
 
 
 class SigningKeyError(RuntimeError):
@@ -40,6 +67,10 @@ class Signer:
     @property
     def key_id(self) -> str:
         return key_id(self.private_key.public_key())
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self.private_key.public_key()
 
     @property
     def public_pem(self) -> bytes:

@@ -18,11 +18,11 @@ import asyncpg
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from safetyreport.audit import checkpoints
 from safetyreport.audit.chain import GENESIS_HASH, content_of_row, entry_hash, format_time
-from safetyreport.audit.offline import CHECKPOINT_FORMAT, signature_ok
 from safetyreport.audit.offline import key_id as key_id_of
+from safetyreport.audit.offline import signature_ok
 from safetyreport.audit.restores import Restore, recorded_restores
+from safetyreport.audit.signing import checkpoint_body
 from safetyreport.db.pool import Conn
 
 
@@ -64,7 +64,7 @@ _COLUMNS = """chain, seq, recorded_at, actor_id, actor, actor_role, action, obje
        object_id, clinic, client_addr, details, prev_hash, hash, content"""
 _ENTRIES = f"""
 SELECT {_COLUMNS}
-FROM audit_entries WHERE chain = $1 AND seq > $2 ORDER BY seq
+FROM audit_entries WHERE chain = $1 AND seq > $2 AND seq <= $3 ORDER BY seq
 """  # noqa: S608 (constant SQL)
 _ENTRY = f"SELECT {_COLUMNS} FROM audit_entries WHERE chain = $1 AND seq = $2"  # noqa: S608
 # The newest checkpoints of a chain signed with the key, within the chain as it stands.
@@ -88,6 +88,27 @@ WITH RECURSIVE present(chain) AS (
 SELECT chain FROM present
 WHERE chain IS NOT NULL AND chain NOT IN (SELECT chain FROM audit_chains)
 ORDER BY chain
+"""
+# Stored checkpoints whose head is no longer in the chain as it was signed: every one
+# (full), or each chain's newest (incremental: a head is signed only if its chain links
+# on from the checkpoint before, so the newest one vouches for the older ones).
+_CONTRADICTED = """
+SELECT p.chain, p.seq, p.signed_at
+FROM audit_checkpoints p LEFT JOIN audit_entries e ON e.chain = p.chain AND e.seq = p.seq
+WHERE p.seq > 0 AND e.hash IS DISTINCT FROM p.hash
+  AND ($1::text[] IS NULL OR p.chain = ANY($1))
+ORDER BY p.chain, p.seq
+"""
+_NEWEST_CONTRADICTED = """
+SELECT p.chain, p.seq, p.signed_at
+FROM audit_chains c
+CROSS JOIN LATERAL (
+    SELECT chain, seq, hash, signed_at FROM audit_checkpoints
+    WHERE chain = c.chain AND seq > 0 ORDER BY seq DESC LIMIT 1
+) p
+LEFT JOIN audit_entries e ON e.chain = p.chain AND e.seq = p.seq
+WHERE e.hash IS DISTINCT FROM p.hash AND ($1::text[] IS NULL OR c.chain = ANY($1))
+ORDER BY p.chain
 """
 # Signed checkpoints tried per chain, newest first, before walking from the first entry.
 CANDIDATES = 10
@@ -188,14 +209,7 @@ class _Checkpoints:
         self._restores: list[Restore] | None = None
 
     def _signed(self, chain: str, row: asyncpg.Record) -> bool:
-        body = checkpoints.CheckpointBody(
-            format=CHECKPOINT_FORMAT,
-            chain=chain,
-            seq=row["seq"],
-            hash=row["hash"].hex(),
-            signed_at=format_time(row["signed_at"]),
-            key_id=row["key_id"],
-        )
+        body = checkpoint_body(chain, row["seq"], row["hash"], row["signed_at"], row["key_id"])
         signature = base64.b64encode(row["signature"]).decode()
         return signature_ok(self.public_key, msgspec.to_builtins(body), signature)
 
@@ -243,7 +257,7 @@ class _Checkpoints:
 
 
 async def _walk(conn: Conn, walk: _ChainCheck, head_hash: bytes) -> ChainReport:
-    cursor = await conn.cursor(_ENTRIES, walk.chain, walk.start.seq)
+    cursor = await conn.cursor(_ENTRIES, walk.chain, walk.start.seq, walk.head_seq)
     rows = await cursor.fetch(BATCH_ROWS)
     while rows:
         # A worker thread hashes this batch while the next one is fetched; the event
@@ -258,6 +272,39 @@ async def _walk(conn: Conn, walk: _ChainCheck, head_hash: bytes) -> ChainReport:
     return walk.finish(head_hash)
 
 
+async def _check_chain(
+    conn: Conn, signed: _Checkpoints | None, head: asyncpg.Record
+) -> ChainReport:
+    """One chain up to ``head`` (its chain, last_seq and last_hash), walked from its latest
+    signed checkpoint, or from its first entry without ``signed``."""
+    chain, head_seq = head["chain"], head["last_seq"]
+    start = _Start() if signed is None else await signed.start(chain, head_seq)
+    if isinstance(start, ChainReport):
+        return start
+    return await _walk(conn, _ChainCheck(chain, head_seq, start), head["last_hash"])
+
+
+async def walk_from_checkpoints(
+    conn: Conn, heads: list[asyncpg.Record], public_key: Ed25519PublicKey
+) -> list[ChainReport]:
+    """Whether each chain links on from its latest checkpoint signed with ``public_key``
+    to ``heads``' entry (chain, last_seq, last_hash as read before): checked before that
+    head is signed. Entries are append-only, so no snapshot is needed up to a head."""
+    signed = _Checkpoints(conn, public_key)
+    async with conn.transaction():  # the walk reads through a cursor
+        return [await _check_chain(conn, signed, h) for h in heads]
+
+
+async def _contradicted(conn: Conn, chains: list[str] | None, *, newest_only: bool) -> list[str]:
+    """Why stored checkpoints (of ``chains``; None: all) no longer match their chains."""
+    rows = await conn.fetch(_NEWEST_CONTRADICTED if newest_only else _CONTRADICTED, chains)
+    return [
+        f"checkpoint {r['chain']}#{r['seq']} signed at {format_time(r['signed_at'])} no longer "
+        "matches the chain: that entry was altered or removed"
+        for r in rows
+    ]
+
+
 async def verify_chains(
     conn: Conn,
     chains: list[str] | None = None,
@@ -268,7 +315,9 @@ async def verify_chains(
     """Verify every chain (or only ``chains``) from one consistent snapshot.
 
     With the service's ``public_key`` and not ``full``, each chain's walk starts at its
-    latest signed checkpoint; otherwise at its first entry.
+    latest signed checkpoint, and only each chain's newest stored checkpoint is compared
+    with its entry; otherwise every chain is walked from its first entry and every
+    stored checkpoint compared.
     """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         heads = await conn.fetch(
@@ -278,14 +327,7 @@ async def verify_chains(
         )
         orphans = await conn.fetch(_ORPHANS, chains)
         signed = _Checkpoints(conn, public_key) if public_key is not None and not full else None
-        reports: list[ChainReport] = []
-        for h in heads:
-            start = _Start() if signed is None else await signed.start(h["chain"], h["last_seq"])
-            if isinstance(start, ChainReport):
-                reports.append(start)
-                continue
-            walk = _ChainCheck(h["chain"], h["last_seq"], start)
-            reports.append(await _walk(conn, walk, h["last_hash"]))
+        reports = [await _check_chain(conn, signed, h) for h in heads]
         reports += [
             ChainReport(
                 chain=o["chain"],
@@ -297,7 +339,7 @@ async def verify_chains(
             )
             for o in orphans
         ]
-        contradicted = await checkpoints.contradicted(conn, chains)
+        contradicted = await _contradicted(conn, chains, newest_only=signed is not None)
         if signed is not None:
             contradicted += signed.forged
     return VerifyReport(
