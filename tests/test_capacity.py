@@ -250,7 +250,7 @@ async def test_verifying_a_long_chain_leaves_the_service_answering(
                         await db.fetchval(
                             "SELECT count(*) FROM pg_stat_activity WHERE datname ="
                             " current_database() AND query LIKE '%FROM audit_entries WHERE chain"
-                            " = $1 AND seq > $2 ORDER BY seq%'"
+                            " = $1 AND seq > $2 AND seq <= $3 ORDER BY seq%'"
                             " AND query NOT LIKE '%pg_stat_activity%'"
                         )
                     )

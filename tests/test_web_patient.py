@@ -127,20 +127,34 @@ async def build_history(served: ServeProcess, ref: str, username: str = NURSE) -
             await observed_session(http, {}, ref, dosed_at, readings, dose_mg=mg, clinic=clinic)
         # The REMS forms of the sessions dosed over 7 days ago are overdue: the service's
         # periodic check raises an alert for each, which the timeline then holds. Wait
-        # for them, so that the page shows the same timeline as the answer returned.
-        overdue = sum(
-            1 for days, _mg, _readings in HISTORY if timedelta(days=days) > FORM_DUE_AFTER
-        )
+        # for them (in the database: each timeline read is audited), so that the page
+        # shows the same timeline as the answer returned.
+        await _wait_for_overdue_checks(served, ref)
+        timeline = await http.get(f"/api/v1/patients/{ref}/timeline")
+        assert timeline.status_code == 200, timeline.text
+        answer: dict[str, Any] = timeline.json()
+        return answer
+
+
+async def _wait_for_overdue_checks(served: ServeProcess, ref: str) -> None:
+    overdue = sum(1 for days, _mg, _r in HISTORY if timedelta(days=days) > FORM_DUE_AFTER)
+    assert served.database_url is not None
+    conn = await asyncpg.connect(served.database_url)
+    try:
         deadline = time.monotonic() + 60
         while True:
-            timeline = await http.get(f"/api/v1/patients/{ref}/timeline")
-            assert timeline.status_code == 200, timeline.text
-            answer: dict[str, Any] = timeline.json()
-            raised = [e for e in answer["entries"] if e.get("rule") == "rems-form-overdue"]
-            if len(raised) >= overdue or time.monotonic() > deadline:
-                assert len(raised) == overdue, answer["entries"]
-                return answer
+            checked = await conn.fetchval(
+                "SELECT count(*) FROM rems_forms f JOIN treatment_sessions s "
+                "ON s.id = f.session_id WHERE s.patient_ref = $1 "
+                "AND f.overdue_checked_at IS NOT NULL",
+                ref,
+            )
+            if checked >= overdue or time.monotonic() > deadline:
+                assert checked == overdue
+                return
             await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
 
 
 async def open_patient(page: Page, ref: str) -> None:
