@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import shutil
 import statistics
@@ -43,13 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from bench.common import BenchError, Service, log, machine_info
 from bench.fill_audit import append_entries
-from safetyreport.audit.signing import DEFAULT_KEY_FILE, Signer, checkpoint_body
+from safetyreport.audit.signing import DEFAULT_KEY_FILE, Signer, checkpoint_body, signer_from_file
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 CLINICS = ("V1", "V2", "V3", "V4")
@@ -140,7 +136,7 @@ def _signed_checkpoints(
     rows = []
     for h in heads:
         body = checkpoint_body(chain, h["seq"], h["hash"], h["recorded_at"], signer.key_id)
-        signature = base64.b64decode(signer.sign(msgspec.to_builtins(body)))
+        signature = signer.sign_checkpoint(body)
         rows.append((chain, h["seq"], h["hash"], h["recorded_at"], signer.key_id, signature))
     return rows
 
@@ -184,13 +180,6 @@ async def _fill(owner_url: str, entries: int, signer: Signer) -> tuple[int, int]
         await conn.close()
 
 
-def _private_key(path: Path) -> Ed25519PrivateKey:
-    key = load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise BenchError(f"{path} is not an Ed25519 key")
-    return key
-
-
 def build(root: Path, entries: int) -> tuple[Service, Generated]:
     """The folder's service, started; the entries appended first if the folder is new."""
     folder = root / f"audit-verify-{entries}"
@@ -223,7 +212,7 @@ def build(root: Path, entries: int) -> tuple[Service, Generated]:
         )
         log(f"appending {entries:,} audit entries in {folder}")
         started = time.monotonic()
-        signer = Signer(_private_key(service.data_dir / DEFAULT_KEY_FILE))
+        signer = signer_from_file(service.data_dir / DEFAULT_KEY_FILE)
         database_bytes, stored = asyncio.run(_fill(service.owner_url(), entries, signer))
         generated = Generated(
             entries=entries,

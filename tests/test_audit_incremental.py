@@ -7,14 +7,12 @@ entry changed before the checkpoint is found by the full walk only.
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -231,7 +229,7 @@ async def sign_without_walking(db: asyncpg.Connection[Any], settings: Settings) 
         head["last_hash"],
         head["now"],
         signer.key_id,
-        base64.b64decode(signer.sign(msgspec.to_builtins(body))),
+        signer.sign_checkpoint(body),
     )
 
 

@@ -9,9 +9,7 @@ test-artifacts/screenshots/.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +40,7 @@ from tests.helpers.browser import (
 from tests.helpers.processes import ServeProcess
 from tests.helpers.reports import audit_rows, bp_report
 from tests.helpers.sessions import observed_session
+from tests.helpers.waiting import eventually
 from tests.helpers.world import PASSWORD
 
 pytestmark = BROWSER_MARKS
@@ -140,19 +139,22 @@ async def _wait_for_overdue_checks(served: ServeProcess, ref: str) -> None:
     overdue = sum(1 for days, _mg, _r in HISTORY if timedelta(days=days) > FORM_DUE_AFTER)
     assert served.database_url is not None
     conn = await asyncpg.connect(served.database_url)
+
+    async def checked() -> int:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM rems_forms f JOIN treatment_sessions s "
+            "ON s.id = f.session_id WHERE s.patient_ref = $1 "
+            "AND f.overdue_checked_at IS NOT NULL",
+            ref,
+        )
+        return count
+
+    async def all_checked() -> bool:
+        return await checked() >= overdue
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            checked = await conn.fetchval(
-                "SELECT count(*) FROM rems_forms f JOIN treatment_sessions s "
-                "ON s.id = f.session_id WHERE s.patient_ref = $1 "
-                "AND f.overdue_checked_at IS NOT NULL",
-                ref,
-            )
-            if checked >= overdue or time.monotonic() > deadline:
-                assert checked == overdue
-                return
-            await asyncio.sleep(0.5)
+        await eventually(all_checked, "the REMS-overdue checks")
+        assert await checked() == overdue
     finally:
         await conn.close()
 

@@ -92,7 +92,7 @@ async def sign_heads(conn: Conn, signer: Signer) -> int:
         checkpoint_body(h["chain"], h["last_seq"], h["last_hash"], h["now"], signer.key_id)
         for h in linked
     ]
-    signatures = [base64.b64decode(signer.sign(msgspec.to_builtins(b))) for b in bodies]
+    signatures = [signer.sign_checkpoint(b) for b in bodies]
     result: str = await conn.execute(
         _INSERT,
         [h["chain"] for h in linked],

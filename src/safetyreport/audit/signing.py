@@ -82,6 +82,10 @@ class Signer:
         """The base64 Ed25519 signature over ``canonical_json(document)``."""
         return base64.b64encode(self.private_key.sign(canonical_json(document))).decode()
 
+    def sign_checkpoint(self, body: CheckpointBody) -> bytes:
+        """The raw signature of a checkpoint, as ``audit_checkpoints`` stores it."""
+        return self.private_key.sign(canonical_json(msgspec.to_builtins(body)))
+
 
 def key_file(settings: Settings) -> Path:
     return settings.audit.signing_key_file or settings.data_dir / DEFAULT_KEY_FILE
@@ -95,6 +99,11 @@ def load_signer(settings: Settings) -> Signer:
             Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
         )
         create_key_file(path, pem)
+    return signer_from_file(path)
+
+
+def signer_from_file(path: Path) -> Signer:
+    """The signer of the PEM key file at ``path``, which must exist."""
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
