@@ -13,7 +13,13 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from safetyreport.app import create_app
-from safetyreport.db.migrations import MigrationError, load_migrations, migrate, migrations_dir
+from safetyreport.db.migrations import (
+    SUPERSEDED_CHECKSUMS,
+    MigrationError,
+    load_migrations,
+    migrate,
+    migrations_dir,
+)
 from safetyreport.db.pool import connect
 from safetyreport.errors import ServiceUnavailable
 from safetyreport.settings import DatabaseSettings, Settings
@@ -71,6 +77,20 @@ async def test_edited_migration_is_refused(empty_url: str, tmp_path: Path) -> No
 
     with pytest.raises(MigrationError, match=r"0001_core\.sql was edited"):
         await migrate(empty_url, folder=folder)
+
+
+async def test_a_migration_whose_comment_was_corrected_is_accepted(empty_url: str) -> None:
+    """A database that recorded 0003 before its comment was corrected is not refused; the
+    file's current checksum is not recorded over the old one."""
+    (old,) = SUPERSEDED_CHECKSUMS[3]
+    await migrate(empty_url)
+    conn = await connect(empty_url)
+    try:
+        await conn.execute("UPDATE schema_migrations SET checksum = $1 WHERE version = 3", old)
+    finally:
+        await conn.close()
+    assert await migrate(empty_url) == []
+    assert {r["version"]: r["checksum"] for r in await recorded(empty_url)}[3] == old
 
 
 async def test_new_migration_is_applied_after_the_old_ones(empty_url: str, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
--- The default rule set: one rule per row of the rules table in ../shared/docs/domain.md.
+-- The default rule set: one rule per row of the default-rules table in docs/clinical-rules.md.
 -- Rules are data: admins and safety officers change them through /api/v1/rules, and
 -- every change makes a new version. Thresholds marked as conventions are configurable
 -- that way and say so in their descriptions.
