@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,18 @@ class BenchError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def require_free_disk(root: Path, need: int, what: str, smaller: str) -> None:
+    """BenchError unless ``root`` (created) has ``need`` bytes free for ``what``."""
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise BenchError(
+            f"not enough free disk space in {root}: {free / 1e9:.1f} GB free, "
+            f"{what} needs about {need / 1e9:.1f} GB; free some space or {smaller} "
+            "(or another --data-root)"
+        )
 
 
 def machine_info() -> dict[str, str]:

@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,22 @@ from safetyreport.audit.chain import CONTENT_FIELDS, canonical_content, entry_ha
 _COLUMNS = (*CONTENT_FIELDS, "hash", "content")
 # Text a spreadsheet would run, quotes, a backslash and non-ASCII: what exports must survive.
 AWKWARD_TEXT = "=cmd|' /C calc'!A0 \"quoted\" \\ ünïcode"
+# What an entry says, given its chain and seq: actor, action, object_type, object_id and
+# details (the other fields are the chain's). Called in a worker thread.
+EntryMaker = Callable[[str, int], dict[str, Any]]
+# When an entry was recorded, given how many entries before it this call appended.
+Clock = Callable[[int], datetime]
+
+
+def bulk_entry(chain: str, seq: int) -> dict[str, Any]:
+    """The export benchmark's entry: a ``bulk.appended`` of a thing, with awkward text."""
+    return {
+        "actor": "system:bulk",
+        "action": "bulk.appended",
+        "object_type": "thing",
+        "object_id": str(seq),
+        "details": {"n": seq, "text": AWKWARD_TEXT},
+    }
 
 
 def _csv_value(value: Any) -> Any:
@@ -33,12 +50,20 @@ def _csv_value(value: Any) -> Any:
 
 
 async def append_entries(
-    conn: asyncpg.Connection[Any], chain: str, count: int, batch: int = 50_000
+    conn: asyncpg.Connection[Any],
+    chain: str,
+    count: int,
+    batch: int = 50_000,
+    *,
+    make: EntryMaker = bulk_entry,
+    clock: Clock | None = None,
 ) -> None:
     """Append ``count`` entries to ``chain`` (which must exist), a COPY per batch.
 
-    The next batch is made (hashed, as CSV) in a worker thread while PostgreSQL takes in
-    the one before. Nothing else may append to ``chain`` meanwhile.
+    ``make`` says what each entry holds; ``clock`` when it was recorded (by default a
+    microsecond apart from the database's clock on). The next batch is made (hashed, as
+    CSV) in a worker thread while PostgreSQL takes in the one before. Nothing else may
+    append to ``chain`` meanwhile.
     """
     head = await conn.fetchrow(
         "SELECT last_seq, last_hash, clock_timestamp() AS now FROM audit_chains WHERE chain = $1",
@@ -47,15 +72,16 @@ async def append_entries(
     if head is None:
         raise ValueError(f"no chain {chain}: create its clinic first")
     seq, prev, now = head["last_seq"], head["last_hash"], head["now"]
+    if clock is None:
+        clock = _microseconds_from(now)
     done = 0
     made: tuple[bytes, int, bytes] | None = None  # a batch made, not yet copied
     while done < count or made is not None:
         making = None
         if done < count:
             size = min(batch, count - done)
-            start = now + timedelta(seconds=done)
             making = asyncio.ensure_future(
-                asyncio.to_thread(_batch_csv, chain, seq, prev, start, size)
+                asyncio.to_thread(_batch_csv, chain, seq, prev, size, _Times(clock, done), make)
             )
             done += size
         if made is not None:
@@ -80,27 +106,41 @@ async def _copy(
         )
 
 
+def _microseconds_from(start: datetime) -> Clock:
+    def at(n: int) -> datetime:
+        return start + timedelta(microseconds=n)
+
+    return at
+
+
+class _Times:
+    """The clock of one batch: its entries come after ``done`` earlier ones."""
+
+    def __init__(self, clock: Clock, done: int) -> None:
+        self.clock, self.done = clock, done
+
+    def __call__(self, i: int) -> datetime:
+        return self.clock(self.done + i)
+
+
 def _batch_csv(
-    chain: str, seq: int, prev: bytes, now: datetime, count: int
+    chain: str, seq: int, prev: bytes, count: int, times: Clock, make: EntryMaker
 ) -> tuple[bytes, int, bytes]:
     """``count`` entries after ``seq`` (whose hash is ``prev``) as CSV; the last seq, hash."""
     out = io.StringIO()
     writer = csv.writer(out)
+    clinic = chain.removeprefix("clinic:") if chain.startswith("clinic:") else None
     for i in range(count):
         seq += 1
         fields: dict[str, Any] = {
             "chain": chain,
             "seq": seq,
-            "recorded_at": now + timedelta(microseconds=i),
+            "recorded_at": times(i),
             "actor_id": None,
-            "actor": "system:bulk",
             "actor_role": None,
-            "action": "bulk.appended",
-            "object_type": "thing",
-            "object_id": str(seq),
-            "clinic": chain.removeprefix("clinic:") if chain.startswith("clinic:") else None,
+            "clinic": clinic,
             "client_addr": None,
-            "details": {"n": seq, "text": AWKWARD_TEXT},
+            **make(chain, seq),
             "prev_hash": prev,
         }
         content = canonical_content(**fields)

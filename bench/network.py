@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench.common import BenchError, Service, log, machine_info
+from bench.common import BenchError, Service, log, machine_info, require_free_disk
 from safetyreport import audit
 from safetyreport.analytics import rollups
 from safetyreport.auth.users import add_clinic
@@ -76,6 +76,19 @@ LOADED = (
     "alert_session_readings",
 )
 BATCH = 100_000
+# The counts of a data set of clinics and no rows (the baseline of the history benchmark).
+NO_ROWS = dict.fromkeys(
+    (
+        "sessions",
+        "dosed_sessions",
+        "reports",
+        "linked_reports",
+        "alerts",
+        "alert_reports",
+        "alert_session_readings",
+    ),
+    0,
+)
 
 DRUGS = (("esketamine_nasal", 55), ("ketamine_iv", 35), ("ketamine_im", 6), ("ketamine_oral", 4))
 ESKETAMINE_DOSES = ((28.0, 10), (56.0, 55), (84.0, 35))
@@ -122,10 +135,18 @@ class Options:
     year: int
     seed: int
     root: Path
+    # Years of data from ``year`` on (the history benchmark's six); one for the rates.
+    years: int = 1
 
     @property
     def folder(self) -> Path:
         return self.root / f"network-{self.clinics}-{self.sessions}"
+
+    def span(self) -> tuple[datetime, float]:
+        """The first instant of the data and the seconds it spans."""
+        start = datetime(self.year, 1, 1, tzinfo=UTC)
+        end = datetime(self.year + self.years, 1, 1, tzinfo=UTC)
+        return start, (end - start).total_seconds()
 
 
 @dataclass
@@ -186,15 +207,12 @@ def needed_bytes(options: Options) -> int:
 
 
 def check_disk(options: Options) -> None:
-    options.root.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(options.root).free
-    need = needed_bytes(options)
-    if free < need:
-        raise BenchError(
-            f"not enough free disk space in {options.root}: {free / 1e9:.1f} GB free, "
-            f"building {options.sessions:,} sessions needs about {need / 1e9:.1f} GB; "
-            "free some space or pass a smaller --sessions (or another --data-root)"
-        )
+    require_free_disk(
+        options.root,
+        needed_bytes(options),
+        f"building {options.sessions:,} sessions",
+        "pass a smaller --sessions",
+    )
 
 
 def load_generated(folder: Path) -> Generated | None:
@@ -294,8 +312,7 @@ def _sessions(
     rng: random.Random, options: Options, clinic_ids: list[int], sizes: list[int]
 ) -> Iterator[tuple[_Session | None, list[Any]]]:
     """Each session (None for one never dosed) and its row."""
-    start = datetime(options.year, 1, 1, tzinfo=UTC)
-    seconds = (datetime(options.year + 1, 1, 1, tzinfo=UTC) - start).total_seconds()
+    start, seconds = options.span()
     for clinic_id, size in zip(clinic_ids, sizes, strict=True):
         patients = max(1, size // 12)
         undosed = max(0, size // 100)
@@ -465,8 +482,7 @@ async def _load(conn: asyncpg.Connection[Any], options: Options, admin: int) -> 
     # Reports: linked ones on the sampled sessions, the rest on no session.
     rng.shuffle(linked_targets)
     linked_count = min(len(linked_targets), int(options.reports * 0.85))
-    year_start = datetime(options.year, 1, 1, tzinfo=UTC)
-    year_seconds = (datetime(options.year + 1, 1, 1, tzinfo=UTC) - year_start).total_seconds()
+    year_start, year_seconds = options.span()
     for i in range(options.reports):
         target = linked_targets[i] if i < linked_count else None
         kind = _pick(rng, KINDS[:-1] if target is not None else KINDS)
@@ -554,7 +570,7 @@ async def load(conn: asyncpg.Connection[Any], options: Options) -> dict[str, Any
     async with conn.transaction():
         for table in LOADED:
             await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-        counts = await _load(conn, options, admin)
+        counts = await _load(conn, options, admin) if options.sessions else dict(NO_ROWS)
         for table in LOADED:
             await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
     loaded = time.monotonic()
@@ -599,7 +615,7 @@ async def rebuild_rollups(conn: asyncpg.Connection[Any], loaded: dict[str, Any])
     )
 
 
-async def _connected(owner_url: str, step: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+async def connected(owner_url: str, step: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
     conn = await connect(owner_url)
     try:
         await conn.execute("SET synchronous_commit = off")
@@ -643,12 +659,12 @@ def build(options: Options) -> tuple[Service, Generated]:
                 stdin=ADMIN_PASSWORD + "\n",
             )
             log(f"building {options.sessions:,} sessions in {folder}")
-            loaded = asyncio.run(_connected(owner, lambda conn: load(conn, options)))
+            loaded = asyncio.run(connected(owner, lambda conn: load(conn, options)))
             loaded_file.write_text(json.dumps(loaded, indent=2) + "\n")
         else:
             log(f"rows loaded before in {folder}; rebuilding the rollups")
             loaded = json.loads(loaded_file.read_text())
-        generated = asyncio.run(_connected(owner, lambda conn: rebuild_rollups(conn, loaded)))
+        generated = asyncio.run(connected(owner, lambda conn: rebuild_rollups(conn, loaded)))
     except BaseException:
         service.stop()
         raise
