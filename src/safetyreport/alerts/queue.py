@@ -123,8 +123,10 @@ WHERE sr.alert_id = $1 ORDER BY sr.added_at, sr.reading_id
 _HISTORY = """
 SELECT id, at, actor, action, details FROM alert_events WHERE alert_id = $1 ORDER BY id
 """
-# The queue's first sort key.
-_RANK = SEVERITY_RANK_SQL
+# The queue's first sort key: the severity's rank negated, so that the queue's order (most
+# severe first, then oldest) is ascending on every key, as the index on it is
+# (migration 0024), and the cursor one row comparison the index seeks to.
+_NEG_RANK = f"(-{SEVERITY_RANK_SQL})"
 
 
 def _view(row: asyncpg.Record) -> AlertView:
@@ -202,27 +204,32 @@ def _decode_cursor(cursor: str) -> tuple[int, datetime, uuid.UUID]:
     return rank, require_utc("cursor", seen), alert_id
 
 
-async def list_alerts(conn: Conn, caller: Caller, filters: AlertFilters) -> AlertPage:
-    """Alerts of the caller's clinics: most severe first, then oldest first."""
+def list_query(principal: Principal, filters: AlertFilters) -> tuple[str, list[Any]]:
+    """The SQL of a page of the list and its arguments (one more row than the page)."""
     where = Where()
-    where.in_clinics("a.clinic_id", caller.principal.visible_clinics(filters.clinic))
+    where.in_clinics("a.clinic_id", principal.visible_clinics(filters.clinic))
     where.equals("a.status", filters.status)
     where.equals("a.severity", filters.severity)
     where.equals("a.rule_id", filters.rule)
     where.equals("asg.username", filters.assigned_to)
     if filters.cursor is not None:
         c_rank, c_seen, c_id = _decode_cursor(filters.cursor)
-        rank_param = where.param(c_rank)
         where.add(
-            f"({_RANK} < {rank_param} OR ({_RANK} = {rank_param}"
-            f" AND (a.first_seen_at, a.id) > ({where.param(c_seen)}, {where.param(c_id)})))"
+            f"({_NEG_RANK}, a.first_seen_at, a.id) > ({where.param(-c_rank)}::int,"
+            f" {where.param(c_seen)}, {where.param(c_id)})"
         )
     sql = (
         _SELECT
         + where.sql()
-        + f" ORDER BY {_RANK} DESC, a.first_seen_at, a.id LIMIT {where.param(filters.limit + 1)}"
+        + f" ORDER BY {_NEG_RANK}, a.first_seen_at, a.id LIMIT {where.param(filters.limit + 1)}"
     )
-    rows = await conn.fetch(sql, *where.args)
+    return sql, where.args
+
+
+async def list_alerts(conn: Conn, caller: Caller, filters: AlertFilters) -> AlertPage:
+    """Alerts of the caller's clinics: most severe first, then oldest first."""
+    sql, args = list_query(caller.principal, filters)
+    rows = await conn.fetch(sql, *args)
     items = [_view(r) for r in rows[: filters.limit]]
     next_cursor = None
     if len(rows) > filters.limit:

@@ -119,9 +119,7 @@ def where_clause(principal: Principal, filters: AuditFilters) -> Where:
     if filters.since and filters.until and filters.since >= filters.until:
         raise ValidationFailed.one("until", "after_from", "until must be later than from")
     where = Where()
-    chains = readable_chains(principal, filters.clinic)
-    if chains is not None:
-        where.add(f"chain = ANY({where.param(chains)}::text[])")
+    where.in_values("chain", readable_chains(principal, filters.clinic), "text")
     if filters.since is not None:
         where.add(f"recorded_at >= {where.param(filters.since)}")
     if filters.until is not None:

@@ -9,6 +9,7 @@ import msgspec
 
 from safetyreport.audit.chain import chain_for
 from safetyreport.audit.export import AuditFilters, clinic_of_chain, where_clause
+from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.pagination import decode_cursor, encode_cursor
@@ -47,7 +48,20 @@ async def search_entries(
     conn: Conn, caller: Caller, filters: AuditFilters, *, cursor: str | None, limit: int
 ) -> AuditEntryPage:
     """One page of matching entries; the search itself is audited."""
-    where = where_clause(caller.principal, filters)
+    sql, args = search_query(caller.principal, filters, cursor=cursor, limit=limit)
+    rows = await conn.fetch(sql, *args)
+    items = [AuditEntryView(**dict(r.items())) for r in rows[:limit]]
+    await _audit_search(conn, caller, filters, items)
+    last = items[-1] if len(rows) > limit else None
+    next_cursor = None if last is None else encode_cursor(last.recorded_at, last.chain, last.seq)
+    return AuditEntryPage(items=items, next_cursor=next_cursor)
+
+
+def search_query(
+    principal: Principal, filters: AuditFilters, *, cursor: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The SQL of a page of the search and its arguments (one more row than the page)."""
+    where = where_clause(principal, filters)
     if cursor is not None:
         at, chain, seq = decode_cursor(cursor, tuple[datetime, str, int])
         where.add(
@@ -55,13 +69,7 @@ async def search_entries(
             f"{where.param(seq)})"
         )
     order = " ORDER BY recorded_at DESC, chain DESC, seq DESC"
-    sql = f"{_SELECT}{where.sql()}{order} LIMIT {int(limit) + 1}"
-    rows = await conn.fetch(sql, *where.args)
-    items = [AuditEntryView(**dict(r.items())) for r in rows[:limit]]
-    await _audit_search(conn, caller, filters, items)
-    last = items[-1] if len(rows) > limit else None
-    next_cursor = None if last is None else encode_cursor(last.recorded_at, last.chain, last.seq)
-    return AuditEntryPage(items=items, next_cursor=next_cursor)
+    return f"{_SELECT}{where.sql()}{order} LIMIT {int(limit) + 1}", where.args
 
 
 async def _audit_search(

@@ -30,9 +30,21 @@ class Where:
             self.add(f"{column} = {self.param(value)}")
 
     def in_clinics(self, column: str, clinic_ids: list[int] | None) -> None:
-        """Limit to these clinics; None means every clinic."""
-        if clinic_ids is not None:
-            self.add(f"{column} = ANY({self.param(clinic_ids)}::bigint[])")
+        """Limit to these clinics; None means every clinic.
+
+        One clinic is an equality, so that an index leading with ``column`` gives a
+        list's order (``= ANY`` of an array does not, and the rows would be sorted).
+        """
+        self.in_values(column, clinic_ids, "bigint")
+
+    def in_values(self, column: str, values: list[Any] | None, sql_type: str) -> None:
+        """``column`` is one of ``values`` (of ``sql_type``); None means no filter."""
+        if values is None:
+            return
+        if len(values) == 1:
+            self.add(f"{column} = {self.param(values[0])}")
+        else:
+            self.add(f"{column} = ANY({self.param(values)}::{sql_type}[])")
 
     def sql(self) -> str:
         return " WHERE " + " AND ".join(self._conditions) if self._conditions else ""

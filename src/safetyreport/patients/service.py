@@ -96,14 +96,21 @@ JOIN report_versions v ON v.report_id = r.id AND v.version = r.current_version
 JOIN clinics c ON c.id = r.clinic_id
 """
 )
-# The alerts of the patient (grouped by them) and those linked to their sessions or reports.
+# The alerts of the patient (grouped by them) and those linked to their sessions or reports:
+# each part through its index (a patient's alerts: alerts_patient_idx), not one OR over
+# every alert.
 _ALERTS = """
 SELECT a.id, c.code AS clinic, a.clinic_id, a.rule_id, a.severity, a.status, a.first_seen_at
 FROM alerts a JOIN clinics c ON c.id = a.clinic_id
-WHERE (a.group_by = 'patient'
-       AND (a.clinic_id, a.group_key) IN (SELECT * FROM unnest($1::bigint[], $2::text[])))
-   OR a.id IN (SELECT alert_id FROM alert_session_readings WHERE session_id = ANY($3::uuid[]))
-   OR a.id IN (SELECT alert_id FROM alert_reports WHERE report_id = ANY($4::uuid[]))
+WHERE a.id IN (
+    SELECT p.id FROM unnest($1::bigint[], $2::text[]) AS ids (clinic_id, patient_ref)
+    JOIN alerts p ON p.clinic_id = ids.clinic_id AND p.group_key = ids.patient_ref
+    WHERE p.group_by = 'patient'
+    UNION
+    SELECT alert_id FROM alert_session_readings WHERE session_id = ANY($3::uuid[])
+    UNION
+    SELECT alert_id FROM alert_reports WHERE report_id = ANY($4::uuid[])
+)
 """
 
 

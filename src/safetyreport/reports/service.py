@@ -398,9 +398,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return require_utc("cursor", after), report_id
 
 
-async def list_reports(conn: Conn, caller: Caller, filters: ReportFilters) -> ReportPage:
-    """The newest reports first, among the clinics the caller may see."""
-    where = selection_where(caller.principal, filters)
+def list_query(principal: Principal, filters: ReportFilters) -> tuple[str, list[Any]]:
+    """The SQL of a page of the list and its arguments: one more row than the page, to
+    know whether a next page exists."""
+    where = selection_where(principal, filters)
     if filters.cursor is not None:
         after_time, after_id = _decode_cursor(filters.cursor)
         where.add(f"(r.occurred_at, r.id) < ({where.param(after_time)}, {where.param(after_id)})")
@@ -409,7 +410,13 @@ async def list_reports(conn: Conn, caller: Caller, filters: ReportFilters) -> Re
         + where.sql()
         + f" ORDER BY r.occurred_at DESC, r.id DESC LIMIT {where.param(filters.limit + 1)}"
     )
-    rows = await conn.fetch(sql, *where.args)
+    return sql, where.args
+
+
+async def list_reports(conn: Conn, caller: Caller, filters: ReportFilters) -> ReportPage:
+    """The newest reports first, among the clinics the caller may see."""
+    sql, args = list_query(caller.principal, filters)
+    rows = await conn.fetch(sql, *args)
     items = [view_of_row(r) for r in rows[: filters.limit]]
     next_cursor = None
     if len(rows) > filters.limit:
