@@ -1,0 +1,136 @@
+"""The reads that must cost the same at year six are answered from migration 0024's
+indexes in the list's order (no sort of the clinic's whole history): the plans of the
+service's own queries, with the planner told to avoid scans and sorts where it can, so
+that a tiny test database shows what a large one does."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+
+from safetyreport.alerts.queue import AlertFilters
+from safetyreport.alerts.queue import list_query as alert_list_query
+from safetyreport.audit.export import AuditFilters
+from safetyreport.audit.search import search_query
+from safetyreport.auth.users import Principal, principal_by_username
+from safetyreport.pagination import encode_cursor
+from safetyreport.patients.service import _ALERTS as TIMELINE_ALERTS
+from safetyreport.reports.service import ReportFilters
+from safetyreport.reports.service import list_query as report_list_query
+from tests.helpers.world import World
+
+
+def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's nodes, leaving out subplans (a row's own subquery, run per row)."""
+    found = [plan]
+    for child in plan.get("Plans", []):
+        if child.get("Parent Relationship") not in ("SubPlan", "InitPlan"):
+            found += nodes(child)
+    return found
+
+
+async def plan_of(db: asyncpg.Connection[Any], sql: str, args: list[Any]) -> list[dict[str, Any]]:
+    async with db.transaction():
+        for setting in ("enable_seqscan", "enable_sort", "enable_bitmapscan"):
+            await db.execute(f"SET LOCAL {setting} = off")
+        raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    return nodes(plan)
+
+
+def indexes(plan: list[dict[str, Any]]) -> set[str]:
+    return {n["Index Name"] for n in plan if "Index Name" in n}
+
+
+def sorted_whole(plan: list[dict[str, Any]]) -> bool:
+    return any(n["Node Type"] == "Sort" for n in plan)
+
+
+@pytest.fixture
+async def admin(world: World, db: asyncpg.Connection[Any]) -> Principal:
+    await world.clinic("C1")
+    await world.clinic("C2")
+    await world.user("adam", "admin", all_clinics=True)
+    principal = await principal_by_username(db, "adam")
+    assert principal is not None
+    return principal
+
+
+CURSORS = [None, "later"]
+
+
+@pytest.mark.parametrize("cursor", CURSORS)
+async def test_a_clinics_report_page_reads_its_index_in_order(
+    db: asyncpg.Connection[Any], admin: Principal, cursor: str | None
+) -> None:
+    after = encode_cursor("2024-01-01T00:00:00Z", "00000000-0000-4000-8000-000000000000")
+    filters = ReportFilters(clinic="C1", cursor=after if cursor else None)
+    plan = await plan_of(db, *report_list_query(admin, filters))
+    assert "reports_clinic_occurred_idx" in indexes(plan)
+    assert not sorted_whole(plan)
+
+
+async def resolved_alerts(db: asyncpg.Connection[Any], clinic_id: int, count: int) -> None:
+    await db.execute(
+        "INSERT INTO alerts (id, rule_id, rule_version, clinic_id, group_by, group_key, "
+        "from_pattern, severity, status, first_seen_at, resolved_at) "
+        "SELECT gen_random_uuid(), r.id, r.version, $1, 'patient', 'PT-' || n, false, "
+        "r.severity, 'resolved', now() - n * interval '1 hour', now() "
+        "FROM generate_series(1, $2) AS n, "
+        "(SELECT * FROM alert_rules ORDER BY id LIMIT 1) AS r",
+        clinic_id,
+        count,
+    )
+
+
+@pytest.mark.parametrize("clinic", ["C1", None])
+@pytest.mark.parametrize("cursor", CURSORS)
+async def test_the_alert_queue_reads_its_index_in_order(
+    db: asyncpg.Connection[Any], admin: Principal, clinic: str | None, cursor: str | None
+) -> None:
+    # Many alerts elsewhere, as a network has: the clinic's own index is the way to its.
+    await resolved_alerts(db, admin.clinic_ids["C1"], 20)
+    await resolved_alerts(db, admin.clinic_ids["C2"], 3_000)
+    await db.execute("ANALYZE alerts")
+    after = encode_cursor(2, "2024-01-01T00:00:00Z", "00000000-0000-4000-8000-000000000000")
+    filters = AlertFilters(clinic=clinic, status="resolved", cursor=after if cursor else None)
+    plan = await plan_of(db, *alert_list_query(admin, filters))
+    wanted = "alerts_clinic_queue_idx" if clinic else "alerts_status_queue_idx"
+    assert wanted in indexes(plan)
+    assert not sorted_whole(plan)
+    # The cursor is where the index scan starts, not a filter over the rows before it.
+    scan = next(n for n in plan if n.get("Index Name") == wanted)
+    assert ("first_seen_at" in scan.get("Index Cond", "")) == bool(cursor)
+
+
+@pytest.mark.parametrize("cursor", CURSORS)
+async def test_a_clinics_audit_search_reads_its_index_in_order(
+    db: asyncpg.Connection[Any], admin: Principal, cursor: str | None
+) -> None:
+    after = encode_cursor("2024-01-01T00:00:00Z", "clinic:C1", 10)
+    sql, args = search_query(
+        admin, AuditFilters(clinic="C1"), cursor=after if cursor else None, limit=50
+    )
+    plan = await plan_of(db, sql, args)
+    assert "audit_entries_chain_time_idx" in indexes(plan)
+    assert not sorted_whole(plan)
+
+
+async def test_an_audit_search_by_object_reads_the_objects_entries(
+    db: asyncpg.Connection[Any], admin: Principal
+) -> None:
+    sql, args = search_query(admin, AuditFilters(object="patient:PT-1"), cursor=None, limit=50)
+    plan = await plan_of(db, sql, args)
+    assert "audit_entries_object_idx" in indexes(plan)
+    assert not sorted_whole(plan)
+
+
+async def test_a_patients_alerts_are_found_through_the_index(
+    db: asyncpg.Connection[Any], admin: Principal
+) -> None:
+    clinic_id = admin.clinic_ids["C1"]
+    plan = await plan_of(db, TIMELINE_ALERTS, [[clinic_id], ["PT-1"], [], []])
+    assert "alerts_patient_idx" in indexes(plan)
