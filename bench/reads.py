@@ -41,6 +41,7 @@ import json
 import statistics
 import sys
 import time
+import urllib.error
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ from safetyreport.reports.service import list_query as report_list_query
 CLINIC = "N001"
 PATIENT = "PROBE-READS"
 PAGE = 50
+# Who posts the probe's reports (an admin may not write reports).
+WRITER = "bench-reads-officer"
+WRITER_PASSWORD = "probe-writer-throwaway-7f3k"  # noqa: S105 (a throwaway benchmark user)
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,30 @@ def _rows(body: Any) -> int:
     return 0
 
 
-def _post(target: Target, body: dict[str, Any]) -> None:
+def _writer_token(service: Service) -> str:
+    """A token of the probe's writer (a safety officer of the clinic), made if new."""
+    try:
+        return service.login(WRITER, WRITER_PASSWORD)
+    except urllib.error.HTTPError:
+        pass
+    service.run_cli(
+        "user",
+        "add",
+        WRITER,
+        "--role",
+        "safety_officer",
+        "--clinic",
+        CLINIC,
+        "--password-stdin",
+        stdin=WRITER_PASSWORD + "\n",
+    )
+    return service.login(WRITER, WRITER_PASSWORD)
+
+
+def _post(target: Target, token: str, body: dict[str, Any]) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", target.service.port, 60)
     headers = {
-        "Authorization": f"Bearer {target.token}",
+        "Authorization": f"Bearer {token}",
         "Content-Type": "application/json",
         "Idempotency-Key": str(uuid.uuid4()),
     }
@@ -165,6 +189,7 @@ def seed_probe(target: Target, reports: int) -> None:
     if status == 200:
         return
     log(f"{target.label}: posting {reports} probe reports")
+    token = _writer_token(target.service)
     now = datetime.now(UTC).replace(microsecond=0)
     for i in range(reports):
         high = i % 4 == 0
@@ -179,7 +204,7 @@ def seed_probe(target: Target, reports: int) -> None:
             "systolic": 185 if high else 132,
             "diastolic": 112 if high else 84,
         }
-        _post(target, body)
+        _post(target, token, body)
 
 
 def deep_cursor(target: Target, read: Read, pages: int) -> str | None:
