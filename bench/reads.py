@@ -122,6 +122,14 @@ class Target:
     connection: http.client.HTTPConnection | None = None
 
     def get(self, url: str) -> tuple[int, Any]:
+        """GET over the kept-alive connection, opened again if the server closed it idle."""
+        try:
+            return self._get(url)
+        except (http.client.RemoteDisconnected, ConnectionError):
+            self.connection = None
+            return self._get(url)
+
+    def _get(self, url: str) -> tuple[int, Any]:
         if self.connection is None:
             self.connection = http.client.HTTPConnection("127.0.0.1", self.service.port, 60)
         self.connection.request("GET", url, headers={"Authorization": f"Bearer {self.token}"})
