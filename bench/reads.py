@@ -176,43 +176,62 @@ def _writer_token(service: Service) -> str:
     return service.login(WRITER, WRITER_PASSWORD)
 
 
-def _post(target: Target, token: str, body: dict[str, Any]) -> None:
+def _post(target: Target, token: str, path: str, body: dict[str, Any]) -> Any:
     connection = http.client.HTTPConnection("127.0.0.1", target.service.port, 60)
     headers = {
         "Authorization": f"Bearer {token}",
         "Content-Type": "application/json",
         "Idempotency-Key": str(uuid.uuid4()),
     }
-    connection.request("POST", "/api/v1/reports", body=json.dumps(body), headers=headers)
+    connection.request("POST", path, body=json.dumps(body), headers=headers)
     response = connection.getresponse()
     text = response.read()
     connection.close()
-    if response.status != 201:
-        raise BenchError(f"posting a probe report: {response.status} {text[:500]!r}")
+    if response.status not in (200, 201):
+        raise BenchError(f"POST {path}: {response.status} {text[:500]!r}")
+    return json.loads(text)
 
 
-def seed_probe(target: Target, reports: int) -> None:
-    """The probe patient's reports, posted once into the folder."""
-    status, _body = target.get(f"/api/v1/patients/{PATIENT}/timeline")
-    if status == 200:
+def _probe_report(at: datetime, *, high: bool) -> dict[str, Any]:
+    return {
+        "kind": "blood_pressure",
+        "clinic": CLINIC,
+        "patient_ref": PATIENT,
+        "occurred_at": at.isoformat(),
+        "drug": "esketamine_nasal",
+        "outcome": "resolved",
+        "phase": "post_dose",
+        "systolic": 185 if high else 132,
+        "diastolic": 112 if high else 84,
+    }
+
+
+def seed_probe(target: Target, reports: int, resolved: int) -> None:
+    """The probe patient's reports, and alerts raised and resolved (so that the resolved
+    list has pages on both databases), posted once into the folder."""
+    status, timeline = target.get(f"/api/v1/patients/{PATIENT}/timeline")
+    token = ""
+    if status != 200:
+        log(f"{target.label}: posting {reports} probe reports")
+        token = _writer_token(target.service)
+        now = datetime.now(UTC).replace(microsecond=0)
+        for i in range(reports):
+            at = now - timedelta(minutes=reports - i)
+            _post(target, token, "/api/v1/reports", _probe_report(at, high=i % 4 == 0))
+        status, timeline = target.get(f"/api/v1/patients/{PATIENT}/timeline")
+    done = sum(1 for e in timeline["entries"] if e["type"] == "alert" and e["status"] == "resolved")
+    if done >= resolved:
         return
-    log(f"{target.label}: posting {reports} probe reports")
-    token = _writer_token(target.service)
-    now = datetime.now(UTC).replace(microsecond=0)
-    for i in range(reports):
-        high = i % 4 == 0
-        body = {
-            "kind": "blood_pressure",
-            "clinic": CLINIC,
-            "patient_ref": PATIENT,
-            "occurred_at": (now - timedelta(minutes=reports - i)).isoformat(),
-            "drug": "esketamine_nasal",
-            "outcome": "resolved",
-            "phase": "post_dose",
-            "systolic": 185 if high else 132,
-            "diastolic": 112 if high else 84,
-        }
-        _post(target, token, body)
+    log(f"{target.label}: raising and resolving {resolved - done} probe alerts")
+    token = token or _writer_token(target.service)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    for i in range(resolved - done):
+        at = start + timedelta(minutes=i)
+        _post(target, token, "/api/v1/reports", _probe_report(at, high=True))
+        _status, page = target.get(_url("/api/v1/alerts", {"clinic": CLINIC, "status": "open"}))
+        for alert in page["items"]:
+            path = f"/api/v1/alerts/{alert['id']}/resolve"
+            _post(target, token, path, {"reason": "bench probe"})
 
 
 def deep_cursor(target: Target, read: Read, pages: int) -> str | None:
@@ -232,7 +251,7 @@ def deep_cursor(target: Target, read: Read, pages: int) -> str | None:
 
 def prepare(target: Target, options: argparse.Namespace) -> None:
     target.token = target.service.login(ADMIN, ADMIN_PASSWORD)
-    seed_probe(target, options.probe_reports)
+    seed_probe(target, options.probe_reports, options.probe_resolved)
     target.get(f"/api/v1/patients/{PATIENT}/timeline")  # an audit entry about the patient
     for read in READS:
         params = dict(read.params)
@@ -373,6 +392,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=100, help="timed calls per read a round")
     parser.add_argument("--deep-pages", type=int, default=100, help="pages before the deep one")
     parser.add_argument("--probe-reports", type=int, default=160, help="the probe's reports")
+    parser.add_argument(
+        "--probe-resolved", type=int, default=60, help="the probe's alerts raised and resolved"
+    )
     parser.add_argument("--explain", action="store_true", help="EXPLAIN the history's reads")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.calls < 1 or args.deep_pages < 1:

@@ -86,19 +86,18 @@ async def resolved_alerts(db: asyncpg.Connection[Any], clinic_id: int, count: in
     )
 
 
-@pytest.mark.parametrize("clinic", ["C1", None])
 @pytest.mark.parametrize("cursor", CURSORS)
 async def test_the_alert_queue_reads_its_index_in_order(
-    db: asyncpg.Connection[Any], admin: Principal, clinic: str | None, cursor: str | None
+    db: asyncpg.Connection[Any], admin: Principal, cursor: str | None
 ) -> None:
     # Many alerts elsewhere, as a network has: the clinic's own index is the way to its.
     await resolved_alerts(db, admin.clinic_ids["C1"], 20)
     await resolved_alerts(db, admin.clinic_ids["C2"], 3_000)
     await db.execute("ANALYZE alerts")
     after = encode_cursor(2, "2024-01-01T00:00:00Z", "00000000-0000-4000-8000-000000000000")
-    filters = AlertFilters(clinic=clinic, status="resolved", cursor=after if cursor else None)
+    filters = AlertFilters(clinic="C1", status="resolved", cursor=after if cursor else None)
     plan = await plan_of(db, *alert_list_query(admin, filters))
-    wanted = "alerts_clinic_queue_idx" if clinic else "alerts_status_queue_idx"
+    wanted = "alerts_clinic_queue_idx"
     assert wanted in indexes(plan)
     assert not sorted_whole(plan)
     # The cursor is where the index scan starts, not a filter over the rows before it.
