@@ -10,7 +10,8 @@ years of the network: sessions, reports, alerts, audit entries) and the same cli
 user with no history (``HistoryOptions.empty``). ``safetyreport serve --workers 2`` runs
 on each. Into each, once, the benchmark posts the same probe: ``--probe-reports``
 blood-pressure reports of one patient (``PROBE-READS`` at clinic N001) over HTTP, some
-raising an alert, so that every read below returns rows on both. Then, as the admin of
+raising an alert, then ``--probe-resolved`` alerts raised and resolved and one left open,
+so that every read below returns rows on both. Then, as the admin of
 every clinic, filtered to clinic N001 (an auditor's or a clinic's view):
 
 - ``reports first``: ``GET /api/v1/reports?clinic=N001`` (50 a page, newest first);
@@ -232,6 +233,8 @@ def seed_probe(target: Target, reports: int, resolved: int) -> None:
         for alert in page["items"]:
             path = f"/api/v1/alerts/{alert['id']}/resolve"
             _post(target, token, path, {"reason": "bench probe"})
+    # And one left open, for the queue.
+    _post(target, token, "/api/v1/reports", _probe_report(datetime.now(UTC), high=True))
 
 
 def deep_cursor(target: Target, read: Read, pages: int) -> str | None:
