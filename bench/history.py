@@ -226,6 +226,11 @@ def build(options: HistoryOptions, root: Path = DATA_ROOT) -> tuple[Service, dic
         service = Service(folder)
         service.start(workers=2)
         return service, generated
+    for stale in sorted(root.glob("history-v*")):
+        if stale.name != folder.name and not stale.name.startswith(
+            f"history-v{schema_version():04d}-"
+        ):
+            log(f"{stale} was built for another schema; remove it to free its space")
     require_free_disk(
         root,
         needed_bytes(options, root),
