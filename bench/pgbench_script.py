@@ -408,5 +408,27 @@ def pgbench_script(*, audit_content: bool, outbox: bool = True) -> str:
     return _DRAW + _RESOLVE + _BEGIN + report_audit + _RULES + rules + _FINISH
 
 
+# The smallest durable write of a report: one statement inserting the report row and an
+# audit entry for it, no lock, no rule, no version; each client appends to a chain of its
+# own under a random sequence number. The physical limit of the machine for ingest: what
+# a commit (a WAL flush) of the two rows costs, with nothing else in the transaction.
+MINIMAL_WRITE = r"""
+\set key random(1, 9000000000000000000)
+WITH report AS (
+    INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,
+                         created_by)
+    VALUES (gen_random_uuid(), :clinic::bigint, 'blood_pressure', 'PT-00001', now(), 1,
+            :uid::bigint)
+    RETURNING id
+)
+INSERT INTO audit_entries (chain, seq, recorded_at, actor, action, object_type, object_id,
+                           details, prev_hash, hash, content)
+SELECT 'minimal-' || :client_id::int, :key::bigint, now(), 'pgbench', 'report.created',
+       'report', report.id::text, '{}', sha256(''), sha256(convert_to(report.id::text, 'UTF8')),
+       report.id::text
+FROM report;
+"""
+
+
 if __name__ == "__main__":
     print(pgbench_script(audit_content=True))
