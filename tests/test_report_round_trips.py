@@ -94,4 +94,4 @@ async def test_round_trips_of_one_report(
             assert answer.count(b'"rule":') == (0 if body is quiet else 1), answer
     finally:
         await conn.close()
-    assert counts == [10, 17, 19]
+    assert counts == [7, 11, 13]
