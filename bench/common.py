@@ -203,9 +203,13 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 30) -> dict[str, 
 class Service:
     """``safetyreport serve`` in its own data folder (embedded PostgreSQL), as a user runs it."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str] | None = None, data_dir: Path | None = None
+    ) -> None:
+        """``data_dir``: the service's data folder (default ``workdir/data``); the logs go
+        to ``workdir`` either way."""
         self.workdir = workdir
-        self.data_dir = workdir / "data"
+        self.data_dir = data_dir or workdir / "data"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.cli = cli_command()

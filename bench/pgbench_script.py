@@ -2,10 +2,14 @@
 
 One pgbench transaction is one ``POST /api/v1/reports``, statement for statement: the
 token lookup (its own autocommit transaction, as in the service), then one transaction
-with the idempotency claim, the report and its first version, the audit append under
-the clinic's chain-head lock, the rule queries, for every rule that fires the alert
-upsert, its report links and count, the alert event with its NOTIFY, the alert's audit
-entry and the outbox row, and finally the stored response. (Keep it in step with the
+with the idempotency claim (lock, placeholder row, live record), one statement with the
+report, its first version, the clinic's chain head locked and the candidate rules, the
+pattern rules' queries, for every rule that fires the alert upsert, its report links and
+count, the alert event with its NOTIFY, the outbox row; then the held audit entries (the
+report's and each alert event's) with the chain's new head in one statement, and the
+stored response. The audit entries' contents are made where the service makes them (the
+report's in the first statement, each event's in its statement) and kept in variables
+until the end, as the service holds them in memory. (Keep it in step with the
 service: when a statement there changes, change it here.)
 
 The SQL is copied from the service (the functions are named above each part) with the
@@ -64,8 +68,13 @@ _DRAW = r"""
 \endif
 """
 
+# Audit entries are held until the end of the report (audit.chain.holding): slot 0 the
+# report's, 1 to 3 the alert events' (at most one single-report rule and two patterns).
+_SLOTS = (1, 2, 3)
+_EMPTY_SLOTS = ", ".join(f"''::text AS c{k}, ''::bytea AS h{k}, ''::bytea AS p{k}" for k in _SLOTS)
+
 # auth.service.resolve_token (the pool's autocommit connection).
-_RESOLVE = r"""
+_RESOLVE = rf"""
 WITH s AS (
     SELECT id, user_id, last_seen_at FROM sessions
     WHERE token_hash = sha256(convert_to('pgbench-' || :client_id::int, 'UTF8'))
@@ -80,7 +89,9 @@ SELECT u.id AS uid, u.username, u.role, u.all_clinics,
        FROM clinics c
       WHERE u.all_clinics
          OR c.id IN (SELECT uc.clinic_id FROM user_clinics uc WHERE uc.user_id = u.id)
-    ) AS clinics
+    ) AS clinics,
+    -- The held audit entries' slots (1-3: alert events), empty until an event fills one.
+    {_EMPTY_SLOTS}
 FROM s JOIN users u ON u.id = s.user_id
 WHERE u.disabled_at IS NULL
 \gset
@@ -92,17 +103,59 @@ _CLINIC = "('C' || :ci::int)"
 _CHAIN = "('clinic:' || 'C' || :ci::int)"
 _PATIENT = "('PT-' || lpad(:patient::text, 5, '0'))"
 
-# idempotency.write_once, then reports.service.insert_report (the service makes the report
-# id and the occurrence time in Python; here a CTE does).
-_BEGIN = rf"""
+# idempotency.write_once: the claim (its lock, a placeholder row, the live record).
+_CLAIM = rf"""
 BEGIN;
-SELECT pg_try_advisory_xact_lock(:key::bigint);
-WITH expired AS (
-    DELETE FROM idempotency_keys
-    WHERE user_id = :uid::bigint AND key = {_KEY} AND expires_at <= now()
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock(:key::bigint) AS taken
+), claimed AS (
+    INSERT INTO idempotency_keys
+        (user_id, key, request_hash, response_status, response_body, expires_at)
+    SELECT :uid::bigint, {_KEY},
+           sha256(convert_to('POST /api/v1/reports ' || :key::bigint, 'UTF8')),
+           0, '', now() + '24 hours'::interval
+    FROM lock WHERE taken
+    ON CONFLICT (user_id, key) DO UPDATE
+        SET request_hash = excluded.request_hash, response_status = 0, response_body = '',
+            created_at = now(), expires_at = excluded.expires_at
+        WHERE idempotency_keys.expires_at <= now()
+    RETURNING 1
 )
-SELECT request_hash, response_status, response_body FROM idempotency_keys
-WHERE user_id = :uid::bigint AND key = {_KEY} AND expires_at > now();
+SELECT lock.taken, EXISTS (SELECT FROM claimed) AS claimed,
+       k.request_hash, k.response_status, k.response_body
+FROM lock LEFT JOIN idempotency_keys k
+    ON lock.taken AND k.user_id = :uid::bigint AND k.key = {_KEY} AND k.expires_at > now();
+"""
+
+
+def _entry_content(
+    action: str, object_type: str, object_id: str, details: str, *, seq: str, prev: str, now: str
+) -> str:
+    """The canonical content of an audit entry (audit.chain.canonical_content): the
+    service encodes it in Python, here SQL does."""
+    return f"""jsonb_build_object(
+        'chain', {_CHAIN}, 'seq', {seq}, 'recorded_at', {now},
+        'actor_id', :uid::bigint, 'actor', :username::text, 'actor_role', 'nurse',
+        'action', {action}, 'object_type', '{object_type}', 'object_id', {object_id},
+        'clinic', {_CLINIC}, 'client_addr', '127.0.0.1', 'details', {details},
+        'prev_hash', encode({prev}, 'hex'))::text"""
+
+
+# reports.service.insert_report's first statement: the report and its version, the
+# clinic's chain head locked, the candidate rules (one row each: \aset keeps the last);
+# and here the report's audit entry (slot 0) made from the head, held until the end.
+def _insert() -> str:
+    entry = _entry_content(
+        "'report.created'",
+        "report",
+        "report.id::text",
+        "jsonb_build_object('kind', 'blood_pressure', 'version', 1, 'body_sha256',"
+        " encode(sha256(convert_to(report.id::text, 'UTF8')), 'hex'))",
+        seq="head.last_seq + 1",
+        prev="head.last_hash",
+        now="head.now",
+    )
+    return rf"""
 WITH new AS (
     SELECT gen_random_uuid() AS id,
            date_trunc('second', now()) - make_interval(secs => :ago::int) AS occurred_at
@@ -135,57 +188,54 @@ WITH new AS (
         :uid::bigint
     FROM new
     RETURNING created_at
+), head AS (
+    SELECT last_seq, last_hash, clock_timestamp() AS now
+    FROM audit_chains WHERE chain = {_CHAIN} FOR UPDATE
+), rules AS (
+    SELECT r.id, r.version, r.severity, r.enabled, r.clinic_ids IS NULL AS network,
+           r.overrides_rule_id, r.protected OR coalesce(b.protected, false) AS protected,
+           r.ack_minutes, r.definition::text AS definition
+    FROM alert_rules r LEFT JOIN alert_rules b ON b.id = r.overrides_rule_id
+    WHERE (r.clinic_ids IS NULL AND r.enabled) OR r.clinic_ids @> ARRAY[:ci::bigint]
+), entry AS (
+    SELECT {entry} AS content FROM report, head
 )
 SELECT report.id AS rid, report.occurred_at AS occ, report.created_at, report.updated_at,
-       version.created_at AS version_created_at
-FROM report, version
-\gset
+       version.created_at AS version_created_at,
+       head.last_seq + 1 AS seq, head.now, head.last_hash AS p0, entry.content AS c0,
+       sha256(convert_to(entry.content, 'UTF8')) AS h0,
+       sha256(convert_to(entry.content, 'UTF8')) AS hash,
+       rules.id AS rule_id, rules.definition AS rule_definition
+FROM report CROSS JOIN version CROSS JOIN head CROSS JOIN entry LEFT JOIN rules ON true
+ORDER BY rules.id
+\aset
 """
 
 
-def _audit_append(
-    action: str, object_type: str, object_id: str, details: str, *, content: bool
-) -> str:
-    """audit.chain.append: lock the chain head, insert the entry, move the head.
-
-    The service hashes a canonical JSON encoding of the entry in Python; here the same
-    fields are encoded and hashed in SQL.
-    """
-    fields = f"""jsonb_build_object(
-        'chain', {_CHAIN}, 'seq', :last_seq::bigint + 1, 'recorded_at', :now::timestamptz,
-        'actor_id', :uid::bigint, 'actor', :username::text, 'actor_role', 'nurse',
-        'action', {action}, 'object_type', '{object_type}', 'object_id', {object_id},
-        'clinic', {_CLINIC}, 'client_addr', '127.0.0.1', 'details', {details},
-        'prev_hash', encode(:last_hash::bytea, 'hex'))::text"""
+def _write_held(content: bool) -> str:
+    """audit.chain._write_held: the held entries (slot 0, and each alert event's) and the
+    chain's new head in one statement."""
+    slots = ", ".join(f"(:c{k}::text, :h{k}::bytea, :p{k}::bytea)" for k in (0, *_SLOTS))
     content_column = ", content" if content else ""
-    content_value = ", c.content" if content else ""
-    return rf"""
-SELECT last_seq, last_hash, clock_timestamp() AS now
-FROM audit_chains WHERE chain = {_CHAIN} FOR UPDATE
-\gset
-WITH c AS (SELECT {fields} AS content),
-entry AS (
+    content_value = ", e.c" if content else ""
+    return f"""
+WITH e (c, h, p) AS (
+    VALUES {slots}
+), entries AS (
     INSERT INTO audit_entries (
         chain, seq, recorded_at, actor_id, actor, actor_role, action,
         object_type, object_id, clinic, client_addr, details, prev_hash, hash{content_column}
     )
-    SELECT {_CHAIN}, :last_seq::bigint + 1, :now::timestamptz, :uid::bigint,
-        :username::text, 'nurse', {action}, '{object_type}', {object_id}, {_CLINIC},
-        '127.0.0.1', {details}, :last_hash::bytea,
-        sha256(convert_to(c.content, 'UTF8')){content_value}
-    FROM c
+    SELECT f->>'chain', (f->>'seq')::bigint, (f->>'recorded_at')::timestamptz,
+           (f->>'actor_id')::bigint, f->>'actor', f->>'actor_role', f->>'action',
+           f->>'object_type', f->>'object_id', f->>'clinic', f->>'client_addr',
+           f->'details', e.p, e.h{content_value}
+    FROM e, LATERAL (SELECT nullif(e.c, '')::jsonb AS f) AS j WHERE e.c <> ''
 )
-UPDATE audit_chains
-SET last_seq = :last_seq::bigint + 1,
-    last_hash = (SELECT sha256(convert_to(c.content, 'UTF8')) FROM c)
+UPDATE audit_chains SET last_seq = :seq::bigint, last_hash = :hash::bytea
 WHERE chain = {_CHAIN};
 """
 
-
-_RULES = """
-SELECT id, version, severity, definition::text AS definition
-FROM alert_rules WHERE enabled ORDER BY id;
-"""
 
 # alerts.evaluate._CANDIDATES, with the rule's window, group and kinds.
 _SEVERITY_RANK = (
@@ -232,18 +282,24 @@ def _raise(
     links: str,
     *,
     pattern: bool,
-    content: bool,
     outbox: bool,
+    slot: int,
 ) -> str:
-    """alerts.evaluate._raise and alerts.events.record for one rule that fired."""
+    """alerts.evaluate._raise and alerts.events.record for one rule that fired; its audit
+    entry is made in the event's statement and held in ``slot`` (written at the end)."""
     group_key = _PATIENT if group_by == "patient" else "'clinic'"
     action = "(CASE WHEN :opened::int = 1 THEN 'opened' ELSE 'matched' END)"
     details = f"""jsonb_build_object('rule_id', '{rule}', 'rule_version', 1,
         'severity', '{severity}', 'report_id', :rid::text, 'report_version', 1,
         'report_count', :report_count::int)"""
-    audit_details = f"({details} || jsonb_build_object('event_id', :eid::bigint))"
-    audit = _audit_append(
-        "('alert.' || " + action + ")", "alert", ":aid::text", audit_details, content=content
+    entry = _entry_content(
+        "('alert.' || " + action + ")",
+        "alert",
+        ":aid::text",
+        f"({details} || jsonb_build_object('event_id', event.id))",
+        seq=":seq::bigint + 1",
+        prev=":hash::bytea",
+        now=":now::timestamptz",
     )
     # events.enqueue: one outbox row per webhook (the benchmark configures one).
     notification = rf"""\if :opened
@@ -293,9 +349,11 @@ WITH alert AS (
 ), notified AS (
     SELECT pg_notify('alert_events', event.id::text) FROM event
 )
-SELECT event.id AS eid FROM alert, event, notified
+SELECT event.id AS eid, :seq::bigint + 1 AS seq, :hash::bytea AS p{slot}, e.content AS c{slot},
+       sha256(convert_to(e.content, 'UTF8')) AS h{slot},
+       sha256(convert_to(e.content, 'UTF8')) AS hash
+FROM alert, event, notified, LATERAL (SELECT {entry} AS content) AS e
 \gset
-{audit}
 {notification if outbox else ""}"""
 
 
@@ -318,7 +376,7 @@ def _links(name: str) -> str:
     return f"SELECT * FROM unnest(:{name}_ids::uuid[], :{name}_versions::int[])"
 
 
-def _patterns(content: bool, outbox: bool) -> str:
+def _patterns(outbox: bool) -> str:
     """The two pattern rules a reading of systolic 180 or more (urgent, critical) runs."""
     cluster = _candidates("7 days", "NULL", "'{}'", "'{phase,systolic}'", severity=False)
     repeated = _candidates("30 days", _PATIENT, "'{}'", "'{alert_severity}'", severity=True)
@@ -338,8 +396,8 @@ def _patterns(content: bool, outbox: bool) -> str:
             "clinic",
             _links("cluster"),
             pattern=True,
-            content=content,
             outbox=outbox,
+            slot=2,
         )
         + "\\endif\n"
         # pattern-patient-repeated-urgent: 2 or more urgent or critical reports.
@@ -351,20 +409,19 @@ def _patterns(content: bool, outbox: bool) -> str:
             "patient",
             _links("repeated"),
             pattern=True,
-            content=content,
             outbox=outbox,
+            slot=3,
         )
         + "\\endif\n"
     )
 
 
-# idempotency._STORE (the response is built from what was written), then commit.
+# idempotency._STORE into the claimed row (the response is built from what was
+# written), then commit.
 _FINISH = """
-INSERT INTO idempotency_keys
-    (user_id, key, request_hash, response_status, response_body, expires_at)
-VALUES (:uid::bigint, ('pgbench-' || :key::bigint),
-        sha256(convert_to('POST /api/v1/reports ' || :key::bigint, 'UTF8')), 201,
-        convert_to(repeat('x', 1100), 'UTF8'), now() + '24 hours'::interval);
+UPDATE idempotency_keys
+SET response_status = 201, response_body = convert_to(repeat('x', 1100), 'UTF8')
+WHERE user_id = :uid::bigint AND key = ('pgbench-' || :key::bigint);
 END;
 """
 
@@ -372,25 +429,9 @@ END;
 def pgbench_script(*, audit_content: bool, outbox: bool = True) -> str:
     """The script. ``audit_content``: audit entries store their canonical content;
     ``outbox``: a webhook is configured, so opened alerts write an outbox row."""
-    report_audit = _audit_append(
-        "'report.created'",
-        "report",
-        ":rid::text",
-        "jsonb_build_object('kind', 'blood_pressure', 'version', 1, 'body_sha256',"
-        " encode(sha256(convert_to(:rid::text, 'UTF8')), 'hex'))",
-        content=audit_content,
-    )
 
     def single(rule: str, severity: str) -> str:
-        return _raise(
-            rule,
-            severity,
-            "patient",
-            _ONE_REPORT,
-            pattern=False,
-            content=audit_content,
-            outbox=outbox,
-        )
+        return _raise(rule, severity, "patient", _ONE_REPORT, pattern=False, outbox=outbox, slot=1)
 
     rules = (
         "\\if :reading = 2\n"
@@ -399,13 +440,35 @@ def pgbench_script(*, audit_content: bool, outbox: bool = True) -> str:
         + single("bp-ctcae-grade-3", "high")
         + "\\elif :reading = 4\n"
         + single("bp-severe-hypertension", "urgent")
-        + _patterns(audit_content, outbox)
+        + _patterns(outbox)
         + "\\elif :reading = 5\n"
         + single("bp-hypertensive-crisis", "critical")
-        + _patterns(audit_content, outbox)
+        + _patterns(outbox)
         + "\\endif\n"
     )
-    return _DRAW + _RESOLVE + _BEGIN + report_audit + _RULES + rules + _FINISH
+    return _DRAW + _RESOLVE + _CLAIM + _insert() + rules + _write_held(audit_content) + _FINISH
+
+
+# The smallest durable write of a report: one statement inserting the report row and an
+# audit entry for it, no lock, no rule, no version; each client appends to a chain of its
+# own under a random sequence number. The physical limit of the machine for ingest: what
+# a commit (a WAL flush) of the two rows costs, with nothing else in the transaction.
+MINIMAL_WRITE = r"""
+\set key random(1, 9000000000000000000)
+WITH report AS (
+    INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,
+                         created_by)
+    VALUES (gen_random_uuid(), :clinic::bigint, 'blood_pressure', 'PT-00001', now(), 1,
+            :uid::bigint)
+    RETURNING id
+)
+INSERT INTO audit_entries (chain, seq, recorded_at, actor, action, object_type, object_id,
+                           details, prev_hash, hash, content)
+SELECT 'minimal-' || :client_id::int, :key::bigint, now(), 'pgbench', 'report.created',
+       'report', report.id::text, '{}', sha256(''), sha256(convert_to(report.id::text, 'UTF8')),
+       report.id::text
+FROM report;
+"""
 
 
 if __name__ == "__main__":

@@ -86,7 +86,14 @@ async def until(what: str, check: Any) -> Any:
         try:
             if result := await check():
                 return result
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        # InternalClientError: TargetServerAttributeNotMatched, while no host is the
+        # primary yet (CI saw it right after the switchover, on a loaded machine).
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ) as error:
             last = error
         await asyncio.sleep(0.3)
     pytest.fail(f"timed out waiting for {what} (last error: {last!r})")

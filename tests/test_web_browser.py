@@ -486,6 +486,40 @@ async def test_a_lost_answer_is_retried_with_the_same_key_and_stores_one_report(
     assert problems == [], problems
 
 
+async def test_a_form_typed_in_before_its_script_arrives_loses_nothing(
+    browser: Browser, served: ServeProcess, db: asyncpg.Connection[Any]
+) -> None:
+    """On bad Wi-Fi the page can show before report.js has run. The form stays disabled
+    until the script has opened it, so nothing typed is wiped by the opening and no
+    submit bypasses the outbox (CI once saw a test type into a form the script then reset)."""
+    ctx = await browser.new_context(base_url=served.base_url, service_workers="block")
+    problems = watch(ctx)
+    script_may_arrive = asyncio.Event()
+
+    async def slow_script(route: Route) -> None:
+        await script_may_arrive.wait()
+        await route.continue_()
+
+    try:
+        page = await sign_in(ctx, NURSE)
+        await ctx.route("**/static/js/report.js*", slow_script)
+        # Not "domcontentloaded": that waits for the module script held back here.
+        await page.goto("/report", wait_until="commit")
+        submit_button = form(page, "blood_pressure").get_by_role("button", name="Submit report")
+        await expect(submit_button).to_be_disabled()
+        await expect(form(page, "blood_pressure").get_by_label("Systolic (mmHg)")).to_be_disabled()
+        script_may_arrive.set()
+        ref = patient("SLOW")
+        await fill_blood_pressure(page, ref, "150", "90")  # waits for the form to open
+        await submit(page, "blood_pressure")
+        await expect_sent(page, "blood_pressure")
+        assert await count_reports(db, ref) == 1
+    finally:
+        script_may_arrive.set()
+        await ctx.close()
+    assert problems == [], problems
+
+
 async def test_nurse_amends_a_report_with_a_reason(
     context: BrowserContext, served: ServeProcess, db: asyncpg.Connection[Any]
 ) -> None:

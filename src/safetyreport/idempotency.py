@@ -1,11 +1,13 @@
 """Running a write once per Idempotency-Key, because tablets retry.
 
-In the caller's transaction (the request's ``db``): take a transaction-scoped advisory
-lock on (user, key) without waiting (taken: another request with this key is still
-running, 409); replay a stored response for the same request, or refuse a different
-request with the same key (422); otherwise run the write and store its response. The
-lock is released when that transaction ends, at the commit that makes the stored
-response visible to the next retry (or at the rollback that forgets it all).
+In the caller's transaction (the request's ``db``), one statement takes a
+transaction-scoped advisory lock on (user, key) without waiting (taken: another request
+with this key is still running, 409), claims the key (a row of its own, or one whose
+time is up) and reads the live record it finds instead; a stored response is replayed for
+the same request, a different request with the same key refused (422); otherwise the
+write runs and its response is stored in the claimed row. The lock is released when
+that transaction ends, at the commit that makes the stored response visible to the next
+retry (or at the rollback that forgets it all, the claim included).
 """
 
 from __future__ import annotations
@@ -46,19 +48,36 @@ def _lock_key(user_id: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-# The live record of a key, if any; an expired one is forgotten in the same statement
-# (a key has at most one row, so at most one of the two exists).
-_FIND = """
-WITH expired AS (
-    DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at <= now()
+# The lock, then (only if taken) the claim: a new row, or the row of the key taken over
+# when its time is up. The row is a placeholder (status 0) until _STORE fills it, in the
+# same transaction: nobody else sees it before. Not claimed, the key's live record as this
+# statement's snapshot shows it.
+_CLAIM = """
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($5) AS taken
+), claimed AS (
+    INSERT INTO idempotency_keys
+        (user_id, key, request_hash, response_status, response_body, expires_at)
+    SELECT $1, $2, $3, 0, '', now() + $4::interval FROM lock WHERE taken
+    ON CONFLICT (user_id, key) DO UPDATE
+        SET request_hash = excluded.request_hash, response_status = 0, response_body = '',
+            created_at = now(), expires_at = excluded.expires_at
+        WHERE idempotency_keys.expires_at <= now()
+    RETURNING 1
 )
+SELECT lock.taken, EXISTS (SELECT FROM claimed) AS claimed,
+       k.request_hash, k.response_status, k.response_body
+FROM lock LEFT JOIN idempotency_keys k
+    ON lock.taken AND k.user_id = $1 AND k.key = $2 AND k.expires_at > now()
+"""
+# The live record of a key (after a claim that found a record its snapshot did not show).
+_FIND = """
 SELECT request_hash, response_status, response_body FROM idempotency_keys
 WHERE user_id = $1 AND key = $2 AND expires_at > now()
 """
 _STORE = """
-INSERT INTO idempotency_keys
-    (user_id, key, request_hash, response_status, response_body, expires_at)
-VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
+UPDATE idempotency_keys SET response_status = $3, response_body = $4
+WHERE user_id = $1 AND key = $2
 """
 
 
@@ -88,12 +107,18 @@ async def _run_once(
     # The lock and the stored response need the caller's transaction: outside one, the
     # lock would be gone before the action runs.
     assert conn.is_in_transaction(), "write_once runs in the caller's transaction"
-    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_key(user_id, key)):
+    claim = await conn.fetchrow(_CLAIM, user_id, key, fingerprint, ttl, _lock_key(user_id, key))
+    assert claim is not None
+    if not claim["taken"]:
         raise Conflict(
             "a request with this Idempotency-Key is still being processed; retry shortly"
         )
-    stored = await conn.fetchrow(_FIND, user_id, key)
-    if stored is not None:
+    if not claim["claimed"]:
+        # A live record: the claim's snapshot shows it, unless its request committed
+        # between that snapshot and the lock (then a new statement does).
+        stored = claim if claim["request_hash"] is not None else None
+        stored = stored or await conn.fetchrow(_FIND, user_id, key)
+        assert stored is not None, "a key not claimed has a live record"
         if stored["request_hash"] != fingerprint:
             raise ValidationFailed.one(
                 "Idempotency-Key",
@@ -102,7 +127,7 @@ async def _run_once(
             )
         return StoredResponse(stored["response_status"], stored["response_body"], True)
     status, body = await action(conn)
-    await conn.execute(_STORE, user_id, key, fingerprint, status, body, ttl)
+    await conn.execute(_STORE, user_id, key, status, body)
     return StoredResponse(status, body, False)
 
 

@@ -192,6 +192,13 @@ def patient(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
 
 
+async def _page_scripts_have_run(page: Page) -> None:
+    """The URL changes when the next page's response arrives, before its module scripts
+    have run: a field filled then is wiped when the page's script opens its forms (CI
+    saw a report submitted with its fields empty). Module scripts run before ``load``."""
+    await page.wait_for_load_state("load")
+
+
 async def sign_in(context: BrowserContext, username: str) -> Page:
     page = await context.new_page()
     await page.goto("/")
@@ -200,6 +207,7 @@ async def sign_in(context: BrowserContext, username: str) -> Page:
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page).to_have_url(re.compile(r"/(report|alerts|audit)$"))
+    await _page_scripts_have_run(page)
     return page
 
 
@@ -326,3 +334,4 @@ async def sign_in_on(page: Page, username: str) -> None:
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page).to_have_url(re.compile(r"/(report|alerts|audit)$"))
+    await _page_scripts_have_run(page)

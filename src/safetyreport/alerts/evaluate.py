@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from safetyreport.alerts import dea, events
 from safetyreport.alerts.conditions import All, AnyOf, Compare, Condition, Not
 from safetyreport.alerts.limits import OFF_LOOP_EVALUATIONS
 from safetyreport.alerts.rules import (
+    CANDIDATE_COLUMNS,
     CANDIDATES_SQL,
     SEVERITY_RANK,
     SEVERITY_RANK_SQL,
@@ -116,6 +117,9 @@ class Linked:
 class Outcome:
     opened: list[uuid.UUID] = field(default_factory=list)
     attached: list[uuid.UUID] = field(default_factory=list)
+    # Each alert as its event recorded it (the row of events.record) and whether its rule
+    # is a hold: what the answer to the report shows (raised.py), without reading it again.
+    recorded: dict[uuid.UUID, tuple[Mapping[str, Any], bool]] = field(default_factory=dict)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -130,20 +134,27 @@ _compiled: dict[tuple[Any, ...], Rule] = {}
 _json = msgspec.json.Decoder()
 
 
-async def rules_in_force(conn: Conn, clinic_id: int) -> list[Rule]:
+async def rules_in_force(
+    conn: Conn, clinic_id: int, candidates: Sequence[Mapping[str, Any]] | None = None
+) -> list[Rule]:
     """The enabled rules in force at a clinic, compiled: its clinic rules and overrides,
-    and the network rules it has not overridden."""
-    candidates: list[Rule] = []
-    for row in await conn.fetch(CANDIDATES_SQL, clinic_id):
-        key = tuple(row.values())
-        rule = _compiled.get(key)
-        if rule is None:
-            rule = compile_rule({**dict(row), "definition": _json.decode(row["definition"])})
-            if len(_compiled) >= _MAX_COMPILED:
-                _compiled.clear()
-            _compiled[key] = rule
-        candidates.append(rule)
-    return in_force(candidates)
+    and the network rules it has not overridden. ``candidates``: the rows of CANDIDATES_SQL
+    for the clinic, when the caller read them in a statement of its own."""
+    if candidates is None:
+        candidates = await conn.fetch(CANDIDATES_SQL, clinic_id)
+    return in_force(_compiled_rule(row) for row in candidates)
+
+
+def _compiled_rule(row: Mapping[str, Any]) -> Rule:
+    key = tuple(row[name] for name in CANDIDATE_COLUMNS)
+    rule = _compiled.get(key)
+    if rule is None:
+        fields = {name: row[name] for name in CANDIDATE_COLUMNS}
+        rule = compile_rule({**fields, "definition": _json.decode(row["definition"])})
+        if len(_compiled) >= _MAX_COMPILED:
+            _compiled.clear()
+        _compiled[key] = rule
+    return rule
 
 
 async def evaluate_report(
@@ -153,11 +164,14 @@ async def evaluate_report(
     actor: audit.Actor,
     client_addr: str | None,
     settings: AlertSettings,
+    candidates: Sequence[Mapping[str, Any]] | None = None,
 ) -> Outcome:
+    """``candidates``: the clinic's candidate rules, if the caller read them already (see
+    rules_in_force)."""
     outcome = Outcome()
     rules = [
         r
-        for r in await rules_in_force(conn, report.clinic_id)
+        for r in await rules_in_force(conn, report.clinic_id, candidates)
         if r.applies_to(report.kind) and (report.patient_ref is not None or _not_about_patients(r))
     ]
     facts = report.facts()
@@ -555,7 +569,7 @@ async def _raise(
             deadline_was=_iso(row["ack_deadline"]),
             next_deadline=_iso(deadline),
         )
-    await events.record(
+    _, alert = await events.record_alert(
         conn,
         alert_id=alert_id,
         actor=actor,
@@ -565,6 +579,7 @@ async def _raise(
         settings=settings,
     )
     (outcome.opened if row["opened"] else outcome.attached).append(alert_id)
+    outcome.recorded[alert_id] = (alert, rule.definition.hold)
 
 
 async def _link_readings(conn: Conn, alert_id: uuid.UUID, readings: list[Linked]) -> list[Any]:

@@ -54,6 +54,30 @@ async def record(
 
     Runs in the caller's transaction; the NOTIFY is delivered only if it commits.
     """
+    event_id, _ = await record_alert(
+        conn,
+        alert_id=alert_id,
+        actor=actor,
+        action=action,
+        details=details,
+        client_addr=client_addr,
+        settings=settings,
+    )
+    return event_id
+
+
+async def record_alert(
+    conn: Conn,
+    *,
+    alert_id: uuid.UUID,
+    actor: audit.Actor,
+    action: str,
+    details: dict[str, Any] | None = None,
+    client_addr: str | None = None,
+    settings: AlertSettings,
+) -> tuple[int, dict[str, Any]]:
+    """As ``record``; also the alert as the event saw it (ALERT_COLUMNS, ``triggered_by``
+    put into words)."""
     details = details or {}
     row = await conn.fetchrow(_RECORD, alert_id, actor.name, action, details, CHANNEL)
     assert row is not None
@@ -82,7 +106,7 @@ async def record(
             "details": details,
         }
         await enqueue(conn, alert_id, action, payload, settings)
-    return event_id
+    return event_id, alert
 
 
 async def enqueue(

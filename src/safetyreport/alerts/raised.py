@@ -4,6 +4,7 @@ chair: what fired, how severe, and what to do now."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -45,10 +46,28 @@ async def raised_alerts(conn: Conn, outcome: Outcome) -> list[RaisedAlert]:
     order = list(dict.fromkeys([*outcome.opened, *outcome.attached]))
     if not order:
         return []
-    rows = {r["id"]: r for r in await conn.fetch(_RAISED, order)}
-    alerts = [_raised(rows[i]) for i in order if i in rows]
+    if all(i in outcome.recorded for i in order):
+        # As each alert's event recorded it: nothing changed them since, in this transaction.
+        alerts = [_recorded(*outcome.recorded[i]) for i in order]
+    else:
+        rows = {r["id"]: r for r in await conn.fetch(_RAISED, order)}
+        alerts = [_raised(rows[i]) for i in order if i in rows]
     position = {a.id: n for n, a in enumerate(alerts)}
     return sorted(alerts, key=lambda a: (-SEVERITY_RANK[a.severity], position[a.id]))
+
+
+def _recorded(alert: Mapping[str, Any], hold: bool) -> RaisedAlert:
+    """From an alert as its event recorded it (events.record_alert) and its rule in force."""
+    return RaisedAlert(
+        id=alert["id"],
+        rule=alert["rule_id"],
+        severity=alert["severity"],
+        title=alert["rule_name"],
+        status=alert["status"],
+        guidance=alert["guidance"],
+        hold=hold,
+        override_reason=alert["override_reason"],
+    )
 
 
 def _raised(row: Any) -> RaisedAlert:

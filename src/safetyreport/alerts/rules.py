@@ -338,14 +338,34 @@ def _looser_cached(base: Rule, override: Rule) -> bool:
 
 # Network rules (enabled) and every rule that lists the clinic ($1); with $1 NULL (no
 # clinic at all yet), the network rules alone.
-CANDIDATES_SQL = """
+# The columns of a candidate rule (see in_force), in this order.
+CANDIDATE_COLUMNS = (
+    "id",
+    "version",
+    "severity",
+    "enabled",
+    "network",
+    "overrides_rule_id",
+    "protected",
+    "ack_minutes",
+    "definition",
+)
+
+
+def candidates_sql(clinic_param: str) -> str:
+    """The rules that may be in force at the clinic ``clinic_param`` (a parameter such as
+    ``$1``), ordered by id; also a CTE of a larger statement (the report's insert)."""
+    return f"""
 SELECT r.id, r.version, r.severity, r.enabled, r.clinic_ids IS NULL AS network,
        r.overrides_rule_id, r.protected OR coalesce(b.protected, false) AS protected,
        r.ack_minutes, r.definition::text AS definition
 FROM alert_rules r LEFT JOIN alert_rules b ON b.id = r.overrides_rule_id
-WHERE (r.clinic_ids IS NULL AND r.enabled) OR r.clinic_ids @> ARRAY[$1::bigint]
+WHERE (r.clinic_ids IS NULL AND r.enabled) OR r.clinic_ids @> ARRAY[{clinic_param}::bigint]
 ORDER BY r.id
-"""
+"""  # noqa: S608 (a parameter's name, no input)
+
+
+CANDIDATES_SQL = candidates_sql("$1")
 
 
 async def check_enabled_limits(conn: Conn, clinic_ids: list[int] | None) -> None:

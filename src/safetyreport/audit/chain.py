@@ -8,8 +8,10 @@ lock the chain's head row, so concurrent writers take turns and a chain never fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,24 +154,11 @@ async def lock_chains(conn: Conn, clinics: list[str | None]) -> None:
     await conn.execute(_LOCK_CHAINS, sorted({chain_for(c) for c in clinics}))
 
 
-async def append(conn: Conn, event: AuditEvent) -> int:
-    """Append ``event`` to its clinic's chain (or the global one); return its sequence number.
-
-    Must run inside the caller's transaction, so the entry commits or rolls back with
-    the action it records.
-    """
-    if not conn.is_in_transaction():
-        raise RuntimeError("audit.append must run inside the transaction of the action")
-    chain = chain_for(event.clinic)
-    head = await conn.fetchrow(_LOCK_HEAD, chain)
-    if head is None:
-        await conn.execute(_CREATE_HEAD, chain, GENESIS_HASH)
-        head = await conn.fetchrow(_LOCK_HEAD, chain)
-        assert head is not None
-    seq: int = head["last_seq"] + 1
-    prev_hash: bytes = head["last_hash"]
-    # Stored with microsecond precision, so hash exactly what will be read back.
-    recorded_at: datetime = head["now"]
+def _entry_row(
+    chain: str, seq: int, prev_hash: bytes, recorded_at: datetime, event: AuditEvent
+) -> tuple[Any, ...]:
+    """The columns of the entry for ``event`` at ``seq`` of ``chain`` (as _INSERT_ENTRY and
+    the unnest of _WRITE_HELD take them), its hash computed."""
     content = canonical_content(
         chain=chain,
         seq=seq,
@@ -185,8 +174,7 @@ async def append(conn: Conn, event: AuditEvent) -> int:
         details=event.details,
         prev_hash=prev_hash,
     )
-    await conn.execute(
-        _INSERT_ENTRY,
+    return (
         chain,
         seq,
         recorded_at,
@@ -203,6 +191,119 @@ async def append(conn: Conn, event: AuditEvent) -> int:
         entry_hash(content),
         content.decode(),
     )
+
+
+# The head of a chain, locked until the transaction ends, as a CTE of a larger statement
+# ($CHAIN: the parameter naming the chain): a write that must hold its clinic's chain
+# takes it in its first statement (reports.service.insert_report).
+LOCK_HEAD_CTE = """head AS (
+    SELECT last_seq, last_hash, clock_timestamp() AS now
+    FROM audit_chains WHERE chain = $CHAIN FOR UPDATE
+)"""
+
+
+@dataclass(slots=True)
+class HeldChain:
+    """A chain whose head this transaction has locked. Entries appended to it meanwhile
+    (``append``) are kept here, numbered and hashed, and written together with the moved
+    head by one statement when ``holding`` ends, just before the commit: what was one
+    lock and one insert per entry is one statement for all of them."""
+
+    chain: str
+    last_seq: int
+    last_hash: bytes
+    # The time of the lock: every entry of the transaction is recorded at it.
+    recorded_at: datetime
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add(self, event: AuditEvent) -> int:
+        self.last_seq += 1
+        row = _entry_row(self.chain, self.last_seq, self.last_hash, self.recorded_at, event)
+        self.last_hash = row[13]
+        self.rows.append(row)
+        return self.last_seq
+
+
+# The chain each connection's transaction holds (at most one), by connection.
+_held: dict[int, HeldChain] = {}
+# The held entries and the chain's new head, in one statement.
+_WRITE_HELD = """
+WITH entries AS (
+    INSERT INTO audit_entries (
+        chain, seq, recorded_at, actor_id, actor, actor_role, action,
+        object_type, object_id, clinic, client_addr, details, prev_hash, hash, content
+    )
+    SELECT * FROM unnest(
+        $1::text[], $2::bigint[], $3::timestamptz[], $4::bigint[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[],
+        $13::bytea[], $14::bytea[], $15::text[]
+    )
+)
+UPDATE audit_chains SET last_seq = $16, last_hash = $17 WHERE chain = $18
+"""
+
+
+async def locked_head(conn: Conn, clinic: str | None, head: Mapping[str, Any] | None) -> HeldChain:
+    """The held chain of ``clinic`` from its ``head`` as LOCK_HEAD_CTE read it; a chain
+    without a head yet (None, or a row of nulls) gets one and is locked here."""
+    chain = chain_for(clinic)
+    if head is None or head["last_seq"] is None:
+        await conn.execute(_CREATE_HEAD, chain, GENESIS_HASH)
+        head = await conn.fetchrow(_LOCK_HEAD, chain)
+        assert head is not None
+    return HeldChain(chain, head["last_seq"], head["last_hash"], head["now"])
+
+
+@contextlib.asynccontextmanager
+async def holding(conn: Conn, held: HeldChain) -> AsyncIterator[HeldChain]:
+    """While the block runs, ``append`` to the held chain keeps its entries in ``held``;
+    they are written when the block ends without an error (with one, the transaction
+    rolls back and they are dropped). The caller's transaction locked the head."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("a chain is held inside the transaction of the action")
+    assert id(conn) not in _held, "one held chain per transaction"
+    _held[id(conn)] = held
+    try:
+        yield held
+    finally:
+        del _held[id(conn)]
+    await _write_held(conn, held)
+
+
+async def _write_held(conn: Conn, held: HeldChain) -> None:
+    if not held.rows:
+        return
+    columns = [list(column) for column in zip(*held.rows, strict=True)]
+    await conn.execute(_WRITE_HELD, *columns, held.last_seq, held.last_hash, held.chain)
+
+
+def _held_chain(conn: Conn, chain: str) -> HeldChain | None:
+    held = _held.get(id(conn))
+    return held if held is not None and held.chain == chain else None
+
+
+async def append(conn: Conn, event: AuditEvent) -> int:
+    """Append ``event`` to its clinic's chain (or the global one); return its sequence number.
+
+    Must run inside the caller's transaction, so the entry commits or rolls back with
+    the action it records. To a chain the transaction holds (``holding``), the entry is
+    written when the holding ends.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("audit.append must run inside the transaction of the action")
+    chain = chain_for(event.clinic)
+    held = _held_chain(conn, chain)
+    if held is not None:
+        return held.add(event)
+    head = await conn.fetchrow(_LOCK_HEAD, chain)
+    if head is None:
+        await conn.execute(_CREATE_HEAD, chain, GENESIS_HASH)
+        head = await conn.fetchrow(_LOCK_HEAD, chain)
+        assert head is not None
+    seq: int = head["last_seq"] + 1
+    # Stored with microsecond precision, so hash exactly what will be read back.
+    row = _entry_row(chain, seq, head["last_hash"], head["now"], event)
+    await conn.execute(_INSERT_ENTRY, *row)
     return seq
 
 
@@ -270,6 +371,14 @@ async def _append_one_each(conn: Conn, events: list[AuditEvent]) -> None:
     head written at once. What ``append`` does once per event."""
     if not conn.is_in_transaction():
         raise RuntimeError("audit entries must be appended inside the transaction of the action")
+    held = _held.get(id(conn))
+    if held is not None:
+        # The held chain's entry waits with the others of its transaction.
+        for event in [e for e in events if chain_for(e.clinic) == held.chain]:
+            held.add(event)
+            events.remove(event)
+        if not events:
+            return
     chains = [chain_for(event.clinic) for event in events]
     assert len(set(chains)) == len(chains), "one event per chain"
     await conn.execute(_CREATE_HEADS, chains, GENESIS_HASH)
@@ -277,41 +386,5 @@ async def _append_one_each(conn: Conn, events: list[AuditEvent]) -> None:
     rows: list[tuple[Any, ...]] = []
     for chain, event in zip(chains, events, strict=True):
         head = heads[chain]
-        seq: int = head["last_seq"] + 1
-        prev_hash: bytes = head["last_hash"]
-        recorded_at: datetime = head["now"]
-        content = canonical_content(
-            chain=chain,
-            seq=seq,
-            recorded_at=recorded_at,
-            actor_id=event.actor.id,
-            actor=event.actor.name,
-            actor_role=event.actor.role,
-            action=event.action,
-            object_type=event.object_type,
-            object_id=event.object_id,
-            clinic=event.clinic,
-            client_addr=event.client_addr,
-            details=event.details,
-            prev_hash=prev_hash,
-        )
-        rows.append(
-            (
-                chain,
-                seq,
-                recorded_at,
-                event.actor.id,
-                event.actor.name,
-                event.actor.role,
-                event.action,
-                event.object_type,
-                event.object_id,
-                event.clinic,
-                event.client_addr,
-                event.details,
-                prev_hash,
-                entry_hash(content),
-                content.decode(),
-            )
-        )
+        rows.append(_entry_row(chain, head["last_seq"] + 1, head["last_hash"], head["now"], event))
     await conn.execute(_INSERT_ENTRIES, *(list(column) for column in zip(*rows, strict=True)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,9 @@ import msgspec
 
 from safetyreport.alerts.evaluate import StoredReport, evaluate_report
 from safetyreport.alerts.raised import RaisedAlert, raised_alerts
+from safetyreport.alerts.rules import candidates_sql
 from safetyreport.amendments import changed_fields, reason_and_changes
+from safetyreport.audit.chain import LOCK_HEAD_CTE, chain_for, holding, locked_head
 from safetyreport.auth.users import Principal
 from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
@@ -204,6 +207,7 @@ async def _run_rules(
     clinic_id: int,
     body: ReportBody,
     alert_settings: AlertSettings,
+    candidates: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[RaisedAlert]:
     stored = msgspec.to_builtins(body)
     outcome = await evaluate_report(
@@ -221,13 +225,21 @@ async def _run_rules(
         actor=caller.principal.actor(),
         client_addr=caller.address,
         settings=alert_settings,
+        candidates=candidates,
     )
     return await raised_alerts(conn, outcome)
 
 
-# The report and its first version in one statement (the foreign key of the version is
-# checked at its end). Both rows get the transaction's now() as their times.
-_INSERT_FIRST_VERSION = """
+# The report and its first version (the foreign key of the version is checked at the
+# statement's end; both rows get the transaction's now() as their times), the clinic's
+# audit chain head locked until commit ($9 the chain), and the rules that may be in force
+# at the clinic: one statement, one row per candidate rule (at least one row).
+#
+# The chain's lock serializes the clinic's submissions from here on: each later statement
+# of this transaction (the pattern rules' windows above all) sees every report of the
+# clinic committed before, so concurrent reports that together cross a pattern's
+# threshold raise it. It is taken before any alert row, as lock_chains requires.
+_INSERT_FIRST_VERSION = f"""
 WITH report AS (
     INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,
                          created_by)
@@ -238,10 +250,14 @@ WITH report AS (
                                  created_by)
     VALUES ($1, 1, $7, $8, $6)
     RETURNING created_at
-)
-SELECT report.created_at, report.updated_at, version.created_at AS version_created_at
-FROM report, version
-"""
+), {LOCK_HEAD_CTE.replace("$CHAIN", "$9")},
+rules AS ({candidates_sql("$2")})
+SELECT report.created_at AS report_created_at, report.updated_at AS report_updated_at,
+       version.created_at AS version_created_at,
+       head.last_seq, head.last_hash, head.now, rules.*
+FROM report CROSS JOIN version LEFT JOIN head ON true LEFT JOIN rules ON true
+ORDER BY rules.id
+"""  # noqa: S608 (constant SQL fragments, no input)
 
 
 def _as_read_back(body: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +282,7 @@ async def insert_report(
     report_id = uuid.uuid4()
     stored = msgspec.to_builtins(body)
     grade = _grade(body)
-    row = await conn.fetchrow(
+    rows = await conn.fetch(
         _INSERT_FIRST_VERSION,
         report_id,
         clinic_id,
@@ -276,21 +292,29 @@ async def insert_report(
         principal.id,
         stored,
         grade,
+        chain_for(body.clinic),
     )
-    assert row is not None
-    await caller.audit(
-        conn,
-        "report.created",
-        object_type="report",
-        object_id=str(report_id),
-        clinic=body.clinic,
-        details={
-            "kind": stored["kind"],
-            "version": 1,
-            "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
-        },
-    )
-    alerts = await _run_rules(conn, caller, report_id, 1, clinic_id, body, alert_settings)
+    row = rows[0]
+    candidates = [r for r in rows if r["id"] is not None]
+    # Its audit entries (the report's, its alerts') are written in one statement at the
+    # end, under the chain's lock taken above.
+    held = await locked_head(conn, body.clinic, row)
+    async with holding(conn, held):
+        await caller.audit(
+            conn,
+            "report.created",
+            object_type="report",
+            object_id=str(report_id),
+            clinic=body.clinic,
+            details={
+                "kind": stored["kind"],
+                "version": 1,
+                "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
+            },
+        )
+        alerts = await _run_rules(
+            conn, caller, report_id, 1, clinic_id, body, alert_settings, candidates
+        )
     facts.record(conn, facts.ReportStored(stored["kind"]))
     read_back = _as_read_back(stored)
     return ReportView(
@@ -305,9 +329,9 @@ async def insert_report(
         if not isinstance(body, StockIncident)
         else None,
         serious=bool(read_back.get("seriousness")),
-        created_at=row["created_at"],
+        created_at=row["report_created_at"],
         created_by=principal.username,
-        updated_at=row["updated_at"],
+        updated_at=row["report_updated_at"],
         body=read_back,
         history=[
             ReportVersionView(

@@ -360,6 +360,7 @@ function init() {
     watchConditions(form);
     watchTime(form);
     openForm(form);
+    form.querySelector("fieldset.form-body").disabled = false; // ready: see report.html
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       submit(form);
