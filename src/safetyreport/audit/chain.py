@@ -224,11 +224,9 @@ class HeldChain:
         return self.last_seq
 
 
-# The chain each connection's transaction holds (at most one), by connection.
-_held: dict[int, HeldChain] = {}
-# The held entries and the chain's new head, in one statement.
-_WRITE_HELD = """
-WITH entries AS (
+# Entries given column by column ($1-$15, one array each, as _entry_row's columns), as
+# the CTE of a statement that also moves the heads.
+_ENTRIES_FROM_COLUMNS = """WITH entries AS (
     INSERT INTO audit_entries (
         chain, seq, recorded_at, actor_id, actor, actor_role, action,
         object_type, object_id, clinic, client_addr, details, prev_hash, hash, content
@@ -239,8 +237,13 @@ WITH entries AS (
         $13::bytea[], $14::bytea[], $15::text[]
     )
 )
-UPDATE audit_chains SET last_seq = $16, last_hash = $17 WHERE chain = $18
 """
+# The chain each connection's transaction holds (at most one), by connection.
+_held: dict[int, HeldChain] = {}
+# The held entries and the chain's new head, in one statement.
+_WRITE_HELD = f"""
+{_ENTRIES_FROM_COLUMNS}UPDATE audit_chains SET last_seq = $16, last_hash = $17 WHERE chain = $18
+"""  # noqa: S608 (constant SQL fragments, no input)
 
 
 async def locked_head(conn: Conn, clinic: str | None, head: Mapping[str, Any] | None) -> HeldChain:
@@ -347,22 +350,11 @@ SELECT chain, 0, $2 FROM unnest($1::text[]) AS chain
 ON CONFLICT (chain) DO NOTHING
 """
 # One entry in each of several chains, and their heads moved, in one statement.
-_INSERT_ENTRIES = """
-WITH entries AS (
-    INSERT INTO audit_entries (
-        chain, seq, recorded_at, actor_id, actor, actor_role, action,
-        object_type, object_id, clinic, client_addr, details, prev_hash, hash, content
-    )
-    SELECT * FROM unnest(
-        $1::text[], $2::bigint[], $3::timestamptz[], $4::bigint[], $5::text[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[],
-        $13::bytea[], $14::bytea[], $15::text[]
-    )
-)
-UPDATE audit_chains c SET last_seq = u.seq, last_hash = u.hash
+_INSERT_ENTRIES = f"""
+{_ENTRIES_FROM_COLUMNS}UPDATE audit_chains c SET last_seq = u.seq, last_hash = u.hash
 FROM unnest($1::text[], $2::bigint[], $14::bytea[]) AS u (chain, seq, hash)
 WHERE c.chain = u.chain
-"""
+"""  # noqa: S608 (constant SQL fragments, no input)
 
 
 async def _append_one_each(conn: Conn, events: list[AuditEvent]) -> None:
