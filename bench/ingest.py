@@ -976,8 +976,8 @@ def _service_data_dir(folder: Path) -> Path | None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    options = parse_args(argv)
+def load_tools() -> tuple[str, Path] | None:
+    """wrk and the embedded server's pgbench, or None (said why on stderr)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         print(
@@ -985,14 +985,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             "    sudo apt-get install wrk        (Debian and Ubuntu package 'wrk')",
             file=sys.stderr,
         )
-        return 2
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is unset
-            pgbench = pgbin("pgbench")
+            return wrk, pgbin("pgbench")
     except FileNotFoundError as exc:
         print(f"error: pgbench not found with the embedded PostgreSQL: {exc}", file=sys.stderr)
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    tools = load_tools()
+    if tools is None:
         return 2
+    wrk, pgbench = tools
     workdir = Path(tempfile.mkdtemp(prefix="safetyreport-bench-"))
     try:
         report = IngestBench(options, workdir, wrk, pgbench).run()
