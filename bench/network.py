@@ -227,10 +227,18 @@ def _pick(rng: random.Random, table: Sequence[tuple[Any, int]]) -> Any:
 
 
 class _Copy:
-    """Rows of one table written as CSV and copied in batches."""
+    """Rows of one table written as CSV and copied in batches; the tables its rows refer
+    to (``parents``) are copied first, so that no batch names a row still unwritten."""
 
-    def __init__(self, conn: asyncpg.Connection[Any], table: str, columns: Sequence[str]) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection[Any],
+        table: str,
+        columns: Sequence[str],
+        parents: Sequence[_Copy] = (),
+    ) -> None:
         self.conn, self.table, self.columns = conn, table, list(columns)
+        self.parents = list(parents)
         self.out = io.StringIO()
         self.writer = csv.writer(self.out)
         self.pending = 0
@@ -245,6 +253,8 @@ class _Copy:
     async def flush(self) -> None:
         if not self.pending:
             return
+        for parent in self.parents:
+            await parent.flush()
         data = self.out.getvalue().encode()
         await self.conn.copy_to_table(
             self.table, source=io.BytesIO(data), columns=self.columns, format="csv"
@@ -403,7 +413,10 @@ async def _load(conn: asyncpg.Connection[Any], options: Options, admin: int) -> 
         ),
     )
     versions = _Copy(
-        conn, "report_versions", ("report_id", "version", "body", "created_by", "created_at")
+        conn,
+        "report_versions",
+        ("report_id", "version", "body", "created_by", "created_at"),
+        parents=[reports],
     )
     alerts = _Copy(
         conn,
@@ -426,12 +439,16 @@ async def _load(conn: asyncpg.Connection[Any], options: Options, admin: int) -> 
         ),
     )
     alert_reports = _Copy(
-        conn, "alert_reports", ("alert_id", "report_id", "report_version", "added_at")
+        conn,
+        "alert_reports",
+        ("alert_id", "report_id", "report_version", "added_at"),
+        parents=[alerts, reports],
     )
     readings = _Copy(
         conn,
         "alert_session_readings",
         ("alert_id", "session_id", "reading", "reading_id", "added_at"),
+        parents=[alerts, sessions],
     )
 
     async def alert(rule: str, clinic_id: int, key: str, at: datetime) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
+from bench import network
 from bench.network import ADMIN, Options, populate
 from bench.rates import VIEWS, api_params, raw_sql
 from tests.helpers.world import World
@@ -60,3 +62,19 @@ async def test_generated_network_rates_equal_the_raw_aggregate(
         }
         assert from_api == from_sql, view.name
         assert sum(n for _, n, _ in from_api.values()) > 0, view.name
+
+
+async def test_batches_are_copied_after_the_rows_they_refer_to(
+    world: World, db: asyncpg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With batches far smaller than the tables (as at 2,000,000 reports against batches
+    of 100,000), a batch of alert links is copied while its alerts and reports are still
+    pending: they must be copied first."""
+    monkeypatch.setattr(network, "BATCH", 7)
+    await world.user(ADMIN, "admin", all_clinics=True)
+    options = Options(clinics=2, sessions=400, reports=200, year=2025, seed=17, root=tmp_path)
+    loaded = await network.load(db, options)
+    assert loaded["reports"] == 200
+    assert loaded["alert_reports"] > 7
+    assert loaded["alert_session_readings"] > 0
+    assert await db.fetchval("SELECT count(*) FROM alert_reports") == loaded["alert_reports"]
