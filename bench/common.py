@@ -42,6 +42,14 @@ def require_free_disk(root: Path, need: int, what: str, smaller: str) -> None:
         )
 
 
+def empty_folder(folder: Path) -> None:
+    """``folder``, created empty: what an unfinished build left there is removed."""
+    if folder.exists():
+        log(f"removing the unfinished folder {folder}")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
 def machine_info() -> dict[str, str]:
     model = "unknown"
     with contextlib.suppress(OSError):

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import random
-import shutil
 import sys
 import time
 import uuid
@@ -45,7 +44,14 @@ from typing import Any
 import asyncpg
 
 from bench import network
-from bench.common import BenchError, Service, log, machine_info, require_free_disk
+from bench.common import (
+    BenchError,
+    Service,
+    empty_folder,
+    log,
+    machine_info,
+    require_free_disk,
+)
 from bench.fill_audit import EntryMaker, append_entries
 from safetyreport.audit.checkpoints import sign_heads
 from safetyreport.audit.signing import DEFAULT_KEY_FILE, Signer, signer_from_file
@@ -237,23 +243,11 @@ def build(options: HistoryOptions, root: Path = DATA_ROOT) -> tuple[Service, dic
         f"building {options.reports:,} reports and {options.audit:,} audit entries",
         "pass smaller sizes",
     )
-    if folder.exists():
-        log(f"removing the unfinished folder {folder}")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    empty_folder(folder)
     service = Service(folder)
     service.start(workers=2)
     try:
-        service.run_cli(
-            "user",
-            "add",
-            network.ADMIN,
-            "--role",
-            "admin",
-            "--all-clinics",
-            "--password-stdin",
-            stdin=network.ADMIN_PASSWORD + "\n",
-        )
+        network.add_admin(service)
         signer = signer_from_file(service.data_dir / DEFAULT_KEY_FILE)
         log(f"building {folder.name}")
         generated = asyncio.run(

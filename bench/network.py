@@ -41,7 +41,6 @@ import csv
 import io
 import json
 import random
-import shutil
 import sys
 import time
 import uuid
@@ -53,7 +52,14 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench.common import BenchError, Service, log, machine_info, require_free_disk
+from bench.common import (
+    BenchError,
+    Service,
+    empty_folder,
+    log,
+    machine_info,
+    require_free_disk,
+)
 from safetyreport import audit
 from safetyreport.analytics import rollups
 from safetyreport.auth.users import add_clinic
@@ -641,6 +647,20 @@ async def connected(owner_url: str, step: Callable[[asyncpg.Connection[Any]], Aw
         await conn.close()
 
 
+def add_admin(service: Service) -> None:
+    """The generated data's admin (``ADMIN``), granted every clinic, with the CLI."""
+    service.run_cli(
+        "user",
+        "add",
+        ADMIN,
+        "--role",
+        "admin",
+        "--all-clinics",
+        "--password-stdin",
+        stdin=ADMIN_PASSWORD + "\n",
+    )
+
+
 def build(options: Options) -> tuple[Service, Generated]:
     """The folder's service, started; the data set built first if the folder has none.
 
@@ -656,25 +676,13 @@ def build(options: Options) -> tuple[Service, Generated]:
     loaded_file = folder / LOADED_MARKER
     if not loaded_file.exists():
         check_disk(options)
-        if folder.exists():
-            log(f"removing the unfinished folder {folder}")
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        empty_folder(folder)
     service = Service(folder)
     service.start(workers=2)
     try:
         owner = service.owner_url()
         if not loaded_file.exists():
-            service.run_cli(
-                "user",
-                "add",
-                ADMIN,
-                "--role",
-                "admin",
-                "--all-clinics",
-                "--password-stdin",
-                stdin=ADMIN_PASSWORD + "\n",
-            )
+            add_admin(service)
             log(f"building {options.sessions:,} sessions in {folder}")
             loaded = asyncio.run(connected(owner, lambda conn: load(conn, options)))
             loaded_file.write_text(json.dumps(loaded, indent=2) + "\n")
