@@ -812,7 +812,9 @@ def render(report: Report) -> str:
             f"| {row.connections} | {spread(s, 'rate')} | {spread(s, 'p50_ms', 1)}"
             f" | {spread(s, 'p99_ms', 1)} | {spread(p, 'rate')} | {spread(p, 'p50_ms', 1)}"
             f" | {spread(p, 'p99_ms', 1)} | {spread(row.minimal, 'rate')}"
-            f" | {row.ratio:.2f} | {row.ratio_of_minimal:.3f} | {row.peak_rss_mib:.0f} MiB"
+            f" | {row.ratio:.2f}"
+            f" | {f'{row.ratio_of_minimal:.3f}' if row.minimal else '-'}"
+            f" | {row.peak_rss_mib:.0f} MiB"
             f" | {spread(s, 'app_cpu_ms', 2)} | {spread(s, 'db_cpu_ms', 2)}"
             f" | {spread(p, 'db_cpu_ms', 2)} |"
         )
