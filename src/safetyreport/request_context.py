@@ -17,11 +17,12 @@ Registered once on the app (``DEPENDENCIES``), so handlers never dig in the requ
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import Annotated, Any, TypeAlias
 
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
-from litestar.params import SkipValidation
+from litestar.openapi.spec import OpenAPIFormat
+from litestar.params import QueryParameter, SkipValidation
 
 from safetyreport.auth.http import principal_of
 from safetyreport.caller import Caller
@@ -36,6 +37,21 @@ SnapshotDep: TypeAlias = NamedDependency[SkipValidation[Conn]]
 CallerDep: TypeAlias = NamedDependency[SkipValidation[Caller]]
 StateDep: TypeAlias = NamedDependency[SkipValidation[AppState]]
 AddressDep: TypeAlias = NamedDependency[SkipValidation[str]]
+
+
+def time_query(description: str, name: str | None = None) -> Any:
+    """A time in the query string, documented as a date-time and taken as text, to be read
+    with ``times.parse_time``: as a ``datetime`` parameter, Litestar's conversion would
+    take a bare number ("0") for seconds since 1970."""
+    return QueryParameter(name=name, description=description, format=OpenAPIFormat.DATE_TIME.value)
+
+
+SinceQuery: TypeAlias = Annotated[
+    str | None, time_query("only those at or after this time (RFC 3339 with an offset)")
+]
+UntilQuery: TypeAlias = Annotated[
+    str | None, time_query("only those before this time (RFC 3339 with an offset)")
+]
 
 
 def provide_app_state(request: ASGIConnection[Any, Any, Any, Any]) -> AppState:

@@ -9,9 +9,15 @@ import functools
 from datetime import UTC, datetime
 from zoneinfo import available_timezones
 
-from safetyreport.errors import FieldError, ValidationFailed
+import msgspec
 
-__all__ = ["check_timezone", "require_utc", "utc_time_error"]
+from safetyreport.errors import FieldError, ValidationFailed, rule_of
+
+__all__ = ["check_timezone", "parse_time", "require_utc", "utc_time_error"]
+
+# Strict: text in RFC 3339 only. Converting a query string's text as Litestar does for a
+# datetime parameter (msgspec's lax mode) would read "0" as seconds since 1970.
+_TIME = msgspec.json.Decoder(datetime)
 
 
 def utc_time_error(field: str, value: datetime) -> FieldError | None:
@@ -33,6 +39,18 @@ def require_utc(field: str, value: datetime) -> datetime:
     if error is not None:
         raise ValidationFailed([error])
     return value.astimezone(UTC)
+
+
+def parse_time(field: str, text: str | None) -> datetime | None:
+    """A time given as text (a query parameter) in UTC, None for None, or ValidationFailed
+    naming ``field``: RFC 3339 with an offset, e.g. ``2026-01-02T09:30:00+01:00``."""
+    if text is None:
+        return None
+    try:
+        value = _TIME.decode(msgspec.json.encode(text))
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([FieldError(field, rule_of(str(exc)), str(exc))]) from None
+    return require_utc(field, value)
 
 
 @functools.cache

@@ -27,9 +27,16 @@ from safetyreport.audit.search import AuditEntryPage, search_entries
 from safetyreport.auth.http import require_roles
 from safetyreport.auth.permissions import AUDIT_READERS, EVERYONE, allow
 from safetyreport.limits import BUSY
-from safetyreport.request_context import CallerDep, DbDep, SnapshotDep, StateDep
+from safetyreport.request_context import (
+    CallerDep,
+    DbDep,
+    SnapshotDep,
+    StateDep,
+    UntilQuery,
+    time_query,
+)
 from safetyreport.streaming import download, download_operation
-from safetyreport.times import require_utc
+from safetyreport.times import parse_time
 
 # Larger exports are for the offline verifier; this is for checking a download quickly.
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -37,8 +44,10 @@ VERIFIER_SCRIPT = Path(offline.__file__).read_bytes()
 
 
 async def audit_filters(
-    since: Annotated[datetime | None, QueryParameter(name="from")] = None,
-    until: FromQuery[datetime | None] = None,
+    since: Annotated[
+        str | None, time_query("only entries at or after this time", name="from")
+    ] = None,
+    until: UntilQuery = None,
     clinic: FromQuery[str | None] = None,
     actor: FromQuery[str | None] = None,
     action: FromQuery[str | None] = None,
@@ -47,8 +56,8 @@ async def audit_filters(
     ] = None,
 ) -> AuditFilters:
     return AuditFilters(
-        since=None if since is None else require_utc("from", since),
-        until=None if until is None else require_utc("until", until),
+        since=parse_time("from", since),
+        until=parse_time("until", until),
         clinic=clinic,
         actor=actor,
         action=action,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import JSONBody, QueryParameter
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from safetyreport.auth import devices, lockouts, service
@@ -15,8 +14,8 @@ from safetyreport.auth.http import require_roles
 from safetyreport.auth.permissions import ADMINS, PUBLIC, allow
 from safetyreport.auth.users import UserView
 from safetyreport.errors import exception_to_response
-from safetyreport.request_context import AddressDep, CallerDep, DbDep, StateDep
-from safetyreport.times import require_utc
+from safetyreport.request_context import AddressDep, CallerDep, DbDep, StateDep, time_query
+from safetyreport.times import parse_time
 from safetyreport.web.session import device_cookie
 
 
@@ -78,8 +77,7 @@ class AuthController(Controller):
         db: DbDep,
         caller: CallerDep,
         since: Annotated[
-            datetime | None,
-            QueryParameter(description="only alerts raised after this time (UTC)"),
+            str | None, time_query("only alerts raised after this time (RFC 3339 with an offset)")
         ] = None,
     ) -> list[lockouts.LockoutAlert]:
         """Admins: the newest lock-out patterns (an account attacked from many addresses,
@@ -89,8 +87,7 @@ class AuthController(Controller):
         alerts in the global chain). An empty list shows nothing and is not recorded, so
         the page's polling for new alerts (``since`` its newest) adds no entries.
         """
-        after = None if since is None else require_utc("since", since)
-        return await lockouts.list_alerts(db, caller, after)
+        return await lockouts.list_alerts(db, caller, parse_time("since", since))
 
 
 def _refused(request: Request[Any, Any, Any], refused: service.LoginRefused) -> Response[Any]:

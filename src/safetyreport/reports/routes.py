@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -28,10 +27,10 @@ from safetyreport.limits import BUSY
 from safetyreport.reports import export, fhir, service
 from safetyreport.reports.types import PATIENT_REF_PATTERN, ReportBody, ReportKind
 from safetyreport.reports.validation import validate_report
-from safetyreport.request_context import CallerDep, DbDep, StateDep
+from safetyreport.request_context import CallerDep, DbDep, SinceQuery, StateDep, UntilQuery
 from safetyreport.sessions import fhir as session_fhir
 from safetyreport.streaming import download, download_operation
-from safetyreport.times import require_utc
+from safetyreport.times import parse_time
 
 MAX_REPORT_BYTES = 64 * 1024
 _JSON = "application/json"
@@ -114,8 +113,8 @@ class ReportController(Controller):
         kind: FromQuery[ReportKind | None] = None,
         clinic: FromQuery[str | None] = None,
         patient_ref: PatientRefFilter = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
+        since: SinceQuery = None,
+        until: UntilQuery = None,
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> service.ReportPage:
@@ -124,8 +123,8 @@ class ReportController(Controller):
             kind=kind,
             clinic=clinic,
             patient_ref=patient_ref,
-            since=None if since is None else require_utc("since", since),
-            until=None if until is None else require_utc("until", until),
+            since=parse_time("since", since),
+            until=parse_time("until", until),
             cursor=cursor,
             limit=limit,
         )
@@ -190,8 +189,8 @@ class ReportController(Controller):
         kind: FromQuery[ReportKind | None] = None,
         clinic: FromQuery[str | None] = None,
         patient_ref: PatientRefFilter = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
+        since: SinceQuery = None,
+        until: UntilQuery = None,
     ) -> Stream:
         """Every report of your clinics that matches, oldest first, streamed.
 
@@ -205,8 +204,8 @@ class ReportController(Controller):
             kind=kind,
             clinic=clinic,
             patient_ref=patient_ref,
-            since=None if since is None else require_utc("since", since),
-            until=None if until is None else require_utc("until", until),
+            since=parse_time("since", since),
+            until=parse_time("until", until),
         )
         # The export streams on connections of its own, from the exports' pool, taken
         # when the body is sent (a request's ``db`` would be gone by then).
