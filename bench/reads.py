@@ -55,6 +55,7 @@ import asyncpg
 from bench import history
 from bench.common import BenchError, Service, log, machine_info
 from bench.network import ADMIN, ADMIN_PASSWORD
+from safetyreport.alerts.evaluate import StoredReport, rules_in_force, window_query
 from safetyreport.alerts.queue import AlertFilters
 from safetyreport.alerts.queue import list_query as alert_list_query
 from safetyreport.alerts.view import Status
@@ -379,6 +380,7 @@ async def explain(owner_url: str, target: Target) -> str:
         queries.append(("timeline sessions", TIMELINE_SESSIONS, [seed, PATIENT]))
         queries.append(("timeline reports", TIMELINE_REPORTS, [seed, PATIENT]))
         queries.append(("timeline alerts", TIMELINE_ALERTS, alert_args))
+        queries += await pattern_windows(conn, principal.clinic_ids[CLINIC])
         out = []
         for name, sql, args in queries:
             rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
@@ -386,6 +388,40 @@ async def explain(owner_url: str, target: Target) -> str:
         return "\n\n".join(out)
     finally:
         await conn.close()
+
+
+# The generated patient of the clinic with the most reports before the benchmark's own.
+_BUSIEST_PATIENT = """
+SELECT patient_ref, max(occurred_at) AS latest FROM reports
+WHERE clinic_id = $1 AND patient_ref <> '' AND occurred_at < $2
+GROUP BY patient_ref ORDER BY count(*) DESC, patient_ref LIMIT 1
+"""
+
+
+async def pattern_windows(
+    conn: asyncpg.Connection[Any], clinic_id: int
+) -> list[tuple[str, str, list[Any]]]:
+    """The window query of each pattern rule in force at the clinic (the rules' own
+    ``window_query``), around the latest report of the clinic's busiest generated patient:
+    what a report written into the middle of the history would read."""
+    row = await conn.fetchrow(_BUSIEST_PATIENT, clinic_id, datetime(2026, 1, 1, tzinfo=UTC))
+    if row is None:
+        return []
+    report = StoredReport(
+        id=uuid.uuid4(),
+        version=1,
+        clinic_id=clinic_id,
+        kind="blood_pressure",
+        patient_ref=row["patient_ref"],
+        occurred_at=row["latest"],
+        body={},
+        reading_grade=None,
+    )
+    return [
+        (f"pattern window: {rule.id} ({row['patient_ref']})", *window_query(rule, report))
+        for rule in await rules_in_force(conn, clinic_id)
+        if rule.definition.pattern is not None
+    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

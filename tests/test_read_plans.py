@@ -6,11 +6,14 @@ that a tiny test database shows what a large one does."""
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
+from safetyreport.alerts.evaluate import StoredReport, rules_in_force, window_query
 from safetyreport.alerts.queue import AlertFilters
 from safetyreport.alerts.queue import list_query as alert_list_query
 from safetyreport.audit.export import AuditFilters
@@ -133,3 +136,50 @@ async def test_a_patients_alerts_are_found_through_the_index(
     clinic_id = admin.clinic_ids["C1"]
     plan = await plan_of(db, TIMELINE_ALERTS, [[clinic_id], ["PT-1"], [], []])
     assert "alerts_patient_idx" in indexes(plan)
+
+
+_HISTORY = """
+WITH made AS (
+    INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,
+                         created_by, created_at, updated_at)
+    SELECT gen_random_uuid(), $1, 'blood_pressure', 'PT-' || (n % 50),
+           timestamptz '2020-01-01 00:00+00' + n * interval '3 hours', 1, $2, now(), now()
+    FROM generate_series(1, 20000) AS n
+    RETURNING id
+)
+INSERT INTO report_versions (report_id, version, body, created_by, created_at)
+SELECT id, 1, '{"kind": "blood_pressure"}', $2, now() FROM made
+"""
+
+
+async def test_the_pattern_rules_read_their_window_through_an_index(
+    db: asyncpg.Connection[Any], admin: Principal
+) -> None:
+    """Each default pattern rule reads the reports of its window only (issue 17, goal 2),
+    with years of a clinic's reports stored: the index scan on reports is bounded by the
+    window's times (and the patient, for a patient's window)."""
+    clinic_id = admin.clinic_ids["C1"]
+    await db.execute(_HISTORY, clinic_id, admin.id)
+    await db.execute("ANALYZE reports, report_versions")
+    report = StoredReport(
+        id=uuid.uuid4(),
+        version=1,
+        clinic_id=clinic_id,
+        kind="blood_pressure",
+        patient_ref="PT-1",
+        occurred_at=datetime(2026, 6, 1, tzinfo=UTC),
+        body={},
+        reading_grade=None,
+    )
+    patterns = [r for r in await rules_in_force(db, clinic_id) if r.definition.pattern]
+    assert {r.definition.group_by for r in patterns} >= {"clinic", "patient"}
+    for rule in patterns:
+        plan = await plan_of(db, *window_query(rule, report))
+        on_reports = [n for n in plan if n.get("Relation Name") == "reports"]
+        bounds = ["occurred_at >", "occurred_at <"]
+        if rule.definition.group_by == "patient":
+            bounds.append("patient_ref =")
+        assert on_reports, rule.id
+        for scan in on_reports:
+            assert all(b in scan.get("Index Cond", "") for b in bounds), (rule.id, scan)
+        assert not any(n["Node Type"] == "Seq Scan" for n in plan), rule.id

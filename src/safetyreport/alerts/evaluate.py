@@ -315,6 +315,24 @@ class _Window:
     elsewhere: int = 0
 
 
+def window_query(rule: Rule, report: StoredReport) -> tuple[str, list[Any]]:
+    """The statement and arguments reading a pattern rule's candidates around ``report``:
+    its group's reports and session readings within the window on either side of it."""
+    pattern = rule.definition.pattern
+    assert pattern is not None, "a pattern rule"
+    named = _named_fields(rule.condition)
+    by_patient_group = rule.definition.group_by == "patient"
+    return _CANDIDATES[by_patient_group, "alert_severity" in named], [
+        [report.clinic_id],
+        report.patient_ref if by_patient_group else None,
+        report.occurred_at,
+        timedelta(days=pattern.window_days),
+        list(rule.definition.kinds),
+        # Also what the trigger values show beside them (the other half of a pressure).
+        sorted(body_fields(shown(named))),
+    ]
+
+
 async def _pattern_matches(conn: Conn, rule: Rule, report: StoredReport) -> _Window:
     """The most matching reports and session readings of the report's group in one window
     that includes it, each with the facts the condition names as its trigger values.
@@ -323,18 +341,8 @@ async def _pattern_matches(conn: Conn, rule: Rule, report: StoredReport) -> _Win
     """
     pattern = rule.definition.pattern
     assert pattern is not None
-    named = _named_fields(rule.condition)
-    by_patient_group = rule.definition.group_by == "patient"
-    rows = await conn.fetch(
-        _CANDIDATES[by_patient_group, "alert_severity" in named],
-        [report.clinic_id],
-        report.patient_ref if by_patient_group else None,
-        report.occurred_at,
-        timedelta(days=pattern.window_days),
-        list(rule.definition.kinds),
-        # Also what the trigger values show beside them (the other half of a pressure).
-        sorted(body_fields(shown(named))),
-    )
+    sql, args = window_query(rule, report)
+    rows = await conn.fetch(sql, *args)
     matching = await _off_loop_if_heavy(
         len(rows) * rule.nodes, _matching_rows, rule, rows, report.clinic_id
     )
