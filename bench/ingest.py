@@ -637,6 +637,9 @@ class IngestBench:
             row = await conn.fetchrow(
                 """
                 SELECT (SELECT count(*) FROM reports) AS reports,
+                       -- What the pattern rules' windows (30 days at most) hold.
+                       (SELECT count(*) FROM reports
+                        WHERE occurred_at > now() - interval '31 days') AS recent_reports,
                        (SELECT count(*) FROM alerts) AS alerts,
                        (SELECT count(*) FROM alert_reports) AS alert_links,
                        (SELECT count(*) FROM audit_entries) AS audit_entries,

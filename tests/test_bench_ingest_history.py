@@ -35,3 +35,13 @@ def test_each_figure_is_the_ratio_of_the_medians_judged_against_fifteen_percent(
     assert "service CPU ms/report at 8: 1.10 ok" in text
     assert "its PostgreSQL CPU ms/report at 8: 1.20 MISSED" in text
     assert "p99 ms at 8: 1.00 ok" in text
+
+
+def test_a_history_holding_earlier_runs_reports_in_the_windows_is_said() -> None:
+    rounds = _rounds([5.0, 5.0, 5.0], [3.0, 3.0, 3.0], [100.0, 100.0, 100.0])
+    full = _report(rounds)
+    assert "WARNING" not in compare(_report(rounds), full)
+    full.totals_before = {"reports": 2_000_000, "recent_reports": 7_000}
+    assert "WARNING: the history held 7000 reports of the last 31 days" in compare(
+        _report(rounds), full
+    )
