@@ -1,0 +1,11 @@
+-- The pattern rules read only their window, whatever the history (issue 17,
+-- docs/performance.md).
+--
+-- A pattern whose condition looks at a reading's alert severity (the repeated-urgent
+-- rule) reads, for each session reading in its window, the alerts linked to that reading
+-- (alerts/evaluate.py, _READING_SEVERITY: WHERE reading_id = ...). The primary key leads
+-- with alert_id, so each lookup was a scan of every session reading ever linked to an
+-- alert: seen in the year-six data set's EXPLAIN (60,000 links, about 1.5 ms a reading,
+-- growing with the years). Reports have had theirs since the start (alert_reports by
+-- report_id). Written once per alert raised by a session's reading: a small write cost.
+CREATE INDEX alert_session_readings_reading_idx ON alert_session_readings (reading_id);
