@@ -35,9 +35,9 @@ In a fresh temporary data folder it
 ``--data-folder PATH`` runs the service on an existing data folder (the service's
 ``--data-dir``, or a folder holding it as ``data/``, e.g. one a history generator built)
 instead of a fresh one, so that ingest with years of history can be compared with an
-empty database: its first ``--clinics`` clinics get the load (each with a nurse of this
-run), and the run's reports stay in it. pgbench's and the minimal write's databases are
-made empty in the same server each run.
+empty database: ``--clinics`` of its clinics get the load (each with a nurse of this
+run), those with no report of the last 31 days first, and the run's reports stay in it.
+pgbench's and the minimal write's databases are made empty in the same server each run.
 
 Each clinic has one audit chain, and every report of a clinic takes its chain's head
 lock until it commits: with ``--clinics 1`` all writers queue on one lock, which then
@@ -305,6 +305,15 @@ class Options:
     data_folder: Path | None = None
 
 
+_QUIET_CLINICS_FIRST = """
+SELECT code FROM clinics c
+ORDER BY EXISTS (SELECT FROM reports r
+                 WHERE r.clinic_id = c.id AND r.occurred_at > now() - interval '31 days'),
+         c.id
+LIMIT $1
+"""
+
+
 class IngestBench:
     def __init__(self, options: Options, workdir: Path, wrk: str, pgbench: Path) -> None:
         self.o = options
@@ -353,10 +362,12 @@ class IngestBench:
         return f"{self.nurse_prefix}-{code.lower()}"
 
     async def existing_clinics(self) -> list[str]:
-        """The first ``--clinics`` clinics of the service's database."""
+        """``--clinics`` clinics of the service's database, those with no report in the
+        last 31 days first: an earlier run's load, dated today, would fill the pattern
+        rules' windows (up to 30 days) of a clinic it went to."""
         conn = await asyncpg.connect(self.owner_url)
         try:
-            rows = await conn.fetch("SELECT code FROM clinics ORDER BY id LIMIT $1", self.o.clinics)
+            rows = await conn.fetch(_QUIET_CLINICS_FIRST, self.o.clinics)
         finally:
             await conn.close()
         return [r["code"] for r in rows]
@@ -637,16 +648,19 @@ class IngestBench:
             row = await conn.fetchrow(
                 """
                 SELECT (SELECT count(*) FROM reports) AS reports,
-                       -- What the pattern rules' windows (30 days at most) hold.
-                       (SELECT count(*) FROM reports
-                        WHERE occurred_at > now() - interval '31 days') AS recent_reports,
+                       -- What the pattern rules' windows (30 days at most) hold at
+                       -- the clinics taking the load.
+                       (SELECT count(*) FROM reports r JOIN clinics c ON c.id = r.clinic_id
+                        WHERE c.code = ANY($1::text[])
+                          AND r.occurred_at > now() - interval '31 days') AS recent_reports,
                        (SELECT count(*) FROM alerts) AS alerts,
                        (SELECT count(*) FROM alert_reports) AS alert_links,
                        (SELECT count(*) FROM audit_entries) AS audit_entries,
                        (SELECT count(*) FROM notifications) AS notifications,
                        (SELECT count(*) FROM notifications WHERE status = 'delivered')
                            AS delivered
-                """
+                """,
+                self.codes,
             )
             assert row is not None
             return dict(row.items())

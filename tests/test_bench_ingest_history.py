@@ -42,6 +42,6 @@ def test_a_history_holding_earlier_runs_reports_in_the_windows_is_said() -> None
     full = _report(rounds)
     assert "WARNING" not in compare(_report(rounds), full)
     full.totals_before = {"reports": 2_000_000, "recent_reports": 7_000}
-    assert "WARNING: the history held 7000 reports of the last 31 days" in compare(
+    assert "WARNING: the loaded clinics held 7000 reports of the last 31 days" in compare(
         _report(rounds), full
     )
