@@ -247,3 +247,63 @@ async def test_the_rollups_equal_a_recount_after_concurrent_writes(
         if r["event_type"].startswith("rule:") and r["sessions_with_event"]
     }
     assert shown == counted
+
+
+# Doses on each side of a month's and an ISO week's first instant (UTC): 2026-06-01 is a
+# Monday, so its midnight begins both a month and a week.
+_EDGES = [
+    datetime(2026, 5, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 6, 1, tzinfo=UTC),
+    datetime(2026, 6, 7, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 6, 8, tzinfo=UTC),
+    datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 7, 1, tzinfo=UTC),
+]
+
+
+@pytest.mark.parametrize(
+    ("grain", "period", "expected"),
+    [
+        ("month", date(2026, 5, 1), 1),
+        ("month", date(2026, 6, 1), 4),
+        ("month", date(2026, 7, 1), 1),
+        ("week", date(2026, 5, 25), 1),
+        ("week", date(2026, 6, 1), 2),
+        ("week", date(2026, 6, 8), 1),
+        ("week", date(2026, 6, 29), 2),
+    ],
+)
+async def test_a_periods_recount_counts_the_doses_at_its_edges_once(
+    world: World, db: asyncpg.Connection[Any], grain: str, period: date, expected: int
+) -> None:
+    """The recount finds a period's sessions by a range of times (migration 0027): a dose
+    at a period's first instant is in it, one a microsecond before is in the period
+    before, as by the period of each dose."""
+    await world.clinic("C1")
+    await world.user("adam", "admin", ["C1"])
+    clinic_id = await db.fetchval("SELECT id FROM clinics WHERE code = 'C1'")
+    user_id = await db.fetchval("SELECT id FROM users WHERE username = 'adam'")
+    for n, at in enumerate(_EDGES):
+        await db.execute(
+            "INSERT INTO treatment_sessions (id, clinic_id, patient_ref, drug, weight_kg, "
+            "checklist, dose_mg, dosed_at, created_by) "
+            "VALUES ($1, $2, $3, 'esketamine_nasal', 70, '{}', 56, $4, $5)",
+            uuid.uuid4(),
+            clinic_id,
+            f"PT-{n}",
+            at,
+            user_id,
+        )
+    counted = await db.fetchval(
+        "SELECT coalesce(sum(n), 0) FROM analytics_recount($1, $2, $3) WHERE part = 'sessions'",
+        clinic_id,
+        grain,
+        period,
+    )
+    assert counted == expected
+    # The expected counts are each dose's own period's.
+    firsts = [
+        at.date().replace(day=1) if grain == "month" else at.date() - timedelta(at.weekday())
+        for at in _EDGES
+    ]
+    assert firsts.count(period) == expected
