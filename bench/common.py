@@ -300,6 +300,10 @@ class Service:
             raise BenchError(f"safetyreport {' '.join(args)} failed:\n{result.stderr[-3000:]}")
         return result.stdout
 
+    def forget_owner_url(self) -> None:
+        """After a restart of the embedded server, which may listen on another port."""
+        self._owner_url = ""
+
     def owner_url(self) -> str:
         """The embedded server's owner URL, from a process that joins it and leaves again."""
         if not self._owner_url:

@@ -47,6 +47,12 @@ The machine's other load moves the absolute figures; the ratio is the figure to
 compare. Needs wrk (``apt-get install wrk``); pgbench ships with the embedded server.
 ``--profile DIR`` records each measured wrk run of the service with py-spy (which
 slows the service down: profile runs are not benchmark runs).
+
+``--statements`` profiles PostgreSQL instead (``bench/pg_stats.py``): the server is
+restarted with pg_stat_statements, and each wrk slice's statements, buffers (hit, read,
+dirtied, written), WAL (bytes, full-page images) and checkpoint writes are printed per
+report. ``--pg-setting NAME=VALUE`` runs with a server setting (``shared_buffers=2GB``);
+both are set with ALTER SYSTEM and reset at the end of the run.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench import pg_stats
 from bench.common import (
     BenchError,
     RssSampler,
@@ -211,6 +218,8 @@ class Report:
     # With --data-folder: what the folder held before the run.
     totals_before: dict[str, int] = field(default_factory=dict)
     verified: str = ""
+    # With --statements: per concurrency, what PostgreSQL did per report (pg_stats).
+    postgres: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 # --- machine ------------------------------------------------------------------------
@@ -303,6 +312,10 @@ class Options:
     minimal: bool = True
     # An existing data folder of the service to run on (its history kept), else a fresh one.
     data_folder: Path | None = None
+    # PostgreSQL settings for the run (ALTER SYSTEM, reset at the end), and whether to
+    # read pg_stat_statements and the server's counters around each wrk slice.
+    server_settings: dict[str, str] = field(default_factory=dict)
+    statements: bool = False
 
 
 _QUIET_CLINICS_FIRST = """
@@ -334,6 +347,14 @@ class IngestBench:
         self.codes = [f"C{i + 1}" for i in range(options.clinics)]
         # Nurses get names of their own in an existing folder, which may have some.
         self.nurse_prefix = "nurse" if options.data_folder is None else f"bench-{self.run_id}"
+        self.pg_profiles: dict[int, pg_stats.Profile] = {}
+
+    @property
+    def server_settings(self) -> dict[str, str]:
+        settings = dict(self.o.server_settings)
+        if self.o.statements:
+            settings.update(pg_stats.STATEMENT_SETTINGS)
+        return settings
 
     # -- lifecycle --
 
@@ -349,6 +370,53 @@ class IngestBench:
     @property
     def serve(self) -> subprocess.Popen[bytes] | None:
         return self.service.process
+
+    def restart_with_settings(self, webhook: str | None) -> None:
+        """Restart the embedded server with the run's settings (shared_preload_libraries
+        needs a restart): the service, its last client, stops it."""
+        asyncio.run(self._alter_system(self.server_settings))
+        self.service.stop()
+        self.service.forget_owner_url()
+        self.start_service(webhook)
+        self.owner_url = self.service.owner_url()
+        if self.o.statements:
+            asyncio.run(self._execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+
+    async def _alter_system(self, settings: dict[str, str], reset: bool = False) -> None:
+        conn = await asyncpg.connect(self.owner_url)
+        try:
+            for name, value in settings.items():
+                # ALTER SYSTEM takes no parameters; the names and values are the
+                # operator's own command line.
+                quoted = value.replace("'", "''")
+                await conn.execute(
+                    f"ALTER SYSTEM RESET {name}"
+                    if reset
+                    else f"ALTER SYSTEM SET {name} = '{quoted}'"
+                )
+        finally:
+            await conn.close()
+
+    async def _execute(self, sql: str) -> None:
+        conn = await asyncpg.connect(self.owner_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def _shown(self, names: Sequence[str]) -> dict[str, str]:
+        conn = await asyncpg.connect(self.owner_url)
+        try:
+            return {name: str(await conn.fetchval(f"SHOW {name}")) for name in names}
+        finally:
+            await conn.close()
+
+    async def _pg_snapshot(self) -> pg_stats.Snapshot:
+        conn = await asyncpg.connect(self.owner_url)
+        try:
+            return await pg_stats.snapshot(conn)
+        finally:
+            await conn.close()
 
     def run_cli(self, *args: str, stdin: str | None = None, database_url: str | None = None) -> str:
         return self.service.run_cli(*args, stdin=stdin, database_url=database_url)
@@ -494,6 +562,8 @@ class IngestBench:
             f"{self.base_url}/api/v1/reports",
         ]  # fmt: skip
         assert self.serve is not None
+        counted = self.o.statements and label != "warmup"
+        before = asyncio.run(self._pg_snapshot()) if counted else None
         app_cpu, db_cpu = tree_cpu(self.serve.pid), self.db_cpu()
         with self._profiling(label, seconds):
             result = subprocess.run(  # noqa: S603
@@ -504,11 +574,19 @@ class IngestBench:
         app_cpu, db_cpu = tree_cpu(self.serve.pid) - app_cpu, self.db_cpu() - db_cpu
         if result.returncode != 0:
             raise BenchError(f"wrk failed:\n{result.stdout}\n{result.stderr}")
+
         match = re.search(r"^BENCH_RESULT (.*)$", result.stdout, re.MULTILINE)
         points = re.search(r"^BENCH_LATENCY_US (.*)$", result.stdout, re.MULTILINE)
         if match is None or points is None:
             raise BenchError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
         values = {k: int(v) for k, v in (pair.split("=") for pair in match[1].split())}
+        if before is not None:
+            # The server's counters reach the shared statistics within a second of a
+            # backend going idle.
+            time.sleep(1.5)
+            after = asyncio.run(self._pg_snapshot())
+            profile = self.pg_profiles.setdefault(connections, pg_stats.Profile())
+            profile.add(before, after, values["created"])
         failure = re.search(r"^BENCH_FAILURE (.*)$", result.stdout, re.MULTILINE)
         socket_errors = sum(
             values[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
@@ -687,7 +765,12 @@ class IngestBench:
                 self.start_service(webhook if self.o.webhook else None)
                 assert self.serve is not None
                 self.owner_url = self.service.owner_url()
+                if self.server_settings:
+                    log(f"restarting PostgreSQL with {self.server_settings}")
+                    self.restart_with_settings(webhook if self.o.webhook else None)
                 report.machine["postgresql"] = self._server_version()
+                shown = ["shared_buffers", *self.server_settings]
+                report.settings["postgresql"] = asyncio.run(self._shown(shown))
                 existing: list[str] = []
                 if self.o.data_folder is not None:
                     existing = asyncio.run(self.existing_clinics())
@@ -757,7 +840,12 @@ class IngestBench:
                 if self.o.verify:
                     log("verifying every audit chain (safetyreport audit verify)")
                     report.verified = self.verify_chains()
+                report.postgres = {c: p.summary() for c, p in self.pg_profiles.items()}
             finally:
+                if self.server_settings and self.owner_url:
+                    # The data folder keeps none of the run's settings.
+                    with contextlib.suppress(OSError, asyncpg.PostgresError):
+                        asyncio.run(self._alter_system(self.server_settings, reset=True))
                 self.service.stop()
         return report
 
@@ -858,6 +946,10 @@ def render(report: Report) -> str:
         )
     if report.verified:
         lines.append(f"audit trail after the run: {report.verified}")
+    if report.settings.get("postgresql"):
+        lines.append(f"PostgreSQL settings: {report.settings['postgresql']}")
+    if report.postgres:
+        lines.append(pg_stats.render(report.postgres))
     for row in report.rows:
         failed = sum(m.failed for m in (*row.service, *row.pgbench, *row.minimal))
         if failed:
@@ -951,7 +1043,27 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--profile-format", choices=("flamegraph", "speedscope", "raw"), default="flamegraph"
     )
     parser.add_argument("--py-spy", help="the py-spy program (default: found on PATH)")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="restart PostgreSQL with pg_stat_statements and print, per concurrency, what it"
+        " did per report: buffers, WAL, checkpoint writes and the costliest statements",
+    )
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the run (e.g. shared_buffers=2GB), set with ALTER"
+        " SYSTEM and a restart, reset at the end; repeatable",
+    )
     args = parser.parse_args(argv)
+    server_settings = {}
+    for item in args.pg_setting:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_.]*", name.strip()):
+            parser.error(f"--pg-setting takes NAME=VALUE, got {item!r}")
+        server_settings[name.strip()] = value.strip()
     connections = sorted({int(c) for c in args.connections.split(",") if c.strip()})
     if not connections or min(connections) < 1:
         parser.error("--connections takes positive numbers, e.g. 1,8,32")
@@ -984,6 +1096,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         verify=not args.no_verify,
         minimal=not args.no_minimal,
         data_folder=data_folder,
+        server_settings=server_settings,
+        statements=args.statements,
     )
 
 

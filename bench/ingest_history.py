@@ -67,6 +67,7 @@ def compare(empty: Report, full: Report) -> str:
                 verdicts.append(
                     f"{heading} at {before.connections}: {ratio:.2f} {'ok' if ok else 'MISSED'}"
                 )
+    lines += compare_postgres(empty, full)
     lines.append("")
     lines.append(f"history before the run: {full.totals_before}")
     recent = full.totals_before.get("recent_reports", 0)
@@ -79,6 +80,45 @@ def compare(empty: Report, full: Report) -> str:
         )
     lines.append(f"goal (each ratio <= {GOAL_RATIO}): " + "; ".join(verdicts))
     return "\n".join(lines)
+
+
+# (per-report figure of bench/pg_stats.py, its heading, digits shown)
+POSTGRES_FIGURES = (
+    ("total_exec_time", "statements' execution ms", 3),
+    ("shared_blks_hit", "buffers hit", 0),
+    ("shared_blks_read", "buffers read (not in shared buffers)", 2),
+    ("shared_blks_dirtied", "buffers dirtied", 2),
+    ("shared_blks_written", "buffers written by the backends", 2),
+    ("server_wal_bytes", "WAL bytes", 0),
+    ("server_wal_fpi", "WAL full-page images", 2),
+    ("server_checkpoint_buffers", "checkpoint writes", 2),
+)
+
+
+def compare_postgres(empty: Report, full: Report) -> list[str]:
+    """With --statements: what PostgreSQL did per report on each database."""
+    if not (empty.postgres and full.postgres):
+        return []
+    lines = [
+        "",
+        "What PostgreSQL did per report (pg_stat_statements and the server's counters,"
+        " summed over the rounds)",
+        "",
+        "| connections | per report | empty | history | history / empty |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for connections, before in empty.postgres.items():
+        after = full.postgres.get(connections)
+        if after is None:
+            continue
+        for name, heading, digits in POSTGRES_FIGURES:
+            base = before["per_report"].get(name, 0.0)
+            value = after["per_report"].get(name, 0.0)
+            ratio = f"{value / base:.2f}" if base else "-"
+            lines.append(
+                f"| {connections} | {heading} | {base:.{digits}f} | {value:.{digits}f} | {ratio} |"
+            )
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -45,3 +45,15 @@ def test_a_history_holding_earlier_runs_reports_in_the_windows_is_said() -> None
     assert "WARNING: the loaded clinics held 7000 reports of the last 31 days" in compare(
         _report(rounds), full
     )
+
+
+def test_what_postgresql_did_per_report_is_compared_when_counted() -> None:
+    rounds = _rounds([5.0, 5.0, 5.0], [3.0, 3.0, 3.0], [100.0, 100.0, 100.0])
+    empty, full = _report(rounds), _report(rounds)
+    assert "What PostgreSQL did" not in compare(empty, full)
+    empty.postgres = {8: {"per_report": {"shared_blks_read": 0.5, "server_wal_fpi": 0.0}}}
+    full.postgres = {8: {"per_report": {"shared_blks_read": 2.0, "server_wal_fpi": 1.5}}}
+    text = compare(empty, full)
+    assert "| 8 | buffers read (not in shared buffers) | 0.50 | 2.00 | 4.00 |" in text
+    # No ratio to a zero.
+    assert "| 8 | WAL full-page images | 0.00 | 1.50 | - |" in text
