@@ -83,7 +83,7 @@ async def test_create_answers_the_stored_report(
     response = await post_report(client, nurse, sent)
     assert response.status_code == 201, response.text
     view = response.json()
-    assert uuid.UUID(view["id"]).version == 4
+    assert uuid.UUID(view["id"]).version == 7  # time-ordered (safetyreport.ids)
     assert view["version"] == 1
     assert view["kind"] == "blood_pressure"
     assert view["clinic"] == "C1"

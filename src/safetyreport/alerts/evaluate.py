@@ -42,6 +42,7 @@ from safetyreport.alerts.rules import (
 from safetyreport.alerts.triggers import shown, trigger_values
 from safetyreport.audit.chain import format_time
 from safetyreport.db.pool import Conn
+from safetyreport.ids import new_id
 from safetyreport.patients.course import LINKED_IDS
 from safetyreport.reports.types import dose_mg_per_kg
 from safetyreport.settings import AlertSettings
@@ -521,7 +522,7 @@ async def _raise(
     )
     row = await conn.fetchrow(
         _UPSERT,
-        uuid.uuid4(),
+        new_id(),
         rule.id,
         rule.version,
         report.clinic_id,
@@ -626,7 +627,7 @@ async def raise_unlinked(
         return None
     row = await conn.fetchrow(
         _UPSERT,
-        uuid.uuid4(),
+        new_id(),
         rule.id,
         rule.version,
         clinic_id,

@@ -11,6 +11,7 @@ from safetyreport import audit
 from safetyreport.alerts.triggers import describe
 from safetyreport.alerts.view import ALERT_COLUMNS, ALERT_JOINS
 from safetyreport.db.pool import Conn
+from safetyreport.ids import new_id
 from safetyreport.metrics import facts
 from safetyreport.settings import AlertSettings
 
@@ -113,7 +114,7 @@ async def enqueue(
     conn: Conn, alert_id: uuid.UUID, event: str, payload: dict[str, Any], settings: AlertSettings
 ) -> list[uuid.UUID]:
     """One outbox row per configured webhook; the sender delivers them after commit."""
-    ids = [uuid.uuid4() for _ in settings.webhook_urls]
+    ids = [new_id() for _ in settings.webhook_urls]
     if ids:
         await conn.executemany(
             "INSERT INTO notifications (id, alert_id, event, channel, target, payload)"

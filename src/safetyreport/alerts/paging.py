@@ -49,6 +49,7 @@ from safetyreport.alerts.webhooks import retry_delay
 from safetyreport.audit.chain import format_time
 from safetyreport.background import PeriodicOnPool
 from safetyreport.db.pool import Conn, transaction
+from safetyreport.ids import new_id
 from safetyreport.metrics import facts
 from safetyreport.settings import AlertSettings, PagingSettings
 
@@ -216,7 +217,7 @@ async def enqueue_pages(
     written = 0
     for row in rows:
         subject, body = _compose(row, public_url)
-        page_id = uuid.uuid4()
+        page_id = new_id()
         status = await conn.execute(
             _INSERT_PAGE,
             page_id,

@@ -24,6 +24,7 @@ from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, FieldError, NotFound, ValidationFailed
+from safetyreport.ids import new_id
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.sessions.types import VITALS
 from safetyreport.times import require_utc
@@ -135,7 +136,7 @@ async def create_for_session(conn: Conn, session_id: uuid.UUID) -> None:
         " SELECT $1, s.id, s.clinic_id, coalesce(s.dosed_at, s.created_at) + $3::interval"
         " FROM treatment_sessions s WHERE s.id = $2 AND s.drug = ANY($4::text[])"
         " ON CONFLICT (session_id) DO NOTHING",
-        uuid.uuid4(),
+        new_id(),
         session_id,
         FORM_DUE_AFTER,
         sorted(REMS_DRUGS),

@@ -21,6 +21,7 @@ from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import NotFound, ValidationFailed
+from safetyreport.ids import new_id
 from safetyreport.metrics import facts
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.reports.grading import hypertension_reading_grade
@@ -279,7 +280,7 @@ async def insert_report(
     principal = caller.principal
     clinic_id = _clinic_id(principal, body.clinic)
     await _check_session(conn, body, clinic_id)
-    report_id = uuid.uuid4()
+    report_id = new_id()
     stored = msgspec.to_builtins(body)
     grade = _grade(body)
     rows = await conn.fetch(

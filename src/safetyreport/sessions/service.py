@@ -29,6 +29,7 @@ from safetyreport.caller import Caller
 from safetyreport.db.pool import Conn
 from safetyreport.db.query import Where
 from safetyreport.errors import Conflict, FieldError, NotFound, ValidationFailed
+from safetyreport.ids import new_id
 from safetyreport.pagination import decode_cursor, encode_cursor
 from safetyreport.patients.course import course_facts
 from safetyreport.rems import service as rems
@@ -488,7 +489,7 @@ async def open_session(
         raise ValidationFailed.one(
             "clinic", "member", f"you do not report for a clinic {body.clinic}"
         )
-    session_id = body.id or uuid.uuid4()
+    session_id = body.id or new_id()
     checklist = msgspec.to_builtins(body.checklist)
     inserted = await conn.fetchval(
         _INSERT,
@@ -647,7 +648,7 @@ async def add_observation(
     if row["discharged_at"] is not None:
         raise Conflict("the session is discharged")
     vitals = {name: getattr(body, name) for name in VITALS if getattr(body, name) is not None}
-    observation_id = uuid.uuid4()
+    observation_id = new_id()
     stored = await conn.fetchrow(
         _INSERT_OBSERVATION,
         observation_id,
