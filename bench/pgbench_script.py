@@ -24,6 +24,8 @@ Client ``i`` uses the session ``sha256('pgbench-<i>')`` of the nurse of clinic
 ``C<i % n_clinics + 1>``; bench/ingest.py creates them.
 """
 
+# New rows' keys are time-ordered, as the service's (safetyreport.ids): PostgreSQL 18's
+# uuidv7(), on the embedded server pgbench runs on.
 # ruff: noqa: S608 (SQL text built from constants, for pgbench; no input)
 from __future__ import annotations
 
@@ -157,7 +159,7 @@ def _insert() -> str:
     )
     return rf"""
 WITH new AS (
-    SELECT gen_random_uuid() AS id,
+    SELECT uuidv7() AS id,
            date_trunc('second', now()) - make_interval(secs => :ago::int) AS occurred_at
 ), report AS (
     INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,
@@ -304,7 +306,7 @@ def _raise(
     # events.enqueue: one outbox row per webhook (the benchmark configures one).
     notification = rf"""\if :opened
 INSERT INTO notifications (id, alert_id, event, channel, target, payload)
-SELECT gen_random_uuid(), :aid::uuid, 'opened', 'webhook', 'http://127.0.0.1/hook',
+SELECT uuidv7(), :aid::uuid, 'opened', 'webhook', 'http://127.0.0.1/hook',
     jsonb_build_object('event', 'opened', 'event_id', :eid::bigint,
                        'alert', to_jsonb(a) - 'clinic_id', 'details', {details},
                        'notification_id', gen_random_uuid())
@@ -314,7 +316,7 @@ FROM alerts a WHERE a.id = :aid::uuid;
     return rf"""
 INSERT INTO alerts (id, rule_id, rule_version, clinic_id, group_by, group_key, from_pattern,
                     severity, status, ack_deadline, dea_notice_due, dea_form106_due)
-VALUES (gen_random_uuid(), '{rule}', 1, :ci::bigint, '{group_by}', {group_key}, {pattern},
+VALUES (uuidv7(), '{rule}', 1, :ci::bigint, '{group_by}', {group_key}, {pattern},
         '{severity}', 'open', now() + '{_ACK[severity]}'::interval, NULL, NULL)
 ON CONFLICT (rule_id, clinic_id, group_key) WHERE status <> 'resolved'
 DO UPDATE SET last_seen_at = now(), updated_at = now(), revision = alerts.revision + 1
@@ -458,7 +460,7 @@ MINIMAL_WRITE = r"""
 WITH report AS (
     INSERT INTO reports (id, clinic_id, kind, patient_ref, occurred_at, current_version,
                          created_by)
-    VALUES (gen_random_uuid(), :clinic::bigint, 'blood_pressure', 'PT-00001', now(), 1,
+    VALUES (uuidv7(), :clinic::bigint, 'blood_pressure', 'PT-00001', now(), 1,
             :uid::bigint)
     RETURNING id
 )
