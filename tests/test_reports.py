@@ -117,11 +117,18 @@ async def test_create_stores_version_1(
     assert version["body"]["cadss_total"] == 12
 
 
-async def test_ids_are_random(client: AsyncTestClient[Any], nurse: dict[str, str]) -> None:
+async def test_ids_are_time_ordered_and_not_guessable(
+    client: AsyncTestClient[Any], nurse: dict[str, str]
+) -> None:
     first = await create_report(client, nurse, bp_report())
     second = await create_report(client, nurse, bp_report())
-    assert first["id"] != second["id"]
-    assert {uuid.UUID(first["id"]).version, uuid.UUID(second["id"]).version} == {4}
+    ids = [uuid.UUID(first["id"]), uuid.UUID(second["id"])]
+    # UUIDv7 (safetyreport.ids): the later report's key is the larger, and its last 62
+    # bits are random (RFC 9562's rand_b), so one key tells nothing of the next.
+    assert {i.version for i in ids} == {7}
+    assert ids[0] < ids[1]
+    random_bits = [i.int & ((1 << 62) - 1) for i in ids]
+    assert random_bits[0] != random_bits[1]
 
 
 async def test_any_seriousness_makes_a_report_serious(
