@@ -73,11 +73,11 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -97,6 +97,7 @@ from bench.pgbench_script import MINIMAL_WRITE, pgbench_script
 from safetyreport.db.embedded import pgbin
 
 HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
 LUA_SCRIPT = HERE / "ingest.lua"
 PGBENCH_DB = "safetyreport_pgbench"
 MINIMAL_DB = "safetyreport_minimal"
@@ -355,6 +356,23 @@ async def close_earlier_runs_alerts(conn: asyncpg.Connection[Any]) -> int:
     return int(done.split()[-1])
 
 
+async def alter_system(
+    conn: asyncpg.Connection[Any], settings: dict[str, str], reset: bool = False
+) -> None:
+    """Set (or reset) server settings for the next start."""
+    for name, value in settings.items():
+        # ALTER SYSTEM takes no parameters; the names (checked by parse_args) and values
+        # are the operator's own command line.
+        quoted = value.replace("'", "''")
+        await conn.execute(
+            f"ALTER SYSTEM RESET {name}" if reset else f"ALTER SYSTEM SET {name} = '{quoted}'"
+        )
+
+
+async def shown_settings(conn: asyncpg.Connection[Any], names: Sequence[str]) -> dict[str, str]:
+    return {name: str(await conn.fetchval(f"SHOW {name}")) for name in names}
+
+
 class IngestBench:
     def __init__(self, options: Options, workdir: Path, wrk: str, pgbench: Path) -> None:
         self.o = options
@@ -404,49 +422,28 @@ class IngestBench:
     def restart_with_settings(self, webhook: str | None) -> None:
         """Restart the embedded server with the run's settings (shared_preload_libraries
         needs a restart): the service, its last client, stops it."""
-        asyncio.run(self._alter_system(self.server_settings))
+        settings = self.server_settings
+        self.on_owner(lambda conn: alter_system(conn, settings))
         self.service.stop()
         self.service.forget_owner_url()
         self.start_service(webhook)
         self.owner_url = self.service.owner_url()
         if self.o.statements:
-            asyncio.run(self._execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            self.on_owner(
+                lambda conn: conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            )
 
-    async def _alter_system(self, settings: dict[str, str], reset: bool = False) -> None:
-        conn = await asyncpg.connect(self.owner_url)
-        try:
-            for name, value in settings.items():
-                # ALTER SYSTEM takes no parameters; the names and values are the
-                # operator's own command line.
-                quoted = value.replace("'", "''")
-                await conn.execute(
-                    f"ALTER SYSTEM RESET {name}"
-                    if reset
-                    else f"ALTER SYSTEM SET {name} = '{quoted}'"
-                )
-        finally:
-            await conn.close()
+    def on_owner(self, work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+        """``work`` on a connection of its own to the service's database, as its owner."""
 
-    async def _execute(self, sql: str) -> None:
-        conn = await asyncpg.connect(self.owner_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
+        async def run() -> T:
+            conn = await asyncpg.connect(self.owner_url)
+            try:
+                return await work(conn)
+            finally:
+                await conn.close()
 
-    async def _shown(self, names: Sequence[str]) -> dict[str, str]:
-        conn = await asyncpg.connect(self.owner_url)
-        try:
-            return {name: str(await conn.fetchval(f"SHOW {name}")) for name in names}
-        finally:
-            await conn.close()
-
-    async def _pg_snapshot(self) -> pg_stats.Snapshot:
-        conn = await asyncpg.connect(self.owner_url)
-        try:
-            return await pg_stats.snapshot(conn)
-        finally:
-            await conn.close()
+        return asyncio.run(run())
 
     def run_cli(self, *args: str, stdin: str | None = None, database_url: str | None = None) -> str:
         return self.service.run_cli(*args, stdin=stdin, database_url=database_url)
@@ -458,13 +455,6 @@ class IngestBench:
 
     def nurse(self, code: str) -> str:
         return f"{self.nurse_prefix}-{code.lower()}"
-
-    async def close_left_open_alerts(self) -> int:
-        conn = await asyncpg.connect(self.owner_url)
-        try:
-            return await close_earlier_runs_alerts(conn)
-        finally:
-            await conn.close()
 
     async def existing_clinics(self) -> list[str]:
         """``--clinics`` clinics of the service's database, those with no report in the
@@ -600,7 +590,7 @@ class IngestBench:
         ]  # fmt: skip
         assert self.serve is not None
         counted = self.o.statements and label != "warmup"
-        before = asyncio.run(self._pg_snapshot()) if counted else None
+        before = self.on_owner(pg_stats.snapshot) if counted else None
         app_cpu, db_cpu = tree_cpu(self.serve.pid), self.db_cpu()
         with self._profiling(label, seconds):
             result = subprocess.run(  # noqa: S603
@@ -621,7 +611,7 @@ class IngestBench:
             # The server's counters reach the shared statistics within a second of a
             # backend going idle.
             time.sleep(1.5)
-            after = asyncio.run(self._pg_snapshot())
+            after = self.on_owner(pg_stats.snapshot)
             profile = self.pg_profiles.setdefault(connections, pg_stats.Profile())
             profile.add(before, after, values["created"])
         failure = re.search(r"^BENCH_FAILURE (.*)$", result.stdout, re.MULTILINE)
@@ -805,14 +795,15 @@ class IngestBench:
                 if self.server_settings:
                     log(f"restarting PostgreSQL with {self.server_settings}")
                     self.restart_with_settings(webhook if self.o.webhook else None)
-                report.machine["postgresql"] = self._server_version()
-                shown = ["shared_buffers", *self.server_settings]
-                report.settings["postgresql"] = asyncio.run(self._shown(shown))
+                shown = ["server_version", "shared_buffers", *self.server_settings]
+                settings = self.on_owner(lambda conn: shown_settings(conn, shown))
+                report.machine["postgresql"] = settings.pop("server_version")
+                report.settings["postgresql"] = settings
                 existing: list[str] = []
                 if self.o.data_folder is not None:
                     existing = asyncio.run(self.existing_clinics())
                     self.codes = existing + self.codes[len(existing) :]
-                    closed = asyncio.run(self.close_left_open_alerts())
+                    closed = self.on_owner(close_earlier_runs_alerts)
                     report.totals_before = asyncio.run(self.totals())
                     report.totals_before["earlier_runs_alerts_closed"] = closed
                     log(f"on {self.data_dir}: {report.totals_before}; clinics {self.codes}")
@@ -888,7 +879,8 @@ class IngestBench:
                 if self.server_settings and self.owner_url:
                     # The data folder keeps none of the run's settings.
                     with contextlib.suppress(OSError, asyncpg.PostgresError):
-                        asyncio.run(self._alter_system(self.server_settings, reset=True))
+                        settings = self.server_settings
+                        self.on_owner(lambda conn: alter_system(conn, settings, reset=True))
                 self.service.stop()
         return report
 
@@ -910,16 +902,6 @@ class IngestBench:
     def postmaster_pid(self) -> int:
         pid_file = self.data_dir / "pgdata" / "postmaster.pid"
         return int(pid_file.read_text().split()[0])
-
-    def _server_version(self) -> str:
-        async def version() -> str:
-            conn = await asyncpg.connect(self.owner_url)
-            try:
-                return str(await conn.fetchval("SHOW server_version"))
-            finally:
-                await conn.close()
-
-        return asyncio.run(version())
 
 
 @contextlib.contextmanager

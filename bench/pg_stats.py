@@ -129,6 +129,8 @@ class Profile:
 
     def top(self, count: int = 12) -> list[StatementCost]:
         """The statements that took the most execution time per report."""
+        if not self.reports:
+            return []
         costs = [
             StatementCost(
                 query=" ".join(text.split())[:160],
@@ -136,7 +138,6 @@ class Profile:
                 per_report={k: v / self.reports for k, v in sums.items()},
             )
             for (_, top), (text, sums) in self._sums.items()
-            if self.reports
         ]
         costs.sort(key=lambda c: c.per_report["total_exec_time"], reverse=True)
         return costs[:count]
